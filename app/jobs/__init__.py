@@ -1,0 +1,1 @@
+"""RQ entry points. Jobs take ids, never objects or secrets."""

@@ -1,0 +1,16 @@
+"""The domain model (SPEC sections 2, 3, 6 and 14)."""
+from app.models.application import (Application, Environment, EnvironmentAttachment,
+                                    EnvironmentVariable)
+from app.models.build import BuildArtifact, Registry
+from app.models.enums import *  # noqa: F401,F403
+from app.models.operation import Operation, OperationLock, OperationStep
+from app.models.organisation import Membership, Organisation, User
+from app.models.server import Provider, Server
+from app.models.service import Endpoint, Service, ServiceReplica, ServiceSlice
+
+__all__ = [
+    "Organisation", "User", "Membership", "Provider", "Server", "Application",
+    "Environment", "EnvironmentAttachment", "EnvironmentVariable", "Service",
+    "ServiceReplica", "ServiceSlice", "Endpoint", "Operation", "OperationStep",
+    "OperationLock", "Registry", "BuildArtifact",
+]

@@ -1,0 +1,40 @@
+"""Jinja filters shared by the templates."""
+from __future__ import annotations
+
+import datetime as dt
+
+
+def _ago(value: dt.datetime | None) -> str:
+    if value is None:
+        return "never"
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    seconds = int((now - value).total_seconds())
+    if seconds < 60:
+        return f"{max(seconds, 0)}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    if seconds < 86400:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return f"{int(seconds // 60)}m {int(seconds % 60)}s"
+
+
+def _short_digest(value: str | None) -> str:
+    if not value:
+        return "none"
+    if "@" in value:
+        value = value.split("@", 1)[1]
+    return value.replace("sha256:", "")[:12]
+
+
+def register_filters(app) -> None:
+    app.jinja_env.filters["ago"] = _ago
+    app.jinja_env.filters["duration"] = _duration
+    app.jinja_env.filters["short_digest"] = _short_digest
