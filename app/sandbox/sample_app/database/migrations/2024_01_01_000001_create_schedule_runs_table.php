@@ -1,0 +1,9 @@
+<?php
+return [
+    'pgsql' => [
+        'CREATE TABLE IF NOT EXISTS schedule_runs (id BIGSERIAL PRIMARY KEY, hostname VARCHAR(255) NOT NULL, ran_at TIMESTAMP(0) NOT NULL DEFAULT CURRENT_TIMESTAMP)',
+    ],
+    'sqlite' => [
+        'CREATE TABLE IF NOT EXISTS schedule_runs (id INTEGER PRIMARY KEY AUTOINCREMENT, hostname VARCHAR(255) NOT NULL, ran_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)',
+    ],
+];

@@ -1,0 +1,785 @@
+"""The sandbox: real servers, a registry and a git host in local containers.
+
+Why: every Keystone feature acts on servers over SSH, so its tests, demos and
+local development need real ones without a cloud account. A sandbox "server"
+is a container running sshd and its own Docker Engine (Kamal's integration
+suite does the same); the registry is Debian's docker-registry with htpasswd
+auth; the git host is sshd + git-shell with per-key forced commands, standing
+in for GitHub/Gitea deploy keys.
+
+Everything the sandbox creates carries the label ``keystone.sandbox=<name>``
+so that ``down`` removes exactly what ``up`` made, and a different name (the
+tests use ``keystone-test``) never touches a developer's sandbox. Ports, keys
+and passwords are kept in a JSON state file under the state directory so that
+``up`` is idempotent and addresses stay stable between runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from . import images as img
+from .docker import SandboxError, docker, docker_out, pipe, run
+
+DEFAULT_NAME = "keystone-sandbox"
+LABEL = "keystone.sandbox"
+ROLE_LABEL = "keystone.sandbox.role"
+CONFIG_LABEL = "keystone.sandbox.config"
+HOST = "127.0.0.1"
+SAMPLE_REPO = "sample.git"
+
+# The inner engines must not use the outer engine's subnets, or attaching a
+# server to the private network fails ("conflicts with existing route").
+INNER_BIP = "10.210.0.1/24"
+INNER_POOL = "10.211.0.0/16"
+INNER_STORAGE_DRIVER = os.environ.get("KEYSTONE_SANDBOX_STORAGE_DRIVER", "vfs")
+
+# Linux capability numbers -> names (capability.h). `--privileged` fails on
+# these VMs because the bounding set lacks CAP_SYS_RESOURCE, so the sandbox
+# adds every capability the host's bounding set has, except SYS_RESOURCE.
+_CAPS = [
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ",
+    # PERFMON, BPF and CHECKPOINT_RESTORE (38-40) are unknown to Debian's Docker 20.10.
+]
+
+
+def host_capabilities() -> list[str]:
+    """Capabilities to grant a server container: the host's bounding set minus SYS_RESOURCE."""
+    bnd = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                bnd = int(line.split()[1], 16)
+    except OSError:
+        pass
+    if bnd is None:
+        bnd = (1 << 41) - 1
+    caps = [name for i, name in enumerate(_CAPS) if bnd & (1 << i)]
+    return [c for c in caps if c != "SYS_RESOURCE"]
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass
+class Server:
+    """A sandbox server as Keystone sees a real one: an SSH endpoint and a root key."""
+
+    name: str
+    host: str
+    ssh_port: int
+    http_port: int
+    https_port: int
+    private_ip: str
+    root_key_path: Path
+    host_key: str  # "ssh-ed25519 AAAA..." (the server's public host key)
+    host_key_fingerprint: str  # "SHA256:..." as `ssh-keygen -lf` prints it
+    user: str = "root"
+    has_docker: bool = True
+    root_password: str | None = None  # only the bare server has one
+
+    @property
+    def container(self) -> str:
+        return self.name
+
+    def exec(self, *args: str, input: bytes | str | None = None, check: bool = True,
+             timeout: float | None = 300) -> subprocess.CompletedProcess:
+        """Run a command in the server out of band (`docker exec`), e.g. to inspect it in a test."""
+        flags = ["-i"] if input is not None else []
+        return docker("exec", *flags, self.name, *args, input=input, check=check, timeout=timeout)
+
+
+@dataclass
+class Registry:
+    """The sandbox registry; `url` works from the host and from inside every server."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+    private_ip: str
+    container: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def private_url(self) -> str:
+        return f"{self.private_ip}:5000"
+
+    def ref(self, repository: str, tag: str = "latest") -> str:
+        return f"{self.url}/{repository}:{tag}"
+
+    def login(self) -> None:
+        """`docker login` on the host (credentials go to ~/.docker/config.json)."""
+        docker("login", "--username", self.username, "--password-stdin", self.url, input=self.password)
+
+
+@dataclass
+class GitHost:
+    """A git host over SSH where deploy keys are authorised read-only per repository."""
+
+    host: str
+    port: int
+    private_ip: str
+    container: str
+    admin_key_path: Path
+    known_hosts_path: Path
+    host_key: str
+    host_key_fingerprint: str
+    sample_repo: str = SAMPLE_REPO
+
+    def repo_url(self, repo: str = SAMPLE_REPO) -> str:
+        return f"ssh://git@{self.host}:{self.port}/{_repo_name(repo)}"
+
+    @property
+    def sample_repo_url(self) -> str:
+        return self.repo_url(self.sample_repo)
+
+    def authorize_key(self, public_key: str, repo: str = SAMPLE_REPO, read_only: bool = True) -> None:
+        """Allow `public_key` to fetch (only) `repo`: a forced-command authorized_keys entry."""
+        docker("exec", "-i", self.container, "/usr/local/sbin/keystone-authorize", _repo_name(repo),
+               "ro" if read_only else "rw", input=public_key.strip() + "\n")
+
+    def revoke_key(self, public_key: str) -> None:
+        """Remove every entry for `public_key` (matched on its base64 blob)."""
+        parts = public_key.split()
+        if len(parts) < 2:
+            raise SandboxError("not an OpenSSH public key")
+        blob = parts[1]
+        current = docker_out("exec", self.container, "cat", "/srv/git/.ssh/authorized_keys")
+        kept = [line for line in current.splitlines() if blob not in line.split()]
+        docker("exec", "-i", self.container, "sh", "-c",
+               'cat > /srv/git/.ssh/authorized_keys.new && mv /srv/git/.ssh/authorized_keys.new '
+               '/srv/git/.ssh/authorized_keys && chown git:git /srv/git/.ssh/authorized_keys && '
+               'chmod 600 /srv/git/.ssh/authorized_keys',
+               input="\n".join(kept) + ("\n" if kept else ""))
+
+    def create_repo(self, repo: str) -> str:
+        """Create an empty bare repository (no-op when it exists); return its URL."""
+        name = _repo_name(repo)
+        docker("exec", "-u", "git", self.container, "sh", "-c",
+               'test -d "/srv/git/$1" || git init -q --bare -b main "/srv/git/$1"', "sh", name)
+        return self.repo_url(name)
+
+    def git_env(self, key_path: Path | None = None) -> dict[str, str]:
+        """Environment for `git` on the host authenticating with `key_path` (default: the admin key)."""
+        return {**os.environ, "GIT_SSH_COMMAND": ssh_command(key_path or self.admin_key_path, self.known_hosts_path)}
+
+
+@dataclass
+class SandboxInfo:
+    """Everything `keystone sandbox up` reports: what onboarding asks for."""
+
+    name: str
+    state_dir: Path
+    network: str
+    subnet: str
+    servers: list[Server]
+    bare: Server | None
+    registry: Registry
+    git: GitHost
+    known_hosts_path: Path
+    sample_commit: str | None = None
+    running: bool = True
+    images: dict[str, str] = field(default_factory=dict)  # stand-in key -> registry ref
+
+
+def _repo_name(repo: str) -> str:
+    name = repo.strip("/")
+    if not name.endswith(".git"):
+        name += ".git"
+    if not name or any(not (c.isalnum() or c in "._-") for c in name) or name.startswith("."):
+        raise SandboxError(f"invalid repository name: {repo!r}")
+    return name
+
+
+def ssh_command(key_path: Path, known_hosts: Path) -> str:
+    """A GIT_SSH_COMMAND pinned to one key and one known_hosts file (git runs it via sh)."""
+    import shlex
+
+    return " ".join([
+        "ssh", "-i", shlex.quote(str(key_path)), "-o", "IdentitiesOnly=yes",
+        "-o", f"UserKnownHostsFile={shlex.quote(str(known_hosts))}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+    ])
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(taken: set[int], preferred: int | None = None) -> int:
+    if preferred and preferred not in taken and _port_free(preferred):
+        return preferred
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
+    raise SandboxError("no free port on 127.0.0.1")
+
+
+def _wait_ssh_banner(port: int, deadline: float) -> None:
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=2) as s:
+                s.settimeout(3)
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SandboxError(f"sshd on {HOST}:{port} did not answer")
+        time.sleep(0.2)
+
+
+def _wait_http(port: int, deadline: float, expect: tuple[int, ...] = (200, 401)) -> None:
+    import http.client
+
+    while True:
+        try:
+            conn = http.client.HTTPConnection(HOST, port, timeout=2)
+            conn.request("GET", "/v2/")
+            if conn.getresponse().status in expect:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SandboxError(f"registry on {HOST}:{port} did not answer")
+        time.sleep(0.2)
+
+
+def _fingerprint(pubkey_line: str, tmpdir: Path) -> str:
+    tmp = tmpdir / f".fp-{secrets.token_hex(4)}.pub"
+    tmp.write_text(pubkey_line.strip() + "\n")
+    try:
+        out = run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(tmp)]).stdout.split()
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out[1]
+
+
+def _keygen(path: Path, comment: str) -> None:
+    if path.exists() and path.with_suffix(".pub").exists():
+        return
+    path.unlink(missing_ok=True)
+    path.with_suffix(".pub").unlink(missing_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    path.chmod(0o600)
+
+
+# --------------------------------------------------------------------------- sandbox
+
+class Sandbox:
+    """Bring up, inspect and remove one named sandbox.
+
+    >>> sb = Sandbox()                      # "keystone-sandbox", state in instance/sandbox/keystone-sandbox/
+    >>> info = sb.up(servers=2)             # idempotent
+    >>> info.servers[0].ssh_port, info.registry.url, info.git.sample_repo_url
+    >>> sb.down()
+    """
+
+    def __init__(self, name: str = DEFAULT_NAME, state_dir: Path | str | None = None):
+        if not name or any(not (c.isalnum() or c in "-_") for c in name):
+            raise SandboxError(f"invalid sandbox name: {name!r}")
+        self.name = name
+        if state_dir is None:
+            state_dir = Path(os.environ.get("KEYSTONE_SANDBOX_DIR", "instance/sandbox")) / name
+        self.state_dir = Path(state_dir).resolve()
+
+    # ---- names
+    @property
+    def network(self) -> str:
+        return f"{self.name}-net"
+
+    def server_name(self, index: int) -> str:
+        return f"{self.name}-server-{index}"
+
+    @property
+    def bare_name(self) -> str:
+        return f"{self.name}-bare"
+
+    @property
+    def registry_name(self) -> str:
+        return f"{self.name}-registry"
+
+    @property
+    def git_name(self) -> str:
+        return f"{self.name}-git"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def root_key_path(self) -> Path:
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.state_dir / "git_admin_ed25519"
+
+    @property
+    def known_hosts_path(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    # ---- state
+    def _load_state(self) -> dict:
+        if self.state_file.exists():
+            return json.loads(self.state_file.read_text())
+        return {}
+
+    def _save_state(self, state: dict) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(self.state_file)
+
+    def _labels(self, role: str, config: str | None = None) -> list[str]:
+        args = ["--label", f"{LABEL}={self.name}", "--label", f"{ROLE_LABEL}={role}"]
+        if config:
+            args += ["--label", f"{CONFIG_LABEL}={config}"]
+        return args
+
+    def _pick_subnet(self) -> str:
+        """A /24 for the private network that overlaps no existing Docker network."""
+        used = []
+        for net_id in docker_out("network", "ls", "-q").split():
+            cfg = docker_out("network", "inspect", "--format", "{{json .IPAM.Config}}", net_id)
+            for c in json.loads(cfg or "null") or []:
+                if c.get("Subnet"):
+                    try:
+                        used.append(ipaddress.ip_network(c["Subnet"], strict=False))
+                    except ValueError:
+                        pass
+        used += [ipaddress.ip_network(INNER_BIP, strict=False), ipaddress.ip_network(INNER_POOL)]
+        start = int(hashlib.sha256(self.name.encode()).hexdigest(), 16) % 200
+        for i in range(256):
+            cand = ipaddress.ip_network(f"10.{100 + (start + i) % 100}.{(start * 7 + i) % 256}.0/24")
+            if not any(cand.overlaps(u) for u in used if u.version == 4):
+                return str(cand)
+        raise SandboxError("no free /24 for the sandbox network")
+
+    def _ensure_state(self, servers: int) -> dict:
+        """Allocate (once) subnet, ports, passwords and keys; keep them across runs."""
+        state = self._load_state()
+        state.setdefault("name", self.name)
+        default = self.name == DEFAULT_NAME
+        taken: set[int] = set()
+        for key in ("registry", "git", "bare"):
+            for k, v in state.get(key, {}).items():
+                if k.endswith("port"):
+                    taken.add(v)
+        for s in state.get("servers", {}).values():
+            taken.update(v for k, v in s.items() if k.endswith("port"))
+
+        def port(preferred: int) -> int:
+            p = _free_port(taken, preferred if default else None)
+            taken.add(p)
+            return p
+
+        if "registry" not in state:
+            state["registry"] = {
+                "port": port(5055),
+                "username": "keystone",
+                "password": secrets.token_urlsafe(18),
+            }
+        state.setdefault("git", {"port": port(2222)})
+        state.setdefault("bare", {"ssh_port": port(2200), "http_port": port(8080),
+                                  "https_port": port(8440),
+                                  "root_password": secrets.token_urlsafe(12)})
+        srv = state.setdefault("servers", {})
+        for i in range(1, servers + 1):
+            if str(i) not in srv:
+                srv[str(i)] = {"ssh_port": port(2200 + i), "http_port": port(8080 + i),
+                               "https_port": port(8440 + i)}
+        if "subnet" not in state:
+            state["subnet"] = self._pick_subnet()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)
+        _keygen(self.root_key_path, f"keystone-sandbox-root@{self.name}")
+        _keygen(self.admin_key_path, f"keystone-sandbox-git-admin@{self.name}")
+        self._save_state(state)
+        return state
+
+    def _ip(self, state: dict, host: int) -> str:
+        net = ipaddress.ip_network(state["subnet"])
+        return str(net.network_address + host)
+
+    # ---- containers
+    def _container_config(self, name: str) -> tuple[str | None, bool]:
+        proc = docker("inspect", "--format", "{{json .Config.Labels}} {{.State.Running}}", name, check=False)
+        if proc.returncode != 0:
+            return None, False
+        labels_json, running = proc.stdout.strip().rsplit(" ", 1)
+        labels = json.loads(labels_json or "null") or {}
+        return labels.get(CONFIG_LABEL), running == "true"
+
+    def _run_container(self, name: str, role: str, image: str, args: list[str],
+                       cmd: Sequence[str] = ()) -> bool:
+        """Create `name` unless an identical one (same image id and args) is running.
+
+        Returns True when a container was (re)created.
+        """
+        image_id = img.image_id(image)
+        config = hashlib.sha256(json.dumps([image_id, args, list(cmd)]).encode()).hexdigest()[:16]
+        current, running = self._container_config(name)
+        if current == config and running:
+            return False
+        if current is not None:
+            docker("rm", "-f", name)
+        docker("run", "-d", "--name", name, "--hostname", name, *self._labels(role, config), *args, image, *cmd)
+        return True
+
+    def _ensure_volume(self, name: str, role: str) -> str:
+        if docker("volume", "inspect", name, check=False).returncode != 0:
+            docker("volume", "create", *self._labels(role), name)
+        return name
+
+    def _ensure_network(self, subnet: str) -> None:
+        proc = docker("network", "inspect", "--format", "{{json .IPAM.Config}}", self.network, check=False)
+        if proc.returncode == 0:
+            cfg = json.loads(proc.stdout.strip() or "null") or []
+            if any(c.get("Subnet") == subnet for c in cfg):
+                return
+            raise SandboxError(f"network {self.network} exists with another subnet; run `down` first")
+        docker("network", "create", "--driver", "bridge", "--subnet", subnet, *self._labels("network"),
+               self.network)
+
+    def _server_args(self, state: dict, ports: dict, ip: str, volume: str, env: dict[str, str]) -> list[str]:
+        args = [
+            "--restart", "unless-stopped", "--init",
+            "--network", self.network, "--ip", ip,
+            "-p", f"{HOST}:{ports['ssh_port']}:22",
+            "-p", f"{HOST}:{ports['http_port']}:80",
+            "-p", f"{HOST}:{ports['https_port']}:443",
+            "--security-opt", "seccomp=unconfined",
+            "--security-opt", "apparmor=unconfined",
+            "--security-opt", "systempaths=unconfined",
+            "--cgroupns", "host",
+            "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+            "-v", f"{volume}:/var/lib/docker",
+        ]
+        for cap in host_capabilities():
+            args += ["--cap-add", cap]
+        if Path("/dev/fuse").exists():
+            args += ["--device", "/dev/fuse"]
+        for k, v in env.items():
+            args += ["-e", f"{k}={v}"]
+        return args
+
+    def _daemon_json(self, state: dict) -> str:
+        cfg: dict = {
+            "bip": INNER_BIP,
+            "default-address-pools": [{"base": INNER_POOL, "size": 24}],
+            "storage-driver": INNER_STORAGE_DRIVER,
+            "insecure-registries": [f"{self._ip(state, 2)}:5000", f"{self.registry_name}:5000"],
+        }
+        dns = _host_nameservers()
+        if dns:
+            cfg["dns"] = dns
+        return json.dumps(cfg, sort_keys=True)
+
+    # ---- public API
+    def up(self, servers: int = 2, bare: bool = True, stand_ins: bool = False,
+           timeout: float = 180) -> SandboxInfo:
+        """Create (or repair) the sandbox; idempotent. Returns what `status` returns.
+
+        `stand_ins=True` also builds the Caddy/Postgres/Valkey/PHP stand-in
+        images and pushes them to the sandbox registry.
+        """
+        if servers < 1 or servers > 50:
+            raise SandboxError("servers must be between 1 and 50")
+        built = img.ensure_images(img.INFRA_IMAGES)
+        state = self._ensure_state(servers)
+        state["server_count"] = servers
+        state["bare_enabled"] = bare
+        self._save_state(state)
+        self._ensure_network(state["subnet"])
+
+        reg, git = state["registry"], state["git"]
+        reg_ip, git_ip = self._ip(state, 2), self._ip(state, 3)
+        htpasswd = run(["htpasswd", "-Bbn", reg["username"], reg["password"]]).stdout.strip()
+        # bcrypt salts differ per call: keep the first line so the container config stays stable.
+        reg.setdefault("htpasswd", htpasswd)
+        self._save_state(state)
+
+        self._run_container(self.registry_name, "registry", built["registry"], [
+            "--restart", "unless-stopped", "--network", self.network, "--ip", reg_ip,
+            "--network-alias", "registry",
+            "-p", f"{HOST}:{reg['port']}:5000",
+            "-v", f"{self._ensure_volume(self.registry_name + '-data', 'registry')}:/var/lib/docker-registry",
+            "-e", f"REGISTRY_HTPASSWD={reg['htpasswd']}",
+        ])
+        admin_pub = self.admin_key_path.with_suffix(".pub").read_text().strip()
+        self._run_container(self.git_name, "githost", built["githost"], [
+            "--restart", "unless-stopped", "--network", self.network, "--ip", git_ip,
+            "--network-alias", "git",
+            "-p", f"{HOST}:{git['port']}:22",
+            "-v", f"{self._ensure_volume(self.git_name + '-data', 'githost')}:/srv/git",
+            "-e", f"KEYSTONE_ADMIN_PUBKEY={admin_pub}",
+        ])
+
+        root_pub = self.root_key_path.with_suffix(".pub").read_text().strip()
+        forwards = f"{reg['port']}={reg_ip}:5000 {git['port']}={git_ip}:22"
+        daemon_json = self._daemon_json(state)
+        for i in range(1, servers + 1):
+            name = self.server_name(i)
+            ports = state["servers"][str(i)]
+            env = {"KEYSTONE_ROOT_PUBKEY": root_pub, "KEYSTONE_FORWARDS": forwards,
+                   "KEYSTONE_DAEMON_JSON": daemon_json}
+            self._run_container(name, "server", built["server"], self._server_args(
+                state, ports, self._ip(state, 10 + i), self._ensure_volume(name + "-docker", "server"), env))
+        # Servers beyond the requested count (from an earlier, larger `up`) go away.
+        for name in self._containers(role="server"):
+            idx = name.rsplit("-", 1)[-1]
+            if not idx.isdigit() or int(idx) > servers:
+                docker("rm", "-f", "-v", name)
+                docker("volume", "rm", "-f", name + "-docker", check=False)
+        if bare:
+            env = {"KEYSTONE_ROOT_PUBKEY": root_pub, "KEYSTONE_FORWARDS": forwards,
+                   "KEYSTONE_DAEMON_JSON": daemon_json,
+                   "KEYSTONE_ROOT_PASSWORD": state["bare"]["root_password"]}
+            self._run_container(self.bare_name, "bare", built["bare"], self._server_args(
+                state, state["bare"], self._ip(state, 10),
+                self._ensure_volume(self.bare_name + "-docker", "bare"), env))
+        else:
+            docker("rm", "-f", "-v", self.bare_name, check=False)
+
+        self._wait_ready(state, servers, bare, timeout)
+        info = self.status()
+        if info.sample_commit is None:
+            from .sample import push_sample_commit
+
+            state = self._load_state()
+            state["sample_commit"] = push_sample_commit(info.git, kind="initial")
+            self._save_state(state)
+            info.sample_commit = state["sample_commit"]
+        if stand_ins:
+            info.images = push_stand_ins(info.registry)
+            state = self._load_state()
+            state["images"] = info.images
+            self._save_state(state)
+        return info
+
+    def _containers(self, role: str | None = None) -> list[str]:
+        filters = ["--filter", f"label={LABEL}={self.name}"]
+        if role:
+            filters += ["--filter", f"label={ROLE_LABEL}={role}"]
+        return docker_out("ps", "-a", *filters, "--format", "{{.Names}}").split()
+
+    def _wait_ready(self, state: dict, servers: int, bare: bool, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+
+        def server_ready(i: int) -> None:
+            name = self.server_name(i)
+            _wait_ssh_banner(state["servers"][str(i)]["ssh_port"], deadline)
+            while docker("exec", name, "docker", "info", "--format", "{{.ServerVersion}}",
+                         check=False, timeout=30).returncode != 0:
+                if time.monotonic() > deadline:
+                    log = docker("exec", name, "tail", "-n", "30", "/var/log/dockerd.log", check=False)
+                    raise SandboxError(f"dockerd in {name} did not start:\n{log.stdout}")
+                time.sleep(0.3)
+
+        jobs = [lambda i=i: server_ready(i) for i in range(1, servers + 1)]
+        jobs.append(lambda: _wait_http(state["registry"]["port"], deadline))
+        jobs.append(lambda: _wait_ssh_banner(state["git"]["port"], deadline))
+        if bare:
+            jobs.append(lambda: _wait_ssh_banner(state["bare"]["ssh_port"], deadline))
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            for f in [pool.submit(j) for j in jobs]:
+                f.result()
+
+    def _host_key(self, container: str) -> str:
+        return docker_out("exec", container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
+
+    def status(self) -> SandboxInfo:
+        """Describe the sandbox from its state file and the live containers.
+
+        Host keys are read out of band (`docker exec`) so callers can pin them.
+        """
+        state = self._load_state()
+        if not state or "registry" not in state:
+            raise SandboxError(f"sandbox {self.name!r} has not been brought up (no {self.state_file})")
+        running = set(docker_out("ps", "--filter", f"label={LABEL}={self.name}",
+                                 "--format", "{{.Names}}").split())
+        known: list[str] = []
+
+        def host_key(container: str, port: int) -> tuple[str, str]:
+            if container not in running:
+                return "", ""
+            parts = self._host_key(container).split()
+            key = f"{parts[0]} {parts[1]}"
+            known.append(f"[{HOST}]:{port} {key}")
+            return key, _fingerprint(key, self.state_dir)
+
+        servers = []
+        for i in range(1, int(state.get("server_count", 0)) + 1):
+            ports = state["servers"][str(i)]
+            key, fp = host_key(self.server_name(i), ports["ssh_port"])
+            servers.append(Server(
+                name=self.server_name(i), host=HOST, ssh_port=ports["ssh_port"], http_port=ports["http_port"],
+                https_port=ports["https_port"], private_ip=self._ip(state, 10 + i),
+                root_key_path=self.root_key_path, host_key=key, host_key_fingerprint=fp))
+        bare = None
+        if state.get("bare_enabled"):
+            b = state["bare"]
+            key, fp = host_key(self.bare_name, b["ssh_port"])
+            bare = Server(name=self.bare_name, host=HOST, ssh_port=b["ssh_port"], http_port=b["http_port"],
+                          https_port=b["https_port"], private_ip=self._ip(state, 10),
+                          root_key_path=self.root_key_path, host_key=key, host_key_fingerprint=fp,
+                          has_docker=False, root_password=b["root_password"])
+        reg = state["registry"]
+        registry = Registry(host=HOST, port=reg["port"], username=reg["username"], password=reg["password"],
+                            private_ip=self._ip(state, 2), container=self.registry_name)
+        gkey, gfp = host_key(self.git_name, state["git"]["port"])
+        git = GitHost(host=HOST, port=state["git"]["port"], private_ip=self._ip(state, 3),
+                      container=self.git_name, admin_key_path=self.admin_key_path,
+                      known_hosts_path=self.known_hosts_path, host_key=gkey, host_key_fingerprint=gfp)
+        self.known_hosts_path.write_text("\n".join(known) + ("\n" if known else ""))
+        expected = {self.registry_name, self.git_name, *(s.name for s in servers)} | ({bare.name} if bare else set())
+        return SandboxInfo(
+            name=self.name, state_dir=self.state_dir, network=self.network, subnet=state["subnet"],
+            servers=servers, bare=bare, registry=registry, git=git, known_hosts_path=self.known_hosts_path,
+            sample_commit=state.get("sample_commit") if self.git_name in running else None,
+            running=expected <= running, images=state.get("images", {}),
+        )
+
+    def down(self) -> list[str]:
+        """Remove every container, network and volume labelled with this sandbox's name.
+
+        Keys and ports stay in the state directory so the next `up` reuses them;
+        the record of the pushed sample commit is dropped with the git volume.
+        """
+        removed: list[str] = []
+        names = self._containers()
+        if names:
+            docker("rm", "-f", "-v", *names)
+            removed += [f"container {n}" for n in names]
+        for net in docker_out("network", "ls", "--filter", f"label={LABEL}={self.name}",
+                              "--format", "{{.Name}}").split():
+            docker("network", "rm", net)
+            removed.append(f"network {net}")
+        vols = docker_out("volume", "ls", "--filter", f"label={LABEL}={self.name}", "--format", "{{.Name}}").split()
+        if vols:
+            docker("volume", "rm", "-f", *vols)
+            removed += [f"volume {v}" for v in vols]
+        state = self._load_state()
+        if state:
+            for k in ("sample_commit", "images"):
+                state.pop(k, None)
+            self._save_state(state)
+        return removed
+
+
+def _host_nameservers() -> list[str]:
+    """Non-loopback resolvers of the host, so inner containers can resolve the mirror."""
+    out = []
+    try:
+        for line in Path("/etc/resolv.conf").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                try:
+                    if not ipaddress.ip_address(parts[1]).is_loopback:
+                        out.append(parts[1])
+                except ValueError:
+                    pass
+    except OSError:
+        pass
+    return out
+
+
+# --------------------------------------------------------------------------- images into servers
+
+def load_images(servers: Iterable[Server | str], tags: Iterable[str]) -> None:
+    """Copy host images into each server's engine (`docker save | docker exec -i S docker load`).
+
+    Skips an image a server already has with the same id, so repeated calls are cheap.
+    """
+    names = [s.name if isinstance(s, Server) else s for s in servers]
+    tags = list(tags)
+
+    def one(name: str) -> None:
+        for tag in tags:
+            want = img.image_id(tag)
+            have = docker("exec", name, "docker", "image", "inspect", "--format", "{{.Id}}", tag, check=False)
+            if have.returncode == 0 and have.stdout.strip() == want:
+                continue
+            pipe(["docker", "save", tag], ["docker", "exec", "-i", name, "docker", "load", "-q"], timeout=900)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        for f in [pool.submit(one, n) for n in names]:
+            f.result()
+
+
+def push_image(registry: Registry, tag: str, repository: str | None = None) -> str:
+    """Tag and push a host image to the sandbox registry; return `url/repo@sha256:...`."""
+    repo_tag = tag if repository is None else repository
+    if ":" not in repo_tag.rsplit("/", 1)[-1]:
+        repo_tag += ":latest"
+    target = f"{registry.url}/{repo_tag}"
+    registry.login()
+    docker("tag", tag, target)
+    docker("push", target, timeout=900)
+    digests = json.loads(docker_out("image", "inspect", "--format", "{{json .RepoDigests}}", target) or "[]")
+    repo = target.rsplit(":", 1)[0]
+    for d in digests:
+        if d.startswith(repo + "@"):
+            return d
+    raise SandboxError(f"no digest recorded for {target}")
+
+
+def push_stand_ins(registry: Registry, keys: Sequence[str] = img.STAND_IN_IMAGES) -> dict[str, str]:
+    """Build the driver stand-in images and push them to the registry.
+
+    Returns {key: "127.0.0.1:PORT/keystone-sandbox/NAME:TAG"}; the digest-pinned
+    reference can be read with `docker inspect` or resolved through the registry.
+    """
+    built = img.ensure_images(tuple(keys))
+    refs = {}
+    for key, tag in built.items():
+        push_image(registry, tag)
+        refs[key] = f"{registry.url}/{tag}"
+    return refs
+
+
+def info_as_dict(info: SandboxInfo) -> dict:
+    """JSON-friendly form of SandboxInfo (paths as strings)."""
+    def conv(o):
+        if isinstance(o, Path):
+            return str(o)
+        if isinstance(o, dict):
+            return {k: conv(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [conv(v) for v in o]
+        return o
+
+    d = conv(asdict(info))
+    d["registry"]["url"] = info.registry.url
+    d["git"]["sample_repo_url"] = info.git.sample_repo_url
+    return d
