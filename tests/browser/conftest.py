@@ -1,0 +1,100 @@
+"""A live Keystone (gunicorn gthread + RQ worker + real Redis) driven by Debian's chromium.
+
+Playwright's own browser download does not work on these machines: the tests
+launch the chromium package's binary through `executablePath`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory, redis_url):
+    base = tmp_path_factory.mktemp("live")
+    port = _free_port()
+    env = dict(os.environ,
+               KEYSTONE_INSTANCE_PATH=str(base / "instance"),
+               DATABASE_URL=f"sqlite:///{base / 'keystone.db'}",
+               REDIS_URL=redis_url,
+               KEYSTONE_SECRET_KEY="browser-test-secret",
+               KEYSTONE_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
+               KEYSTONE_QUEUE=f"browser-{port}")
+    bindir = Path(sys.executable).parent
+    subprocess.run([str(bindir / "keystone"), "db", "upgrade"], env=env, check=True,
+                   capture_output=True, cwd=ROOT)
+    log = open(base / "server.log", "w")
+    web = subprocess.Popen([str(bindir / "gunicorn"), "--worker-class", "gthread", "--threads",
+                            "16", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
+                           env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([str(bindir / "keystone"), "worker"], env=env, cwd=ROOT,
+                              stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/signup", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or web.poll() is not None:
+                raise RuntimeError("Keystone did not start:\n" + (base / "server.log").read_text())
+            time.sleep(0.2)
+    yield {"url": url, "env": env, "log": base / "server.log"}
+    for proc in (worker, web):
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    assert Path(CHROMIUM).exists(), ("Debian's chromium is needed for the browser tests: "
+                                     "apt-get install chromium (scripts/ensure-browser.sh)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = context.new_page()
+    pg.set_default_timeout(15000)
+    yield pg
+    context.close()
+
+
+@pytest.fixture()
+def screenshot():
+    """Save a screenshot: into docs/screenshots when KEYSTONE_SCREENSHOTS=1."""
+    def take(pg, name: str):
+        target = SCREENSHOTS if os.environ.get("KEYSTONE_SCREENSHOTS") == "1" else \
+            Path(os.environ.get("TMPDIR", "/tmp")) / "keystone-screenshots"
+        target.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(target / f"{name}.png"), full_page=True)
+    return take
