@@ -1,6 +1,7 @@
 """The domain model (SPEC sections 2, 3, 6 and 14)."""
 from app.models.application import (Application, Environment, EnvironmentAttachment,
                                     EnvironmentVariable)
+from app.models.audit import AuditEvent
 from app.models.build import BuildArtifact, Registry
 from app.models.enums import *  # noqa: F401,F403
 from app.models.operation import Operation, OperationLock, OperationStep
@@ -12,5 +13,5 @@ __all__ = [
     "Organisation", "User", "Membership", "Provider", "Server", "Application",
     "Environment", "EnvironmentAttachment", "EnvironmentVariable", "Service",
     "ServiceReplica", "ServiceSlice", "Endpoint", "Operation", "OperationStep",
-    "OperationLock", "Registry", "BuildArtifact",
+    "OperationLock", "Registry", "BuildArtifact", "AuditEvent",
 ]

@@ -19,7 +19,7 @@ EXPECTED_TABLES = {
     "organisations", "users", "memberships", "providers", "servers", "applications",
     "environments", "services", "service_replicas", "service_slices",
     "environment_attachments", "environment_variables", "endpoints", "operations",
-    "operation_steps", "operation_locks", "registries", "build_artifacts",
+    "operation_steps", "operation_locks", "registries", "build_artifacts", "audit_events",
 }
 
 
