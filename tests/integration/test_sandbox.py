@@ -1,0 +1,262 @@
+"""Acceptance tests of the sandbox (issue 3): real SSH, real Docker, real registry and git host."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import paramiko
+import pytest
+from click.testing import CliRunner
+
+from app.sandbox import (
+    BUSYBOX_IMAGE, Sandbox, SandboxInfo, Server, ensure_image, push_broken_commit, push_image, push_new_commit,
+    remote_head, ssh_command,
+)
+from app.sandbox.cli import sandbox as sandbox_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def connect(server: Server, password: str | None = None) -> paramiko.SSHClient:
+    """Connect with the host key pinned to what the sandbox reported (no AutoAddPolicy)."""
+    client = paramiko.SSHClient()
+    key_type, key_b64 = server.host_key.split()[:2]
+    client.get_host_keys().add(f"[{server.host}]:{server.ssh_port}", key_type,
+                               paramiko.PKey.from_type_string(key_type, base64.b64decode(key_b64)))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    kwargs = dict(hostname=server.host, port=server.ssh_port, username=server.user, timeout=15,
+                  allow_agent=False, look_for_keys=False)
+    if password is None:
+        kwargs["key_filename"] = str(server.root_key_path)
+    else:
+        kwargs["password"] = password
+    client.connect(**kwargs)
+    presented = client.get_transport().get_remote_server_key()
+    assert _fingerprint(presented) == server.host_key_fingerprint
+    return client
+
+
+def run(client: paramiko.SSHClient, command: str, stdin: str | None = None, timeout: float = 180) -> tuple[int, str, str]:
+    chan_in, out, err = client.exec_command(command, timeout=timeout)
+    if stdin is not None:
+        chan_in.write(stdin)
+        chan_in.channel.shutdown_write()
+    status = out.channel.recv_exit_status()
+    return status, out.read().decode(), err.read().decode()
+
+
+def test_each_server_answers_ssh_by_key_and_runs_docker_and_compose(sandbox: SandboxInfo):
+    assert len(sandbox.servers) == 2
+    for server in sandbox.servers:
+        assert server.host == "127.0.0.1"
+        assert server.host_key_fingerprint.startswith("SHA256:")
+        assert oct(server.root_key_path.stat().st_mode & 0o777) == "0o600"
+        client = connect(server)
+        try:
+            status, out, err = run(client, "docker info --format '{{.ServerVersion}} {{.Driver}}'")
+            assert status == 0, err
+            assert out.strip()
+            status, out, err = run(client, "docker compose version")
+            assert status == 0, err
+            assert "version" in out.lower()
+        finally:
+            client.close()
+
+
+def test_a_wrong_host_key_is_refused(sandbox: SandboxInfo):
+    """Pinning works: the second server's key is not accepted for the first server."""
+    first, second = sandbox.servers[:2]
+    impostor = Server(**{**first.__dict__, "host_key": second.host_key,
+                         "host_key_fingerprint": second.host_key_fingerprint})
+    with pytest.raises(paramiko.SSHException):
+        connect(impostor)
+
+
+def test_host_keys_differ_between_servers(sandbox: SandboxInfo):
+    keys = [s.host_key for s in sandbox.servers] + [sandbox.bare.host_key, sandbox.git.host_key]
+    assert all(keys)
+    assert len(set(keys)) == len(keys)
+    fps = [s.host_key_fingerprint for s in sandbox.servers] + [sandbox.bare.host_key_fingerprint]
+    assert len(set(fps)) == len(fps)
+
+
+def test_password_login_is_refused_on_docker_servers(sandbox: SandboxInfo):
+    server = sandbox.servers[0]
+    with pytest.raises(paramiko.AuthenticationException):
+        connect(server, password="anything")
+
+
+def test_image_pushed_from_host_is_pulled_by_digest_on_two_servers(sandbox: SandboxInfo):
+    ensure_image("busybox")
+    repo = f"keystone-test/busybox-{uuid.uuid4().hex[:8]}"
+    ref = push_image(sandbox.registry, BUSYBOX_IMAGE, f"{repo}:v1")
+    assert ref.startswith(f"{sandbox.registry.url}/{repo}@sha256:")
+    reg = sandbox.registry
+    for i, server in enumerate(sandbox.servers[:2]):
+        client = connect(server)
+        try:
+            status, out, err = run(client, f"docker login --username {shlex.quote(reg.username)} "
+                                           f"--password-stdin {reg.url}", stdin=reg.password)
+            assert status == 0, err
+            status, out, err = run(client, f"docker pull {shlex.quote(ref)}")
+            assert status == 0, err
+            status, out, err = run(client, f"docker run --rm {shlex.quote(ref)} echo hello-from-{i}")
+            assert status == 0, err
+            assert out.strip() == f"hello-from-{i}"
+        finally:
+            client.close()
+
+
+def test_servers_reach_each_other_over_the_private_network(sandbox: SandboxInfo, sandbox_manager: Sandbox):
+    """A container published on server 2 is reached from server 1 at server 2's private IP."""
+    from app.sandbox import load_images
+
+    first, second = sandbox.servers[:2]
+    load_images([second], [BUSYBOX_IMAGE])
+    name = f"web-{uuid.uuid4().hex[:6]}"
+    c2 = connect(second)
+    c1 = connect(first)
+    try:
+        status, _, err = run(c2, f"docker run -d --name {name} -p 18080:80 {BUSYBOX_IMAGE}")
+        assert status == 0, err
+        deadline = time.monotonic() + 20
+        while True:
+            status, out, err = run(c1, f"curl -fsS http://{second.private_ip}:18080/")
+            if status == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status == 0, err
+        assert "keystone-sandbox busybox" in out
+    finally:
+        run(c2, f"docker rm -f {name}")
+        c1.close()
+        c2.close()
+
+
+def _keypair(directory: Path, name: str) -> tuple[Path, str]:
+    path = directory / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
+    return path, (directory / f"{name}.pub").read_text().strip()
+
+
+def _ls_remote(url: str, key: Path, known_hosts: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GIT_SSH_COMMAND": ssh_command(key, known_hosts)}
+    return subprocess.run(["git", "ls-remote", url], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_git_ls_remote_needs_the_authorised_deploy_key(sandbox: SandboxInfo, tmp_path: Path):
+    deploy_key, deploy_pub = _keypair(tmp_path, "deploy")
+    other_key, _ = _keypair(tmp_path, "other")
+    sandbox.git.authorize_key(deploy_pub, "sample.git")
+    url = sandbox.git.sample_repo_url
+    assert url == f"ssh://git@127.0.0.1:{sandbox.git.port}/sample.git"
+
+    ok = _ls_remote(url, deploy_key, sandbox.known_hosts_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "refs/heads/main" in ok.stdout
+    assert remote_head(sandbox.git) in ok.stdout
+
+    denied = _ls_remote(url, other_key, sandbox.known_hosts_path)
+    assert denied.returncode != 0
+    assert "refs/heads/main" not in denied.stdout
+
+    # The key is scoped to one repository and is read-only.
+    sandbox.git.create_repo("other.git")
+    assert _ls_remote(sandbox.git.repo_url("other.git"), deploy_key, sandbox.known_hosts_path).returncode != 0
+    env = {**os.environ, "GIT_SSH_COMMAND": ssh_command(deploy_key, sandbox.known_hosts_path)}
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", url, str(clone)], env=env, check=True, timeout=60)
+    (clone / "extra.txt").write_text("x\n")
+    subprocess.run(["git", "-C", str(clone), "add", "extra.txt"], check=True)
+    subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    push = subprocess.run(["git", "-C", str(clone), "push", "origin", "HEAD:main"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert push.returncode != 0
+
+    sandbox.git.revoke_key(deploy_pub)
+    assert _ls_remote(url, deploy_key, sandbox.known_hosts_path).returncode != 0
+
+
+def test_the_same_repository_url_works_from_inside_a_server(sandbox: SandboxInfo, tmp_path: Path):
+    deploy_key, deploy_pub = _keypair(tmp_path, "deploy-in-server")
+    sandbox.git.authorize_key(deploy_pub, "sample.git")
+    server = sandbox.servers[0]
+    client = connect(server)
+    try:
+        sftp = client.open_sftp()
+        with sftp.file("/tmp/deploy_key", "w") as f:
+            f.write(deploy_key.read_text())
+        sftp.chmod("/tmp/deploy_key", 0o600)
+        with sftp.file("/tmp/known_hosts", "w") as f:
+            f.write(sandbox.known_hosts_path.read_text())
+        sftp.close()
+        cmd = (f"GIT_SSH_COMMAND={shlex.quote(ssh_command(Path('/tmp/deploy_key'), Path('/tmp/known_hosts')))} "
+               f"git ls-remote {shlex.quote(sandbox.git.sample_repo_url)}; rc=$?; rm -f /tmp/deploy_key; exit $rc")
+        status, out, err = run(client, cmd)
+        assert status == 0, err
+        assert remote_head(sandbox.git) in out
+    finally:
+        client.close()
+        sandbox.git.revoke_key(deploy_pub)
+
+
+def test_sample_commits_change_the_head(sandbox: SandboxInfo):
+    before = remote_head(sandbox.git)
+    new = push_new_commit(sandbox.git)
+    assert new != before and remote_head(sandbox.git) == new
+    broken = push_broken_commit(sandbox.git)
+    assert broken != new and remote_head(sandbox.git) == broken
+
+
+def test_bare_server_has_root_password_login_and_no_docker(sandbox: SandboxInfo):
+    bare = sandbox.bare
+    assert bare is not None and not bare.has_docker and bare.root_password
+    client = connect(bare, password=bare.root_password)
+    try:
+        status, _, _ = run(client, "command -v docker")
+        assert status != 0
+        status, out, err = run(client, "apt-get update -qq && apt-cache policy docker.io | head -3", timeout=300)
+        assert status == 0, err
+        assert "Candidate" in out
+    finally:
+        client.close()
+    connect(bare).close()  # and by key
+
+
+def test_up_is_idempotent_and_status_reports_the_same(sandbox_manager: Sandbox, sandbox: SandboxInfo):
+    started = time.monotonic()
+    again = sandbox_manager.up(servers=2, bare=True, stand_ins=True)
+    assert time.monotonic() - started < 60
+    assert [(s.name, s.ssh_port, s.host_key_fingerprint) for s in again.servers] == \
+        [(s.name, s.ssh_port, s.host_key_fingerprint) for s in sandbox.servers]
+    out = subprocess.run(["docker", "ps", "-a", "--filter", f"label=keystone.sandbox={sandbox.name}",
+                          "--format", "{{.Names}}"], capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(out) == sorted([s.name for s in sandbox.servers] +
+                                 [sandbox.bare.name, sandbox.registry.container, sandbox.git.container])
+
+
+def test_cli_status_prints_what_onboarding_needs(sandbox: SandboxInfo):
+    result = CliRunner().invoke(sandbox_cli, ["--name", sandbox.name, "--state-dir", str(sandbox.state_dir),
+                                              "status", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["registry"]["url"] == sandbox.registry.url
+    assert data["git"]["sample_repo_url"] == sandbox.git.sample_repo_url
+    assert [s["host_key_fingerprint"] for s in data["servers"]] == [s.host_key_fingerprint for s in sandbox.servers]
+    text = CliRunner().invoke(sandbox_cli, ["--name", sandbox.name, "--state-dir", str(sandbox.state_dir), "status"])
+    assert text.exit_code == 0
+    for s in sandbox.servers:
+        assert str(s.ssh_port) in text.output and s.host_key_fingerprint in text.output
+    assert sandbox.registry.password in text.output and sandbox.git.sample_repo_url in text.output
