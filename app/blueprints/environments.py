@@ -1,0 +1,115 @@
+"""The environment page: the primary application surface (SPEC 19, phase 6).
+
+Services with status, health, replicas per server, digests and update badges;
+the deploy button and last deploy; where the scheduler runs; attachments;
+variables (secret values masked, reveal recorded); operations.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, abort, render_template, request
+from flask_login import current_user, login_required
+from sqlalchemy.orm import selectinload
+
+from app.extensions import db
+from app.models import (AuditEvent, Environment, EnvironmentAttachment, EnvironmentVariable,
+                        Operation, Service, ServiceReplica)
+from app.models.enums import EnvironmentStatus, SchedulerMode, VariableSource
+from app.scoping import current_org_id, get_for_org_or_404, org_query
+
+bp = Blueprint("environments", __name__, url_prefix="/environments")
+
+
+def load_environment(environment_id) -> Environment:
+    """The environment with everything its page shows, in a fixed number of queries."""
+    get_for_org_or_404(Environment, environment_id)
+    stmt = (org_query(Environment).where(Environment.id == int(environment_id))
+            .options(selectinload(Environment.application),
+                     selectinload(Environment.services).selectinload(Service.replicas)
+                     .selectinload(ServiceReplica.server),
+                     selectinload(Environment.attachments)
+                     .selectinload(EnvironmentAttachment.service),
+                     selectinload(Environment.attachments)
+                     .selectinload(EnvironmentAttachment.service_slice),
+                     selectinload(Environment.variables),
+                     selectinload(Environment.current_artifact)))
+    return db.session.execute(stmt).scalar_one()
+
+
+def effective_variables(env: Environment) -> list[dict]:
+    """One row per key: a user value overrides an overridable managed one."""
+    rows: dict[str, dict] = {}
+    order = {VariableSource.SYSTEM: 0, VariableSource.MANAGED_ATTACHMENT: 1,
+             VariableSource.USER: 2}
+    for var in sorted(env.variables, key=lambda v: (v.key, order[v.source])):
+        current = rows.get(var.key)
+        row = {"variable": var, "overrides": None}
+        if current and current["variable"].overridable and var.source == VariableSource.USER:
+            row["overrides"] = current["variable"]
+            rows[var.key] = row
+        elif not current:
+            rows[var.key] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def environment_warnings(env: Environment, variables: list[dict]) -> list[str]:
+    warnings = []
+    values = {r["variable"].key: r["variable"] for r in variables}
+    queue = values.get("QUEUE_CONNECTION")
+    if env.status == EnvironmentStatus.DEPLOYED and (queue is None or queue.value == "sync"):
+        warnings.append("QUEUE_CONNECTION is sync: queued jobs run inside web requests. "
+                        "Attach Valkey for queues and add a worker.")
+    if env.scheduler_enabled and env.scheduler_mode == SchedulerMode.EVERY_REPLICA:
+        warnings.append("The scheduler runs on every replica: each scheduled task runs once "
+                        "per replica unless it uses onOneServer().")
+    return warnings
+
+
+def scheduler_placement(env: Environment) -> dict:
+    if not env.scheduler_enabled:
+        return {"text": "Scheduler disabled", "replica": None}
+    replicas = {r.id: r for s in env.services for r in s.replicas}
+    replica = replicas.get(env.scheduler_replica_id)
+    target = env.scheduler_target_service
+    if env.scheduler_mode == SchedulerMode.EVERY_REPLICA:
+        return {"text": f"Every replica of {target.name if target else 'the web service'}",
+                "replica": None}
+    if replica is None:
+        return {"text": f"On one replica of {target.name if target else 'the web service'} "
+                        f"(chosen at the next deploy)", "replica": None}
+    return {"text": f"{replica.container_name} on {replica.server.name}", "replica": replica}
+
+
+@bp.route("/<int:environment_id>")
+@login_required
+def show(environment_id):
+    env = load_environment(environment_id)
+    variables = effective_variables(env)
+    operations = db.session.execute(
+        sa.select(Operation).where(Operation.organisation_id == current_org_id(),
+                                   Operation.target_type == "environment",
+                                   Operation.target_id == env.id,
+                                   Operation.parent_id.is_(None))
+        .order_by(Operation.id.desc()).limit(15)).scalars().all()
+    last_deploy = next((op for op in operations if op.kind.value == "environment_deploy"), None)
+    return render_template("environments/show.html", env=env, variables=variables,
+                           operations=operations, last_deploy=last_deploy,
+                           warnings=environment_warnings(env, variables),
+                           scheduler=scheduler_placement(env))
+
+
+@bp.route("/<int:environment_id>/variables/<int:variable_id>/reveal", methods=["POST"])
+@login_required
+def reveal_variable(environment_id, variable_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    var = get_for_org_or_404(EnvironmentVariable, variable_id)
+    if var.environment_id != env.id:
+        abort(404)
+    db.session.add(AuditEvent(organisation_id=current_org_id(), user_id=current_user.id,
+                              action="variable.reveal", target_type="environment_variable",
+                              target_id=var.id, detail={"key": var.key,
+                                                        "environment_id": env.id}))
+    db.session.commit()
+    hide = request.args.get("hide") == "1"
+    return render_template("environments/_variable_value.html", env=env, var=var,
+                           revealed=not hide)
