@@ -535,8 +535,8 @@ def sh_c(command: Command, *, shell: str = "sh") -> Command:
     return Command((_coerce_scalar(shell), "-c", _Quoted(command)))
 
 
-def report_pgid_then(command: Command, marker: str) -> Command:
-    """``printf '<marker>%s\\n' "$$"; exec sh -c '<command>'``.
+def report_pgid_then(command: "Command | str", marker: str, *, stdin_devnull: bool = False) -> Command:
+    """``printf '<marker>%s\\n' "$$" ; exec sh -c '<command>'``.
 
     Used by the remote layer so it can kill the whole remote process group on
     timeout or cancel: sshd starts every session command in a new session, so
@@ -544,21 +544,34 @@ def report_pgid_then(command: Command, marker: str) -> Command:
     command starts (a non-interactive sh does no job control). ``exec`` keeps
     that pid for the command itself. ``"$$"`` is the one expansion Keystone
     ever emits, so it lives here rather than behind :class:`Raw`.
+
+    ``command`` may be a :class:`Command` (masking preserved) or an already
+    rendered string, which is then passed as one quoted argument (inert: it
+    is only ever interpreted by the inner ``sh -c``, exactly as it would have
+    been by sshd). ``stdin_devnull`` gives the command an empty stdin so a
+    stray prompt fails instead of hanging until the timeout.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.:=-]+", marker):
         raise ValueError("marker must be a plain token")
-    return Command(
-        (
-            "printf",
-            marker + "%s\\n",
-            _Trusted('"$$"'),
-            Raw(";"),
-            _Trusted("exec"),
-            _Trusted("sh"),
-            "-c",
-            _Quoted(command),
-        )
-    )
+    if isinstance(command, Command):
+        script: _Token = _Quoted(command)
+    elif isinstance(command, str):
+        script = _coerce_scalar(command)
+    else:
+        raise TypeError(f"expected a Command or str, got {type(command).__name__}")
+    tokens: list[_Token] = [
+        "printf",
+        marker + "%s\\n",
+        _Trusted('"$$"'),
+        Raw(";"),
+        _Trusted("exec"),
+        _Trusted("sh"),
+        "-c",
+        script,
+    ]
+    if stdin_devnull:
+        tokens.append(Raw("</dev/null"))
+    return Command(tokens)
 
 
 def _needles(secrets: Iterable["str | Secret"]) -> list[str]:

@@ -1,0 +1,373 @@
+"""app.remote against a real OpenSSH server.
+
+There is no shared ``sandbox`` fixture yet, so this module starts its own
+throwaway sshd on 127.0.0.1 (generated host key, generated client key in a
+private authorized_keys file) and logs in as the current user. When the
+sandbox servers exist these tests can take the ``sandbox`` fixture instead.
+Because the sshd is local, file modes and leftover processes are checked both
+through SSH and directly.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from app import shell
+from app.remote import (
+    AuthenticationFailed,
+    CommandCancelled,
+    CommandTimeout,
+    Connection,
+    ConnectionLost,
+    ConnectionPool,
+    ConnectionRefused,
+    ConnectTimeout,
+    HostKeyMismatch,
+    ProtocolError,
+    Unreachable,
+    generate_ed25519,
+)
+
+pytestmark = pytest.mark.integration
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if not os.path.exists(SSHD):
+        pytest.skip("openssh-server is not installed (apt-get install -y openssh-server)")
+    d = tmp_path_factory.mktemp("sshd")
+    host_private, _host_public, host_fp = generate_ed25519("host")
+    client_private, client_public, _ = generate_ed25519("keystone-test")
+    (d / "host_key").write_text(host_private)
+    os.chmod(d / "host_key", 0o600)
+    (d / "authorized_keys").write_text(client_public + "\n")
+    port = _free_port()
+    config = d / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {d / 'host_key'}",
+                f"AuthorizedKeysFile {d / 'authorized_keys'}",
+                f"PidFile {d / 'sshd.pid'}",
+                "StrictModes no",
+                "UsePAM no",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "Subsystem sftp internal-sftp",
+                "MaxStartups 100",
+                "LogLevel ERROR",
+                "",
+            ]
+        )
+    )
+    os.makedirs("/run/sshd", exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.poll() is not None else ""
+                proc.kill()
+                pytest.skip(f"could not start a local sshd: {err}")
+            time.sleep(0.05)
+    yield SimpleNamespace(
+        host="127.0.0.1",
+        port=port,
+        username=getpass.getuser(),
+        key=client_private,
+        fingerprint=host_fp,
+        dir=d,
+    )
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _conn(s, **kw) -> Connection:
+    kw.setdefault("expected_fingerprint", s.fingerprint)
+    return Connection(s.host, s.port, s.username, s.key, **kw)
+
+
+@pytest.fixture
+def conn(sshd):
+    c = _conn(sshd)
+    c.connect()
+    yield c
+    c.close()
+
+
+def _remote_processes(sshd, needle: str) -> list[str]:
+    """Processes whose command line contains needle, seen over a second connection."""
+    with _conn(sshd) as other:
+        out = other.run(shell.cmd("ps", "-eo", "pid,pgid,args"), pty=False).stdout
+    return [line for line in out.splitlines() if needle in line and "ps -eo" not in line]
+
+
+def _wait_gone(sshd, needle: str, seconds: float = 5.0) -> list[str]:
+    end = time.monotonic() + seconds
+    while True:
+        left = _remote_processes(sshd, needle)
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------- connect
+
+
+def test_first_contact_returns_the_host_key_fingerprint(sshd):
+    c = _conn(sshd, expected_fingerprint=None)
+    try:
+        assert c.first_contact
+        assert c.connect() == sshd.fingerprint
+        assert c.fingerprint == sshd.fingerprint
+        assert c.is_connected
+    finally:
+        c.close()
+    assert not c.is_connected
+
+
+def test_pinned_key_connects(sshd):
+    with _conn(sshd) as c:
+        assert c.run(shell.cmd("true")).exit_code == 0
+
+
+def test_host_key_mismatch_names_both_fingerprints(sshd):
+    _, _, other_fp = generate_ed25519()
+    c = _conn(sshd, expected_fingerprint=other_fp)
+    with pytest.raises(HostKeyMismatch) as info:
+        c.connect()
+    message = str(info.value)
+    assert other_fp in message and sshd.fingerprint in message
+    assert "re-pin" in message and "explicit" in message
+    assert info.value.expected == other_fp and info.value.presented == sshd.fingerprint
+    assert not c.is_connected
+
+
+def test_wrong_port_is_refused_fast(sshd):
+    port = _free_port()
+    c = Connection(sshd.host, port, sshd.username, sshd.key, None, connect_timeout=10)
+    start = time.monotonic()
+    with pytest.raises(ConnectionRefused) as info:
+        c.connect()
+    assert time.monotonic() - start < 2
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "wrong SSH port" in str(info.value)
+
+
+def test_silent_server_times_out_within_connect_timeout():
+    # Accepts TCP but never speaks SSH: the handshake deadline must hold.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    port = listener.getsockname()[1]
+    private, _, _ = generate_ed25519()
+    try:
+        c = Connection("127.0.0.1", port, "nobody", private, None, connect_timeout=2)
+        start = time.monotonic()
+        with pytest.raises((ConnectTimeout, ProtocolError)) as info:
+            c.connect()
+        assert time.monotonic() - start < 4
+        assert f"127.0.0.1:{port}" in str(info.value)
+    finally:
+        listener.close()
+
+
+def test_blackholed_address_fails_within_timeout():
+    private, _, _ = generate_ed25519()
+    # TEST-NET-1 (RFC 5737): never routed; either dropped (timeout) or unreachable.
+    c = Connection("192.0.2.1", 22, "root", private, None, connect_timeout=2)
+    start = time.monotonic()
+    with pytest.raises(Unreachable) as info:
+        c.connect()
+    assert time.monotonic() - start < 3.5
+    assert "192.0.2.1:22" in str(info.value)
+
+
+def test_refused_key_is_a_clear_authentication_error(sshd):
+    stranger, _, _ = generate_ed25519()
+    c = Connection(sshd.host, sshd.port, sshd.username, stranger, sshd.fingerprint)
+    start = time.monotonic()
+    with pytest.raises(AuthenticationFailed) as info:
+        c.connect()
+    assert time.monotonic() - start < 5
+    assert "refused Keystone's key" in str(info.value)
+    assert f"{sshd.host}:{sshd.port}" in str(info.value)
+
+
+# ---------------------------------------------------------------- run
+
+
+def test_exit_code_and_output(conn):
+    r = conn.run(shell.seq(shell.cmd("printf", "%s\\n", "hello"), shell.cmd("exit", 3)))
+    assert r.exit_code == 3 and not r.ok
+    assert r.stdout == "hello\n"
+
+
+def test_secret_reaches_the_server_intact(conn):
+    value = "it's $(id) `id` ;id\\ \"q\""
+    lines = []
+    r = conn.run(shell.cmd("printf", "%s\\n", shell.Secret(value)), on_line=lambda s, l: lines.append(l))
+    assert lines == [value] and r.ok
+
+
+def test_lines_arrive_as_they_are_printed(conn):
+    arrivals = []
+    script = shell.and_then(
+        shell.cmd("echo", "first"), shell.cmd("sleep", "1.5"), shell.cmd("echo", "second")
+    )
+    start = time.monotonic()
+    r = conn.run(script, on_line=lambda stream, line: arrivals.append((line, time.monotonic() - start)))
+    end = time.monotonic() - start
+    assert [a[0] for a in arrivals] == ["first", "second"]
+    assert arrivals[0][1] < end - 1.0, arrivals  # not delivered at the end
+    assert r.ok
+
+
+def test_pty_merges_stderr_and_no_pty_separates_it(conn):
+    script = shell.seq(shell.cmd("echo", "out"), shell.cmd("echo", "err", shell.Raw(">&2")))
+    seen = []
+    conn.run(script, on_line=lambda s, l: seen.append((s, l)))
+    assert sorted(seen) == [("stdout", "err"), ("stdout", "out")]
+    seen.clear()
+    r = conn.run(script, on_line=lambda s, l: seen.append((s, l)), pty=False)
+    assert sorted(seen) == [("stderr", "err"), ("stdout", "out")]
+    assert r.stderr == "err\n"
+
+
+def test_stdin_is_delivered_byte_for_byte(conn):
+    data = bytes(range(256)) * 64
+    r = conn.run(shell.cmd("sha256sum"), stdin=data)
+    import hashlib
+
+    assert r.stdout.split()[0] == hashlib.sha256(data).hexdigest()
+
+
+def test_stdin_is_empty_by_default_so_prompts_do_not_hang(conn):
+    r = conn.run(shell.cmd("cat"), timeout=5)
+    assert r.ok and r.stdout == ""
+
+
+def test_timeout_kills_the_remote_process_group(sshd, conn):
+    # A child that ignores TERM and HUP needs the KILL after the grace period.
+    script = shell.cmd("sh", "-c", "trap '' TERM HUP; sleep 3017 & sleep 3018; wait")
+    conn.kill_grace = 1.0
+    start = time.monotonic()
+    with pytest.raises(CommandTimeout) as info:
+        conn.run(script, timeout=1)
+    assert time.monotonic() - start < 8
+    assert "within 1s" in str(info.value) and "terminated" in str(info.value)
+    assert _wait_gone(sshd, "sleep 301") == []
+    assert conn.run(shell.cmd("true")).ok  # the connection is still usable
+
+
+def test_cancel_terminates_the_command(sshd, conn):
+    cancel = threading.Event()
+    threading.Timer(0.7, cancel.set).start()
+    start = time.monotonic()
+    with pytest.raises(CommandCancelled):
+        conn.run(shell.cmd("sleep", "3019"), cancel=cancel, pty=False)
+    assert time.monotonic() - start < 6
+    assert _wait_gone(sshd, "sleep 3019") == []
+
+
+def test_on_line_exception_terminates_the_command(sshd, conn):
+    def boom(stream, line):
+        raise RuntimeError("recorder failed")
+
+    with pytest.raises(RuntimeError):
+        conn.run(shell.and_then(shell.cmd("echo", "x"), shell.cmd("sleep", "3021")), on_line=boom)
+    assert _wait_gone(sshd, "sleep 3021") == []
+
+
+def test_connection_lost_mid_command(sshd):
+    c = _conn(sshd)
+    c.connect()
+    lines = []
+
+    def cut():
+        # Simulate a network cut: the socket dies under the transport.
+        c._transport.sock.shutdown(socket.SHUT_RDWR)
+
+    threading.Timer(1.0, cut).start()
+    with pytest.raises(ConnectionLost) as info:
+        c.run(
+            shell.and_then(shell.cmd("echo", "started"), shell.cmd("sleep", "3020")),
+            on_line=lambda s, l: lines.append(l),
+            timeout=20,
+        )
+    assert "lost during the step" in str(info.value)
+    assert lines == ["started"]
+    assert _wait_gone(sshd, "sleep 3020") == []
+    c.close()
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_put_file_is_atomic_with_mode(sshd, conn, tmp_path):
+    target_dir = tmp_path / "dir with space"
+    conn.mkdir_p(str(target_dir / "nested"))
+    path = str(target_dir / "nested" / ".env")
+    conn.put_file(path, b"OLD=1\n")
+    inode_before = os.stat(path).st_ino
+    secret = b"APP_KEY=base64:abc$(id)\n" * 1000
+    conn.put_file(path, secret, mode=0o600)
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_ino != inode_before  # replaced by rename, not rewritten in place
+    assert open(path, "rb").read() == secret
+    assert conn.get_file(path) == secret
+    assert os.listdir(target_dir / "nested") == [".env"]  # no temp leftovers
+
+
+def test_put_file_into_missing_directory_is_a_clear_error(conn, tmp_path):
+    from app.remote import TransferFailed
+
+    with pytest.raises(TransferFailed) as info:
+        conn.put_file(str(tmp_path / "missing" / "x"), b"x")
+    assert "missing" in str(info.value)
+
+
+# ---------------------------------------------------------------- pool
+
+
+def test_pool_reuses_one_connection_for_many_steps(sshd):
+    with ConnectionPool() as pool:
+        for i in range(10):
+            c = pool.get(sshd.host, sshd.port, sshd.username, sshd.key, sshd.fingerprint)
+            assert c.run(shell.cmd("echo", i)).stdout == f"{i}\n"
+        assert pool.handshakes == 1
+        assert len(pool) == 1
+
+
+def test_pool_reconnects_after_loss(sshd):
+    with ConnectionPool() as pool:
+        c = pool.get(sshd.host, sshd.port, sshd.username, sshd.key, None)
+        c.close()
+        c2 = pool.get(sshd.host, sshd.port, sshd.username, sshd.key, None)
+        assert c2.is_connected and pool.handshakes == 2
+        assert c2.fingerprint == sshd.fingerprint
