@@ -35,7 +35,7 @@ def signup():
         else:
             login_user(user)
             flash("Welcome to Keystone. Let's connect your first server.", "success")
-            return redirect(url_for("dashboard.index"))
+            return redirect(url_for("onboarding.start"))
     status = 422 if request.method == "POST" else 200
     return render_template("auth/signup.html", form=form), status
 

@@ -1,0 +1,66 @@
+"""The onboarding wizard: organisation -> servers -> repository -> registry ->
+provisioning -> application -> services -> first deploy -> live."""
+from __future__ import annotations
+
+import redis
+from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from flask_login import current_user, login_required
+from rq import Queue
+
+from app import onboarding
+from app.extensions import db
+
+bp = Blueprint("onboarding", __name__, url_prefix="/onboarding")
+
+
+def _org():
+    return current_user.organisation
+
+
+@bp.route("/")
+@login_required
+def start():
+    org = _org()
+    steps = onboarding.steps_for(org)
+    current = onboarding.current_step(steps)
+    from app.sandbox import docker_available
+    sandbox_state = (org.onboarding_state or {}).get("sandbox")
+    return render_template("onboarding/wizard.html", steps=steps, current=current,
+                           sandbox_available=docker_available(), sandbox=sandbox_state,
+                           live_url=onboarding.live_url(org) if current is None else None)
+
+
+@bp.route("/skip/<step>", methods=["POST"])
+@login_required
+def skip(step):
+    try:
+        onboarding.skip(_org(), step)
+    except ValueError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("onboarding.start"))
+
+
+@bp.route("/sandbox", methods=["POST"])
+@login_required
+def use_sandbox():
+    from app.sandbox import docker_available
+    org = _org()
+    if not docker_available():
+        flash("Docker is not available on this machine, so the sandbox cannot start. "
+              "Install docker.io (Debian) or use a Hetzner or custom server.", "error")
+        return redirect(url_for("onboarding.start"))
+    state = dict(org.onboarding_state or {})
+    state["sandbox"] = {"status": "starting"}
+    org.onboarding_state = state
+    db.session.commit()
+    queue = Queue(current_app.config["RQ_QUEUE"],
+                  connection=redis.Redis.from_url(current_app.config["REDIS_URL"]))
+    queue.enqueue("app.jobs.sandbox.bring_up_sandbox", org.id, job_timeout=1800)
+    return redirect(url_for("onboarding.start"))
+
+
+@bp.route("/sandbox/status")
+@login_required
+def sandbox_status():
+    state = (_org().onboarding_state or {}).get("sandbox")
+    return render_template("onboarding/_sandbox.html", sandbox=state, sandbox_available=True)

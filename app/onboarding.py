@@ -1,0 +1,122 @@
+"""The onboarding wizard's state (SPEC 19), derived from the database.
+
+The wizard is resumable because each step's completion is read from what
+exists (a server, a verified deploy key, a deployed environment...), not from
+a cursor that can drift. Only "skipped" choices are stored, in
+Organisation.onboarding_state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from app.extensions import db
+from app.models import (Application, Environment, EnvironmentAttachment, Operation,
+                        Organisation, Provider, Registry, Server, Service)
+from app.models.enums import (AttachmentRole, EnvironmentStatus, OperationKind,
+                              OperationStatus, ServerStatus)
+
+
+@dataclass
+class Step:
+    key: str
+    title: str
+    description: str
+    done: bool
+    skippable: bool = False
+    skipped: bool = False
+    blocked_reason: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.done or self.skipped
+
+
+def _count(stmt) -> int:
+    return db.session.execute(sa.select(sa.func.count()).select_from(stmt.subquery())).scalar_one()
+
+
+def steps_for(org: Organisation) -> list[Step]:
+    skipped = set((org.onboarding_state or {}).get("skipped", []))
+    servers = db.session.execute(sa.select(Server).where(Server.organisation_id == org.id)
+                                 ).scalars().all()
+    providers = _count(sa.select(Provider.id).where(Provider.organisation_id == org.id))
+    apps = db.session.execute(sa.select(Application).where(Application.organisation_id == org.id)
+                              ).scalars().all()
+    registries = _count(sa.select(Registry.id).where(Registry.organisation_id == org.id))
+    envs = db.session.execute(sa.select(Environment).join(Application)
+                              .where(Application.organisation_id == org.id)).scalars().all()
+    attachments = db.session.execute(
+        sa.select(EnvironmentAttachment.role).join(Environment).join(Application)
+        .where(Application.organisation_id == org.id)).scalars().all()
+    deployed = [e for e in envs if e.status == EnvironmentStatus.DEPLOYED]
+    verified = [a for a in apps if a.deploy_key_installed_at is not None]
+    active = [s for s in servers if s.status == ServerStatus.ACTIVE]
+    multi = len(servers) > 1
+    return [
+        Step("organisation", "Organisation", "Your organisation owns servers, apps and keys.",
+             done=True),
+        Step("provider", "Servers", "Connect Hetzner, add a server you already have over SSH, "
+             "or use the local sandbox.", done=bool(providers or servers)),
+        Step("repository", "Repository and deploy key", "Add your Laravel repository's SSH URL; "
+             "add the deploy key Keystone shows as read-only; verify access.",
+             done=bool(verified)),
+        Step("registry", "Registry", "Optional for one server; required to run one build on "
+             "several servers.", done=bool(registries), skippable=not multi,
+             skipped="registry" in skipped and not multi,
+             blocked_reason=("Your servers are more than one: a registry is required."
+                             if multi and not registries else None)),
+        Step("provision", "Provision the server", "Keystone hardens the server and installs "
+             "Docker over SSH; the log streams live.", done=bool(active)),
+        Step("application", "Application and environment", "Keystone creates a production "
+             "environment with a web service.", done=bool(envs)),
+        Step("services", "Postgres, Valkey, domain", "Attach a database, a cache/queue and a "
+             "domain routed by the gateway.",
+             done=AttachmentRole.DATABASE in attachments or AttachmentRole.GATEWAY in attachments,
+             skippable=True, skipped="services" in skipped),
+        Step("deploy", "First deploy", "Build, migrate, health-check, switch: the log streams "
+             "live.", done=bool(deployed)),
+    ]
+
+
+def current_step(steps: list[Step]) -> Step | None:
+    return next((s for s in steps if not s.complete), None)
+
+
+def skip(org: Organisation, key: str) -> None:
+    steps = {s.key: s for s in steps_for(org)}
+    step = steps.get(key)
+    if step is None or not step.skippable:
+        raise ValueError("This step cannot be skipped.")
+    state = dict(org.onboarding_state or {})
+    state["skipped"] = sorted(set(state.get("skipped", [])) | {key})
+    org.onboarding_state = state
+    db.session.commit()
+
+
+def live_url(org: Organisation) -> str | None:
+    """Where the first deployed app answers (for the wizard's last page)."""
+    from app.models import ServiceSlice
+    from app.models.enums import SliceType
+    route = db.session.execute(
+        sa.select(ServiceSlice).join(Service, ServiceSlice.service_id == Service.id)
+        .where(Service.organisation_id == org.id, ServiceSlice.type == SliceType.CADDY_ROUTE)
+        .order_by(ServiceSlice.id)).scalars().first()
+    if route is None:
+        return None
+    host = (route.config or {}).get("hostname") or route.name
+    port = (route.config or {}).get("public_port")
+    scheme = (route.config or {}).get("scheme", "http")
+    return f"{scheme}://{host}{':' + str(port) if port else ''}/"
+
+
+def last_operation(org: Organisation, kind: OperationKind) -> Operation | None:
+    return db.session.execute(
+        sa.select(Operation).where(Operation.organisation_id == org.id, Operation.kind == kind,
+                                   Operation.parent_id.is_(None))
+        .order_by(Operation.id.desc()).limit(1)).scalar_one_or_none()
+
+
+__all__ = ["Step", "steps_for", "current_step", "skip", "live_url", "last_operation",
+           "OperationStatus"]

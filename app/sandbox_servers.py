@@ -1,0 +1,59 @@
+"""Register the local sandbox as an organisation's servers, registry and git host.
+
+The onboarding wizard offers the sandbox when Docker is available, so a person
+can try Keystone without a cloud account. Sandbox servers are handed over like
+a cloud provider hands over a server: root login by key. Their host keys are
+pinned from what the sandbox itself generated (it made them, locally), and the
+root key is kept encrypted as the one-time bootstrap login for provisioning.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from app.extensions import db
+from app.models import Organisation, Provider, Registry, Server
+from app.models.enums import ProviderType, RegistryType, ServerStatus
+
+
+def register_sandbox(org: Organisation, info) -> list[Server]:
+    provider = db.session.execute(
+        sa.select(Provider).where(Provider.organisation_id == org.id,
+                                  Provider.type == ProviderType.SANDBOX)).scalar_one_or_none()
+    if provider is None:
+        provider = Provider(organisation=org, name="local sandbox", type=ProviderType.SANDBOX,
+                            config={"sandbox": info.name})
+        db.session.add(provider)
+    servers = []
+    for index, s in enumerate(info.servers, start=1):
+        name = f"sandbox-{index}"
+        server = db.session.execute(
+            sa.select(Server).where(Server.organisation_id == org.id, Server.name == name)
+        ).scalar_one_or_none()
+        if server is None:
+            server = Server(organisation=org, provider=provider, name=name,
+                            status=ServerStatus.NEW)
+            db.session.add(server)
+        server.public_ip = s.host
+        server.ssh_port = s.ssh_port
+        server.private_ip = s.private_ip
+        server.host_key_fingerprint = s.host_key_fingerprint
+        server.bootstrap_user = s.user
+        server.bootstrap_private_key = s.root_key_path.read_text()
+        server.facts = dict(server.facts or {}, sandbox=True, http_port=s.http_port,
+                            https_port=s.https_port)
+        servers.append(server)
+    registry = db.session.execute(
+        sa.select(Registry).where(Registry.organisation_id == org.id,
+                                  Registry.name == "sandbox")).scalar_one_or_none()
+    if registry is None:
+        registry = Registry(organisation=org, name="sandbox", type=RegistryType.GENERIC)
+        db.session.add(registry)
+    registry.url = info.registry.url
+    registry.username = info.registry.username
+    registry.password = info.registry.password
+    state = dict(org.onboarding_state or {})
+    state["sandbox"] = {"status": "ready", "repository_url": info.git.sample_repo_url,
+                        "http_port": info.servers[0].http_port if info.servers else None}
+    org.onboarding_state = state
+    db.session.commit()
+    return servers
