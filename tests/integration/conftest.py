@@ -38,15 +38,43 @@ def _ensure_docker() -> None:
                     f"scripts/ensure-docker.sh said:\n{proc.stdout[-3000:]}", pytrace=False)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @pytest.fixture(scope="session")
 def sandbox_manager() -> Sandbox:
-    """The Sandbox object (for load_images, status, extra repos...), brought up once per session."""
+    """The Sandbox object (for load_images, status, extra repos...), brought up once per session.
+
+    Several pytest sessions on one machine (developers running tiers side by
+    side) share the test sandbox: `up` runs under a file lock, each session
+    registers its pid, and the last live session to finish takes it down.
+    """
+    import fcntl
+
     _ensure_docker()
-    sb = Sandbox(name=TEST_SANDBOX_NAME, state_dir=ROOT / "instance" / "sandbox" / TEST_SANDBOX_NAME)
-    sb.up(servers=2, bare=True, stand_ins=True)
+    state_dir = ROOT / "instance" / "sandbox" / TEST_SANDBOX_NAME
+    users = state_dir.parent / f"{TEST_SANDBOX_NAME}.users"
+    users.mkdir(parents=True, exist_ok=True)
+    lock_path = state_dir.parent / f"{TEST_SANDBOX_NAME}.lock"
+    sb = Sandbox(name=TEST_SANDBOX_NAME, state_dir=state_dir)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (users / str(os.getpid())).touch()
+        sb.up(servers=2, bare=True, stand_ins=True)
     yield sb
-    if os.environ.get("KEYSTONE_KEEP_SANDBOX") != "1":
-        sb.down()
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (users / str(os.getpid())).unlink(missing_ok=True)
+        others = [p for p in users.iterdir() if p.name.isdigit() and _pid_alive(int(p.name))]
+        if not others and os.environ.get("KEYSTONE_KEEP_SANDBOX") != "1":
+            sb.down()
 
 
 @pytest.fixture(scope="session")
