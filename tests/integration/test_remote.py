@@ -1,11 +1,12 @@
-"""app.remote against a real OpenSSH server.
+"""app.remote against real OpenSSH servers.
 
-There is no shared ``sandbox`` fixture yet, so this module starts its own
-throwaway sshd on 127.0.0.1 (generated host key, generated client key in a
-private authorized_keys file) and logs in as the current user. When the
-sandbox servers exist these tests can take the ``sandbox`` fixture instead.
-Because the sshd is local, file modes and leftover processes are checked both
-through SSH and directly.
+Every test that takes ``sshd`` runs twice: against a throwaway sshd this
+module starts on 127.0.0.1 (generated host key, generated client key in a
+private authorized_keys file, logged in as the current user; fast and needs
+nothing but openssh-server) and against the first server of the shared
+``sandbox`` fixture (a container with sshd, reached by its pinned host key
+and root key, like a real server). Leftover processes and file modes are
+checked over a second SSH connection, never locally.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import getpass
 import os
 import shutil
 import socket
-import stat
 import subprocess
 import threading
 import time
@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import pytest
 
 from app import shell
+from app.shell import end_of_options
 from app.remote import (
     AuthenticationFailed,
     CommandCancelled,
@@ -50,7 +51,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
+def local_sshd(tmp_path_factory):
     if not os.path.exists(SSHD):
         pytest.skip("openssh-server is not installed (apt-get install -y openssh-server)")
     d = tmp_path_factory.mktemp("sshd")
@@ -100,10 +101,24 @@ def sshd(tmp_path_factory):
         username=getpass.getuser(),
         key=client_private,
         fingerprint=host_fp,
-        dir=d,
     )
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module", params=["local-sshd", "sandbox"])
+def sshd(request):
+    """One SSH target: host, port, username, key (private PEM), fingerprint (pinned)."""
+    if request.param == "local-sshd":
+        return request.getfixturevalue("local_sshd")
+    server = request.getfixturevalue("sandbox").servers[0]
+    return SimpleNamespace(
+        host=server.host,
+        port=server.ssh_port,
+        username=server.user,
+        key=server.root_key_path.read_text(),
+        fingerprint=server.host_key_fingerprint,
+    )
 
 
 def _conn(s, **kw) -> Connection:
@@ -121,9 +136,10 @@ def conn(sshd):
 
 def _remote_processes(sshd, needle: str) -> list[str]:
     """Processes whose command line contains needle, seen over a second connection."""
+    listing = shell.cmd("sh", "-c", 'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f"; echo; done 2>/dev/null')
     with _conn(sshd) as other:
-        out = other.run(shell.cmd("ps", "-eo", "pid,pgid,args"), pty=False).stdout
-    return [line for line in out.splitlines() if needle in line and "ps -eo" not in line]
+        out = other.run(listing, pty=False).stdout
+    return [line for line in out.splitlines() if needle in line and "/proc/" not in line]
 
 
 def _wait_gone(sshd, needle: str, seconds: float = 5.0) -> list[str]:
@@ -328,27 +344,34 @@ def test_connection_lost_mid_command(sshd):
 # ---------------------------------------------------------------- files
 
 
-def test_put_file_is_atomic_with_mode(sshd, conn, tmp_path):
-    target_dir = tmp_path / "dir with space"
-    conn.mkdir_p(str(target_dir / "nested"))
-    path = str(target_dir / "nested" / ".env")
+def _remote_tmpdir(conn) -> str:
+    return conn.run(shell.cmd("mktemp", "-d"), pty=False).check().stdout.strip()
+
+
+def test_put_file_is_atomic_with_mode(conn):
+    base = _remote_tmpdir(conn)
+    target_dir = base + "/dir with space $(id)"
+    conn.mkdir_p(target_dir + "/nested")
+    path = target_dir + "/nested/.env"
+    inode = shell.cmd("stat", "-c", "%i %a", path)
     conn.put_file(path, b"OLD=1\n")
-    inode_before = os.stat(path).st_ino
+    inode_before, mode_before = conn.run(inode, pty=False).check().stdout.split()
     secret = b"APP_KEY=base64:abc$(id)\n" * 1000
     conn.put_file(path, secret, mode=0o600)
-    st = os.stat(path)
-    assert stat.S_IMODE(st.st_mode) == 0o600
-    assert st.st_ino != inode_before  # replaced by rename, not rewritten in place
-    assert open(path, "rb").read() == secret
+    inode_after, mode_after = conn.run(inode, pty=False).check().stdout.split()
+    assert mode_after == "600"
+    assert inode_after != inode_before  # replaced by rename, not rewritten in place
     assert conn.get_file(path) == secret
-    assert os.listdir(target_dir / "nested") == [".env"]  # no temp leftovers
+    listing = conn.run(shell.cmd("ls", "-A", target_dir + "/nested"), pty=False).check().stdout
+    assert listing.split() == [".env"]  # no temp leftovers
+    conn.run(shell.cmd("rm", "-rf", end_of_options(), base), pty=False).check()
 
 
-def test_put_file_into_missing_directory_is_a_clear_error(conn, tmp_path):
+def test_put_file_into_missing_directory_is_a_clear_error(conn):
     from app.remote import TransferFailed
 
     with pytest.raises(TransferFailed) as info:
-        conn.put_file(str(tmp_path / "missing" / "x"), b"x")
+        conn.put_file("/nonexistent-keystone-dir/missing/x", b"x")
     assert "missing" in str(info.value)
 
 

@@ -112,10 +112,17 @@ def test_paramiko_is_imported_only_in_app_remote():
 def test_no_shell_true_anywhere_in_app():
     import ast
 
+    # subprocess-style calls only: a compose healthcheck's CMD-SHELL flag is not a local shell.
+    spawners = {"run", "Popen", "call", "check_call", "check_output", "create_subprocess_shell"}
     offenders = []
     for path, text in _python_sources():
         for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.keyword) and node.arg == "shell":
-                if isinstance(node.value, ast.Constant) and node.value.value is True:
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.value.lineno}")
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            if name not in spawners:
+                continue
+            for kw in node.keywords:
+                if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
