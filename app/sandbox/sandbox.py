@@ -42,7 +42,24 @@ SAMPLE_REPO = "sample.git"
 # server to the private network fails ("conflicts with existing route").
 INNER_BIP = "10.210.0.1/24"
 INNER_POOL = "10.211.0.0/16"
-INNER_STORAGE_DRIVER = os.environ.get("KEYSTONE_SANDBOX_STORAGE_DRIVER", "vfs")
+
+
+def inner_storage_driver() -> str:
+    """fuse-overlayfs when the host offers /dev/fuse (overlay2 cannot nest), else vfs.
+
+    Measured here: loading the four stand-in images into a server takes ~11 s
+    and 0.4 GB with fuse-overlayfs against ~13-26 s and 1.4 GB with vfs, and
+    `docker run` of the Postgres image 0.4 s against 2.4 s. Override with
+    KEYSTONE_SANDBOX_STORAGE_DRIVER=vfs.
+    """
+    forced = os.environ.get("KEYSTONE_SANDBOX_STORAGE_DRIVER")
+    if forced:
+        return forced
+    try:
+        has_fuse = "fuse" in Path("/proc/filesystems").read_text()
+    except OSError:
+        has_fuse = False
+    return "fuse-overlayfs" if has_fuse and Path("/dev/fuse").exists() else "vfs"
 
 # Linux capability numbers -> names (capability.h). `--privileged` fails on
 # these VMs because the bounding set lacks CAP_SYS_RESOURCE, so the sandbox
@@ -493,11 +510,11 @@ class Sandbox:
             args += ["-e", f"{k}={v}"]
         return args
 
-    def _daemon_json(self, state: dict) -> str:
+    def _daemon_json(self, state: dict, storage_driver: str) -> str:
         cfg: dict = {
             "bip": INNER_BIP,
             "default-address-pools": [{"base": INNER_POOL, "size": 24}],
-            "storage-driver": INNER_STORAGE_DRIVER,
+            "storage-driver": storage_driver,
             "insecure-registries": [f"{self._ip(state, 2)}:5000", f"{self.registry_name}:5000"],
         }
         dns = _host_nameservers()
@@ -547,7 +564,7 @@ class Sandbox:
 
         root_pub = self.root_key_path.with_suffix(".pub").read_text().strip()
         forwards = f"{reg['port']}={reg_ip}:5000 {git['port']}={git_ip}:22"
-        daemon_json = self._daemon_json(state)
+        daemon_json = self._daemon_json(state, inner_storage_driver())
         for i in range(1, servers + 1):
             name = self.server_name(i)
             ports = state["servers"][str(i)]
@@ -562,8 +579,9 @@ class Sandbox:
                 docker("rm", "-f", "-v", name)
                 docker("volume", "rm", "-f", name + "-docker", check=False)
         if bare:
+            # The Docker that provisioning installs on the bare server has no fuse-overlayfs: vfs.
             env = {"KEYSTONE_ROOT_PUBKEY": root_pub, "KEYSTONE_FORWARDS": forwards,
-                   "KEYSTONE_DAEMON_JSON": daemon_json,
+                   "KEYSTONE_DAEMON_JSON": self._daemon_json(state, "vfs"),
                    "KEYSTONE_ROOT_PASSWORD": state["bare"]["root_password"]}
             self._run_container(self.bare_name, "bare", built["bare"], self._server_args(
                 state, state["bare"], self._ip(state, 10),

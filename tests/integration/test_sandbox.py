@@ -260,3 +260,111 @@ def test_cli_status_prints_what_onboarding_needs(sandbox: SandboxInfo):
     for s in sandbox.servers:
         assert str(s.ssh_port) in text.output and s.host_key_fingerprint in text.output
     assert sandbox.registry.password in text.output and sandbox.git.sample_repo_url in text.output
+
+
+SMOKE_DOCKERFILE = """\
+FROM {php}
+COPY --chown=www-data:www-data . /var/www/html
+RUN composer install --no-dev --no-interaction --no-progress && echo {sha} > REVISION
+"""
+SMOKE_COMPOSE = """\
+services:
+  db:
+    image: {postgres}
+    environment:
+      POSTGRES_USER: sample
+      POSTGRES_PASSWORD: "s3cret pw"
+      POSTGRES_DB: sample
+    volumes: [dbdata:/var/lib/postgresql/data]
+  cache:
+    image: {valkey}
+    command: ["valkey-server", "--appendonly", "yes"]
+  web:
+    build: ./app
+    image: smoke-web
+    ports: ["18081:8080"]
+    environment: &env
+      APP_ENV: production
+      DB_CONNECTION: pgsql
+      DB_HOST: db
+      DB_PORT: "5432"
+      DB_DATABASE: sample
+      DB_USERNAME: sample
+      DB_PASSWORD: "s3cret pw"
+      REDIS_HOST: cache
+      REDIS_PORT: "6379"
+  worker:
+    image: smoke-web
+    command: ["php", "artisan", "queue:work"]
+    stop_grace_period: 20s
+    environment: *env
+volumes:
+  dbdata: {{}}
+"""
+
+
+def test_stand_in_images_run_the_sample_app_inside_a_server(sandbox: SandboxInfo, tmp_path: Path):
+    """php-base + postgres + valkey stand-ins, composed inside a server's own engine, serve the sample app."""
+    from app.sandbox import PHP_BASE_IMAGE, POSTGRES_IMAGE, VALKEY_IMAGE, load_images
+    from app.sandbox.docker import pipe
+    from app.sandbox.sample import SAMPLE_APP_DIR
+
+    server = sandbox.servers[0]
+    load_images([server], [POSTGRES_IMAGE, VALKEY_IMAGE, PHP_BASE_IMAGE])
+    work = tmp_path / "smoke"
+    (work / "app").mkdir(parents=True)
+    (work / "docker-compose.yml").write_text(SMOKE_COMPOSE.format(postgres=POSTGRES_IMAGE, valkey=VALKEY_IMAGE))
+    (work / "Dockerfile").write_text(SMOKE_DOCKERFILE.format(php=PHP_BASE_IMAGE, sha="smoke-sha-123"))
+    server.exec("sh", "-c", "rm -rf /tmp/smoke && mkdir -p /tmp/smoke/app")
+    pipe(["tar", "-C", str(work), "-c", "docker-compose.yml"], ["docker", "exec", "-i", server.name, "tar", "-C", "/tmp/smoke", "-x"])
+    pipe(["tar", "-C", str(SAMPLE_APP_DIR), "-c", "."], ["docker", "exec", "-i", server.name, "tar", "-C", "/tmp/smoke/app", "-x"])
+    pipe(["tar", "-C", str(work), "-c", "Dockerfile"], ["docker", "exec", "-i", server.name, "tar", "-C", "/tmp/smoke/app", "-x"])
+
+    client = connect(server)
+    try:
+        def sh(cmd: str, timeout: float = 300) -> str:
+            status, out, err = run(client, f"cd /tmp/smoke && {cmd}", timeout=timeout)
+            assert status == 0, f"{cmd}\n{out}\n{err}"
+            return out
+
+        sh("docker compose up -d --build db cache web")
+        deadline = time.monotonic() + 60
+        while run(client, "curl -fsS localhost:18081/up")[0] != 0:
+            assert time.monotonic() < deadline, "sample app /up never answered"
+            time.sleep(0.5)
+        # Postgres takes a moment to initialise on first start: migrate retries until it connects.
+        deadline = time.monotonic() + 60
+        while True:
+            status, out, err = run(client, "cd /tmp/smoke && docker compose exec -T web php artisan migrate --force")
+            if status == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert status == 0, out + err
+        assert "create_sample_items_table" in out
+        assert "Nothing to migrate" in sh("docker compose exec -T web php artisan migrate --force")
+        status, _, _ = run(client, "cd /tmp/smoke && docker compose exec -T web php artisan migrate")
+        assert status != 0  # production refuses without --force, as Laravel does
+        sh("docker compose exec -T web php artisan schedule:run")
+        runs = sh("docker compose exec -T db psql -U sample -d sample -Atc 'select count(*) from schedule_runs'")
+        assert runs.strip() == "1"
+
+        home = json.loads(sh("curl -fsS localhost:18081/"))
+        assert home["commit"] == "smoke-sha-123"
+        assert home["database"]["reachable"] is True and home["database"]["migrations"] == 2
+        assert home["redis"]["reachable"] is True
+
+        sh("docker compose up -d worker")
+        time.sleep(2)
+        sh("docker compose exec -T cache valkey-cli rpush queues:default job-1")
+        deadline = time.monotonic() + 15
+        while "Processed job: job-1" not in sh("docker compose logs worker"):
+            assert time.monotonic() < deadline, "worker never processed the job"
+            time.sleep(0.5)
+        started = time.monotonic()
+        sh("docker compose stop worker")
+        assert time.monotonic() - started < 10  # exits on SIGTERM, not after the grace period
+        cid = sh("docker compose ps -q worker").strip()
+        assert sh(f"docker inspect -f '{{{{.State.ExitCode}}}}' {cid}").strip() == "0"
+    finally:
+        run(client, "cd /tmp/smoke && docker compose down -v --rmi local; rm -rf /tmp/smoke")
+        client.close()
