@@ -1,0 +1,420 @@
+"""The deploy planner: desired state + facts -> an ordered plan. PURE (no I/O, no ORM).
+
+The handler builds a :class:`EnvironmentSnapshot` from the database, the
+planner decides, the handler runs the phases in order (pyinfra's "plan from
+facts and emit explicit no-ops"; Kamal's builders return, one layer runs).
+
+Rules (SPEC 17, 18, 8):
+
+* Only ``with_environment`` services are deployed, and only those whose
+  artifact (image digest), revision or configuration changed. Dependency
+  services (databases, caches) are checked, never redeployed. A deploy where
+  nothing changed says so and touches nothing.
+* Migrations run ONCE per deploy, in a one-off container of the new artifact,
+  by the first changed service whose ``migration_mode`` is ``auto`` (web before
+  worker), before the switch (``pre_switch``, default) or after it.
+* New replicas go to the free slot of each server; old ones are drained and
+  stopped only after every new replica of the service is healthy and the
+  gateway has seen it.
+* The scheduler (``single`` mode) is released on the old runner and the
+  deploy waits for a running ``schedule:run`` to finish BEFORE it is claimed on
+  the new replica: never two runners, not even during a cutover.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from app.deploys.slots import SLOTS, other_slot
+
+WITH_ENVIRONMENT = "with_environment"
+DEFAULT_MIGRATION_COMMAND = "php artisan migrate --force"
+MIGRATION_MODES = ("auto", "manual", "disabled")
+MIGRATION_TIMINGS = ("pre_switch", "post_switch")
+ROLE_ORDER = {"web": 0, "websocket": 1, "worker": 2}
+
+# Health check defaults for new replicas (service.config overrides them).
+DEFAULT_HEALTH = {"path": "/up", "interval": 1.0, "timeout": 3.0, "retries": 30}
+DEFAULT_DRAIN_SECONDS = 2.0
+DEFAULT_WORKER_GRACE_SECONDS = 30
+
+
+class PlanError(ValueError):
+    """The desired state cannot be deployed as it is; the message says why."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+@dataclass(frozen=True)
+class ReplicaFact:
+    id: int
+    server_id: int
+    container_name: str
+    slot: str | None
+    image_digest: str | None
+    status: str  # ReplicaStatus value
+    health: str = "unknown"
+    revision: int | None = None
+    config_hash: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.status in ("starting", "running", "draining")
+
+
+@dataclass(frozen=True)
+class ServiceFact:
+    id: int
+    name: str
+    deploy_policy: str
+    roles: tuple[str, ...]
+    desired_revision: int
+    config_hash: str
+    server_ids: tuple[int, ...]
+    replicas: tuple[ReplicaFact, ...] = ()
+    config: Mapping = field(default_factory=dict)
+    category: str = "application"
+
+    @property
+    def live_replicas(self) -> tuple[ReplicaFact, ...]:
+        return tuple(r for r in self.replicas if r.live)
+
+    @property
+    def is_web(self) -> bool:
+        return "web" in self.roles
+
+    @property
+    def primary_role(self) -> str:
+        for role in sorted(self.roles, key=lambda r: ROLE_ORDER.get(r, 9)):
+            return role
+        return "web"
+
+
+@dataclass(frozen=True)
+class SchedulerFact:
+    enabled: bool = True
+    mode: str = "single"  # or "every_replica"
+    target_service_id: int | None = None
+    runner_replica_id: int | None = None
+
+
+@dataclass(frozen=True)
+class EnvironmentSnapshot:
+    environment_id: int
+    services: tuple[ServiceFact, ...]
+    scheduler: SchedulerFact = SchedulerFact()
+    dependencies: tuple[str, ...] = ()  # names of attached dependency services (checked only)
+
+
+# --------------------------------------------------------------------------- outputs
+
+@dataclass(frozen=True)
+class Placement:
+    """One new replica: in ``slot`` on ``server_id``, replacing ``old`` (maybe none)."""
+
+    server_id: int
+    slot: str
+    old: tuple[ReplicaFact, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServiceChange:
+    service_id: int
+    name: str
+    role: str
+    reasons: tuple[str, ...]
+    placements: tuple[Placement, ...]
+    health: Mapping
+    drain_seconds: float
+    stop_timeout: int
+
+    @property
+    def old_replicas(self) -> tuple[ReplicaFact, ...]:
+        return tuple(r for p in self.placements for r in p.old)
+
+
+@dataclass(frozen=True)
+class Migration:
+    service_id: int
+    command: str
+    timing: str
+    server_id: int
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One ordered phase of the deploy; ``kind`` is what the handler dispatches on."""
+
+    kind: str
+    service_id: int | None = None
+    detail: Mapping = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    digest: str
+    changes: tuple[ServiceChange, ...]
+    unchanged: tuple[tuple[str, str], ...]  # (service name, why it is left alone)
+    migration: Migration | None
+    phases: tuple[Phase, ...]
+
+    @property
+    def noop(self) -> bool:
+        return not self.changes and not any(p.kind.startswith("scheduler") for p in self.phases)
+
+    def change_for(self, service_id: int) -> ServiceChange | None:
+        return next((c for c in self.changes if c.service_id == service_id), None)
+
+    def summary(self) -> str:
+        if self.noop:
+            return "Nothing changed: every service already runs this artifact and configuration."
+        parts = [f"{c.name} ({', '.join(c.reasons)})" for c in self.changes]
+        return "Deploying " + "; ".join(parts) if parts else "Moving the scheduler only."
+
+
+# --------------------------------------------------------------------------- helpers
+
+def config_hash(config: Mapping, roles: Iterable[str], environment: Mapping[str, str],
+                extra: Mapping | None = None) -> str:
+    """A short stable hash of what a replica's runtime depends on besides the image.
+
+    The environment values are mixed in (so a changed variable redeploys) but
+    never stored: only this digest of everything together is.
+    """
+    payload = json.dumps({"config": _runtime_config(config), "roles": sorted(roles),
+                          "env": sorted(environment.items()), "extra": extra or {}},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# Keys of Service.config that do not change what a replica runs.
+_NON_RUNTIME_KEYS = frozenset({"migration_mode", "migration_timing", "migration_command",
+                               "slot_ports", "notes"})
+
+
+def _runtime_config(config: Mapping) -> dict:
+    return {k: v for k, v in (config or {}).items() if k not in _NON_RUNTIME_KEYS}
+
+
+def migration_settings(config: Mapping) -> tuple[str, str, str]:
+    """(mode, timing, command) with SPEC 18's defaults: auto, pre_switch, migrate --force."""
+    config = config or {}
+    mode = config.get("migration_mode") or "auto"
+    timing = config.get("migration_timing") or "pre_switch"
+    command = (config.get("migration_command") or DEFAULT_MIGRATION_COMMAND).strip()
+    if mode not in MIGRATION_MODES:
+        raise PlanError(f"migration_mode: must be one of {', '.join(MIGRATION_MODES)}")
+    if timing not in MIGRATION_TIMINGS:
+        raise PlanError(f"migration_timing: must be one of {', '.join(MIGRATION_TIMINGS)}")
+    if not command or "\n" in command or len(command) > 500:
+        raise PlanError("migration_command: one line, at most 500 characters")
+    return mode, timing, command
+
+
+def health_settings(config: Mapping) -> dict:
+    """Health check of new replicas: path, interval, timeout, retries (service.config.health)."""
+    raw = dict((config or {}).get("health") or {})
+    out = dict(DEFAULT_HEALTH)
+    if raw.get("path"):
+        path = str(raw["path"])
+        if not path.startswith("/") or any(c in path for c in " \n\r\t?#") or len(path) > 200:
+            raise PlanError("health/path: a path such as /up")
+        out["path"] = path
+    for key, lo, hi in (("interval", 0.2, 60), ("timeout", 0.5, 60), ("retries", 1, 600)):
+        if raw.get(key) is not None:
+            try:
+                value = float(raw[key])
+            except (TypeError, ValueError):
+                raise PlanError(f"health/{key}: must be a number") from None
+            if not lo <= value <= hi:
+                raise PlanError(f"health/{key}: must be between {lo} and {hi}")
+            out[key] = int(value) if key == "retries" else value
+    return out
+
+
+def drain_seconds(config: Mapping) -> float:
+    value = (config or {}).get("drain_seconds", DEFAULT_DRAIN_SECONDS)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise PlanError("drain_seconds: must be a number") from None
+    if not 0 <= value <= 600:
+        raise PlanError("drain_seconds: must be between 0 and 600")
+    return value
+
+
+def stop_timeout(role: str, config: Mapping, drain: float) -> int:
+    """Seconds between SIGTERM and SIGKILL: at least the drain window (and a worker's grace)."""
+    grace = (config or {}).get("stop_grace_seconds")
+    if grace is None:
+        grace = DEFAULT_WORKER_GRACE_SECONDS if role == "worker" else 10
+    try:
+        grace = int(grace)
+    except (TypeError, ValueError):
+        raise PlanError("stop_grace_seconds: must be a whole number of seconds") from None
+    return max(int(grace), int(drain + 0.999), 1)
+
+
+def _why_changed(service: ServiceFact, digest: str) -> tuple[str, ...]:
+    live = service.live_replicas
+    if not live:
+        return ("first deploy",) if not service.replicas else ("no replica running",)
+    reasons = []
+    if any(r.image_digest != digest for r in live):
+        reasons.append("new artifact")
+    if any(r.revision is not None and r.revision != service.desired_revision for r in live):
+        reasons.append(f"revision {service.desired_revision}")
+    if any(r.config_hash != service.config_hash for r in live):
+        reasons.append("configuration changed")
+    placed = {r.server_id for r in live}
+    if placed != set(service.server_ids):
+        reasons.append("placement changed")
+    if any(r.health == "unhealthy" or r.status == "failed" for r in live):
+        reasons.append("a replica is unhealthy")
+    return tuple(reasons)
+
+
+def _placements(service: ServiceFact) -> tuple[Placement, ...]:
+    by_server: dict[int, list[ReplicaFact]] = {}
+    for r in service.live_replicas:
+        by_server.setdefault(r.server_id, []).append(r)
+    out = []
+    for server_id in service.server_ids:
+        old = tuple(sorted(by_server.pop(server_id, []), key=lambda r: r.id))
+        used = {r.slot for r in old}
+        current = old[-1].slot if old else None
+        slot = other_slot(current)
+        if slot in used:  # both slots busy (an interrupted deploy): reuse the older one's
+            slot = old[0].slot if old[0].slot in SLOTS else SLOTS[0]
+        out.append(Placement(server_id, slot, old))
+    # Servers the service no longer runs on: their replicas are retired with the cutover.
+    for server_id, old in sorted(by_server.items()):
+        out.append(Placement(server_id, "", tuple(old)))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- planner
+
+def plan_deploy(snapshot: EnvironmentSnapshot, digest: str, *, force: bool = False) -> DeployPlan:
+    """Decide what an environment deploy of ``digest`` does, phase by phase."""
+    if not digest:
+        raise PlanError("the artifact has no image digest")
+    changes: list[ServiceChange] = []
+    unchanged: list[tuple[str, str]] = []
+    for service in sorted(snapshot.services, key=lambda s: (ROLE_ORDER.get(s.primary_role, 9), s.id)):
+        if service.deploy_policy != WITH_ENVIRONMENT:
+            unchanged.append((service.name, f"deploy policy {service.deploy_policy}"))
+            continue
+        if not service.server_ids:
+            raise PlanError(f"{service.name}: no server to run on; place the service on a server")
+        reasons = _why_changed(service, digest)
+        if force and not reasons:
+            reasons = ("redeploy requested",)
+        if not reasons:
+            unchanged.append((service.name, "already runs this artifact and configuration"))
+            continue
+        role = service.primary_role
+        drain = drain_seconds(service.config) if service.is_web else 0.0
+        changes.append(ServiceChange(
+            service_id=service.id, name=service.name, role=role, reasons=reasons,
+            placements=_placements(service), health=health_settings(service.config),
+            drain_seconds=drain, stop_timeout=stop_timeout(role, service.config, drain)))
+
+    migration = _migration(snapshot, changes)
+    phases: list[Phase] = []
+    if changes:
+        phases.append(Phase("check_dependencies"))
+        phases.append(Phase("pre_switch"))
+        if migration and migration.timing == "pre_switch":
+            phases.append(Phase("migrate", migration.service_id))
+        for c in changes:
+            phases.append(Phase("start", c.service_id))
+        for c in changes:
+            phases.append(Phase("health", c.service_id))
+        if any(snapshot_service(snapshot, c.service_id).is_web for c in changes):
+            phases.append(Phase("await_gateway"))
+    phases.extend(_scheduler_phases(snapshot, changes))
+    for c in changes:
+        if c.old_replicas:
+            if snapshot_service(snapshot, c.service_id).is_web:
+                phases.append(Phase("drain", c.service_id))
+            phases.append(Phase("stop", c.service_id))
+    if migration and migration.timing == "post_switch":
+        phases.append(Phase("migrate", migration.service_id))
+    if changes:
+        phases.append(Phase("record"))
+    return DeployPlan(digest=digest, changes=tuple(changes), unchanged=tuple(unchanged),
+                      migration=migration, phases=tuple(phases))
+
+
+def snapshot_service(snapshot: EnvironmentSnapshot, service_id: int) -> ServiceFact:
+    for s in snapshot.services:
+        if s.id == service_id:
+            return s
+    raise KeyError(service_id)
+
+
+def _migration(snapshot: EnvironmentSnapshot, changes: list[ServiceChange]) -> Migration | None:
+    """At most one migration per deploy: the first changed service with mode auto."""
+    for change in changes:  # already web first
+        service = snapshot_service(snapshot, change.service_id)
+        mode, timing, command = migration_settings(service.config)
+        if mode != "auto":
+            continue
+        server_id = next((p.server_id for p in change.placements if p.slot), service.server_ids[0])
+        return Migration(service.id, command, timing, server_id)
+    return None
+
+
+def _scheduler_phases(snapshot: EnvironmentSnapshot, changes: list[ServiceChange]) -> list[Phase]:
+    """Release on the old runner(s), wait for a running schedule:run, then claim on the new.
+
+    Runs after the new replicas are healthy and before the old ones are
+    drained and stopped, so the gap without a runner is seconds, and there
+    is never a moment with two.
+    """
+    sched = snapshot.scheduler
+    target = next((s for s in snapshot.services if s.id == sched.target_service_id), None)
+    phases: list[Phase] = []
+    if not sched.enabled or target is None:
+        # A runner left from an earlier setting is released (stopping it is enough).
+        if sched.runner_replica_id is not None:
+            phases.append(Phase("scheduler_release", None,
+                                {"replica_ids": (sched.runner_replica_id,), "reason": "disabled"}))
+        return phases
+    change = next((c for c in changes if c.service_id == target.id), None)
+    if sched.mode == "every_replica":
+        if change is None:
+            return phases
+        old_ids = tuple(r.id for r in change.old_replicas)
+        if old_ids:
+            phases.append(Phase("scheduler_release", target.id, {"replica_ids": old_ids}))
+        phases.append(Phase("scheduler_claim", target.id, {"every_replica": True}))
+        return phases
+    # single
+    if change is None:
+        live = {r.id for r in target.live_replicas}
+        if sched.runner_replica_id in live:
+            return phases  # nothing to move
+        if not target.live_replicas:
+            return phases
+        # The runner is gone (replica replaced out of band): claim on an existing one.
+        chosen = sorted(target.live_replicas, key=lambda r: (r.server_id, r.id))[0]
+        if sched.runner_replica_id is not None:
+            phases.append(Phase("scheduler_release", target.id,
+                                {"replica_ids": (sched.runner_replica_id,)}))
+        phases.append(Phase("scheduler_claim", target.id, {"replica_id": chosen.id}))
+        return phases
+    # Every old replica of the target is released, not just the recorded runner:
+    # removing a flag that is not set costs nothing, a stale record costs two runners.
+    release = tuple(r.id for r in change.old_replicas)
+    if sched.runner_replica_id is not None and sched.runner_replica_id not in release:
+        release += (sched.runner_replica_id,)
+    if release:
+        phases.append(Phase("scheduler_release", target.id, {"replica_ids": release}))
+    first = next(p for p in change.placements if p.slot)
+    phases.append(Phase("scheduler_claim", target.id,
+                        {"server_id": first.server_id, "slot": first.slot}))
+    return phases
