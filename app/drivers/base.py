@@ -1,0 +1,336 @@
+"""The service driver contract (SPEC section 9).
+
+One class, :class:`Driver`, that every v1 driver subclasses. A driver is a
+*description plus pure builders*: it declares what the service is (type,
+version track, default image, ports, volumes, env schema with secret keys,
+health check, resource defaults, slice types, firewall needs, update
+behaviour) and turns database rows into artifacts (a Compose document as
+Python data, env exports, shell command values for its slice actions).
+
+It never opens a connection: the operation handlers in
+:mod:`app.drivers.handlers` run what drivers build (Kamal's "builders return
+commands; one layer runs them").
+
+Registration is by type (Redash's query-runner registry): a driver package
+calls :func:`app.drivers.registry.register` on import, so adding a driver
+touches only its own package plus one import line in ``app/drivers/__init__``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+from app.models.enums import DeployPolicy, ServiceCategory, SliceType
+
+if TYPE_CHECKING:  # pragma: no cover
+    from app.models import Service, ServiceReplica, ServiceSlice
+    from app.shell import Command
+
+KEYSTONE_HOME = "/home/keystone"
+SERVICES_ROOT = f"{KEYSTONE_HOME}/services"
+GATEWAY_DIR = f"{KEYSTONE_HOME}/gateway"
+DOCKER_NETWORK = "keystone"
+"""The one shared Docker network per server (SPEC 14); created idempotently."""
+
+LABEL_PREFIX = "dev.keystone"
+
+
+class DriverError(ValueError):
+    """A configuration or input error a user can fix; the message names the path."""
+
+
+# --------------------------------------------------------------------------- declarations
+
+@dataclass(frozen=True)
+class PortSpec:
+    name: str
+    container_port: int
+    protocol: str = "tcp"
+    # Published on the host by default (only the gateway's 80/443 are).
+    public: bool = False
+    # Reachable from other servers of the private network when asked for.
+    cross_server: bool = False
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A named Docker volume; the full name is ``keystone_service_<id>_<suffix>`` (SPEC 10)."""
+
+    suffix: str
+    mount_path: str
+    persistent: bool = True
+
+    def volume_name(self, service_id: int) -> str:
+        return f"keystone_service_{service_id}_{self.suffix}"
+
+
+@dataclass(frozen=True)
+class EnvField:
+    """One entry of a driver's environment schema (Redash-style: secrets drive masking)."""
+
+    key: str
+    description: str = ""
+    secret: bool = False
+    required: bool = False
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """Rendered as a Compose ``healthcheck``; ``test`` is exec-form unless ``shell``."""
+
+    test: tuple[str, ...]
+    shell: bool = False
+    interval: str = "5s"
+    timeout: str = "3s"
+    retries: int = 10
+    start_period: str = "10s"
+
+    def compose(self) -> dict[str, Any]:
+        from app.drivers.compose import escape_dollars
+        if self.shell:
+            test: list[str] = ["CMD-SHELL", escape_dollars(" ".join(self.test))]
+        else:
+            test = ["CMD", *(escape_dollars(t) for t in self.test)]
+        return {"test": test, "interval": self.interval, "timeout": self.timeout,
+                "retries": self.retries, "start_period": self.start_period}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Effective limits. ``None`` means unrestricted except by host capacity."""
+
+    cpus: float | None = None
+    memory_mb: int | None = None
+
+    def compose(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.cpus is not None:
+            if self.cpus <= 0:
+                raise DriverError("cpu limit: must be a positive number of CPUs")
+            out["cpus"] = str(float(self.cpus))  # "1.0", "0.5": a string, as in SPEC 16
+        if self.memory_mb is not None:
+            if int(self.memory_mb) < 6:
+                raise DriverError("memory limit: must be at least 6 MB (Docker's minimum)")
+            out["mem_limit"] = f"{int(self.memory_mb)}m"
+            # Same as mem_limit: no swap on top of the limit (predictable OOM).
+            out["memswap_limit"] = f"{int(self.memory_mb)}m"
+        return out
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """A port other servers need; opened with UFW to the private network only."""
+
+    port: int
+    protocol: str = "tcp"
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class UpdateBehaviour:
+    """How a new image digest is rolled out (SPEC 11 for stateful services)."""
+
+    stateful: bool
+    downtime: bool
+    warning: str = ""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image reference split the way the registry API needs it."""
+
+    registry: str  # host[:port]; "docker.io" for Docker Hub
+    repository: str  # e.g. "library/postgres"
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The reference without tag or digest, as ``docker pull`` understands it."""
+        if self.registry == "docker.io":
+            repo = self.repository
+            return repo[len("library/"):] if repo.startswith("library/") else repo
+        return f"{self.registry}/{self.repository}"
+
+    def with_digest(self, digest: str) -> str:
+        return f"{self.name}@{digest}"
+
+    def __str__(self) -> str:
+        if self.digest:
+            return f"{self.name}@{self.digest}"
+        return f"{self.name}:{self.tag or 'latest'}"
+
+
+# --------------------------------------------------------------------------- naming
+
+_SLUG_RE = re.compile(r"[^a-z0-9]+")
+
+
+def slug(name: str, max_len: int = 40) -> str:
+    """A DNS-label-safe form of a service name ("My DB" -> "my-db")."""
+    s = _SLUG_RE.sub("-", (name or "").lower()).strip("-")[:max_len].strip("-")
+    return s or "service"
+
+
+def service_alias(service: "Service") -> str:
+    """The deterministic internal hostname of a service on the server's network (SPEC 14)."""
+    return f"{slug(service.name)}-{service.id}.internal"
+
+
+def replica_alias(service: "Service", replica_id: int | str) -> str:
+    return f"{slug(service.name)}-{service.id}-r{replica_id}.internal"
+
+
+def service_dir(service_id: int) -> str:
+    return f"{SERVICES_ROOT}/{int(service_id)}"
+
+
+def default_container_name(service: "Service") -> str:
+    return f"ks-{slug(service.name, 30)}-{service.id}"
+
+
+def default_project_name(service: "Service") -> str:
+    # Compose project names: lowercase letters, digits, dashes, underscores.
+    return f"ks-svc-{service.id}"
+
+
+# --------------------------------------------------------------------------- contract
+
+@dataclass
+class RenderContext:
+    """What a compose rendering needs besides the service row.
+
+    ``image`` is the full reference to run (``name@sha256:...`` after
+    resolution). ``env_file`` entries go to the ``.env`` file; the compose
+    renderer moves values that no env-file quoting carries byte for byte in
+    both Compose v1 and v2 into ``environment:`` (see app.drivers.envfile).
+    """
+
+    image: str
+    project_name: str
+    container_name: str
+    operation_id: int | None = None
+    replica_id: int | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    private_ip: str | None = None
+    published_port: int | None = None
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class Driver:
+    """Base class of every service driver. Subclasses set the ClassVars and override builders."""
+
+    type: ClassVar[str]
+    category: ClassVar[ServiceCategory]
+    version_track: ClassVar[str]
+    default_image: ClassVar[str]  # tag on the version track, e.g. "postgres:18"
+    deploy_policy: ClassVar[DeployPolicy] = DeployPolicy.MANUAL
+    ports: ClassVar[tuple[PortSpec, ...]] = ()
+    volumes: ClassVar[tuple[VolumeSpec, ...]] = ()
+    env_schema: ClassVar[tuple[EnvField, ...]] = ()
+    slice_types: ClassVar[tuple[SliceType, ...]] = ()
+    default_resources: ClassVar[Resources] = Resources()
+    update_behaviour: ClassVar[UpdateBehaviour] = UpdateBehaviour(stateful=False, downtime=False)
+    health_check: ClassVar[HealthCheck | None] = None
+    restart_policy: ClassVar[str] = "unless-stopped"
+    stop_grace_period: ClassVar[str | None] = None
+    stop_signal: ClassVar[str | None] = None
+
+    # -- declarations derived from the row ------------------------------
+
+    def image(self, service: "Service") -> str:
+        """The tag to resolve: ``service.config["image"]`` overrides the driver default.
+
+        The override is how tests (sandbox stand-ins) and private mirrors
+        point a driver elsewhere; it must stay on the same version track.
+        """
+        override = (service.config or {}).get("image")
+        return override or self.default_image
+
+    @property
+    def secret_keys(self) -> frozenset[str]:
+        return frozenset(f.key for f in self.env_schema if f.secret)
+
+    def resources_for(self, service: "Service", replica: "ServiceReplica | None" = None) -> Resources:
+        """Replica overrides service overrides driver default; None = unrestricted."""
+        cpus = self.default_resources.cpus
+        mem = self.default_resources.memory_mb
+        if service.default_cpu_limit is not None:
+            cpus = service.default_cpu_limit
+        if service.default_memory_limit_mb is not None:
+            mem = service.default_memory_limit_mb
+        if replica is not None:
+            if replica.cpu_limit is not None:
+                cpus = replica.cpu_limit
+            if replica.memory_limit_mb is not None:
+                mem = replica.memory_limit_mb
+        return Resources(cpus=cpus, memory_mb=mem)
+
+    def volumes_for(self, service: "Service") -> tuple[VolumeSpec, ...]:
+        """The named volumes this service uses (a driver may drop some by config)."""
+        return self.volumes
+
+    def volume_names(self, service: "Service") -> list[str]:
+        return [v.volume_name(service.id) for v in self.volumes_for(service)]
+
+    def internal_port(self) -> int | None:
+        return self.ports[0].container_port if self.ports else None
+
+    def firewall_rules(self, service: "Service") -> list[FirewallRule]:
+        """Ports other servers need (only when the service is exposed on the private network)."""
+        if not (service.config or {}).get("expose_private"):
+            return []
+        return [FirewallRule(p.container_port, p.protocol, f"{self.type} {service.id}")
+                for p in self.ports if p.cross_server]
+
+    def service_environment(self, service: "Service") -> dict[str, str]:
+        """The container environment of the service itself (from its secrets and config)."""
+        return {}
+
+    def env_exports(self, service: "Service", slice_: "ServiceSlice", host: str) -> dict[str, str]:
+        """Managed variables an attached environment receives from a slice."""
+        return {}
+
+    def slice_commands(self, service: "Service", slice_: "ServiceSlice", action: str,
+                       container: str, **params: Any) -> list["Command"]:
+        """Shell command values that perform a slice action against a running replica."""
+        raise DriverError(f"{self.type}: slices of type {slice_.type} are not supported")
+
+    # -- compose ----------------------------------------------------------
+
+    def compose_service(self, service: "Service", ctx: RenderContext) -> dict[str, Any]:
+        """The Compose ``services.<name>`` entry (data, not text)."""
+        raise NotImplementedError
+
+    def render_compose(self, service: "Service", ctx: RenderContext) -> "RenderedCompose":
+        from app.drivers.compose import render_service_compose
+        return render_service_compose(self, service, ctx)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} type={self.type}>"
+
+
+@dataclass
+class RenderedCompose:
+    """The files of one compose project: write both with mode 0600."""
+
+    project_name: str
+    compose: dict[str, Any]
+    compose_yaml: str
+    env_file: str
+    directory: str
+
+    @property
+    def compose_path(self) -> str:
+        return f"{self.directory}/compose.yml"
+
+    @property
+    def env_path(self) -> str:
+        return f"{self.directory}/.env"
+
+    @property
+    def interpolation_env_path(self) -> str:
+        return f"{self.directory}/compose.env"

@@ -1,0 +1,141 @@
+"""Caddy 2 gateway: exactly one per server, owning ports 80 and 443 (SPEC 15).
+
+Routes come from ``caddy_route`` slices of the gateway service. The
+Caddyfile lives at /home/keystone/gateway/Caddyfile; the *directory* is
+bind-mounted at /etc/caddy, because a single-file bind mount pins the inode
+and would never see an atomic rename. Installing a config:
+validate inside the running container -> keep the current file as
+``Caddyfile.last-good`` -> rename the new one in place -> ``caddy reload``
+(graceful, through the admin API on localhost:2019 inside the container) ->
+on failure put last-good back and reload it. The container itself is never
+restarted for a route change.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+from app.drivers.base import (GATEWAY_DIR, Driver, DriverError, HealthCheck, PortSpec,
+                              RenderContext, UpdateBehaviour, VolumeSpec)
+from app.drivers.caddy.caddyfile import (CaddyfileError, GatewayOptions, Route,
+                                         render_caddyfile, validate_hostname)
+from app.drivers.compose import base_service
+from app.drivers.registry import register
+from app.models.enums import DeployPolicy, ServiceCategory, SliceStatus, SliceType
+from app.shell import Command, and_then, cmd, or_else
+
+if TYPE_CHECKING:  # pragma: no cover
+    from app.models import Service, ServiceSlice
+
+CONFIG_DIR_IN_CONTAINER = "/etc/caddy"
+CADDYFILE = f"{GATEWAY_DIR}/Caddyfile"
+CADDYFILE_NEXT = f"{GATEWAY_DIR}/Caddyfile.next"
+CADDYFILE_LAST_GOOD = f"{GATEWAY_DIR}/Caddyfile.last-good"
+
+
+class GatewayConflict(DriverError):
+    pass
+
+
+@register
+class CaddyDriver(Driver):
+    type = "caddy"
+    category = ServiceCategory.GATEWAY
+    version_track = "2"
+    default_image = "caddy:2"
+    deploy_policy = DeployPolicy.MANUAL_OR_ON_ROUTE_CHANGE
+    ports = (PortSpec("http", 80, public=True), PortSpec("https", 443, public=True),
+             PortSpec("http3", 443, protocol="udp", public=True))
+    volumes = (VolumeSpec("caddy_data", "/data"), VolumeSpec("caddy_config", "/config"))
+    slice_types = (SliceType.CADDY_ROUTE,)
+    health_check = HealthCheck(("wget", "-q", "-O", "/dev/null", "http://127.0.0.1:2019/config/"),
+                               interval="5s", timeout="3s", retries=6, start_period="5s")
+    stop_grace_period = "15s"
+    update_behaviour = UpdateBehaviour(
+        stateful=False, downtime=True,
+        warning=("Updating the gateway recreates the Caddy container: every site on this "
+                 "server is unreachable for a few seconds. Certificates are kept in the "
+                 "caddy_data volume."))
+
+    def compose_service(self, service: "Service", ctx: RenderContext) -> dict[str, Any]:
+        entry = base_service(self, service, ctx)
+        entry["command"] = ["caddy", "run", "--config", f"{CONFIG_DIR_IN_CONTAINER}/Caddyfile",
+                            "--adapter", "caddyfile"]
+        entry["ports"] = ["80:80", "443:443", "443:443/udp"]
+        entry["volumes"] = [f"{v.volume_name(service.id)}:{v.mount_path}" for v in self.volumes]
+        entry["volumes"].append(f"{GATEWAY_DIR}:{CONFIG_DIR_IN_CONTAINER}:ro")
+        entry["healthcheck"] = self.health_check.compose()
+        return entry
+
+    # -- routes -----------------------------------------------------------
+
+    def routes(self, slices: Iterable["ServiceSlice"]) -> list[Route]:
+        live = [s for s in slices if s.type == SliceType.CADDY_ROUTE
+                and s.status not in (SliceStatus.DELETED, SliceStatus.DELETING)]
+        return [Route.from_config(s.config or {}, name=s.name) for s in live]
+
+    def render_gateway_config(self, service: "Service",
+                              slices: Iterable["ServiceSlice"] | None = None) -> str:
+        """The Caddyfile for this gateway from its route slices (validated tokens)."""
+        cfg = service.config or {}
+        options = GatewayOptions(email=cfg.get("acme_email"),
+                                 grace_period=cfg.get("grace_period", "10s"))
+        return render_caddyfile(self.routes(service.slices if slices is None else slices),
+                                options, header=f"Keystone gateway, service {service.id}")
+
+    def new_slice_config(self, name: str, hostnames: list[str], tls: str = "auto",
+                         upstreams: list | None = None, environment_id: int | None = None,
+                         health_path: str | None = None) -> tuple[dict, dict | None]:
+        hosts = [validate_hostname(h) for h in hostnames]
+        cfg: dict[str, Any] = {"hostnames": hosts, "tls": tls, "upstreams": upstreams or []}
+        if environment_id is not None:
+            cfg["environment_id"] = environment_id
+        if health_path:
+            cfg["health_path"] = health_path
+        Route.from_config(cfg, name)  # validates upstreams / tls shape
+        return cfg, None
+
+    # -- installing a config (commands; the handler runs them) -----------
+
+    def validate_cmd(self, container: str, path_in_container: str) -> Command:
+        return cmd("docker", "exec", container, "caddy", "validate", "--config",
+                   path_in_container, "--adapter", "caddyfile")
+
+    def install_cmd(self) -> Command:
+        """Keep the running config as last-good, then rename the validated one in place."""
+        keep = or_else(cmd("test", "!", "-f", CADDYFILE), cmd("cp", "-p", CADDYFILE,
+                                                              CADDYFILE_LAST_GOOD))
+        return and_then(keep, cmd("mv", "-f", CADDYFILE_NEXT, CADDYFILE))
+
+    def reload_cmd(self, container: str) -> Command:
+        return cmd("docker", "exec", "-w", CONFIG_DIR_IN_CONTAINER, container, "caddy", "reload",
+                   "--config", f"{CONFIG_DIR_IN_CONTAINER}/Caddyfile", "--adapter", "caddyfile")
+
+    def restore_cmd(self) -> Command:
+        return and_then(cmd("test", "-f", CADDYFILE_LAST_GOOD),
+                        cmd("cp", "-p", CADDYFILE_LAST_GOOD, CADDYFILE))
+
+    def current_hash_cmd(self) -> Command:
+        return or_else(cmd("sha256sum", CADDYFILE), cmd("true"))
+
+    def slice_commands(self, service, slice_, action, container, **params):
+        # Route changes are whole-file installs (handlers.install_gateway_config).
+        raise DriverError("caddy routes are applied by installing the rendered Caddyfile")
+
+
+def assert_single_gateway(service: "Service") -> None:
+    """Refuse a second gateway service on the same server (SPEC 15)."""
+    from app.extensions import db
+    from app.models import Service as ServiceModel
+    if service.server_id is None:
+        raise GatewayConflict("a gateway must be placed on a server")
+    others = db.session.execute(
+        db.select(ServiceModel).where(ServiceModel.type == CaddyDriver.type,
+                                      ServiceModel.server_id == service.server_id,
+                                      ServiceModel.id != (service.id or -1))).scalars().all()
+    if others:
+        raise GatewayConflict(f"server {service.server_id} already has a gateway "
+                              f"(service {others[0].id}, {others[0].name!r}): there is "
+                              "exactly one per server, it owns ports 80 and 443")
+
+
+__all__ = ["CaddyDriver", "CaddyfileError", "GatewayConflict", "assert_single_gateway"]

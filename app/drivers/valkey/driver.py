@@ -1,0 +1,189 @@
+"""Valkey 8: one container; slices are ACL users confined to a key prefix.
+
+Why an ACL user with a key prefix, not a logical database
+---------------------------------------------------------
+* A logical database (``SELECT n``) is a namespace, not a boundary: anyone
+  with the password can select any of them, so two environments sharing a
+  Valkey could read each other's sessions. An ACL user with ``~<prefix>*``
+  is refused every key outside its prefix by the server.
+* There are only 16 databases by default, and Valkey/Redis Cluster supports
+  only database 0; prefixes have neither limit.
+* Laravel already prefixes every key of a connection (``REDIS_PREFIX``,
+  applied by phpredis/predis to all keys, so cache, session and queue keys
+  stay inside it), and supports ``REDIS_USERNAME`` for ACL users.
+
+Costs, stated so nobody is surprised: ``-@dangerous`` refuses FLUSHDB,
+FLUSHALL and KEYS (they would reach other tenants' keys), so
+``php artisan cache:clear`` on the redis store fails with NOPERM; SCAN is
+refused too (it lists every tenant's key names). Pub/sub channels are
+confined to the same prefix.
+
+The ACL file is a Keystone-rendered artifact (the database is canonical):
+it holds ``#<sha256>`` hashes only, lives in a bind-mounted *directory* (so
+an atomic rename on the host is seen inside the container) and is applied
+with ``ACL LOAD`` -- a slice action never restarts the container, and a
+container restart keeps every user.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from app.drivers.base import (Driver, DriverError, EnvField, HealthCheck, PortSpec,
+                              RenderContext, UpdateBehaviour, VolumeSpec, service_dir)
+from app.drivers.compose import base_service
+from app.drivers.registry import register
+from app.drivers.secrets import generate_password, valkey_password_hash
+from app.models.enums import DeployPolicy, ServiceCategory, SliceStatus, SliceType
+from app.shell import Command, cmd, pipe
+
+if TYPE_CHECKING:  # pragma: no cover
+    from app.models import Service, ServiceSlice
+
+PORT = 6379
+ACL_DIR_IN_CONTAINER = "/etc/keystone-valkey"
+ACL_FILE = "users.acl"
+# Everything except administration and commands that reach other tenants' keys.
+SLICE_COMMANDS = "+@all -@admin -@dangerous -scan"
+
+
+def acl_dir(service_id: int) -> str:
+    return f"{service_dir(service_id)}/acl"
+
+
+@register
+class ValkeyDriver(Driver):
+    type = "valkey"
+    category = ServiceCategory.CACHE
+    version_track = "8"
+    default_image = "valkey/valkey:8"
+    deploy_policy = DeployPolicy.DEPENDENCY_ONLY
+    ports = (PortSpec("valkey", PORT, cross_server=True),)
+    volumes = (VolumeSpec("valkey_data", "/data"),)
+    env_schema = (
+        EnvField("REDISCLI_AUTH", "default user's password, for valkey-cli in the container",
+                 secret=True, required=True),
+        EnvField("VALKEYCLI_AUTH", "same, under valkey-cli's own name", secret=True),
+    )
+    slice_types = (SliceType.VALKEY_NAMESPACE,)
+    health_check = HealthCheck(("valkey-cli -h 127.0.0.1 ping | grep -q PONG",), shell=True,
+                               interval="5s", timeout="3s", retries=12, start_period="10s")
+    stop_grace_period = "30s"
+    update_behaviour = UpdateBehaviour(
+        stateful=True, downtime=True,
+        warning=("Updating Valkey stops the container and starts the new image on the same "
+                 "named volume: cache, session and queue connections fail until it is healthy. "
+                 "With persistence off, every key is lost."))
+
+    def persistent(self, service: "Service") -> bool:
+        return bool((service.config or {}).get("persistence", True))
+
+    def volumes_for(self, service: "Service"):
+        return self.volumes if self.persistent(service) else ()
+
+    def ensure_secrets(self, service: "Service") -> bool:
+        current = dict(service.secrets or {})
+        if current.get("default_password"):
+            return False
+        current["default_password"] = generate_password()
+        service.secrets = current
+        return True
+
+    def service_environment(self, service: "Service") -> dict[str, str]:
+        password = (service.secrets or {}).get("default_password")
+        if not password:
+            raise DriverError(f"service {service.id}: no default password (ensure_secrets)")
+        return {"REDISCLI_AUTH": password, "VALKEYCLI_AUTH": password}
+
+    # -- ACL file ---------------------------------------------------------
+
+    @staticmethod
+    def slice_user(slice_: "ServiceSlice") -> tuple[str, str]:
+        cfg = slice_.config or {}
+        username = cfg.get("username")
+        prefix = cfg.get("prefix")
+        if not username or not prefix:
+            raise DriverError(f"slice {slice_.id}: username and prefix are required")
+        _check_acl_token("username", username)
+        _check_acl_token("prefix", prefix)
+        return username, prefix
+
+    def render_acl(self, service: "Service", slices: list["ServiceSlice"]) -> str:
+        """The whole ACL file: the default (admin) user plus one line per live slice."""
+        password = (service.secrets or {}).get("default_password")
+        if not password:
+            raise DriverError(f"service {service.id}: no default password (ensure_secrets)")
+        lines = [f"user default on {valkey_password_hash(password)} ~* &* +@all"]
+        for s in sorted(slices, key=lambda s: s.id or 0):
+            if s.type != SliceType.VALKEY_NAMESPACE or s.status in (SliceStatus.DELETED,):
+                continue
+            username, prefix = self.slice_user(s)
+            secret = (s.credentials or {}).get("password")
+            if not secret:
+                raise DriverError(f"slice {s.id}: no password generated")
+            state = "off" if (s.config or {}).get("disabled") else "on"
+            lines.append(f"user {username} {state} {valkey_password_hash(secret)} "
+                         f"~{prefix}* &{prefix}* {SLICE_COMMANDS}")
+        return "\n".join(lines) + "\n"
+
+    # -- compose ----------------------------------------------------------
+
+    def compose_service(self, service: "Service", ctx: RenderContext) -> dict[str, Any]:
+        entry = base_service(self, service, ctx)
+        command = ["valkey-server", "--aclfile", f"{ACL_DIR_IN_CONTAINER}/{ACL_FILE}"]
+        if self.persistent(service):
+            command += ["--appendonly", "yes", "--dir", "/data"]
+        else:
+            command += ["--appendonly", "no", "--save", ""]
+        maxmemory = (service.config or {}).get("maxmemory_mb")
+        if maxmemory:
+            command += ["--maxmemory", f"{int(maxmemory)}mb",
+                        "--maxmemory-policy", str((service.config or {}).get(
+                            "maxmemory_policy", "allkeys-lru"))]
+        entry["command"] = command
+        volumes = [f"{v.volume_name(service.id)}:{v.mount_path}" for v in self.volumes_for(service)]
+        volumes.append(f"{acl_dir(service.id)}:{ACL_DIR_IN_CONTAINER}:ro")
+        entry["volumes"] = volumes
+        if ctx.private_ip and (service.config or {}).get("expose_private"):
+            entry["ports"] = [f"{ctx.private_ip}:{ctx.published_port or PORT}:{PORT}"]
+        entry["healthcheck"] = self.health_check.compose()
+        return entry
+
+    # -- slices -----------------------------------------------------------
+
+    def env_exports(self, service: "Service", slice_: "ServiceSlice", host: str) -> dict[str, str]:
+        username, prefix = self.slice_user(slice_)
+        return {"REDIS_CLIENT": "phpredis", "REDIS_HOST": host, "REDIS_PORT": str(PORT),
+                "REDIS_USERNAME": username,
+                "REDIS_PASSWORD": (slice_.credentials or {}).get("password", ""),
+                "REDIS_PREFIX": prefix}
+
+    def slice_commands(self, service: "Service", slice_: "ServiceSlice", action: str,
+                       container: str, **params: Any) -> list[Command]:
+        """After the ACL file is written: load it, then check the user as the server sees it."""
+        username, _ = self.slice_user(slice_)
+        if action in ("provision", "rotate", "disable", "load"):
+            return [cmd("docker", "exec", container, "valkey-cli", "ACL", "LOAD")]
+        if action == "check":
+            return [cmd("docker", "exec", container, "valkey-cli", "ACL", "GETUSER", username)]
+        if action == "drop":
+            # Keys under the prefix are deleted in batches with a server-side scan.
+            _, prefix = self.slice_user(slice_)
+            scan = cmd("docker", "exec", container, "valkey-cli", "--scan", "--pattern",
+                       f"{prefix}*")
+            unlink = cmd("docker", "exec", "-i", container, "xargs", "-r", "-d", "\n",
+                         "-n", "100", "valkey-cli", "unlink")
+            return [pipe(scan, unlink),
+                    cmd("docker", "exec", container, "valkey-cli", "ACL", "LOAD")]
+        raise DriverError(f"valkey slice action {action!r} is not supported")
+
+    def new_slice_config(self, name: str) -> tuple[dict, dict]:
+        _check_acl_token("name", name)
+        return ({"username": name, "prefix": f"{name}:"},
+                {"password": generate_password()})
+
+
+def _check_acl_token(what: str, value: str) -> None:
+    import re
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}", value):
+        raise DriverError(f"valkey {what} {value!r}: use letters, digits and _ . : - "
+                          "(no spaces or ACL syntax)")
