@@ -1,1 +1,53 @@
-"""RQ entry points. Jobs take ids, never objects or secrets."""
+"""RQ entry points. Jobs take ids, never objects or secrets.
+
+``run_operation(operation_id)`` is the one job of the operations engine: the
+RQ job data holds the id and nothing else, so no secret ever reaches Redis
+through a job, and a retried or duplicated job is harmless (the operation row,
+claimed with a compare-and-set, records what runs).
+"""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+_app = None
+
+
+def set_app(app) -> None:
+    """The app the worker created before forking (reused by its work horses)."""
+    global _app
+    _app = app
+
+
+def get_app():
+    global _app
+    if _app is None:
+        from app import create_app
+        _app = create_app()
+    return _app
+
+
+def run_operation(operation_id: int) -> str:
+    """Run operation ``operation_id`` to a terminal state; return its status.
+
+    Never raises: an exception would put its text (which could quote a
+    secret) into RQ's job data in Redis. Everything is recorded, redacted, on
+    the operation row instead.
+    """
+    from flask import has_app_context
+
+    from app.extensions import db
+    from app.operations.runner import execute_operation
+
+    if has_app_context():
+        return execute_operation(int(operation_id))
+    app = get_app()
+    with app.app_context():
+        try:
+            return execute_operation(int(operation_id))
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            log.error("operation %s: engine error %s", operation_id, type(exc).__name__)
+            return "error"
+        finally:
+            db.session.remove()

@@ -1,15 +1,137 @@
-"""The Keystone RQ worker."""
+"""The Keystone RQ worker: forks a work horse per job, runs the reaper.
+
+Fork safety (a paramiko Transport is a thread plus a socket; a pooled database
+connection is a socket): the worker process itself opens no SSH connection,
+and in the work horse, right after the fork, the SQLAlchemy pools are
+disposed without closing the parent's connections and the Redis clients are
+forgotten, so the horse opens its own. The horse also asks the kernel to kill
+it when the worker dies (PR_SET_PDEATHSIG), so a SIGKILLed worker never
+leaves a headless operation running; the reaper then ends it ``interrupted``.
+"""
 from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import threading
 
 import redis
 from rq import Queue, Worker
+
+from app.jobs import set_app
+
+log = logging.getLogger(__name__)
+
+JOB_MONITORING_INTERVAL = 5
 
 
 def redis_connection(app) -> redis.Redis:
     return redis.Redis.from_url(app.config["REDIS_URL"])
 
 
-def run_worker(app, burst: bool = False) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the reaper still catches it
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class KeystoneWorker(Worker):
+    """RQ's forking worker with Keystone's after-fork hygiene and dead-horse handling."""
+
+    flask_app = None
+
+    def fork_work_horse(self, job, queue):
+        self._keystone_parent_pid = os.getpid()
+        return super().fork_work_horse(job, queue)
+
+    def main_work_horse(self, job, queue):
+        _die_with_parent(getattr(self, "_keystone_parent_pid", os.getppid()))
+        app = self.flask_app
+        if app is not None:
+            from app.extensions import db
+            from app.operations import logstream
+            with app.app_context():
+                for engine in db.engines.values():
+                    engine.dispose(close=False)
+            logstream.reset_clients()
+        return super().main_work_horse(job, queue)
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        app = self.flask_app
+        if app is None or not job.args or job.func_name != "app.jobs.run_operation":
+            return
+        sig = os.WTERMSIG(ret_val) if ret_val and os.WIFSIGNALED(ret_val) else None
+        why = f"signal {signal.Signals(sig).name}" if sig else f"exit status {ret_val}"
+        from app.extensions import db
+        from app.operations.reaper import interrupt
+        with app.app_context():
+            try:
+                interrupt(int(job.args[0]), f"Interrupted: the process running it died ({why}).")
+                from app.operations.lifecycle import dispatch_queued
+                dispatch_queued()
+            finally:
+                db.session.remove()
+
+
+def _reaper_loop(app, stop: threading.Event, interval: float) -> None:
+    from app.extensions import db
+    from app.operations.reaper import reap
+    while not stop.wait(interval):
+        with app.app_context():
+            try:
+                reap()
+            except Exception:
+                log.warning("reaper pass failed", exc_info=True)
+            finally:
+                db.session.remove()
+
+
+def start_reaper(app, interval: float | None = None) -> threading.Event:
+    """Run the reaper every ``interval`` seconds in a daemon thread; set the event to stop."""
+    from app.operations.reaper import REAP_INTERVAL
+    stop = threading.Event()
+    thread = threading.Thread(target=_reaper_loop, args=(app, stop, interval or REAP_INTERVAL),
+                              name="keystone-reaper", daemon=True)
+    thread.start()
+    return stop
+
+
+def recover(app) -> list[int]:
+    """Start-up recovery: end what died with the previous worker, restart the queue."""
+    from app.extensions import db
+    from app.operations.reaper import reap
+    with app.app_context():
+        try:
+            return reap()
+        finally:
+            db.session.remove()
+
+
+def run_worker(app, burst: bool = False, reaper_interval: float | None = None) -> None:
+    set_app(app)
+    from app.operations.registry import load_handlers
+    load_handlers()  # import handler modules once, before forking
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        recovered = recover(app)
+        if recovered:
+            log.warning("recovered: interrupted operations %s", recovered)
+    except Exception:
+        log.warning("start-up recovery failed", exc_info=True)
+    stop = start_reaper(app, reaper_interval)
     conn = redis_connection(app)
     queue = Queue(app.config["RQ_QUEUE"], connection=conn)
-    Worker([queue], connection=conn).work(burst=burst)
+    worker = KeystoneWorker([queue], connection=conn,
+                            job_monitoring_interval=JOB_MONITORING_INTERVAL)
+    worker.flask_app = app
+    try:
+        worker.work(burst=burst, with_scheduler=False)
+    finally:
+        stop.set()

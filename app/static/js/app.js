@@ -1,17 +1,52 @@
 // Keystone's only script: small behaviours htmx does not cover.
 // Live log panes: follow the output unless the user paused or scrolled up.
-document.addEventListener("htmx:sseMessage", function (evt) {
-  var pane = evt.target.closest ? evt.target.closest("[data-log-pane]") : null;
-  if (!pane) return;
-  var log = pane.querySelector(".log");
-  if (log && pane.dataset.paused !== "true") { log.scrollTop = log.scrollHeight; }
-});
-document.addEventListener("click", function (evt) {
-  var btn = evt.target.closest("[data-log-pause]");
-  if (!btn) return;
-  var pane = btn.closest("[data-log-pane]");
-  var paused = pane.dataset.paused === "true";
-  pane.dataset.paused = paused ? "false" : "true";
-  btn.textContent = paused ? "Pause" : "Follow";
-  btn.setAttribute("aria-pressed", paused ? "false" : "true");
-});
+// While paused, new lines still arrive (nothing is lost); the button counts them.
+(function () {
+  function paneOf(el) { return el && el.closest ? el.closest("[data-log-pane]") : null; }
+  function atBottom(log) { return log.scrollHeight - log.scrollTop - log.clientHeight < 8; }
+  function setPaused(pane, paused) {
+    pane.dataset.paused = paused ? "true" : "false";
+    var btn = pane.querySelector("[data-log-pause]");
+    var state = pane.querySelector("[data-log-state]");
+    if (!paused) { pane.dataset.unseen = "0"; }
+    if (btn) {
+      btn.textContent = paused ? "Follow" : "Pause";
+      btn.setAttribute("aria-pressed", paused ? "true" : "false");
+    }
+    if (state) { state.textContent = paused ? "paused" : "following live output"; }
+    if (!paused) {
+      var log = pane.querySelector(".log");
+      if (log) { log.scrollTop = log.scrollHeight; }
+    }
+  }
+  document.addEventListener("htmx:sseMessage", function (evt) {
+    var pane = paneOf(evt.target);
+    if (!pane) return;
+    var log = pane.querySelector(".log");
+    if (!log) return;
+    if (pane.dataset.paused === "true") {
+      var n = (parseInt(pane.dataset.unseen || "0", 10) || 0) + 1;
+      pane.dataset.unseen = String(n);
+      var state = pane.querySelector("[data-log-state]");
+      if (state) { state.textContent = "paused, " + n + " new line" + (n === 1 ? "" : "s"); }
+    } else {
+      log.scrollTop = log.scrollHeight;
+    }
+  });
+  document.addEventListener("click", function (evt) {
+    var btn = evt.target.closest("[data-log-pause]");
+    if (!btn) return;
+    var pane = paneOf(btn);
+    if (pane) setPaused(pane, pane.dataset.paused !== "true");
+  });
+  // Scrolling up pauses following; scrolling back to the bottom resumes it.
+  document.addEventListener("scroll", function (evt) {
+    var log = evt.target;
+    if (!log.classList || !log.classList.contains("log")) return;
+    var pane = paneOf(log);
+    if (!pane || !pane.querySelector("[data-log-pause]")) return;
+    var paused = pane.dataset.paused === "true";
+    if (!paused && !atBottom(log)) setPaused(pane, true);
+    else if (paused && atBottom(log)) setPaused(pane, false);
+  }, true);
+})();
