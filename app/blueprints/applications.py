@@ -1,0 +1,300 @@
+"""Applications: create from a repository SSH URL, deploy key + instructions, verify access,
+environments and their build settings.
+
+Creating an application generates its ed25519 deploy key and a ``production``
+environment on the default branch with the default web service (Laravel,
+deployed with the environment, scheduler on it: SPEC 2 and 8).
+
+"Verify access" runs ``git ls-remote`` with the deploy key synchronously in
+the request (bounded by a timeout): it reads a git host and changes no server,
+so it needs no operation, and the person is waiting for the answer anyway.
+It answers with the access component only (HTMX swaps it in place).
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import (Blueprint, abort, flash, redirect, render_template, request, url_for)
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from wtforms import SelectField, StringField
+from wtforms.validators import DataRequired, Length, Optional, ValidationError as FormError
+
+from app.builds import check_build_plan, image_ref, parse_build_config, render_dockerfile
+from app.builds.config import BuildConfigError, JS_TOOLS
+from app.extensions import db
+from app.forms import name_field
+from app.models import Application, BuildArtifact, Environment, Registry, Server, Service
+from app.models.enums import (BuildStrategy, DeployPolicy, RepositoryType, SchedulerMode,
+                              ServiceCategory)
+from app.repositories import (assign_deploy_key, deploy_key_instructions, forget_host_key,
+                              parse_known_hosts, verify_access)
+from app.repositories import validation as rv
+from app.scoping import current_org_id, get_for_org_or_404, org_query
+
+bp = Blueprint("applications", __name__, url_prefix="/applications")
+
+
+def _repository_url(form, field):
+    try:
+        field.data = rv.validate_repository_url(field.data)
+    except rv.ValidationError as exc:
+        raise FormError(str(exc)) from None
+
+
+def _branch(form, field):
+    try:
+        field.data = rv.validate_branch(field.data)
+    except rv.ValidationError as exc:
+        raise FormError(str(exc)) from None
+
+
+class ApplicationForm(FlaskForm):
+    name = name_field("Name")
+    repository_url = StringField("Repository SSH URL", validators=[
+        DataRequired(), Length(max=rv.MAX_URL_LENGTH), _repository_url])
+    repository_type = SelectField("Hosted on", choices=[
+        ("auto", "Detect from the URL"), (RepositoryType.GITHUB.value, "GitHub"),
+        (RepositoryType.GITEA.value, "Gitea"), (RepositoryType.GIT.value, "Other git server (SSH)")],
+        default="auto")
+    default_branch = StringField("Default branch", default="main", validators=[
+        DataRequired(), Length(max=rv.MAX_BRANCH_LENGTH), _branch])
+
+
+class EnvironmentForm(FlaskForm):
+    name = name_field("Environment name")
+    branch = StringField("Branch", validators=[DataRequired(), Length(max=rv.MAX_BRANCH_LENGTH),
+                                               _branch])
+
+
+class BuildSettingsForm(FlaskForm):
+    branch = StringField("Branch", validators=[DataRequired(), Length(max=rv.MAX_BRANCH_LENGTH),
+                                               _branch])
+    strategy = SelectField("Build strategy", choices=[
+        (BuildStrategy.TARGET_SERVER.value, "Build on the target server (single server default)"),
+        (BuildStrategy.DEDICATED_BUILDER.value, "Build on a dedicated builder, then push"),
+        (BuildStrategy.EXTERNAL_REGISTRY.value, "Pull a prebuilt image from a registry")])
+    registry_id = SelectField("Registry", coerce=str, choices=[])
+    php_version = StringField("PHP version", default="8.3", validators=[Length(max=8)])
+    base_image = StringField("Base image override", validators=[Optional(), Length(max=255)])
+    document_root = StringField("Document root", default="public", validators=[Length(max=100)])
+    health_path = StringField("Health path", default="/up", validators=[Length(max=200)])
+    js_tool = SelectField("JS build", choices=[(t, {"none": "None", "bun": "Bun",
+                                                   "node": "Node (npm)"}[t]) for t in JS_TOOLS])
+    js_command = StringField("JS build command", validators=[Optional(), Length(max=500)])
+    image = StringField("Prebuilt image (external registry)", validators=[Optional(), Length(max=255)])
+
+
+def _apply_repository_type(application: Application, choice: str) -> None:
+    if choice and choice != "auto":
+        application.repository_type = RepositoryType(choice)
+    else:
+        application.repository_type = rv.parse_repository_url(application.repository_url).repository_type
+
+
+def create_application(org_id: int, name: str, repository_url: str, default_branch: str,
+                       repository_type: str = "auto") -> Application:
+    """The application, its deploy key, and a production environment with the web service."""
+    application = Application(organisation_id=org_id, name=name, repository_url=repository_url,
+                              default_branch=default_branch)
+    _apply_repository_type(application, repository_type)
+    assign_deploy_key(application)
+    db.session.add(application)
+    create_environment(application, "production", default_branch)
+    return application
+
+
+def create_environment(application: Application, name: str, branch: str) -> Environment:
+    environment = Environment(application=application, name=name, branch=branch,
+                              build_config={}, scheduler_enabled=True,
+                              scheduler_mode=SchedulerMode.SINGLE)
+    web = Service(organisation_id=application.organisation_id, environment=environment, name="web",
+                  category=ServiceCategory.APPLICATION, type="laravel", driver_name="laravel",
+                  deploy_policy=DeployPolicy.WITH_ENVIRONMENT, process_roles=["web"],
+                  desired_replicas=1)
+    db.session.add_all([environment, web])
+    db.session.flush()
+    environment.scheduler_target_service = web
+    return environment
+
+
+def _load(application_id) -> Application:
+    return get_for_org_or_404(Application, application_id)
+
+
+def _load_env(application: Application, environment_id) -> Environment:
+    environment = get_for_org_or_404(Environment, environment_id)
+    if environment.application_id != application.id:
+        abort(404)
+    return environment
+
+
+def environment_servers(environment: Environment) -> list[Server]:
+    """Servers the environment's application services are placed on (replicas or service.server)."""
+    seen: dict[int, Server] = {}
+    for service in environment.services:
+        if service.category != ServiceCategory.APPLICATION:
+            continue
+        if service.server is not None:
+            seen.setdefault(service.server.id, service.server)
+        for replica in service.replicas:
+            if replica.server is not None and str(replica.status) != "removed":
+                seen.setdefault(replica.server.id, replica.server)
+    return list(seen.values())
+
+
+def _access_context(application: Application, result=None) -> dict:
+    return {"application": application, "result": result,
+            "host_keys": parse_known_hosts(application.repository_known_hosts),
+            "instructions": deploy_key_instructions(application)}
+
+
+@bp.route("/")
+@login_required
+def index():
+    apps = db.session.execute(org_query(Application).order_by(Application.name)).scalars().all()
+    return render_template("applications/index.html", applications=apps)
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@login_required
+def new():
+    form = ApplicationForm()
+    if form.validate_on_submit():
+        org_id = current_org_id()
+        exists = db.session.execute(sa.select(Application.id).where(
+            Application.organisation_id == org_id, Application.name == form.name.data)).first()
+        if exists:
+            form.name.errors.append("An application with this name already exists.")
+        else:
+            application = create_application(org_id, form.name.data, form.repository_url.data,
+                                             form.default_branch.data, form.repository_type.data)
+            db.session.commit()
+            flash("Application created. Add the deploy key below to the repository (read-only), "
+                  "then verify access.", "success")
+            return redirect(url_for("applications.show", application_id=application.id))
+    return render_template("applications/new.html", form=form), (400 if form.errors else 200)
+
+
+@bp.route("/<int:application_id>")
+@login_required
+def show(application_id):
+    application = _load(application_id)
+    environments = []
+    for env in application.environments:
+        servers = environment_servers(env)
+        artifacts = db.session.execute(
+            sa.select(BuildArtifact).where(BuildArtifact.environment_id == env.id)
+            .order_by(BuildArtifact.id.desc()).limit(5)).scalars().all()
+        environments.append({"env": env, "servers": servers, "artifacts": artifacts,
+                             "problems": check_build_plan(env, servers) if servers else []})
+    return render_template("applications/show.html", environments=environments,
+                           env_form=EnvironmentForm(formdata=None, branch=application.default_branch),
+                           image_ref=image_ref, **_access_context(application))
+
+
+@bp.route("/<int:application_id>/verify", methods=["POST"])
+@login_required
+def verify(application_id):
+    application = _load(application_id)
+    result = verify_access(application)
+    db.session.commit()
+    context = _access_context(application, result)
+    if request.headers.get("HX-Request"):
+        return render_template("applications/_access.html", **context)
+    flash(result.message, "success" if result.ok else "error")
+    return redirect(url_for("applications.show", application_id=application.id))
+
+
+@bp.route("/<int:application_id>/forget-host-key", methods=["POST"])
+@login_required
+def forget_host(application_id):
+    application = _load(application_id)
+    forget_host_key(application)
+    db.session.commit()
+    if request.headers.get("HX-Request"):
+        return render_template("applications/_access.html", **_access_context(application))
+    flash("The stored host key was forgotten; the next verification trusts the key the host "
+          "presents then.", "success")
+    return redirect(url_for("applications.show", application_id=application.id))
+
+
+@bp.route("/<int:application_id>/rotate-key", methods=["POST"])
+@login_required
+def rotate_key(application_id):
+    application = _load(application_id)
+    assign_deploy_key(application)
+    db.session.commit()
+    flash("A new deploy key was generated. Replace the old key on the git host with the one "
+          "below, then verify access.", "success")
+    return redirect(url_for("applications.show", application_id=application.id))
+
+
+@bp.route("/<int:application_id>/environments", methods=["POST"])
+@login_required
+def add_environment(application_id):
+    application = _load(application_id)
+    form = EnvironmentForm()
+    if form.validate_on_submit():
+        if any(e.name == form.name.data for e in application.environments):
+            flash(f"Environment {form.name.data!r} already exists.", "error")
+        else:
+            create_environment(application, form.name.data, form.branch.data)
+            db.session.commit()
+            flash(f"Environment {form.name.data} created.", "success")
+    else:
+        for field, errors in form.errors.items():
+            for error in errors:
+                flash(f"{getattr(form, field).label.text}: {error}", "error")
+    return redirect(url_for("applications.show", application_id=application.id))
+
+
+def _registry_choices() -> list[tuple[str, str]]:
+    registries = db.session.execute(org_query(Registry).order_by(Registry.name)).scalars().all()
+    return [("", "None (single server only)")] + [(str(r.id), f"{r.name} ({r.url})")
+                                                   for r in registries]
+
+
+@bp.route("/<int:application_id>/environments/<int:environment_id>/build", methods=["GET", "POST"])
+@login_required
+def build_settings(application_id, environment_id):
+    application = _load(application_id)
+    environment = _load_env(application, environment_id)
+    raw = dict(environment.build_config or {})
+    form = BuildSettingsForm(data={
+        "branch": environment.branch, "strategy": raw.get("strategy", "target_server"),
+        "registry_id": str(environment.registry_id or ""),
+        "php_version": raw.get("php_version", "8.3"), "base_image": raw.get("base_image", ""),
+        "document_root": raw.get("document_root", "public"),
+        "health_path": raw.get("health_path", "/up"), "js_tool": raw.get("js_tool", "none"),
+        "js_command": raw.get("js_command", ""), "image": raw.get("image", "")})
+    form.registry_id.choices = _registry_choices()
+    dockerfile = None
+    if form.validate_on_submit():
+        new_raw = {k: v for k, v in {
+            "strategy": form.strategy.data, "php_version": form.php_version.data.strip(),
+            "base_image": form.base_image.data.strip(), "document_root": form.document_root.data.strip(),
+            "health_path": form.health_path.data.strip(), "js_tool": form.js_tool.data,
+            "js_command": form.js_command.data.strip(), "image": form.image.data.strip(),
+            "builder_service_id": raw.get("builder_service_id"),
+        }.items() if v not in (None, "")}
+        registry_id = None
+        if form.registry_id.data:
+            registry_id = get_for_org_or_404(Registry, form.registry_id.data).id
+        try:
+            config = parse_build_config(new_raw)
+        except BuildConfigError as exc:
+            form.strategy.errors = list(form.strategy.errors) + [str(exc)]
+        else:
+            environment.build_config = config.to_json()
+            environment.registry_id = registry_id
+            environment.branch = form.branch.data
+            db.session.commit()
+            flash("Build settings saved.", "success")
+            return redirect(url_for("applications.show", application_id=application.id))
+    try:
+        dockerfile = render_dockerfile(parse_build_config(environment.build_config))
+    except BuildConfigError:
+        dockerfile = None
+    return render_template("applications/build.html", application=application,
+                           environment=environment, form=form, dockerfile=dockerfile), \
+        (400 if form.errors else 200)

@@ -1,0 +1,392 @@
+"""Build artifacts: reuse or build an image for (environment, commit, build config), then
+make the exact same image present on every target server.
+
+``ensure_artifact(ctx, environment, commit_sha, servers) -> BuildArtifact``
+is what the deploy flow calls inside its operation:
+
+1. :func:`app.builds.plan.plan_build` (nothing runs when it finds a problem).
+2. Reuse: a READY artifact of the same commit and ``config_hash`` (the
+   rendered Dockerfile) is reused: no "Build image" step runs. A pushed
+   artifact is reused anywhere (servers pull it by digest); a local-only one
+   only where the image still is.
+3. Otherwise build once (see app.repositories.git for why the source is
+   fetched on the control plane and uploaded as a ``git archive`` tarball):
+   fetch + archive locally, upload to ``/home/keystone/operations/<hash>/``
+   on the build server, ``docker build`` there, push to the environment's
+   registry when it has one (``docker login --password-stdin`` with an
+   operation-private ``DOCKER_CONFIG``, logout in ``finally``), and record
+   the repo digest.
+4. Every target server pulls ``name@sha256:...`` (never a rebuild per
+   server); the local image id is checked against the built one.
+
+The reference to run is :func:`image_ref` (``registry/name@sha256:...``
+when pushed, the unique local tag otherwise).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from app import shell
+from app.builds import commands as dc
+from app.builds.config import BuildConfig, config_hash
+from app.builds.dockerfile import render_dockerfile
+from app.builds.plan import BuildPlan, plan_build
+from app.extensions import db
+from app.models import BuildArtifact
+from app.models.base import utcnow
+from app.models.enums import ArtifactStatus, BuildStrategy
+from app.registries import auth_commands, repository_for
+from app.repositories import workdir_base
+from app.repositories.git import fetch_and_archive
+from app.repositories.validation import ValidationError, is_commit_sha
+
+log = logging.getLogger(__name__)
+
+REMOTE_OPERATIONS_DIR = "/home/keystone/operations"
+LOCAL_REPOSITORY_PREFIX = "keystone"
+BUILD_STEP = "Build image"
+BUILD_TIMEOUT = 30 * 60
+
+
+class BuildError(RuntimeError):
+    """A build could not complete; the message is for the user."""
+
+
+def _fail(message: str) -> Exception:
+    try:
+        from app.operations.errors import StepFailed
+        return StepFailed(message)
+    except ImportError:  # pragma: no cover - engine not present
+        return BuildError(message)
+
+
+def _operation(ctx):
+    op = getattr(ctx, "operation", None) or getattr(ctx, "op", None)
+    if op is None:
+        raise BuildError("ensure_artifact needs an operation context")
+    return op
+
+
+def image_ref(artifact: BuildArtifact) -> str:
+    """What a compose file runs: the digest reference when pushed, else the local tag."""
+    return artifact.registry_ref or artifact.image_tag
+
+
+def artifact_tag(repository: str, commit_sha: str, chash: str) -> str:
+    return f"{repository}:{commit_sha[:12]}-{chash[:8]}"
+
+
+def remote_workdir(ctx) -> str:
+    return posixpath.join(REMOTE_OPERATIONS_DIR, _operation(ctx).hash)
+
+
+# --------------------------------------------------------------------------- lookups
+
+def find_reusable(environment, commit_sha: str, chash: str, *, pushed_to: str | None = None):
+    """READY artifacts of this environment, commit and config, newest first."""
+    stmt = (sa.select(BuildArtifact)
+            .where(BuildArtifact.environment_id == environment.id,
+                   BuildArtifact.commit_sha == commit_sha,
+                   BuildArtifact.config_hash == chash,
+                   BuildArtifact.status == ArtifactStatus.READY)
+            .order_by(BuildArtifact.id.desc()))
+    found = db.session.execute(stmt).scalars().all()
+    if pushed_to is not None:
+        found = [a for a in found if a.registry_ref and a.registry_ref.startswith(pushed_to + "@")]
+    return found
+
+
+def _run(step, command, **kw):
+    return step.run(command, **kw)
+
+
+def _stdout(result) -> str:
+    return (getattr(result, "stdout", "") or "").strip()
+
+
+def _ok(result) -> bool:
+    code = getattr(result, "exit_code", None)
+    if code is None:
+        code = getattr(result, "returncode", 1)
+    return code == 0
+
+
+def _image_id_on(step, ref: str) -> str | None:
+    result = _run(step, dc.image_id(ref), check=False, timeout=60)
+    if not _ok(result):
+        return None
+    for line in _stdout(result).splitlines():
+        line = line.strip()
+        if line.startswith("sha256:"):
+            return line
+    return None
+
+
+# --------------------------------------------------------------------------- registry login
+
+class _RegistrySession:
+    """``docker login`` for one step with a private DOCKER_CONFIG; logout + removal in finally."""
+
+    def __init__(self, step, registry, config_dir: str):
+        self.step = step
+        self.registry = registry
+        self.config_dir = config_dir
+        self.auth = auth_commands(registry, config_dir) if registry is not None else None
+
+    def __enter__(self) -> str:
+        _run(self.step, dc.mkdir_private(self.config_dir), timeout=30)
+        if self.auth is not None:
+            self.step.log(f"docker login {self.registry.url} as {self.registry.username} "
+                          "(password on stdin)")
+            _run(self.step, self.auth.login, stdin=(self.auth.password.value + "\n").encode(),
+                 timeout=120)
+        return self.config_dir
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.auth is not None:
+                _run(self.step, self.auth.logout, check=False, timeout=60)
+        finally:
+            _run(self.step, dc.remove_dir(self.config_dir), check=False, timeout=60)
+
+
+# --------------------------------------------------------------------------- main entry
+
+def ensure_artifact(ctx, environment, commit_sha: str, servers) -> BuildArtifact:
+    """Reuse or build the artifact for ``commit_sha`` and make it present on every server.
+
+    Raises :class:`app.builds.plan.BuildPlanError` before any step when the
+    plan is impossible (e.g. several servers and no registry).
+    """
+    servers = list(servers)
+    plan = plan_build(environment, servers)
+    if not is_commit_sha(commit_sha):
+        raise ValidationError(f"{commit_sha!r} is not a commit sha")
+    if plan.strategy == BuildStrategy.EXTERNAL_REGISTRY:
+        return _ensure_external(ctx, environment, commit_sha, servers, plan)
+
+    dockerfile = render_dockerfile(plan.config)
+    chash = config_hash(plan.config, dockerfile)
+    registry = environment.container_registry if plan.push else None
+    repository = (repository_for(registry, environment.application.name, environment.name)
+                  if registry is not None else
+                  f"{LOCAL_REPOSITORY_PREFIX}/{environment.application.name}-{environment.name}")
+
+    for candidate in find_reusable(environment, commit_sha, chash,
+                                   pushed_to=repository if registry is not None else None):
+        if candidate.registry_ref or _present_everywhere(ctx, candidate, servers):
+            with ctx.step("Reuse build artifact") as step:
+                step.unchanged(f"commit {commit_sha[:12]} with this build configuration was already "
+                               f"built (artifact #{candidate.id}, {image_ref(candidate)}): not "
+                               "rebuilding")
+            _make_present(ctx, candidate, servers, registry)
+            return candidate
+
+    artifact = _build(ctx, environment, commit_sha, plan, dockerfile, chash, repository, registry)
+    _make_present(ctx, artifact, servers, registry)
+    return artifact
+
+
+def _present_everywhere(ctx, artifact: BuildArtifact, servers) -> bool:
+    """A local-only artifact is reusable only where its image still is."""
+    wanted = (artifact.meta or {}).get("image_id") or artifact.image_digest
+    for server in servers:
+        with ctx.step(f"Look for image on {server.name}", server=server) as step:
+            found = _image_id_on(step, artifact.image_tag)
+            if found != wanted:
+                step.log(f"{artifact.image_tag} is not on {server.name}: it will be built")
+                return False
+            step.unchanged(f"{artifact.image_tag} is on {server.name}")
+    return True
+
+
+def _make_present(ctx, artifact: BuildArtifact, servers, registry) -> None:
+    """Pull ``name@sha256:...`` on every server that lacks it; check the image id matches."""
+    wanted = (artifact.meta or {}).get("image_id")
+    ref = image_ref(artifact)
+    present = set((artifact.meta or {}).get("present_on", []))
+    for server in servers:
+        with ctx.step(f"Pull image on {server.name}", server=server) as step:
+            found = _image_id_on(step, ref)
+            if found and (wanted is None or found == wanted):
+                step.unchanged(f"{ref} is already on {server.name}")
+            elif not artifact.registry_ref:
+                raise _fail(f"{ref} is not on {server.name} and was never pushed to a registry")
+            else:
+                config_dir = posixpath.join(remote_workdir(ctx), f"docker-{artifact.id}")
+                with _RegistrySession(step, registry or artifact_registry(artifact),
+                                      config_dir) as docker_config:
+                    _run(step, dc.pull(ref, docker_config), timeout=BUILD_TIMEOUT)
+                found = _image_id_on(step, ref)
+                if wanted is not None and found != wanted:
+                    raise _fail(f"{server.name} pulled {ref} but got image {found}, "
+                                f"expected {wanted}")
+                step.log(f"{server.name} has {ref} (image {found})")
+        present.add(server.id)
+    meta = dict(artifact.meta or {})
+    meta["present_on"] = sorted(present)
+    artifact.meta = meta
+    db.session.commit()
+
+
+def artifact_registry(artifact: BuildArtifact):
+    from app.models import Registry
+    registry_id = (artifact.meta or {}).get("registry_id")
+    return db.session.get(Registry, registry_id) if registry_id else None
+
+
+def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, chash: str,
+           repository: str, registry) -> BuildArtifact:
+    op = _operation(ctx)
+    application = environment.application
+    server = plan.build_server
+    tag = artifact_tag(repository, commit_sha, chash)
+    artifact = BuildArtifact(
+        environment_id=environment.id, commit_sha=commit_sha, config_hash=chash, image_tag=tag,
+        built_by_operation_id=op.id,
+        built_by_service_id=plan.builder_service.id if plan.builder_service is not None else None,
+        status=ArtifactStatus.BUILDING,
+        meta={"strategy": str(plan.strategy), "build_server_id": server.id,
+              "build_config": plan.config.to_json(), "branch": environment.branch,
+              "registry_id": registry.id if registry is not None else None,
+              "started_at": utcnow().isoformat()})
+    db.session.add(artifact)
+    db.session.commit()
+
+    local_dir = Path(tempfile.mkdtemp(prefix=f"keystone-op-{op.hash}-build-", dir=workdir_base()))
+    remote_dir = posixpath.join(remote_workdir(ctx), f"build-{artifact.id}")
+    remote_cleanup_needed = False
+    try:
+        with ctx.step("Fetch source") as step:
+            step.log(f"git fetch {application.repository_url} {commit_sha} (branch {environment.branch}) "
+                     "on the Keystone host with the deploy key")
+            tar_path = local_dir / "source.tar"
+            try:
+                fetch_and_archive(local_dir, application.deploy_key_private,
+                                  application.repository_known_hosts, application.repository_url,
+                                  commit_sha, environment.branch, tar_path, on_line=step.log)
+            except Exception as exc:
+                raise _fail(str(exc)) from None
+            size = tar_path.stat().st_size
+            step.log(f"git archive {commit_sha[:12]}: {size} bytes")
+        data = tar_path.read_bytes()
+        tar_path.unlink()
+
+        with ctx.step(f"Upload source to {server.name}", server=server) as step:
+            remote_cleanup_needed = True
+            _run(step, dc.mkdir_private(remote_dir), timeout=30)
+            step.put_file(posixpath.join(remote_dir, "source.tar"), data, mode=0o600)
+            step.put_file(posixpath.join(remote_dir, "Dockerfile"), dockerfile.encode(), mode=0o644)
+            _run(step, dc.extract_source(posixpath.join(remote_dir, "source.tar"),
+                                         posixpath.join(remote_dir, "context")), timeout=300)
+            step.log(f"source of {commit_sha[:12]} and the managed Dockerfile are in {remote_dir}")
+        del data
+
+        labels = {"dev.keystone.environment": str(environment.id),
+                  "dev.keystone.commit": commit_sha, "dev.keystone.config-hash": chash}
+        with ctx.step(BUILD_STEP, server=server) as step:
+            _run(step, dc.docker_build(posixpath.join(remote_dir, "Dockerfile"),
+                                       posixpath.join(remote_dir, "context"), tag, commit_sha,
+                                       labels), timeout=BUILD_TIMEOUT)
+            image_id = _image_id_on(step, tag)
+            if not image_id:
+                raise _fail(f"docker build finished but {tag} is not on {server.name}")
+            step.log(f"built {tag} (image {image_id})")
+        artifact.image_digest = image_id
+        artifact.meta = {**artifact.meta, "image_id": image_id, "present_on": [server.id]}
+        db.session.commit()
+
+        if registry is not None:
+            with ctx.step(f"Push image to {registry.name}", server=server) as step:
+                config_dir = posixpath.join(remote_dir, "docker")
+                with _RegistrySession(step, registry, config_dir) as docker_config:
+                    _run(step, dc.push(tag, docker_config), timeout=BUILD_TIMEOUT)
+                digest = _repo_digest(step, tag, repository)
+                artifact.image_digest = digest
+                artifact.registry_ref = f"{repository}@{digest}"
+                step.log(f"pushed {artifact.registry_ref}")
+        artifact.status = ArtifactStatus.READY
+        artifact.meta = {**artifact.meta, "finished_at": utcnow().isoformat()}
+        db.session.commit()
+        return artifact
+    except BaseException as exc:
+        db.session.rollback()
+        artifact.status = ArtifactStatus.FAILED
+        artifact.meta = {**(artifact.meta or {}), "error": str(exc)[:500]}
+        db.session.commit()
+        raise
+    finally:
+        shutil.rmtree(local_dir, ignore_errors=True)
+        if remote_cleanup_needed:
+            _cleanup_remote(ctx, server, remote_dir)
+
+
+def _cleanup_remote(ctx, server, remote_dir: str) -> None:
+    try:
+        with ctx.step(f"Clean up build directory on {server.name}", server=server) as step:
+            _run(step, dc.remove_dir(remote_dir), check=False, timeout=120)
+    except Exception as exc:  # never mask the build's own outcome
+        log.warning("could not remove %s on %s: %s", remote_dir, server.name, exc)
+
+
+def _repo_digest(step, ref: str, repository: str) -> str:
+    result = _run(step, dc.repo_digests(ref), timeout=60)
+    text = _stdout(result)
+    start = text.find("[")
+    try:
+        digests = json.loads(text[start:]) if start >= 0 else []
+    except ValueError:
+        digests = []
+    for entry in digests or []:
+        name, _, digest = entry.partition("@")
+        if name == repository and digest.startswith("sha256:"):
+            return digest
+    raise _fail(f"pushed {ref} but the registry digest is unknown ({text[:200]})")
+
+
+# --------------------------------------------------------------------------- external images
+
+def _ensure_external(ctx, environment, commit_sha: str, servers, plan: BuildPlan) -> BuildArtifact:
+    """external_registry: pull the configured prebuilt image, pin its digest, run it everywhere."""
+    op = _operation(ctx)
+    config: BuildConfig = plan.config
+    image = config.image
+    registry = environment.container_registry
+    repository = image.split("@", 1)[0]
+    last = repository.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository = repository[: len(repository) - len(last)] + last.split(":", 1)[0]
+    first = servers[0]
+    chash = config_hash(config, "")
+    with ctx.step(f"Pull {image} on {first.name}", server=first) as step:
+        config_dir = posixpath.join(remote_workdir(ctx), "docker-external")
+        with _RegistrySession(step, registry, config_dir) as docker_config:
+            _run(step, dc.pull(image, docker_config), timeout=BUILD_TIMEOUT)
+        digest = _repo_digest(step, image, repository)
+        image_id = _image_id_on(step, image)
+    ref = f"{repository}@{digest}"
+    artifact = db.session.execute(
+        sa.select(BuildArtifact).where(BuildArtifact.environment_id == environment.id,
+                                       BuildArtifact.registry_ref == ref,
+                                       BuildArtifact.status == ArtifactStatus.READY)
+        .order_by(BuildArtifact.id.desc())).scalars().first()
+    if artifact is None:
+        artifact = BuildArtifact(
+            environment_id=environment.id, commit_sha=commit_sha, config_hash=chash, image_tag=image,
+            image_digest=digest, registry_ref=ref, built_by_operation_id=op.id,
+            status=ArtifactStatus.READY,
+            meta={"strategy": str(plan.strategy), "image_id": image_id, "external": True,
+                  "registry_id": registry.id if registry is not None else None,
+                  "present_on": [first.id]})
+        db.session.add(artifact)
+        db.session.commit()
+    _make_present(ctx, artifact, servers, registry)
+    return artifact

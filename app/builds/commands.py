@@ -1,0 +1,62 @@
+"""Docker commands of a build, as app.shell values (pure: no I/O).
+
+Every value (tags, paths, refs, the commit) is a quoted part, and ``--``
+separates options from operands, so no stored value can become an option or
+shell syntax.
+"""
+from __future__ import annotations
+
+from app import shell
+
+INSPECT_ID = "{{.Id}}"
+INSPECT_REPO_DIGESTS = "{{json .RepoDigests}}"
+
+
+def mkdir_private(path: str) -> shell.Command:
+    return shell.cmd("mkdir", "-p", "-m", "0700", shell.end_of_options(), path)
+
+
+def extract_source(tarball: str, context_dir: str) -> shell.Command:
+    return shell.and_then(
+        shell.cmd("mkdir", "-p", "-m", "0700", shell.end_of_options(), context_dir),
+        shell.cmd("tar", "-x", "--no-same-owner", "--no-same-permissions", "-f", tarball,
+                  "-C", context_dir),
+        shell.cmd("rm", "-f", shell.end_of_options(), tarball),
+    )
+
+
+def docker_build(dockerfile: str, context_dir: str, tag: str, commit_sha: str,
+                 labels: dict[str, str]) -> shell.Command:
+    parts: list[shell.Part] = ["docker", "build", "--file", dockerfile, "--tag", tag,
+                               "--build-arg", shell.concat("KEYSTONE_COMMIT=", commit_sha)]
+    for key, value in sorted(labels.items()):
+        parts += ["--label", shell.concat(key, "=", value)]
+    parts += [shell.end_of_options(), context_dir]
+    return shell.cmd(*parts)
+
+
+def image_id(ref: str) -> shell.Command:
+    return shell.cmd("docker", "image", "inspect", "--format", INSPECT_ID, shell.end_of_options(), ref)
+
+
+def repo_digests(ref: str) -> shell.Command:
+    return shell.cmd("docker", "image", "inspect", "--format", INSPECT_REPO_DIGESTS,
+                     shell.end_of_options(), ref)
+
+
+def tag(source: str, target: str) -> shell.Command:
+    return shell.cmd("docker", "tag", shell.end_of_options(), source, target)
+
+
+def push(ref: str, docker_config: str | None = None) -> shell.Command:
+    command = shell.cmd("docker", "push", shell.end_of_options(), ref)
+    return shell.env(command, DOCKER_CONFIG=docker_config) if docker_config else command
+
+
+def pull(ref: str, docker_config: str | None = None) -> shell.Command:
+    command = shell.cmd("docker", "pull", shell.end_of_options(), ref)
+    return shell.env(command, DOCKER_CONFIG=docker_config) if docker_config else command
+
+
+def remove_dir(path: str) -> shell.Command:
+    return shell.cmd("rm", "-rf", shell.end_of_options(), path)

@@ -1,0 +1,33 @@
+"""Render the managed Laravel Dockerfile (SPEC 7) from a validated BuildConfig."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jinja2
+
+from app.builds.config import TEMPLATE_VERSION, BuildConfig
+
+TEMPLATES = Path(__file__).parent / "templates"
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
+                          undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                          trim_blocks=True, lstrip_blocks=True)
+
+# /up (or the configured path) must answer 200; a 404 there means the app has
+# no health route (Laravel < 11), and then / must answer 2xx/3xx.
+HEALTHCHECK_SCRIPT = (
+    'code=$(curl -s -o /dev/null -w "%{http_code}" "http://127.0.0.1:8080${KEYSTONE_HEALTH_PATH}"); '
+    '[ "$code" = 200 ] || { [ "$code" = 404 ] && curl -fs -o /dev/null http://127.0.0.1:8080/; }'
+)
+
+
+def render_dockerfile(config: BuildConfig) -> str:
+    template = _env.get_template("Dockerfile.laravel.j2")
+    return template.render(
+        base_image=config.effective_base_image,
+        document_root=config.document_root,
+        health_path=config.health_path,
+        js=config.js,
+        template_version=TEMPLATE_VERSION,
+        healthcheck=json.dumps(["sh", "-c", HEALTHCHECK_SCRIPT]),
+    )

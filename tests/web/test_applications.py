@@ -1,0 +1,232 @@
+"""Applications and registries through the real views: creation defaults, the deploy key,
+bad repository URLs and branches refused (and no command run), registries, build plans."""
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from app.builds import check_build_plan
+from app.extensions import db
+from app.models import Application, Environment, Registry, Server, Service
+from app.models.enums import DeployPolicy, RepositoryType, SchedulerMode, ServiceCategory
+from tests.conftest import csrf_token_from
+
+GOOD_URL = "git@github.com:acme/shop.git"
+
+
+def _create(client, **overrides):
+    page = client.get("/applications/new").get_data(as_text=True)
+    data = {"csrf_token": csrf_token_from(page), "name": "shop", "repository_url": GOOD_URL,
+            "repository_type": "auto", "default_branch": "main"}
+    data.update(overrides)
+    return client.post("/applications/new", data=data)
+
+
+def test_creating_an_application_makes_key_environment_and_web_service(client, auth):
+    auth.signup()
+    resp = _create(client)
+    assert resp.status_code == 302
+    application = db.session.execute(sa.select(Application)).scalar_one()
+    assert application.repository_type == RepositoryType.GITHUB
+    assert application.deploy_key_public.startswith("ssh-ed25519 ")
+    assert "OPENSSH PRIVATE KEY" in application.deploy_key_private
+    assert application.deploy_key_fingerprint.startswith("SHA256:")
+    assert application.deploy_key_installed_at is None
+    (env,) = application.environments
+    assert (env.name, env.branch) == ("production", "main")
+    assert env.scheduler_enabled and env.scheduler_mode == SchedulerMode.SINGLE
+    (web,) = env.services
+    assert (web.name, web.category, web.type, web.driver_name, web.deploy_policy,
+            web.process_roles) == ("web", ServiceCategory.APPLICATION, "laravel", "laravel",
+                                   DeployPolicy.WITH_ENVIRONMENT, ["web"])
+    assert env.scheduler_target_service_id == web.id
+
+    html = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert application.deploy_key_public in html
+    assert "read-only" in html and "GitHub" in html and "Gitea" in html
+    assert "Verify access" in html
+    assert "PRIVATE KEY" not in html
+    assert "production" in html
+
+
+BAD_URLS = [
+    "--upload-pack=touch {canary}",
+    "ext::sh -c touch% {canary}",
+    "ssh://-oProxyCommand=touch%20{canary}/x.git",
+    "ssh://-oProxyCommand=touch {canary}/x.git",
+    "file:///tmp/x.git",
+    "git@github.com:acme/shop.git;touch {canary}",
+    "$(touch {canary})",
+    "git@github.com:acme/shop.git\ntouch {canary}",
+    "x" * 10_000,
+]
+BAD_BRANCHES = ["--upload-pack=touch {canary}", "main;touch {canary}", "$(touch {canary})",
+                "main\ntouch {canary}", "a" * 10_000]
+
+
+@pytest.mark.parametrize("template", BAD_URLS, ids=lambda t: repr(t[:30]))
+def test_bad_repository_urls_are_refused_by_the_form_and_nothing_runs(client, auth, tmp_path,
+                                                                      template):
+    auth.signup()
+    canary = tmp_path / f"canary-{uuid.uuid4().hex}"
+    resp = _create(client, repository_url=template.format(canary=canary))
+    assert resp.status_code == 400
+    assert "errors" in resp.get_data(as_text=True)
+    assert db.session.execute(sa.select(sa.func.count(Application.id))).scalar_one() == 0
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize("template", BAD_BRANCHES, ids=lambda t: repr(t[:30]))
+def test_bad_branches_are_refused_by_the_form_and_nothing_runs(client, auth, tmp_path, template):
+    auth.signup()
+    canary = tmp_path / f"canary-{uuid.uuid4().hex}"
+    resp = _create(client, default_branch=template.format(canary=canary))
+    assert resp.status_code == 400
+    assert db.session.execute(sa.select(sa.func.count(Application.id))).scalar_one() == 0
+    assert not canary.exists()
+
+
+def test_bad_branch_in_build_settings_and_new_environment_is_refused(client, auth, tmp_path):
+    auth.signup()
+    _create(client)
+    application = db.session.execute(sa.select(Application)).scalar_one()
+    env = application.environments[0]
+    canary = tmp_path / "canary"
+    url = f"/applications/{application.id}/environments/{env.id}/build"
+    page = client.get(url).get_data(as_text=True)
+    assert "FROM serversideup/php:8.3-frankenphp" in page
+    token = csrf_token_from(page)
+    resp = client.post(url, data={"csrf_token": token, "branch": f"main;touch {canary}",
+                                  "strategy": "target_server", "registry_id": "",
+                                  "php_version": "8.3", "js_tool": "none",
+                                  "document_root": "public", "health_path": "/up"})
+    assert resp.status_code == 400
+    client.post(f"/applications/{application.id}/environments",
+                data={"csrf_token": token, "name": "staging", "branch": f"$(touch {canary})"})
+    db.session.expire_all()
+    assert [e.name for e in application.environments] == ["production"]
+    assert application.environments[0].branch == "main"
+    assert not canary.exists()
+
+
+def test_verify_access_to_an_unreachable_host_answers_a_clear_message(client, auth):
+    auth.signup()
+    _create(client, repository_url="ssh://git@127.0.0.1:1/sample.git")
+    application = db.session.execute(sa.select(Application)).scalar_one()
+    resp = client.post(f"/applications/{application.id}/verify",
+                       headers={"HX-Request": "true", "X-CSRFToken": auth.csrf()})
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    assert 'id="repository-access"' in html and "<html" not in html
+    assert "Could not read the SSH host key of 127.0.0.1 port 1" in html
+    db.session.expire_all()
+    assert application.deploy_key_installed_at is None
+
+
+def test_rotate_key_replaces_the_key(client, auth):
+    auth.signup()
+    _create(client)
+    application = db.session.execute(sa.select(Application)).scalar_one()
+    old = application.deploy_key_public
+    client.post(f"/applications/{application.id}/rotate-key", headers={"X-CSRFToken": auth.csrf()})
+    db.session.expire_all()
+    assert application.deploy_key_public != old
+
+
+def test_build_settings_save_registry_and_strategy(client, auth):
+    auth.signup()
+    _create(client)
+    application = db.session.execute(sa.select(Application)).scalar_one()
+    env = application.environments[0]
+    registry = Registry(organisation_id=application.organisation_id, name="r", url="127.0.0.1:5055")
+    db.session.add(registry)
+    db.session.commit()
+    url = f"/applications/{application.id}/environments/{env.id}/build"
+    token = csrf_token_from(client.get(url).get_data(as_text=True))
+    resp = client.post(url, data={"csrf_token": token, "branch": "release/1", "strategy": "target_server",
+                                  "registry_id": str(registry.id), "php_version": "8.4",
+                                  "base_image": "keystone-sandbox/php-base:8.3",
+                                  "document_root": "public", "health_path": "/up",
+                                  "js_tool": "bun", "js_command": "", "image": ""})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    db.session.expire_all()
+    assert env.registry_id == registry.id and env.branch == "release/1"
+    assert env.build_config["base_image"] == "keystone-sandbox/php-base:8.3"
+    assert env.build_config["js_tool"] == "bun" and env.build_config["php_version"] == "8.4"
+
+
+def test_registries_create_list_and_password_never_shown(client, auth):
+    auth.signup()
+    page = client.get("/registries/new").get_data(as_text=True)
+    secret = "SENTINEL-registry-token-" + uuid.uuid4().hex
+    resp = client.post("/registries/new", data={
+        "csrf_token": csrf_token_from(page), "name": "ghcr", "type": "ghcr", "url": "",
+        "namespace": "", "username": "Acme", "password": secret})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    registry = db.session.execute(sa.select(Registry)).scalar_one()
+    assert (registry.url, registry.namespace, registry.username) == ("ghcr.io", "acme", "Acme")
+    assert registry.password == secret
+    raw = db.session.execute(sa.text("SELECT password FROM registries")).scalar_one()
+    assert secret not in raw
+    html = client.get("/registries/").get_data(as_text=True)
+    assert "ghcr.io" in html and secret not in html
+
+    bad = client.post("/registries/new", data={
+        "csrf_token": csrf_token_from(page), "name": "bad", "type": "generic",
+        "url": "-oProxyCommand=id", "namespace": "", "username": "", "password": ""})
+    assert bad.status_code == 400
+
+
+def test_multi_server_environment_without_registry_is_blocked_with_a_prompt(client, auth):
+    auth.signup()
+    _create(client)
+    application = db.session.execute(sa.select(Application)).scalar_one()
+    env = application.environments[0]
+    org_id = application.organisation_id
+    servers = [Server(organisation_id=org_id, name=f"web-{i}", public_ip=f"203.0.113.{i}")
+               for i in (1, 2)]
+    db.session.add_all(servers)
+    db.session.commit()
+    problems = check_build_plan(env, servers)
+    codes = [p.code for p in problems]
+    assert "registry_required" in codes
+    problem = problems[codes.index("registry_required")]
+    assert "2 servers" in problem.message and problem.action_endpoint == "registries.new"
+    assert "repository_unverified" in codes
+
+    # One server: no registry needed.
+    assert "registry_required" not in [p.code for p in check_build_plan(env, servers[:1])]
+    # Placing the web service on both servers shows the prompt on the application page.
+    web = env.services[0]
+    web.server = servers[0]
+    from app.models import ServiceReplica
+    db.session.add(ServiceReplica(service=web, server=servers[1], container_name="shop-web-2"))
+    db.session.commit()
+    html = client.get(f"/applications/{application.id}").get_data(as_text=True)
+    assert "needs a container registry" in html and "Set up a registry" in html
+
+    registry = Registry(organisation_id=org_id, name="r", url="127.0.0.1:5055")
+    db.session.add(registry)
+    env.registry_id = None
+    db.session.commit()
+    env.container_registry = registry
+    db.session.commit()
+    assert "registry_required" not in [p.code for p in check_build_plan(env, servers)]
+
+
+def test_dedicated_builder_needs_a_builder_service(client, auth):
+    auth.signup()
+    _create(client)
+    application = db.session.execute(sa.select(Application)).scalar_one()
+    env = application.environments[0]
+    env.build_config = {"strategy": "dedicated_builder"}
+    server = Server(organisation_id=application.organisation_id, name="b", public_ip="203.0.113.9")
+    db.session.add(server)
+    db.session.commit()
+    codes = [p.code for p in check_build_plan(env, [server])]
+    assert "no_builder" in codes and "registry_required" in codes
+    db.session.add(Service(organisation_id=application.organisation_id, name="builder",
+                           category=ServiceCategory.BUILDER, type="builder", driver_name="builder",
+                           server=server))
+    db.session.commit()
+    assert "no_builder" not in [p.code for p in check_build_plan(env, [server])]
