@@ -755,13 +755,18 @@ def load_images(servers: Iterable[Server | str], tags: Iterable[str]) -> None:
             f.result()
 
 
-def push_image(registry: Registry, tag: str, repository: str | None = None) -> str:
-    """Tag and push a host image to the sandbox registry; return `url/repo@sha256:...`."""
+def push_image(registry: Registry, tag: str, repository: str | None = None, login: bool = True) -> str:
+    """Tag and push a host image to the sandbox registry; return `url/repo@sha256:...`.
+
+    `repository` ("name:tag") defaults to the image's own name, so
+    keystone-sandbox/caddy:2 becomes 127.0.0.1:PORT/keystone-sandbox/caddy:2.
+    """
     repo_tag = tag if repository is None else repository
     if ":" not in repo_tag.rsplit("/", 1)[-1]:
         repo_tag += ":latest"
     target = f"{registry.url}/{repo_tag}"
-    registry.login()
+    if login:
+        registry.login()
     docker("tag", tag, target)
     docker("push", target, timeout=900)
     digests = json.loads(docker_out("image", "inspect", "--format", "{{json .RepoDigests}}", target) or "[]")
@@ -779,11 +784,12 @@ def push_stand_ins(registry: Registry, keys: Sequence[str] = img.STAND_IN_IMAGES
     reference can be read with `docker inspect` or resolved through the registry.
     """
     built = img.ensure_images(tuple(keys))
-    refs = {}
-    for key, tag in built.items():
-        push_image(registry, tag)
-        refs[key] = f"{registry.url}/{tag}"
-    return refs
+    registry.login()
+    # Serial on purpose: pushing is gzip-bound (~13 s for the four on 2 cores
+    # either way) and parallel pushes of images sharing the base layer race.
+    for tag in built.values():
+        push_image(registry, tag, None, False)
+    return {key: f"{registry.url}/{tag}" for key, tag in built.items()}
 
 
 def info_as_dict(info: SandboxInfo) -> dict:
