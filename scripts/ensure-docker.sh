@@ -17,7 +17,7 @@ log() { printf 'ensure-docker: %s\n' "$*" >&2; }
 
 SUDO=""
 if [ "$(id -u)" != "0" ]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
         log "not root and no sudo: run as root, or install these Debian packages yourself:"
         log "  docker.io docker-compose debootstrap docker-registry apache2-utils openssh-client busybox-static git socat"
         exit 1

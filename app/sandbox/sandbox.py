@@ -385,15 +385,7 @@ class Sandbox:
 
     def _pick_subnet(self) -> str:
         """A /24 for the private network that overlaps no existing Docker network."""
-        used = []
-        for net_id in docker_out("network", "ls", "-q").split():
-            cfg = docker_out("network", "inspect", "--format", "{{json .IPAM.Config}}", net_id)
-            for c in json.loads(cfg or "null") or []:
-                if c.get("Subnet"):
-                    try:
-                        used.append(ipaddress.ip_network(c["Subnet"], strict=False))
-                    except ValueError:
-                        pass
+        used = self._used_subnets()
         used += [ipaddress.ip_network(INNER_BIP, strict=False), ipaddress.ip_network(INNER_POOL)]
         start = int(hashlib.sha256(self.name.encode()).hexdigest(), 16) % 200
         for i in range(256):
@@ -478,14 +470,31 @@ class Sandbox:
             docker("volume", "create", *self._labels(role), name)
         return name
 
-    def _ensure_network(self, subnet: str) -> None:
+    def _used_subnets(self) -> list:
+        used = []
+        for net_id in docker_out("network", "ls", "-q").split():
+            cfg = docker_out("network", "inspect", "--format", "{{json .IPAM.Config}}", net_id)
+            for c in json.loads(cfg or "null") or []:
+                if c.get("Subnet"):
+                    try:
+                        used.append(ipaddress.ip_network(c["Subnet"], strict=False))
+                    except ValueError:
+                        pass
+        return used
+
+    def _ensure_network(self, state: dict) -> None:
+        """Create the private network; re-pick the subnet if another network took it since."""
         proc = docker("network", "inspect", "--format", "{{json .IPAM.Config}}", self.network, check=False)
         if proc.returncode == 0:
             cfg = json.loads(proc.stdout.strip() or "null") or []
-            if any(c.get("Subnet") == subnet for c in cfg):
+            if any(c.get("Subnet") == state["subnet"] for c in cfg):
                 return
             raise SandboxError(f"network {self.network} exists with another subnet; run `down` first")
-        docker("network", "create", "--driver", "bridge", "--subnet", subnet, *self._labels("network"),
+        mine = ipaddress.ip_network(state["subnet"])
+        if any(mine.overlaps(u) for u in self._used_subnets() if u.version == 4):
+            state["subnet"] = self._pick_subnet()
+            self._save_state(state)
+        docker("network", "create", "--driver", "bridge", "--subnet", state["subnet"], *self._labels("network"),
                self.network)
 
     def _server_args(self, state: dict, ports: dict, ip: str, volume: str, env: dict[str, str]) -> list[str]:
@@ -515,7 +524,8 @@ class Sandbox:
             "bip": INNER_BIP,
             "default-address-pools": [{"base": INNER_POOL, "size": 24}],
             "storage-driver": storage_driver,
-            "insecure-registries": [f"{self._ip(state, 2)}:5000", f"{self.registry_name}:5000"],
+            # By name or private address the registry is plain HTTP; 127.0.0.1:PORT needs no entry.
+            "insecure-registries": [f"{self._ip(state, 2)}:5000", f"{self.registry_name}:5000", "registry:5000"],
         }
         dns = _host_nameservers()
         if dns:
@@ -537,7 +547,7 @@ class Sandbox:
         state["server_count"] = servers
         state["bare_enabled"] = bare
         self._save_state(state)
-        self._ensure_network(state["subnet"])
+        self._ensure_network(state)
 
         reg, git = state["registry"], state["git"]
         reg_ip, git_ip = self._ip(state, 2), self._ip(state, 3)
