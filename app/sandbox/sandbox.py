@@ -15,6 +15,8 @@ and passwords are kept in a JSON state file under the state directory so that
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -324,6 +326,8 @@ class Sandbox:
         if not name or any(not (c.isalnum() or c in "-_") for c in name):
             raise SandboxError(f"invalid sandbox name: {name!r}")
         self.name = name
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
         if state_dir is None:
             state_dir = Path(os.environ.get("KEYSTONE_SANDBOX_DIR", "instance/sandbox")) / name
         self.state_dir = Path(state_dir).resolve()
@@ -363,6 +367,29 @@ class Sandbox:
     @property
     def known_hosts_path(self) -> Path:
         return self.state_dir / "known_hosts"
+
+    # ---- locking
+    @contextlib.contextmanager
+    def lock(self):
+        """Exclusive, re-entrant lock on this sandbox's state dir (flock).
+
+        Why: two test sessions (or a developer and a test run) in the same tree
+        must not race `docker run` on the same names, nor `down` under each other.
+        """
+        if self._lock_depth == 0:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
+        self._lock_depth += 1
+        try:
+            yield self
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     # ---- state
     def _load_state(self) -> dict:
@@ -537,9 +564,25 @@ class Sandbox:
            timeout: float = 180) -> SandboxInfo:
         """Create (or repair) the sandbox; idempotent. Returns what `status` returns.
 
+        A running container whose image and settings are unchanged is kept (so a
+        second `up` takes about a second); anything else is (re)created.
         `stand_ins=True` also builds the Caddy/Postgres/Valkey/PHP stand-in
         images and pushes them to the sandbox registry.
         """
+        with self.lock():
+            return self._up(servers, bare, stand_ins, timeout)
+
+    def reset_server(self, name: str, timeout: float = 180) -> SandboxInfo:
+        """Replace one server (or the bare server) with a pristine one: new container,
+        new host key, empty inner engine. For provisioning tests that need a fresh host."""
+        with self.lock():
+            state = self._load_state()
+            docker("rm", "-f", "-v", name, check=False)
+            docker("volume", "rm", "-f", f"{name}-docker", check=False)
+            return self._up(int(state.get("server_count", 2)), bool(state.get("bare_enabled", True)),
+                            False, timeout)
+
+    def _up(self, servers: int, bare: bool, stand_ins: bool, timeout: float) -> SandboxInfo:
         if servers < 1 or servers > 50:
             raise SandboxError("servers must be between 1 and 50")
         built = img.ensure_images(img.INFRA_IMAGES)
@@ -704,6 +747,10 @@ class Sandbox:
         Keys and ports stay in the state directory so the next `up` reuses them;
         the record of the pushed sample commit is dropped with the git volume.
         """
+        with self.lock():
+            return self._down()
+
+    def _down(self) -> list[str]:
         removed: list[str] = []
         names = self._containers()
         if names:
