@@ -368,3 +368,32 @@ def test_stand_in_images_run_the_sample_app_inside_a_server(sandbox: SandboxInfo
     finally:
         run(client, "cd /tmp/smoke && docker compose down -v --rmi local; rm -rf /tmp/smoke")
         client.close()
+
+
+def test_caddy_stand_in_serves_reloads_and_has_a_shell(sandbox: SandboxInfo):
+    from app.sandbox import CADDY_IMAGE, load_images
+
+    server = sandbox.servers[1]
+    load_images([server], [CADDY_IMAGE])
+    name = f"caddy-{uuid.uuid4().hex[:6]}"
+    client = connect(server)
+    try:
+        def sh(cmd: str) -> str:
+            status, out, err = run(client, cmd)
+            assert status == 0, f"{cmd}\n{out}\n{err}"
+            return out
+
+        sh(f"docker run -d --name {name} -p 18082:80 {CADDY_IMAGE}")
+        deadline = time.monotonic() + 20
+        while run(client, "curl -fsS localhost:18082/")[0] != 0:
+            assert time.monotonic() < deadline, "caddy never answered"
+            time.sleep(0.3)
+        assert "keystone-sandbox caddy" in sh("curl -fsS localhost:18082/")
+        assert sh(f"docker exec {name} caddy version").startswith("v2.")
+        sh(f"docker exec {name} sh -c 'printf \":80 {{\\n\\trespond \\\"reloaded\\\" 200\\n}}\\n\" > /etc/caddy/Caddyfile'")
+        sh(f"docker exec {name} caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile")
+        assert "reloaded" in sh("curl -fsS localhost:18082/")
+        assert "reloaded" in sh(f"docker exec {name} wget -qO- http://127.0.0.1:80/")
+    finally:
+        run(client, f"docker rm -f {name}")
+        client.close()
