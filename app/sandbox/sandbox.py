@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import images as img
-from .docker import SandboxError, docker, docker_out, pipe, run
+from .docker import SandboxError, docker, docker_available, docker_out, pipe, run
 
 DEFAULT_NAME = "keystone-sandbox"
 LABEL = "keystone.sandbox"
@@ -585,6 +585,11 @@ class Sandbox:
     def _up(self, servers: int, bare: bool, stand_ins: bool, timeout: float) -> SandboxInfo:
         if servers < 1 or servers > 50:
             raise SandboxError("servers must be between 1 and 50")
+        if not docker_available():
+            raise SandboxError(
+                "Docker is not running or not installed: run scripts/ensure-docker.sh as root (it installs "
+                "docker.io docker-compose debootstrap docker-registry apache2-utils openssh-client "
+                "busybox-static git socat and starts dockerd)")
         built = img.ensure_images(img.INFRA_IMAGES)
         state = self._ensure_state(servers)
         state["server_count"] = servers
@@ -732,7 +737,9 @@ class Sandbox:
         git = GitHost(host=HOST, port=state["git"]["port"], private_ip=self._ip(state, 3),
                       container=self.git_name, admin_key_path=self.admin_key_path,
                       known_hosts_path=self.known_hosts_path, host_key=gkey, host_key_fingerprint=gfp)
-        self.known_hosts_path.write_text("\n".join(known) + ("\n" if known else ""))
+        tmp = self.known_hosts_path.with_name(f".known_hosts.{os.getpid()}")
+        tmp.write_text("\n".join(known) + ("\n" if known else ""))
+        tmp.replace(self.known_hosts_path)  # atomic: concurrent sessions read it
         expected = {self.registry_name, self.git_name, *(s.name for s in servers)} | ({bare.name} if bare else set())
         return SandboxInfo(
             name=self.name, state_dir=self.state_dir, network=self.network, subnet=state["subnet"],

@@ -41,6 +41,20 @@ if [ -n "${KEYSTONE_DAEMON_JSON:-}" ] && [ ! -f /etc/docker/daemon.json ]; then
 fi
 if command -v dockerd >/dev/null 2>&1 && [ "${KEYSTONE_START_DOCKERD:-1}" = "1" ]; then
     setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
+    dockerd_pid=$!
+    # fuse-overlayfs is faster than vfs but needs FUSE from the host kernel: if
+    # the engine dies at start with it, fall back to vfs rather than leave the
+    # server without Docker.
+    if grep -q '"fuse-overlayfs"' /etc/docker/daemon.json 2>/dev/null; then
+        (
+            sleep 6
+            if ! kill -0 "$dockerd_pid" 2>/dev/null; then
+                echo "keystone: dockerd failed with fuse-overlayfs; falling back to vfs" >>/var/log/dockerd.log
+                sed -i 's/"fuse-overlayfs"/"vfs"/' /etc/docker/daemon.json
+                setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
+            fi
+        ) &
+    fi
 fi
 
 exec /usr/sbin/sshd -D -e
