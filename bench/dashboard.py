@@ -1,0 +1,135 @@
+"""Server-side speed of the pages a person looks at most.
+
+Seeds one organisation with 200 environments, 1,000 services and 20,000
+operations (SQLite in a temp dir, the real migration chain), then renders the
+dashboard, an environment page and the operations list through the Flask test
+client. Prints one JSON line: p95 milliseconds and SQL query count per page.
+Run: python -m bench.dashboard [--runs 50]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from sqlalchemy import event
+
+ENVS, SERVICES, OPERATIONS = 200, 1000, 20000
+
+
+def seed(db, org_id: int, scale: float = 1.0) -> int:
+    from app.models import (Application, Environment, Operation, Server, Service,
+                            ServiceReplica)
+    from app.models.enums import (DeployPolicy, OperationKind, OperationStatus,
+                                  ServiceCategory)
+    envs_n, services_n, ops_n = (max(2, int(ENVS * scale)), max(4, int(SERVICES * scale)),
+                                 max(10, int(OPERATIONS * scale)))
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    servers = [Server(organisation_id=org_id, name=f"srv-{i}", public_ip=f"203.0.113.{i}")
+               for i in range(10)]
+    db.session.add_all(servers)
+    apps = [Application(organisation_id=org_id, name=f"app-{i}",
+                        repository_url=f"git@example.com:acme/app-{i}.git") for i in range(50)]
+    db.session.add_all(apps)
+    db.session.flush()
+    envs = [Environment(application_id=apps[i % 50].id, name=f"env-{i}") for i in range(envs_n)]
+    db.session.add_all(envs)
+    db.session.flush()
+    services = []
+    for i in range(services_n):
+        env = envs[i % envs_n]
+        services.append(Service(organisation_id=org_id, environment_id=env.id, name=f"svc-{i}",
+                                category=ServiceCategory.APPLICATION, type="laravel",
+                                driver_name="laravel",
+                                deploy_policy=DeployPolicy.WITH_ENVIRONMENT))
+    db.session.add_all(services)
+    db.session.flush()
+    db.session.add_all([ServiceReplica(service_id=s.id, server_id=servers[i % 10].id,
+                                       container_name=f"c-{s.id}")
+                        for i, s in enumerate(services)])
+    rows = []
+    kinds = list(OperationKind)
+    statuses = [OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.CANCELLED]
+    for i in range(ops_n):
+        env = envs[i % envs_n]
+        rows.append({"organisation_id": org_id, "hash": f"{i:016x}",
+                     "kind": random.choice(kinds).value, "target_type": "environment",
+                     "target_id": env.id, "status": random.choice(statuses).value,
+                     "timeout_seconds": 1800, "lock_keys": [], "params": {}, "result": {},
+                     "created_at": now - dt.timedelta(seconds=ops_n - i),
+                     "updated_at": now, "started_at": now, "finished_at": now})
+    db.session.execute(sa.insert(Operation.__table__), rows)
+    db.session.commit()
+    return envs[envs_n // 2].id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the seeded rows (query counts must not change)")
+    args = parser.parse_args()
+    print(json.dumps(measure(args.runs, args.scale)))
+
+
+def measure(runs: int = 50, scale: float = 1.0) -> dict:
+    from app import create_app
+    from app.accounts import create_account
+    from app.extensions import db
+    from flask_migrate import upgrade
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp / 'bench.db'}",
+                          "ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
+                          "SECRET_KEY": "bench", "REDIS_URL": "redis://127.0.0.1:1/0",
+                          "WTF_CSRF_ENABLED": False}, instance_path=str(tmp / "instance"))
+        import logging
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        with app.app_context():
+            upgrade()
+            user = create_account(organisation="Bench", email="bench@example.com",
+                                  password="bench-password-1")
+            env_id = seed(db, user.organisation.id, scale)
+            user_id = user.id
+            queries = {"n": 0}
+
+            @event.listens_for(db.engine, "before_cursor_execute")
+            def _count(*_a, **_k):
+                queries["n"] += 1
+
+        pages = {"dashboard": "/", "environment": f"/environments/{env_id}",
+                 "operations": "/operations"}
+        client = app.test_client()
+        with client.session_transaction() as sess:
+            sess["_user_id"] = str(user_id)
+            sess["_fresh"] = True
+        result = {"environments": int(ENVS * scale), "services": int(SERVICES * scale),
+                  "operations": int(OPERATIONS * scale)}
+        for name, url in pages.items():
+            times = []
+            for i in range(runs + 3):
+                queries["n"] = 0
+                t0 = time.perf_counter()
+                resp = client.get(url)
+                elapsed = (time.perf_counter() - t0) * 1000
+                if resp.status_code != 200:
+                    raise SystemExit(f"{url} answered {resp.status_code}")
+                if i >= 3:  # warm-up
+                    times.append(elapsed)
+            times.sort()
+            result[f"{name}_p95_ms"] = round(times[int(len(times) * 0.95) - 1], 2)
+            result[f"{name}_queries"] = queries["n"]
+        with app.app_context():
+            db.engine.dispose()
+        return result
+
+
+if __name__ == "__main__":
+    main()
