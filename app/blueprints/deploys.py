@@ -1,0 +1,198 @@
+"""Deploy, rollback, workers, websocket and scheduler actions of an environment.
+
+Thin views: each action checks the organisation, changes rows or starts ONE
+``environment_deploy`` operation (app.deploys.handlers runs it), and answers
+with the deploy-button component (HTMX) or a redirect to the environment.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from app.deploys import service as deploy_service
+from app.extensions import db
+from app.models import BuildArtifact, Environment, Operation, Service
+from app.models.enums import ArtifactStatus, OperationKind, SchedulerMode
+from app.operations import OperationLocked
+from app.operations.lifecycle import blocking_operation, describe_operation
+from app.operations.state import ACTIVE
+from app.scoping import current_org_id, get_for_org_or_404
+
+bp = Blueprint("deploys", __name__, url_prefix="/environments")
+
+
+def _is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def _active_deploy(env: Environment) -> Operation | None:
+    return db.session.execute(
+        sa.select(Operation).where(Operation.organisation_id == current_org_id(),
+                                   Operation.kind == OperationKind.ENVIRONMENT_DEPLOY,
+                                   Operation.target_type == "environment",
+                                   Operation.target_id == env.id,
+                                   Operation.parent_id.is_(None),
+                                   Operation.status.in_([s.value for s in ACTIVE]))
+        .order_by(Operation.id)).scalars().first()
+
+
+def _last_deploy(env: Environment) -> Operation | None:
+    return db.session.execute(
+        sa.select(Operation).where(Operation.organisation_id == current_org_id(),
+                                   Operation.kind == OperationKind.ENVIRONMENT_DEPLOY,
+                                   Operation.target_type == "environment",
+                                   Operation.target_id == env.id,
+                                   Operation.parent_id.is_(None))
+        .order_by(Operation.id.desc())).scalars().first()
+
+
+def button_context(env: Environment, message: str | None = None, error: str | None = None,
+                   problems=None) -> dict:
+    active = _active_deploy(env)
+    waiting_on = None
+    if active is not None and active.status.value == "queued":
+        blocker = blocking_operation(active.lock_keys, exclude_id=active.id)
+        waiting_on = blocker[1] if blocker else None
+    return {"env": env, "active_deploy": active, "waiting_on": waiting_on,
+            "last_deploy": _last_deploy(env), "deploy_message": message, "deploy_error": error,
+            "deploy_problems": problems or []}
+
+
+def _component(env: Environment, status: int = 200, **kw):
+    return render_template("deploys/_deploy_button.html", **button_context(env, **kw)), status
+
+
+def _done(env: Environment, message: str | None = None, error: str | None = None, **kw):
+    if _is_htmx():
+        return _component(env, message=message, error=error, **kw)
+    if error:
+        flash(error, "error")
+    elif message:
+        flash(message, "success")
+    return redirect(url_for("environments.show", environment_id=env.id))
+
+
+# --------------------------------------------------------------------------- deploy
+
+@bp.route("/<int:environment_id>/deploy-button")
+@login_required
+def button(environment_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    return _component(env)
+
+
+@bp.route("/<int:environment_id>/deploy", methods=["POST"])
+@login_required
+def deploy(environment_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    on_conflict = "refuse" if request.form.get("if_busy") == "refuse" else "queue"
+    try:
+        op = deploy_service.start_deploy(env, current_user, on_conflict=on_conflict)
+    except OperationLocked as exc:
+        return _done(env, error=f"Deploy refused: {exc}")
+    except deploy_service.DeployBlocked as exc:
+        return _done(env, error=str(exc), problems=exc.problems)
+    if op.status.value == "queued":
+        return _done(env, message=f"Deploy #{op.id} is queued: it starts when the running "
+                                  "operation on this environment ends.")
+    return _done(env, message=f"Deploy #{op.id} started.")
+
+
+# --------------------------------------------------------------------------- rollback
+
+@bp.route("/<int:environment_id>/rollback")
+@login_required
+def rollback_choices(environment_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    artifacts = db.session.execute(
+        sa.select(BuildArtifact).where(BuildArtifact.environment_id == env.id,
+                                       BuildArtifact.status == ArtifactStatus.READY)
+        .order_by(BuildArtifact.id.desc()).limit(20)).scalars().all()
+    return render_template("deploys/rollback.html", env=env, artifacts=artifacts,
+                           **{k: v for k, v in button_context(env).items() if k != "env"})
+
+
+@bp.route("/<int:environment_id>/rollback/<int:artifact_id>", methods=["POST"])
+@login_required
+def rollback(environment_id, artifact_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    artifact = get_for_org_or_404(BuildArtifact, artifact_id)
+    if artifact.environment_id != env.id:
+        abort(404)
+    if artifact.status != ArtifactStatus.READY or not artifact.image_digest:
+        return _done(env, error="That build is not usable: only finished builds can be "
+                                "redeployed.")
+    try:
+        op = deploy_service.start_deploy(env, current_user, artifact=artifact)
+    except OperationLocked as exc:
+        return _done(env, error=f"Rollback refused: {exc}")
+    except deploy_service.DeployBlocked as exc:
+        return _done(env, error=str(exc), problems=exc.problems)
+    return _done(env, message=f"Rollback #{op.id} to {artifact.commit_sha[:12]} "
+                              f"{'queued' if op.status.value == 'queued' else 'started'}. "
+                              "Database migrations are not reversed.")
+
+
+# --------------------------------------------------------------------------- roles
+
+@bp.route("/<int:environment_id>/workers", methods=["POST"])
+@login_required
+def add_worker(environment_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    try:
+        service = deploy_service.add_role_service(env, "worker")
+    except deploy_service.RoleError as exc:
+        return _done(env, error=str(exc))
+    return _done(env, message=f"Worker service {service.name!r} added (php artisan queue:work "
+                              "from the same build). It starts with the next deploy.")
+
+
+@bp.route("/<int:environment_id>/websocket", methods=["POST"])
+@login_required
+def add_websocket(environment_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    try:
+        service = deploy_service.add_role_service(env, "websocket")
+    except deploy_service.RoleError as exc:
+        return _done(env, error=str(exc))
+    return _done(env, message=f"Websocket service {service.name!r} added (php artisan "
+                              "reverb:start). It starts with the next deploy.")
+
+
+@bp.route("/<int:environment_id>/services/<int:service_id>/embedded-worker", methods=["POST"])
+@login_required
+def embedded_worker(environment_id, service_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    service = get_for_org_or_404(Service, service_id)
+    if service.environment_id != env.id:
+        abort(404)
+    enabled = request.form.get("enabled") == "1"
+    try:
+        deploy_service.set_embedded_worker(service, enabled)
+    except deploy_service.RoleError as exc:
+        return _done(env, error=str(exc))
+    return _done(env, message=(f"{service.name} will also run a queue worker (not for "
+                               "production: a dedicated worker service is recommended)."
+                               if enabled else f"{service.name} will stop running a queue "
+                                               "worker.") + " It applies at the next deploy.")
+
+
+@bp.route("/<int:environment_id>/scheduler", methods=["POST"])
+@login_required
+def scheduler(environment_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    mode = request.form.get("mode", "single")
+    enabled = request.form.get("enabled", "1") == "1"
+    if mode not in (SchedulerMode.SINGLE.value, SchedulerMode.EVERY_REPLICA.value):
+        return _done(env, error="Scheduler mode must be single or every_replica.")
+    if mode == SchedulerMode.EVERY_REPLICA.value and request.form.get("confirm") != "1":
+        return _done(env, error="Running the scheduler on every replica runs each scheduled "
+                                "task once per replica: confirm it to choose this mode.")
+    env.scheduler_enabled = enabled
+    env.scheduler_mode = SchedulerMode(mode)
+    db.session.commit()
+    return _done(env, message="Scheduler settings saved; they apply at the next deploy.")
+
+
+__all__ = ["bp", "button_context", "describe_operation"]

@@ -1,0 +1,161 @@
+"""Deploy, rollback, add-worker / websocket / embedded worker and scheduler views."""
+import datetime as dt
+
+import sqlalchemy as sa
+
+from app.models import Operation, Server, Service
+from app.models.enums import ArtifactStatus, DeployPolicy, OperationStatus
+from tests.factories import build_org
+
+
+def login_as(client, graph):
+    with client.session_transaction() as sess:
+        sess["_user_id"] = str(graph.user.id)
+        sess["_fresh"] = True
+
+
+def ready_org(db):
+    g = build_org()
+    g.operation.status = OperationStatus.SUCCEEDED  # the factory's deploy is over
+    g.application.repository_known_hosts = "[git.example]:22 ssh-ed25519 AAAA"
+    g.application.deploy_key_installed_at = dt.datetime(2026, 1, 1)
+    db.session.commit()
+    return g
+
+
+def htmx(auth):
+    return {"X-CSRFToken": auth.csrf(), "HX-Request": "true"}
+
+
+def deploys(db, env_id):
+    return db.session.execute(sa.select(Operation).where(
+        Operation.target_type == "environment", Operation.target_id == env_id,
+        Operation.kind == "environment_deploy").order_by(Operation.id)).scalars().all()
+
+
+def test_environment_page_has_the_deploy_component_and_add_worker(app, client, db):
+    g = ready_org(db)
+    login_as(client, g)
+    html = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+    assert 'id="deploy-button"' in html and "Deploy main" in html
+    assert f"/environments/{g.environment.id}/workers" in html
+    assert "Roll back" in html
+
+
+def test_deploy_starts_one_operation_with_the_environment_lock(app, client, db, auth):
+    g = ready_org(db)
+    login_as(client, g)
+    resp = client.post(f"/environments/{g.environment.id}/deploy", headers=htmx(auth))
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    ops = deploys(db, g.environment.id)
+    op = ops[-1]
+    assert op.lock_keys == [f"environment:{g.environment.id}"]
+    assert op.status == OperationStatus.PENDING and op.params["force"] is False
+    assert f"Deploy #{op.id} started" in html and 'hx-trigger="every 2s"' in html
+
+
+def test_second_deploy_is_queued_behind_the_first_and_the_button_says_so(app, client, db, auth):
+    g = ready_org(db)
+    login_as(client, g)
+    client.post(f"/environments/{g.environment.id}/deploy", headers=htmx(auth))
+    first = deploys(db, g.environment.id)[-1]
+    first.status = OperationStatus.RUNNING
+    db.session.commit()
+    html = client.post(f"/environments/{g.environment.id}/deploy",
+                       headers=htmx(auth)).get_data(as_text=True)
+    second = deploys(db, g.environment.id)[-1]
+    assert second.status == OperationStatus.QUEUED
+    assert "is queued" in html
+    html = client.get(f"/environments/{g.environment.id}/deploy-button").get_data(as_text=True)
+    assert f"Deploy #{first.id} running" in html
+    # Refuse mode names the holder instead of queueing.
+    html = client.post(f"/environments/{g.environment.id}/deploy", data={"if_busy": "refuse"},
+                       headers=htmx(auth)).get_data(as_text=True)
+    assert "Deploy refused" in html and f"#{first.id}" in html
+
+
+def test_deploy_blocked_on_several_servers_without_registry(app, client, db, auth):
+    g = ready_org(db)
+    other = Server(organisation=g.org, name="web-2", public_ip="203.0.113.11",
+                   private_ip="10.0.0.3")
+    db.session.add(other)
+    db.session.flush()
+    g.web.config = {"server_ids": [g.server.id, other.id]}
+    db.session.commit()
+    login_as(client, g)
+    before = len(deploys(db, g.environment.id))
+    html = client.post(f"/environments/{g.environment.id}/deploy",
+                       headers=htmx(auth)).get_data(as_text=True)
+    assert "registry" in html.lower() and "blocked" in html.lower()
+    assert len(deploys(db, g.environment.id)) == before
+
+
+def test_rollback_page_warns_and_redeploys_the_chosen_build(app, client, db, auth):
+    g = ready_org(db)
+    g.artifact.status = ArtifactStatus.READY
+    g.artifact.image_digest = "sha256:" + "c" * 64
+    db.session.commit()
+    login_as(client, g)
+    html = client.get(f"/environments/{g.environment.id}/rollback").get_data(as_text=True)
+    assert "Migrations are not reversed" in html or "migrations are not reversed" in html.lower()
+    assert g.artifact.commit_sha[:12] in html
+    resp = client.post(f"/environments/{g.environment.id}/rollback/{g.artifact.id}",
+                       headers=htmx(auth))
+    assert "not reversed" in resp.get_data(as_text=True)
+    op = deploys(db, g.environment.id)[-1]
+    assert op.params["artifact_id"] == g.artifact.id and op.params["rollback"] is True
+
+
+def test_rollback_refuses_an_unfinished_build(app, client, db, auth):
+    g = ready_org(db)
+    login_as(client, g)
+    html = client.post(f"/environments/{g.environment.id}/rollback/{g.artifact.id}",
+                       headers=htmx(auth)).get_data(as_text=True)
+    assert "not usable" in html
+
+
+def test_add_worker_creates_a_dedicated_worker_service(app, client, db, auth):
+    g = ready_org(db)
+    login_as(client, g)
+    resp = client.post(f"/environments/{g.environment.id}/workers",
+                       data={"csrf_token": auth.csrf()})
+    assert resp.status_code == 302
+    worker = db.session.execute(sa.select(Service).where(Service.name == "worker")).scalar_one()
+    assert worker.process_roles == ["worker"]
+    assert worker.deploy_policy == DeployPolicy.WITH_ENVIRONMENT
+    assert worker.config["role"] == "worker" and worker.config["stop_grace_seconds"] >= 60
+    assert worker.config["migration_mode"] == "disabled"
+    client.post(f"/environments/{g.environment.id}/workers", data={"csrf_token": auth.csrf()})
+    names = db.session.execute(sa.select(Service.name).where(
+        Service.environment_id == g.environment.id)).scalars().all()
+    assert "worker-2" in names
+    client.post(f"/environments/{g.environment.id}/websocket", data={"csrf_token": auth.csrf()})
+    ws = db.session.execute(sa.select(Service).where(Service.name == "websocket")).scalar_one()
+    assert ws.process_roles == ["websocket"]
+
+
+def test_embedded_worker_is_a_not_for_production_option(app, client, db, auth):
+    g = ready_org(db)
+    login_as(client, g)
+    html = client.get(f"/environments/{g.environment.id}/rollback").get_data(as_text=True)
+    assert "Not for production" in html
+    rev = g.web.desired_revision
+    client.post(f"/environments/{g.environment.id}/services/{g.web.id}/embedded-worker",
+                data={"csrf_token": auth.csrf(), "enabled": "1"})
+    db.session.refresh(g.web)
+    assert g.web.config["embedded_worker"] is True and g.web.desired_revision == rev + 1
+
+
+def test_every_replica_scheduler_needs_confirmation(app, client, db, auth):
+    g = ready_org(db)
+    login_as(client, g)
+    html = client.post(f"/environments/{g.environment.id}/scheduler",
+                       data={"mode": "every_replica"}, headers=htmx(auth)).get_data(as_text=True)
+    assert "confirm" in html
+    db.session.refresh(g.environment)
+    assert g.environment.scheduler_mode.value == "single"
+    client.post(f"/environments/{g.environment.id}/scheduler",
+                data={"mode": "every_replica", "confirm": "1"}, headers=htmx(auth))
+    db.session.refresh(g.environment)
+    assert g.environment.scheduler_mode.value == "every_replica"
