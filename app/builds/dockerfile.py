@@ -7,6 +7,7 @@ from pathlib import Path
 import jinja2
 
 from app.builds.config import TEMPLATE_VERSION, BuildConfig
+from app.deploys.image import dockerfile_lines
 
 TEMPLATES = Path(__file__).parent / "templates"
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
@@ -30,4 +31,6 @@ def render_dockerfile(config: BuildConfig) -> str:
         js=config.js,
         template_version=TEMPLATE_VERSION,
         healthcheck=json.dumps(["sh", "-c", HEALTHCHECK_SCRIPT]),
+        # The deploy's in-image pieces: /.keystone/ready and the scheduler loop (app.deploys).
+        keystone_runtime=dockerfile_lines(config.effective_base_image, config.document_root),
     )

@@ -1,8 +1,8 @@
 """The Keystone pieces of every managed Laravel image (docs/cutover.md, SPEC 8).
 
-The managed Dockerfile (app/builds) adds :func:`image_files` to the build
-context under :data:`CONTEXT_DIR` and renders :func:`dockerfile_lines` after
-the application is copied in. Two base flavours:
+The managed Dockerfile (app/builds) renders :func:`dockerfile_lines` after
+the application is installed; the files travel inside the Dockerfile
+(base64), so the build context is untouched. Two base flavours:
 
 * ``serversideup/php`` FrankenPHP (production): the ready handler is a
   Caddyfile snippet imported through the image's documented
@@ -15,18 +15,17 @@ the application is copied in. Two base flavours:
 """
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 IMAGE_DIR = Path(__file__).parent / "image"
-CONTEXT_DIR = ".keystone-runtime"
-"""Directory name of Keystone's files inside the build context (next to the app)."""
 INSTALL_DIR = "/opt/keystone"
 FILES = {"router.php": 0o644, "ready.caddy": 0o644, "entry.sh": 0o755, "scheduler.sh": 0o755}
 
 
 def image_files() -> dict[str, tuple[bytes, int]]:
-    """``{relative path: (content, mode)}`` to add to the build context under CONTEXT_DIR."""
+    """``{file name: (content, mode)}`` installed under /opt/keystone."""
     return {name: ((IMAGE_DIR / name).read_bytes(), mode) for name, mode in FILES.items()}
 
 
@@ -36,19 +35,28 @@ def is_frankenphp(base_image: str) -> bool:
 
 
 def dockerfile_lines(base_image: str, document_root: str = "public") -> str:
-    """Dockerfile instructions that install the ready handler and the scheduler loop."""
+    """Dockerfile instructions that install the ready handler and the scheduler loop.
+
+    The files are written from base64 (only ``A-Za-z0-9+/=``, inert in a
+    Dockerfile and in sh) so the build context stays exactly ``git archive``
+    of the commit; a change to them changes the Dockerfile text, hence the
+    artifact's config hash, hence a rebuild.
+    """
+    writes = []
+    for name, (content, mode) in image_files().items():
+        blob = base64.b64encode(content).decode()
+        writes.append(f" && echo {blob} | base64 -d > {INSTALL_DIR}/{name}"
+                      f" && chmod {mode:04o} {INSTALL_DIR}/{name}")
     lines = [
         "# Keystone runtime: /.keystone/ready (drain-aware readiness for the gateway)",
         "# and the scheduler loop (runs schedule:run only where Keystone set the flag).",
         "USER root",
-        f"COPY {CONTEXT_DIR}/ {INSTALL_DIR}/",
-        f"RUN chmod 0755 {INSTALL_DIR} {INSTALL_DIR}/entry.sh {INSTALL_DIR}/scheduler.sh"
-        f" && chmod 0644 {INSTALL_DIR}/router.php {INSTALL_DIR}/ready.caddy",
+        f"RUN mkdir -p {INSTALL_DIR} \\\n" + " \\\n".join(writes),
     ]
     if is_frankenphp(base_image):
         lines += [
             "RUN mkdir -p /etc/entrypoint.d"
-            " && printf '#!/bin/sh\\n%s/scheduler.sh &\\n' "
+            " && printf '#!/bin/sh\\n%s/entry.sh\\n' "
             f"{INSTALL_DIR} > /etc/entrypoint.d/90-keystone-scheduler.sh"
             " && chmod 0755 /etc/entrypoint.d/90-keystone-scheduler.sh",
             f'ENV CADDY_SERVER_EXTRA_DIRECTIVES="import {INSTALL_DIR}/ready.caddy"',

@@ -1,0 +1,115 @@
+"""Shell command values of a deploy (PURE: builders return commands, the handler runs them).
+
+Every value is a part of an :mod:`app.shell` command (quoted); the few
+scripts run with ``sh -c`` are constants of this module and get their data
+as positional arguments, never pasted in.
+"""
+from __future__ import annotations
+
+import shlex
+
+from app.deploys.slots import DRAIN_MARKER, READY_PATH, SCHEDULER_BUSY, SCHEDULER_FLAG
+from app.shell import Command, cmd
+
+# Prints the HTTP status of GET http://127.0.0.1:<port><path> from inside a container
+# (php is in every Laravel image; curl may not be). 000 when nothing answers.
+_PROBE_PHP = (
+    '$c = stream_context_create(["http" => ["timeout" => (float) $argv[3], "ignore_errors" => true,'
+    ' "follow_location" => 0, "header" => "Host: localhost\\r\\nUser-Agent: keystone-health\\r\\n"]]);'
+    ' @file_get_contents("http://127.0.0.1:" . $argv[1] . $argv[2], false, $c);'
+    ' $s = isset($http_response_header[0]) && preg_match("#^HTTP/\\S+\\s+(\\d{3})#",'
+    ' $http_response_header[0], $m) ? $m[1] : "000"; echo $s, "\\n";'
+)
+
+# Remove the scheduler flag, then wait (bounded) until no schedule:run is in flight.
+_RELEASE_SH = (
+    'rm -f "$1"; i=0; while [ -e "$2" ] && [ "$i" -lt "$3" ]; do sleep 1; i=$((i+1)); done; '
+    'if [ -e "$2" ]; then echo "schedule:run still running after $3s"; exit 3; fi; '
+    'echo "scheduler released"'
+)
+
+
+def probe(container: str, path: str, port: int = 8080, timeout: float = 3.0) -> Command:
+    """HTTP status of ``path`` answered by the replica itself (from inside it)."""
+    return cmd("docker", "exec", container, "php", "-r", _PROBE_PHP, str(int(port)), path,
+               f"{float(timeout):g}")
+
+
+def ready_probe(container: str, port: int = 8080) -> Command:
+    return probe(container, READY_PATH, port)
+
+
+def drain(container: str) -> Command:
+    """Touch the drain marker: /.keystone/ready answers 503, the gateway stops sending."""
+    return cmd("docker", "exec", container, "touch", DRAIN_MARKER)
+
+
+def undrain(container: str) -> Command:
+    return cmd("docker", "exec", container, "rm", "-f", DRAIN_MARKER)
+
+
+def scheduler_claim(container: str) -> Command:
+    return cmd("docker", "exec", container, "touch", SCHEDULER_FLAG)
+
+
+def scheduler_release(container: str, wait_seconds: int = 300) -> Command:
+    return cmd("docker", "exec", container, "sh", "-c", _RELEASE_SH, "sh", SCHEDULER_FLAG,
+               SCHEDULER_BUSY, str(int(wait_seconds)))
+
+
+def scheduler_state(container: str) -> Command:
+    """``flag`` when this replica runs the scheduler, ``none`` otherwise."""
+    return cmd("docker", "exec", container, "sh", "-c",
+               'if [ -e "$1" ]; then echo flag; else echo none; fi', "sh", SCHEDULER_FLAG)
+
+
+def inspect(container: str) -> Command:
+    """``<container id> <image id> <running> <health>`` of one container."""
+    return cmd("docker", "inspect", "--format",
+               "{{.Id}} {{.Image}} {{.State.Running}} "
+               "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
+               container)
+
+
+def logs_tail(container: str, lines: int = 40) -> Command:
+    return cmd("docker", "logs", "--tail", str(int(lines)), container)
+
+
+def stop(container: str, timeout: int) -> Command:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds (>= the drain window)."""
+    return cmd("docker", "stop", "--time", str(int(timeout)), container)
+
+
+def remove(container: str) -> Command:
+    return cmd("docker", "rm", "-f", "-v", container)
+
+
+def container_exists(container: str) -> Command:
+    return cmd("docker", "container", "inspect", "--format", "{{.Name}}", container)
+
+
+def migration_argv(command: str) -> list[str]:
+    """The configured migration command as argv (never run through a shell)."""
+    argv = shlex.split(command)
+    if not argv:
+        raise ValueError("migration_command is empty")
+    return argv
+
+
+def one_off(image: str, name: str, env_file: str, argv: list[str], network: str = "keystone",
+            environment: dict[str, str] | None = None) -> Command:
+    """``docker run --rm`` of the new artifact on the server's network (migrations)."""
+    parts: list = ["docker", "run", "--rm", "--name", name, "--network", network,
+                   "--env-file", env_file, "-e", "KEYSTONE_SCHEDULER_LOOP=0",
+                   "--label", "dev.keystone.managed=true", "--label", "dev.keystone.role=one-off"]
+    for key, value in sorted((environment or {}).items()):
+        parts += ["-e", f"{key}={value}"]
+    parts.append(image)
+    parts.extend(argv)
+    return cmd(*parts)
+
+
+def gateway_upstreams(container: str) -> Command:
+    """Caddy's view of its upstreams (admin API inside the gateway container)."""
+    return cmd("docker", "exec", container, "wget", "-q", "-O", "-",
+               "http://localhost:2019/reverse_proxy/upstreams")
