@@ -129,6 +129,13 @@ class Route:
     lb_try_interval: str = "250ms"
     dial_timeout: str = "2s"
     stream_close_delay: str = "5m"
+    # Active health check cadence. Deploys use fast checks on /.keystone/ready (500ms,
+    # one failure marks down, one pass marks up) so fixed blue/green slots switch
+    # without any config change (docs/cutover.md).
+    health_interval: str = "5s"
+    health_timeout: str = "3s"
+    health_fails: int | None = None
+    health_passes: int | None = None
 
     @classmethod
     def from_config(cls, config: dict, name: str = "") -> "Route":
@@ -141,9 +148,23 @@ class Route:
                 ups.append(Upstream(u.get("host"), u.get("port")))  # type: ignore[arg-type]
             else:
                 raise CaddyfileError(f"route {name}: upstreams[{i}] must be host:port")
+        health = config.get("health") or {}
+        extra = {}
+        for key in ("interval", "timeout"):
+            if health.get(key):
+                extra[f"health_{key}"] = _duration(health[key], f"route {name}: health {key}")
+        for key in ("fails", "passes"):
+            if health.get(key) is not None:
+                value = health[key]
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+                    raise CaddyfileError(f"route {name}: health {key} must be 1-100")
+                extra[f"health_{key}"] = value
+        for key in ("lb_try_duration", "lb_try_interval", "dial_timeout"):
+            if config.get(key):
+                extra[key] = _duration(config[key], f"route {name}: {key}")
         return cls(hostnames=list(config.get("hostnames") or []), upstreams=ups,
                    tls=config.get("tls", "auto"), name=name,
-                   health_path=config.get("health_path"))
+                   health_path=config.get("health_path"), **extra)
 
 
 @dataclass
@@ -181,8 +202,12 @@ def _render_route(route: Route, out: list[str]) -> None:
             raise CaddyfileError(f"route {route.name}: health path {route.health_path!r} "
                                  "must be a plain path like /up")
         out.append(f"\t\thealth_uri {route.health_path}")
-        out.append("\t\thealth_interval 5s")
-        out.append("\t\thealth_timeout 3s")
+        out.append(f"\t\thealth_interval {_duration(route.health_interval, 'health_interval')}")
+        out.append(f"\t\thealth_timeout {_duration(route.health_timeout, 'health_timeout')}")
+        if route.health_fails is not None:
+            out.append(f"\t\thealth_fails {int(route.health_fails)}")
+        if route.health_passes is not None:
+            out.append(f"\t\thealth_passes {int(route.health_passes)}")
     out.append(f"\t\tstream_close_delay "
                f"{_duration(route.stream_close_delay, 'stream_close_delay')}")
     out.append("\t\ttransport http {")
