@@ -40,3 +40,83 @@ def fake_servers(**kwargs):
         yield fake
     finally:
         op_context.connection_factory = previous
+
+
+# --------------------------------------------------------------------------- fixtures
+
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from app.operations import registry  # noqa: E402
+from app.remote import CommandCancelled, CommandTimeout, Result  # noqa: E402
+
+
+@pytest.fixture()
+def handlers():
+    """Register handlers for a test only: ``handlers(kind)(fn)``; restored afterwards."""
+    saved = dict(registry._HANDLERS)
+    yield registry.operation_handler
+    registry._HANDLERS.clear()
+    registry._HANDLERS.update(saved)
+
+
+@pytest.fixture()
+def clean_streams(app):
+    """Operation ids restart at 1 in every test database: drop old streams from Redis."""
+    from app.operations import logstream
+    client = logstream.redis_client()
+    for key in client.scan_iter("keystone:op:*"):
+        client.delete(key)
+    yield client
+
+
+class SlowConnection(RecordingConnection):
+    """Emits ``lines`` lines ``interval`` apart, honouring cancel and timeout like the real one."""
+
+    def __init__(self, *args, lines: int = 3, interval: float = 0.2, text: str = "line",
+                 forever: bool = False, match: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lines, self.interval, self.text, self.forever = lines, interval, text, forever
+        self.match = match  # only commands containing this are slow; others return at once
+        self.terminated = threading.Event()
+
+    def run(self, command, *, on_line=None, timeout=None, cancel=None, pty=True, stdin=None):
+        from app.remote import Call
+        self.calls.append(Call(command.render(), command.masked(), command.secrets()))
+        if self.match not in command.masked():
+            return Result(exit_code=0)
+        started = time.monotonic()
+        n = 0
+        while (self.forever and time.monotonic() - started < 60) or n < self.lines:
+            if cancel is not None and cancel.wait(self.interval):
+                self.terminated.set()
+                raise CommandCancelled(f"The command on {self.address} was cancelled and terminated.")
+            if cancel is None:
+                time.sleep(self.interval)
+            if timeout is not None and time.monotonic() - started > timeout:
+                self.terminated.set()
+                raise CommandTimeout(f"The command on {self.address} did not finish within "
+                                     f"{timeout:g}s and was terminated.", timeout)
+            n += 1
+            if on_line is not None:
+                on_line("stdout", f"{self.text} {n}")
+        return Result(exit_code=0)
+
+
+@contextlib.contextmanager
+def slow_servers(**kwargs):
+    made: list[SlowConnection] = []
+
+    def factory(host, port, username, key, expected=None, **_):
+        conn = SlowConnection(host, port, username, key, expected, **kwargs)
+        made.append(conn)
+        return conn
+
+    previous = op_context.connection_factory
+    op_context.connection_factory = factory
+    try:
+        yield made
+    finally:
+        op_context.connection_factory = previous

@@ -1,0 +1,263 @@
+"""Running operations in-process against recording connections: steps, failures,
+cancel, time limits, children, host keys, lost connections and the reaper."""
+import datetime as dt
+import threading
+import time
+
+import sqlalchemy as sa
+
+from app.extensions import db
+from app.jobs import run_operation
+from app.models import Operation, OperationLock, Server
+from app.models.enums import OperationKind, OperationStatus as S, StepStatus as T
+from app.operations import cancel_operation, start_operation
+from app.operations.lifecycle import claim
+from app.operations.reaper import reap
+from app.remote import ConnectionLost
+from app.shell import cmd
+from tests.factories import build_org
+from tests.opsupport import clean_streams, fake_servers, handlers, slow_servers  # noqa: F401
+
+K = OperationKind.CONFIG_CHANGE
+
+
+def _start(g, **kw):
+    kw.setdefault("lock_keys", [f"environment:{g.environment.id}"])
+    return start_operation(K, target_type="environment", target_id=g.environment.id,
+                           organisation_id=g.org.id, enqueue=False, **kw)
+
+
+def _run(op):
+    status = run_operation(op.id)
+    db.session.expire_all()
+    return status
+
+
+def test_three_steps_succeed_and_share_one_connection(app, clean_streams, handlers):
+    g = build_org()
+
+    @handlers(K)
+    def handler(ctx):
+        assert ctx.target.id == g.environment.id
+        for n in range(3):
+            with ctx.step(f"step {n}", server=g.server) as step:
+                step.run(cmd("echo", f"hello {n}"))
+        ctx.result["done"] = True
+
+    with fake_servers() as fake:
+        fake.script("echo", output="out\n")
+        op = _start(g)
+        assert _run(op) == "succeeded"
+    op = db.session.get(Operation, op.id)
+    assert op.status is S.SUCCEEDED and op.started_at <= op.finished_at
+    assert [s.status for s in op.steps] == [T.SUCCEEDED] * 3
+    assert [s.order for s in op.steps] == [1, 2, 3]
+    assert op.steps[0].script == "echo 'hello 0'"
+    assert "out" in op.steps[0].logs
+    assert op.result == {"done": True}
+    assert len(fake.connections) == 1 and fake.connections[0].handshakes == 1
+    assert db.session.get(Server, g.server.id).host_key_fingerprint == fake.fingerprint  # pinned
+    assert db.session.execute(sa.select(OperationLock)).first() is None
+
+
+def test_nonzero_exit_fails_step_and_operation(app, clean_streams, handlers):
+    g = build_org()
+    ran_after = []
+
+    @handlers(K)
+    def handler(ctx):
+        with ctx.step("bad", server=g.server) as step:
+            step.run(cmd("false"))
+        ran_after.append(True)
+
+    with fake_servers() as fake:
+        fake.script("false", exit_code=3)
+        op = _start(g)
+        assert _run(op) == "failed"
+    op = db.session.get(Operation, op.id)
+    assert not ran_after
+    assert op.steps[0].status is T.FAILED and op.steps[0].exit_code == 3
+    assert "exited with 3" in op.error and "exited with 3" in op.steps[0].error_logs
+
+
+def test_check_false_and_unchanged(app, clean_streams, handlers):
+    g = build_org()
+
+    @handlers(K)
+    def handler(ctx):
+        with ctx.step("probe", server=g.server) as step:
+            if step.run(cmd("test", "-f", "/x"), check=False).exit_code != 0:
+                step.unchanged("nothing to do")
+
+    with fake_servers() as fake:
+        fake.script("test", exit_code=1)
+        op = _start(g)
+        assert _run(op) == "succeeded"
+    step = db.session.get(Operation, op.id).steps[0]
+    assert step.status is T.SKIPPED and step.changed is False
+
+
+def test_missing_handler_fails_clearly(app, clean_streams, handlers):
+    g = build_org()
+    from app.operations import registry
+    registry._HANDLERS.pop(K, None)
+    op = _start(g)
+    assert _run(op) == "failed"
+    assert "No handler" in db.session.get(Operation, op.id).error
+
+
+def test_cancel_terminates_the_command_and_cleanup_runs(app, clean_streams, handlers):
+    g = build_org()
+
+    @handlers(K)
+    def handler(ctx):
+        def cleanup():
+            with ctx.step("clean up", server=g.server) as step:
+                step.run(cmd("rm", "-rf", ctx.workdir()))
+        ctx.on_cleanup(cleanup)
+        with ctx.step("long", server=g.server) as step:
+            step.run(cmd("sleep", "600"))
+
+    op = _start(g)
+    op_id = op.id
+
+    def cancel_soon():
+        time.sleep(0.8)
+        with app.app_context():
+            cancel_operation(db.session.get(Operation, op_id))
+            db.session.remove()
+
+    threading.Thread(target=cancel_soon).start()
+    with slow_servers(forever=True, interval=0.05, match="sleep") as conns:
+        started = time.monotonic()
+        assert _run(op) == "cancelled"
+        assert time.monotonic() - started < 5
+    op = db.session.get(Operation, op_id)
+    assert conns[0].terminated.is_set()
+    assert [(s.name, s.status, s.is_cleanup) for s in op.steps] == [
+        ("long", T.CANCELLED, False), ("clean up", T.SUCCEEDED, True)]
+    assert op.finished_at is not None
+    assert db.session.execute(sa.select(OperationLock)).first() is None
+
+
+def test_time_limit_ends_the_operation(app, clean_streams, handlers):
+    g = build_org()
+
+    @handlers(K)
+    def handler(ctx):
+        with ctx.step("forever", server=g.server) as step:
+            step.run(cmd("sleep", "600"))
+
+    op = _start(g, timeout_seconds=2)
+    with slow_servers(forever=True, interval=0.05, match="sleep"):
+        assert _run(op) == "failed"
+    op = db.session.get(Operation, op.id)
+    assert "time limit" in op.error
+    assert op.steps[0].status is T.FAILED
+
+
+def test_failed_child_fails_the_parent_even_if_caught(app, clean_streams, handlers):
+    g = build_org()
+
+    def child_handler(ctx):
+        with ctx.step("child step", server=g.server) as step:
+            step.run(cmd("false"))
+
+    @handlers(K)
+    def handler(ctx):
+        ok = ctx.run_child(OperationKind.SLICE_CONFIGURE, "service_slice", g.slice.id,
+                           lambda c: None, lock_keys=[f"gateway:{g.server.id}"])
+        assert ok.status is S.SUCCEEDED
+        try:
+            ctx.run_child(OperationKind.SLICE_CONFIGURE, "service_slice", g.slice.id, child_handler,
+                          lock_keys=[f"environment:{g.environment.id}"])  # inherited from parent
+        except Exception:
+            pass
+
+    with fake_servers() as fake:
+        fake.script("false", exit_code=1)
+        op = _start(g)
+        assert _run(op) == "failed"
+    op = db.session.get(Operation, op.id)
+    assert [c.status for c in op.children] == [S.SUCCEEDED, S.FAILED]
+    assert all(c.finished_at <= op.finished_at for c in op.children)
+    assert all(c.parent_id == op.id for c in op.children)
+    assert "did not succeed" in op.error
+    assert db.session.execute(sa.select(OperationLock)).first() is None
+
+
+def test_changed_host_key_is_refused_naming_both(app, clean_streams, handlers):
+    g = build_org()
+    g.server.host_key_fingerprint = "SHA256:pinnedpinnedpinnedpinnedpinnedpinnedpinned"
+    db.session.commit()
+
+    @handlers(K)
+    def handler(ctx):
+        with ctx.step("connect", server=g.server) as step:
+            step.run(cmd("true"))
+
+    with fake_servers(fingerprint="SHA256:otherotherotherotherotherotherotherotherot"):
+        op = _start(g)
+        assert _run(op) == "failed"
+    op = db.session.get(Operation, op.id)
+    assert "SHA256:pinnedpinned" in op.error and "SHA256:otherother" in op.error
+    assert db.session.get(Server, g.server.id).host_key_fingerprint.startswith("SHA256:pinned")
+
+
+def test_lost_connection_says_so(app, clean_streams, handlers):
+    g = build_org()
+
+    @handlers(K)
+    def handler(ctx):
+        with ctx.step("upload", server=g.server) as step:
+            step.run(cmd("cat"))
+
+    with fake_servers() as fake:
+        fake.script("cat", raises=ConnectionLost("The SSH connection to fake:22 was lost during the step."))
+        op = _start(g)
+        assert _run(op) == "failed"
+    op = db.session.get(Operation, op.id)
+    assert "SSH connection was lost" in op.error
+    assert op.steps[0].status is T.FAILED
+
+
+def test_reaper_interrupts_dead_workers_and_starts_the_next(app, clean_streams):
+    g = build_org()
+    op = _start(g)
+    claim(op, "elsewhere.example/4242")  # another host: judged by heartbeat age
+    queued = _start(g)
+    assert queued.status is S.QUEUED
+    assert reap() == []  # fresh heartbeat: alive
+    op.heartbeat_at = op.heartbeat_at - dt.timedelta(seconds=45)
+    db.session.commit()
+    assert reap() == [op.id]
+    db.session.expire_all()
+    assert db.session.get(Operation, op.id).status is S.INTERRUPTED
+    assert "heartbeat" in db.session.get(Operation, op.id).error
+    assert db.session.get(Operation, queued.id).status is S.PENDING
+    assert db.session.execute(sa.select(OperationLock)).first() is None
+
+
+def test_reaper_notices_a_dead_local_pid_at_once(app, clean_streams):
+    import socket
+    import subprocess
+    g = build_org()
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    op = _start(g)
+    claim(op, f"{socket.gethostname()}/{proc.pid}")
+    assert reap() == [op.id]
+
+
+def test_duplicate_job_does_nothing(app, clean_streams, handlers):
+    g = build_org()
+    calls = []
+
+    @handlers(K)
+    def handler(ctx):
+        calls.append(ctx.id)
+
+    op = _start(g)
+    assert _run(op) == "succeeded"
+    assert _run(op) == "succeeded"
+    assert calls == [op.id]
