@@ -96,17 +96,17 @@ def migration_argv(command: str) -> list[str]:
     return argv
 
 
-def one_off(image: str, name: str, env_file: str, argv: list[str], network: str = "keystone",
-            environment: dict[str, str] | None = None) -> Command:
-    """``docker run --rm`` of the new artifact on the server's network (migrations)."""
-    parts: list = ["docker", "run", "--rm", "--name", name, "--network", network,
-                   "--env-file", env_file, "-e", "KEYSTONE_SCHEDULER_LOOP=0",
-                   "--label", "dev.keystone.managed=true", "--label", "dev.keystone.role=one-off"]
-    for key, value in sorted((environment or {}).items()):
-        parts += ["-e", f"{key}={value}"]
-    parts.append(image)
-    parts.extend(argv)
-    return cmd(*parts)
+def one_off_run(directory: str, project: str, service_key: str, name: str,
+                argv: list[str]) -> Command:
+    """``docker compose run --rm`` of a rendered one-off project (migrations, pre-switch).
+
+    Compose reads the project's ``.env``/``environment:`` exactly as for the
+    replicas (``docker run --env-file`` would keep the quotes), and the
+    command is argv, never a shell line.
+    """
+    from app.drivers.compose import compose_cmd
+    return compose_cmd(directory, project, "run", "--rm", "--no-deps", "-T", "--name", name,
+                       "-e", "KEYSTONE_SCHEDULER_LOOP=0", service_key, *argv)
 
 
 def gateway_upstreams(container: str) -> Command:

@@ -39,6 +39,7 @@ HANDLER_MODULES: list[str] = [
     "app.deploy.handlers",
     "app.slices.handlers",
     "app.drivers.handlers",
+    "app.deploys.handlers",
 ]
 
 

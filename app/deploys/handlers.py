@@ -1,0 +1,706 @@
+"""The ``environment_deploy`` operation and its children (SPEC 3, 8, 15, 17, 18).
+
+    environment_deploy (environment)         resolve commit, artifact, plan, migrations
+      service_deploy (service)               per changed service: its new replicas
+        replica_deploy (service)             one replica: start in the free slot, health-check
+      slice_configure (service_slice)        only when a route's slot list changes (rare)
+      gateway_cutover (environment)          wait for Caddy, move the scheduler, drain, stop old
+
+An ordinary deploy changes NO gateway configuration (docs/cutover.md): both
+slots of every server are always listed in the Caddyfile and Caddy's active
+health check on ``/.keystone/ready`` moves traffic. Failure before the
+cutover (a replica that never becomes healthy) removes every new replica of
+this deploy -- with its last log lines on the step -- and leaves the old
+ones serving; the gateway is not touched.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import sqlalchemy as sa
+
+from app.deploys import commands as dc
+from app.deploys.planning import (DeployPlan, EnvironmentSnapshot, PlanError, ReplicaFact,
+                                  SchedulerFact, ServiceChange, ServiceFact, config_hash,
+                                  health_settings, migration_settings, plan_deploy)
+from app.deploys.service import app_services, environment_servers, primary_web, service_server_ids
+from app.deploys.slots import (APP_PORT, HEALTH_INTERVAL_MS, READY_PATH, container_name,
+                               project_name, slot_alias, slot_port, upstreams)
+from app.extensions import db
+from app.models import (BuildArtifact, Environment, EnvironmentAttachment, Server, Service,
+                        ServiceReplica, ServiceSlice)
+from app.models.enums import (ArtifactStatus, DeployPolicy, EnvironmentStatus, HealthStatus,
+                              OperationKind, ReplicaStatus, SchedulerMode, ServiceStatus,
+                              SliceStatus, SliceType)
+from app.operations import OperationContext, StepFailed, operation_handler
+
+log = logging.getLogger(__name__)
+
+GATEWAY_SETTLE_SECONDS = 2 * HEALTH_INTERVAL_MS / 1000 + 0.5
+"""How long Caddy needs to mark a slot up or down: two check intervals plus margin."""
+SCHEDULER_RELEASE_WAIT = 300
+LOG_TAIL_LINES = 40
+ROUTE_HEALTH = {"interval": f"{HEALTH_INTERVAL_MS}ms", "timeout": "1s", "fails": 1, "passes": 1}
+
+
+# --------------------------------------------------------------------------- facts
+
+def replica_environment(service: Service, values: dict[str, str]) -> dict[str, str]:
+    """What a replica of ``service`` gets: the environment's variables plus Keystone's own."""
+    env = dict(values)
+    health = health_settings(service.config)
+    env["KEYSTONE_HEALTH_PATH"] = health["path"]
+    cfg = service.config or {}
+    if cfg.get("embedded_worker") and "web" in (service.process_roles or []):
+        env["KEYSTONE_EMBEDDED_WORKER"] = "1"
+    interval = cfg.get("scheduler_interval")
+    if interval:
+        env["KEYSTONE_SCHEDULER_INTERVAL"] = str(int(interval))
+    return env
+
+
+def environment_values(env: Environment) -> dict[str, str]:
+    try:
+        from app.attachments import effective_environment
+    except ImportError:  # pragma: no cover - attachments area not installed
+        effective_environment = None
+    if effective_environment is not None:
+        return dict(effective_environment(env))
+    return {v.key: v.value for v in env.variables}
+
+
+def snapshot(env: Environment, values: dict[str, str]) -> EnvironmentSnapshot:
+    services = []
+    for s in app_services(env):
+        cfg = s.config or {}
+        replicas = tuple(ReplicaFact(
+            id=r.id, server_id=r.server_id, container_name=r.container_name,
+            slot=(r.config or {}).get("slot"), image_digest=r.image_digest,
+            status=r.status.value, health=r.health_status.value,
+            revision=(r.config or {}).get("revision"),
+            config_hash=(r.config or {}).get("config_hash")) for r in s.replicas)
+        services.append(ServiceFact(
+            id=s.id, name=s.name, deploy_policy=s.deploy_policy.value,
+            roles=tuple(s.process_roles or ["web"]), desired_revision=s.desired_revision,
+            config_hash=config_hash(cfg, s.process_roles or [], replica_environment(s, values),
+                                    {"replicas": s.desired_replicas}),
+            server_ids=tuple(service_server_ids(s)), replicas=replicas, config=cfg,
+            category=s.category.value))
+    target = env.scheduler_target_service_id
+    if target is None:
+        web = primary_web(env)
+        target = web.id if web else None
+    deps = tuple(sorted({a.service.name for a in env.attachments if a.service is not None}))
+    return EnvironmentSnapshot(
+        environment_id=env.id, services=tuple(services), dependencies=deps,
+        scheduler=SchedulerFact(enabled=env.scheduler_enabled, mode=env.scheduler_mode.value,
+                                target_service_id=target,
+                                runner_replica_id=env.scheduler_replica_id))
+
+
+def _stdout(result) -> str:
+    return (getattr(result, "stdout", "") or "").strip()
+
+
+def _last_line(result) -> str:
+    lines = [ln.strip() for ln in _stdout(result).splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------------------- the deploy
+
+class EnvironmentDeploy:
+    def __init__(self, ctx: OperationContext, env: Environment):
+        self.ctx = ctx
+        self.env = env
+        self.new: dict[tuple[int, int], ServiceReplica] = {}  # (service id, server id) -> new
+        self.started: list[int] = []  # ids of replicas this deploy created (for clean-up)
+        self.cutover_started = False
+        self.succeeded = False
+        self.plan: DeployPlan | None = None
+        self.artifact: BuildArtifact | None = None
+        self.image: str = ""
+        self.values: dict[str, str] = {}
+        self.facts: dict[int, ServiceFact] = {}
+
+    # ---------------------------------------------------------------- top level
+    def run(self) -> None:
+        ctx, env = self.ctx, self.env
+        ctx.on_cleanup(self._cleanup)
+        previous_status = env.status
+        servers = environment_servers(env)
+        if not servers:
+            raise StepFailed("The environment has no application service placed on a server.")
+        self.artifact = self._artifact(servers)
+        from app.builds.artifacts import image_ref
+        self.image = image_ref(self.artifact)
+        self.values = environment_values(env)
+        snap = snapshot(env, self.values)
+        self.facts = {s.id: s for s in snap.services}
+        if env.scheduler_target_service_id is None and snap.scheduler.target_service_id:
+            env.scheduler_target_service_id = snap.scheduler.target_service_id
+            db.session.commit()
+        try:
+            plan = plan_deploy(snap, self.artifact.image_digest,
+                               force=bool(ctx.params.get("force")))
+        except PlanError as exc:
+            raise StepFailed(f"Cannot plan the deploy: {exc}") from None
+        self.plan = plan
+        with ctx.step("Plan the deploy") as step:
+            step.log(f"artifact #{self.artifact.id}: commit {self.artifact.commit_sha[:12]}, "
+                     f"image {self.image}")
+            for c in plan.changes:
+                where = ", ".join(f"server {p.server_id} -> {p.slot or 'retire'} slot"
+                                  for p in c.placements)
+                step.log(f"deploy {c.name} ({c.role}): {', '.join(c.reasons)}; {where}")
+            for name, why in plan.unchanged:
+                step.log(f"leave {name}: {why}")
+            if plan.migration:
+                step.log(f"migrations: `{plan.migration.command}` once, {plan.migration.timing}")
+            step.log("phases: " + " -> ".join(p.kind for p in plan.phases))
+            if plan.noop:
+                step.unchanged(plan.summary())
+        ctx.result.update({"commit": self.artifact.commit_sha, "artifact_id": self.artifact.id,
+                           "image_digest": self.artifact.image_digest,
+                           "changed_services": [c.name for c in plan.changes],
+                           "noop": plan.noop, "rollback": bool(ctx.params.get("rollback"))})
+        self.ctx.operation.image_digest = self.artifact.image_digest
+        if plan.noop:
+            env.current_artifact_id = self.artifact.id
+            if env.status != EnvironmentStatus.DEPLOYED:
+                env.status = EnvironmentStatus.DEPLOYED
+            db.session.commit()
+            self.succeeded = True
+            return
+        env.status = EnvironmentStatus.DEPLOYING
+        db.session.commit()
+        try:
+            self._run_phases(plan)
+        except BaseException:
+            db.session.rollback()
+            env.status = (previous_status if previous_status == EnvironmentStatus.DEPLOYED
+                          and not self.cutover_started else EnvironmentStatus.FAILED)
+            db.session.commit()
+            raise
+        self.succeeded = True
+
+    def _artifact(self, servers: list[Server]) -> BuildArtifact:
+        ctx, env = self.ctx, self.env
+        artifact_id = ctx.params.get("artifact_id")
+        if artifact_id:
+            artifact = db.session.get(BuildArtifact, int(artifact_id))
+            if artifact is None or artifact.environment_id != env.id or \
+                    artifact.status != ArtifactStatus.READY or not artifact.image_digest:
+                raise StepFailed("The build to roll back to is missing or unfinished.")
+            from app.builds.artifacts import _make_present, artifact_registry
+            with ctx.step(f"Roll back to build #{artifact.id}") as step:
+                step.log(f"redeploying commit {artifact.commit_sha} ({artifact.image_digest}) "
+                         "through the same cutover")
+                step.log("database migrations are not reversed: the older code runs against "
+                         "the current schema")
+            registry = env.container_registry or artifact_registry(artifact)
+            _make_present(ctx, artifact, servers, registry)
+            return artifact
+        sha = ctx.params.get("commit_sha")
+        if not sha:
+            from app.repositories import resolve_commit
+            with ctx.step(f"Resolve {env.branch}") as step:
+                try:
+                    sha = resolve_commit(env, on_line=step.log)
+                except Exception as exc:  # GitAccessError / ValidationError: a user message
+                    raise StepFailed(f"Could not resolve {env.branch}: {exc}") from None
+        from app.builds.artifacts import ensure_artifact
+        try:
+            return ensure_artifact(ctx, env, sha, servers)
+        except StepFailed:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ in ("BuildPlanError", "BuildError", "ValidationError"):
+                raise StepFailed(str(exc)) from None
+            raise
+
+    def _run_phases(self, plan: DeployPlan) -> None:
+        kinds = [p.kind for p in plan.phases]
+        cutover_kinds = {"await_gateway", "scheduler_release", "scheduler_claim", "drain", "stop"}
+        cutover = [p for p in plan.phases if p.kind in cutover_kinds]
+        done_cutover = False
+        for phase in plan.phases:
+            self.ctx.check_cancelled()
+            if phase.kind == "check_dependencies":
+                self._check_dependencies()
+            elif phase.kind == "pre_switch":
+                self._pre_switch()
+            elif phase.kind == "migrate":
+                self._migrate(plan)
+            elif phase.kind == "start":
+                change = plan.change_for(phase.service_id)
+                service = db.session.get(Service, phase.service_id)
+                self.ctx.run_child(OperationKind.SERVICE_DEPLOY, "service", service.id,
+                                   lambda cctx, c=change: self._service_deploy(cctx, c),
+                                   summary=f"Deploy {service.name}: {', '.join(change.reasons)}",
+                                   lock_keys=[f"service:{service.id}"])
+            elif phase.kind == "health":
+                pass  # each replica_deploy child health-checks its replica before it succeeds
+            elif phase.kind in cutover_kinds:
+                if not done_cutover:
+                    done_cutover = True
+                    self._ensure_routes(plan)
+                    self.cutover_started = True
+                    self.ctx.run_child(OperationKind.GATEWAY_CUTOVER, "environment", self.env.id,
+                                       lambda cctx: self._cutover(cctx, cutover),
+                                       summary="Switch traffic to the new replicas; drain and "
+                                               "stop the old ones")
+            elif phase.kind == "record":
+                self._record(plan)
+        if "record" not in kinds:
+            self._record(plan)
+
+    # ---------------------------------------------------------------- checks
+    def _check_dependencies(self) -> None:
+        env = self.env
+        with self.ctx.step("Check dependency services and attached slices") as step:
+            problems = []
+            for att in env.attachments:
+                svc = att.service
+                if svc is None or svc.deploy_policy == DeployPolicy.WITH_ENVIRONMENT:
+                    continue
+                running = [r for r in svc.replicas if r.status == ReplicaStatus.RUNNING]
+                if not running:
+                    problems.append(f"{svc.name} ({att.role.value}) has no running replica")
+                elif any(r.health_status == HealthStatus.UNHEALTHY for r in running):
+                    problems.append(f"{svc.name} is unhealthy")
+                sl = att.service_slice
+                if sl is not None and sl.status != SliceStatus.READY:
+                    problems.append(f"slice {sl.name} of {svc.name} is {sl.status.value}")
+                for r in running:
+                    server = db.session.get(Server, r.server_id)
+                    with self.ctx.step(f"Check {svc.name} on {server.name}", server=server) as s2:
+                        res = s2.run(dc.inspect(r.container_name), check=False, pty=False,
+                                     timeout=30)
+                        parts = _stdout(res).split()
+                        if res.exit_code != 0 or len(parts) < 4 or parts[2] != "true":
+                            problems.append(f"{svc.name}: container {r.container_name} is not "
+                                            "running")
+                        elif parts[3] not in ("healthy", "none"):
+                            problems.append(f"{svc.name}: container health is {parts[3]}")
+                        else:
+                            s2.unchanged(f"{svc.name} is running ({parts[3]})")
+                step.log(f"{svc.name} ({att.role.value}): checked, not redeployed")
+            if problems:
+                raise StepFailed("Dependencies are not healthy: " + "; ".join(problems))
+            if not env.attachments:
+                step.unchanged("nothing attached")
+
+    def _pre_switch(self) -> None:
+        commands = []
+        for change in self.plan.changes:
+            svc = db.session.get(Service, change.service_id)
+            for command in (svc.config or {}).get("pre_switch_commands") or []:
+                commands.append((svc, str(command)))
+        if not commands:
+            with self.ctx.step("Pre-switch steps") as step:
+                step.unchanged("no pre-switch commands configured")
+            return
+        for svc, command in commands:
+            self._one_off(svc, self.plan.migration.server_id if self.plan.migration else
+                          service_server_ids(svc)[0], command, f"Pre-switch: {command}",
+                          "pre")
+
+    def _migrate(self, plan: DeployPlan) -> None:
+        m = plan.migration
+        svc = db.session.get(Service, m.service_id)
+        self._one_off(svc, m.server_id, m.command,
+                      f"Run migrations once ({m.command}) in a one-off container of the new build",
+                      "migrate")
+        self.ctx.result["migrations_ran"] = self.ctx.result.get("migrations_ran", 0) + 1
+
+    def _one_off(self, svc: Service, server_id: int, command: str, title: str, tag: str) -> None:
+        from app.drivers import get_driver
+        from app.drivers.compose import INTERPOLATION_ENV_TEXT, compose_cmd, ensure_network_cmd
+        server = db.session.get(Server, server_id)
+        driver = get_driver(svc)
+        name = f"ks-{tag}-{svc.id}-op{self.ctx.id}"
+        directory = f"{self.ctx.workdir()}/{tag}-{svc.id}"
+        rendered = driver.render_replica(svc, image=self.image, project_name=name,
+                                         container_name=name,
+                                         environment=replica_environment(svc, self.values),
+                                         operation_id=self.ctx.id, role="worker",
+                                         directory=directory)
+        try:
+            argv = dc.migration_argv(command)
+        except ValueError as exc:
+            raise StepFailed(f"{svc.name}: {exc}") from None
+        with self.ctx.step(title, server=server) as step:
+            step.run(ensure_network_cmd(), timeout=60)
+            step.mkdir(directory)
+            step.put_file(rendered.compose_path, rendered.compose_yaml, mode=0o600)
+            step.put_file(rendered.env_path, rendered.env_file, mode=0o600)
+            step.put_file(rendered.interpolation_env_path, INTERPOLATION_ENV_TEXT, mode=0o600)
+            try:
+                step.run(dc.one_off_run(directory, name, "worker", name, argv), timeout=1800)
+            finally:
+                step.run(compose_cmd(directory, name, "down", "--remove-orphans"), check=False,
+                         timeout=120)
+                step.run(dc.remove(name), check=False, timeout=60)
+                from app.shell import cmd
+                step.run(cmd("rm", "-rf", "--", directory), check=False, timeout=60)
+
+    # ---------------------------------------------------------------- new replicas
+    def _service_deploy(self, cctx: OperationContext, change: ServiceChange) -> None:
+        service = db.session.get(Service, change.service_id)
+        for placement in change.placements:
+            if not placement.slot:
+                continue
+            server = db.session.get(Server, placement.server_id)
+            cctx.run_child(OperationKind.REPLICA_DEPLOY, "service", service.id,
+                           lambda rctx, p=placement: self._replica_deploy(rctx, change, p),
+                           summary=f"{service.name}: {placement.slot} slot on {server.name}")
+
+    def _replica_deploy(self, rctx: OperationContext, change: ServiceChange, placement) -> None:
+        from app.drivers import get_driver
+        from app.drivers.compose import (INTERPOLATION_ENV_TEXT, compose_cmd, dump_yaml,
+                                         ensure_network_cmd)
+        service = db.session.get(Service, change.service_id)
+        server = db.session.get(Server, placement.server_id)
+        fact = self.facts[service.id]
+        slot = placement.slot
+        role = change.role
+        name = container_name(service.name, service.id, slot, self.ctx.id)
+        project = project_name(service.id, slot, self.ctx.id)
+        routed = role in ("web", "websocket")
+        multi = len(fact.server_ids) > 1
+        published = slot_port(service.id, slot) if (routed and multi) else None
+        if published and not server.private_ip:
+            raise StepFailed(f"{server.name} has no private IP: its replicas cannot be reached "
+                             "from the other servers' gateways")
+        replica = ServiceReplica(
+            service_id=service.id, server_id=server.id, operation_id=self.ctx.id,
+            container_name=name, image_digest=self.artifact.image_digest,
+            internal_host=slot_alias(service.name, service.id, slot) if routed else name,
+            internal_port=APP_PORT if routed else None, public_port=published,
+            status=ReplicaStatus.STARTING, health_status=HealthStatus.STARTING,
+            config={"slot": slot, "revision": service.desired_revision,
+                    "config_hash": fact.config_hash, "project": project, "role": role,
+                    "artifact_id": self.artifact.id})
+        db.session.add(replica)
+        db.session.commit()
+        self.started.append(replica.id)
+        driver = get_driver(service)
+        rendered = driver.render_replica(
+            service, image=self.image, project_name=project, container_name=name,
+            environment=replica_environment(service, self.values), replica_id=replica.id,
+            operation_id=self.ctx.id, role=role,
+            private_ip=server.private_ip if published else None, published_port=published)
+        if routed:
+            # The slot's fixed alias: what every gateway on this server already lists.
+            net = rendered.compose["services"][role]["networks"]["keystone"]
+            net["aliases"] = list(dict.fromkeys([*net.get("aliases", []),
+                                                 slot_alias(service.name, service.id, slot)]))
+            rendered.compose_yaml = dump_yaml(rendered.compose)
+        replica.config = {**replica.config, "directory": rendered.directory}
+        db.session.commit()
+        try:
+            with rctx.step(f"Start {name} in the {slot} slot on {server.name}",
+                           server=server) as step:
+                step.run(ensure_network_cmd(), timeout=60)
+                step.run(dc.remove(name), check=False, timeout=60)  # a leftover of a crash
+                step.mkdir(rendered.directory)
+                step.put_file(rendered.compose_path, rendered.compose_yaml, mode=0o600)
+                step.put_file(rendered.env_path, rendered.env_file, mode=0o600)
+                step.put_file(rendered.interpolation_env_path, INTERPOLATION_ENV_TEXT, mode=0o600)
+                step.run(compose_cmd(rendered.directory, project, "up", "-d", "--no-build"),
+                         timeout=600)
+            self._health_check(rctx, service, change, replica, server, role)
+        except BaseException:
+            self._remove_failed(rctx, replica, server)
+            raise
+        self.new[(service.id, server.id)] = replica
+
+    def _health_check(self, rctx, service, change, replica, server, role) -> None:
+        h = change.health
+        name = replica.container_name
+        if role == "worker":
+            with rctx.step(f"Check {name} keeps running", server=server) as step:
+                settle = max(2.0, float(h["interval"]) * 2)
+                step.log(f"a worker has no HTTP endpoint: it must still run after {settle:g}s")
+                time.sleep(settle)
+                res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
+                parts = _stdout(res).split()
+                if len(parts) < 3 or parts[2] != "true":
+                    raise StepFailed(f"{name} exited right after it started")
+                self._mark_running(replica, parts)
+            return
+        path, interval, timeout, retries = h["path"], float(h["interval"]), float(h["timeout"]), \
+            int(h["retries"])
+        with rctx.step(f"Health check {name}: GET {path} every {interval:g}s, timeout "
+                       f"{timeout:g}s, up to {retries} tries", server=server) as step:
+            healthy = False
+            last = ""
+            for attempt in range(1, retries + 1):
+                rctx.check_cancelled()
+                res = step.run(dc.probe(name, path, APP_PORT, timeout), check=False, pty=False,
+                               timeout=timeout + 15)
+                code = _last_line(res) or "000"
+                if code == "404" and path != "/":
+                    res2 = step.run(dc.probe(name, "/", APP_PORT, timeout), check=False,
+                                    pty=False, timeout=timeout + 15)
+                    fallback = _last_line(res2) or "000"
+                    step.log(f"try {attempt}/{retries}: {path} -> 404, / -> {fallback}")
+                    code = "200" if fallback[:1] in ("2", "3") else fallback
+                else:
+                    step.log(f"try {attempt}/{retries}: {path} -> {code}")
+                last = code
+                if code == "200":
+                    healthy = True
+                    break
+                if attempt < retries:
+                    time.sleep(interval)
+            if not healthy:
+                raise StepFailed(f"{name} never became healthy: {path} answered {last} after "
+                                 f"{retries} tries")
+            if role == "web":
+                res = step.run(dc.ready_probe(name, APP_PORT), check=False, pty=False,
+                               timeout=30)
+                ready = _last_line(res)
+                step.log(f"{READY_PATH} -> {ready} (what the gateway checks)")
+                if ready != "200":
+                    raise StepFailed(f"{name} is healthy but {READY_PATH} answered {ready}: "
+                                     "the image lacks Keystone's ready handler")
+            res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
+            self._mark_running(replica, _stdout(res).split())
+
+    def _mark_running(self, replica: ServiceReplica, parts: list[str]) -> None:
+        if parts:
+            replica.container_id = parts[0][:80]
+        replica.status = ReplicaStatus.RUNNING
+        replica.health_status = HealthStatus.HEALTHY
+        db.session.commit()
+
+    def _remove_failed(self, ctx: OperationContext, replica: ServiceReplica,
+                       server: Server) -> None:
+        """Take a new replica away again, keeping its last log lines on the step."""
+        name = replica.container_name
+        try:
+            with ctx.step(f"Remove {name} (kept: its last {LOG_TAIL_LINES} log lines)",
+                          server=server, cleanup=True) as step:
+                step.run(dc.logs_tail(name, LOG_TAIL_LINES), check=False, timeout=60)
+                self._teardown(step, replica, timeout=5, drain_first=False)
+        except Exception:
+            # Cancelled or unreachable: the operation's clean-up tries again.
+            log.warning("could not remove failed replica %s", name, exc_info=True)
+            return
+        replica.status = ReplicaStatus.FAILED
+        replica.health_status = HealthStatus.UNHEALTHY
+        db.session.commit()
+
+    def _teardown(self, step, replica: ServiceReplica, timeout: int, drain_first: bool) -> None:
+        from app.drivers.compose import compose_cmd
+        from app.shell import cmd
+        name = replica.container_name
+        if drain_first:
+            step.run(dc.drain(name), check=False, timeout=30)
+            time.sleep(GATEWAY_SETTLE_SECONDS)
+        step.run(dc.stop(name, timeout), check=False, timeout=timeout + 60)
+        cfg = replica.config or {}
+        directory, project = cfg.get("directory"), cfg.get("project")
+        if directory and project:
+            step.run(compose_cmd(directory, project, "down", "--timeout", str(int(timeout))),
+                     check=False, timeout=timeout + 60)
+        step.run(dc.remove(name), check=False, timeout=60)
+        if directory and directory.startswith("/home/keystone/services/"):
+            step.run(cmd("rm", "-rf", "--", directory), check=False, timeout=60)
+
+    # ---------------------------------------------------------------- gateway routes
+    def _route_slices(self) -> list[ServiceSlice]:
+        env = self.env
+        ids = {a.service_slice_id for a in env.attachments if a.service_slice_id}
+        rows = db.session.execute(sa.select(ServiceSlice).where(
+            ServiceSlice.type == SliceType.CADDY_ROUTE,
+            sa.or_(ServiceSlice.environment_id == env.id, ServiceSlice.id.in_(ids or {-1}))
+        )).scalars().all()
+        return [s for s in rows if s.status not in (SliceStatus.DELETED, SliceStatus.DELETING)]
+
+    def _desired_route(self, route: ServiceSlice) -> dict | None:
+        web_id = (route.config or {}).get("service_id")
+        web = db.session.get(Service, web_id) if web_id else primary_web(self.env)
+        gateway = route.service
+        if web is None or gateway is None or gateway.server_id is None:
+            return None
+        server_ids = service_server_ids(web)
+        servers = db.session.execute(sa.select(Server).where(Server.id.in_(server_ids))) \
+            .scalars().all()
+        ups = upstreams(web.name, web.id, gateway.server_id,
+                        [(s.id, s.private_ip) for s in servers])
+        cfg = dict(route.config or {})
+        cfg.update(upstreams=[u.address for u in ups], health_path=READY_PATH,
+                   health=dict(ROUTE_HEALTH), dial_timeout="1s", lb_try_duration="5s",
+                   lb_try_interval="250ms", service_id=web.id)
+        return cfg
+
+    def _ensure_routes(self, plan: DeployPlan) -> None:
+        """Only when a route does not list exactly the slots yet (first deploy, new server)."""
+        for route in self._route_slices():
+            desired = self._desired_route(route)
+            if desired is None or desired == (route.config or {}):
+                continue
+            gateway = route.service
+            self.ctx.run_child(
+                OperationKind.SLICE_CONFIGURE, "service_slice", route.id,
+                lambda cctx, r=route, d=desired: self._configure_route(cctx, r, d),
+                lock_keys=[f"gateway:{gateway.server_id}"],
+                summary=f"Route {', '.join((route.config or {}).get('hostnames', []))}: "
+                        "list the blue/green slots")
+
+    def _configure_route(self, cctx: OperationContext, route: ServiceSlice, desired: dict) -> None:
+        from app.drivers.handlers import install_gateway_config
+        with cctx.step("Route the environment's slots") as step:
+            step.log("upstreams: " + " ".join(desired["upstreams"]))
+            step.log(f"active health check {READY_PATH} every {ROUTE_HEALTH['interval']}: "
+                     "later deploys change no gateway configuration")
+        route.config = desired
+        route.status = SliceStatus.READY
+        db.session.commit()
+        install_gateway_config(cctx, route.service)
+
+    # ---------------------------------------------------------------- cutover
+    def _cutover(self, cctx: OperationContext, phases) -> None:
+        for phase in phases:
+            cctx.check_cancelled()
+            if phase.kind == "await_gateway":
+                with cctx.step("Wait for the gateways to see the new slots") as step:
+                    step.log(f"Caddy checks {READY_PATH} every {HEALTH_INTERVAL_MS}ms: a healthy "
+                             f"slot is in rotation within {GATEWAY_SETTLE_SECONDS:g}s")
+                    time.sleep(GATEWAY_SETTLE_SECONDS)
+            elif phase.kind == "scheduler_release":
+                self._scheduler_release(cctx, phase)
+            elif phase.kind == "scheduler_claim":
+                self._scheduler_claim(cctx, phase)
+            elif phase.kind == "drain":
+                self._drain(cctx, self.plan.change_for(phase.service_id))
+            elif phase.kind == "stop":
+                self._stop_old(cctx, self.plan.change_for(phase.service_id))
+
+    def _replica(self, replica_id: int) -> ServiceReplica | None:
+        return db.session.get(ServiceReplica, replica_id)
+
+    def _scheduler_release(self, cctx: OperationContext, phase) -> None:
+        for rid in phase.detail.get("replica_ids", ()):
+            replica = self._replica(rid)
+            if replica is None or replica.status in (ReplicaStatus.REMOVED, ReplicaStatus.STOPPED):
+                continue
+            server = db.session.get(Server, replica.server_id)
+            with cctx.step(f"Release the scheduler on {replica.container_name}",
+                           server=server) as step:
+                res = step.run(dc.scheduler_release(replica.container_name,
+                                                    SCHEDULER_RELEASE_WAIT), check=False,
+                               timeout=SCHEDULER_RELEASE_WAIT + 60)
+                if res.exit_code == 3:
+                    # Never two runners: stop this replica now rather than hand over early.
+                    step.log("schedule:run did not finish in time: stopping this replica "
+                             "before the scheduler moves")
+                    step.run(dc.stop(replica.container_name, 30), check=False, timeout=120)
+                elif res.exit_code != 0:
+                    step.log(f"{replica.container_name} is not running: nothing to release")
+        if self.env.scheduler_replica_id in phase.detail.get("replica_ids", ()):
+            self.env.scheduler_replica_id = None
+            db.session.commit()
+
+    def _scheduler_claim(self, cctx: OperationContext, phase) -> None:
+        d = phase.detail
+        targets: list[ServiceReplica] = []
+        if d.get("every_replica"):
+            targets = [r for (sid, _), r in self.new.items() if sid == phase.service_id]
+        elif d.get("replica_id"):
+            r = self._replica(d["replica_id"])
+            targets = [r] if r is not None else []
+        else:
+            r = self.new.get((phase.service_id, d.get("server_id")))
+            targets = [r] if r is not None else []
+        for replica in targets:
+            server = db.session.get(Server, replica.server_id)
+            with cctx.step(f"Run the scheduler on {replica.container_name}", server=server) as step:
+                step.run(dc.scheduler_claim(replica.container_name), timeout=30)
+                step.log("schedule:run runs every minute in this replica only"
+                         if not d.get("every_replica") else
+                         "every_replica mode: schedule:run runs in every replica")
+        if targets and not d.get("every_replica"):
+            self.env.scheduler_replica_id = targets[0].id
+        elif not targets:
+            self.env.scheduler_replica_id = None
+        db.session.commit()
+
+    def _drain(self, cctx: OperationContext, change: ServiceChange) -> None:
+        for old in change.old_replicas:
+            replica = self._replica(old.id)
+            if replica is None:
+                continue
+            server = db.session.get(Server, replica.server_id)
+            with cctx.step(f"Drain {replica.container_name}", server=server) as step:
+                res = step.run(dc.drain(replica.container_name), check=False, timeout=30)
+                if res.exit_code != 0:
+                    step.log(f"{replica.container_name} is not running")
+                replica.status = ReplicaStatus.DRAINING
+                db.session.commit()
+        window = max(change.drain_seconds, GATEWAY_SETTLE_SECONDS)
+        with cctx.step(f"Drain window ({window:g}s)") as step:
+            step.log(f"{READY_PATH} answers 503 on the old replicas: the gateways stop sending "
+                     "new requests within one check; in-flight requests finish")
+            time.sleep(window)
+
+    def _stop_old(self, cctx: OperationContext, change: ServiceChange) -> None:
+        for old in change.old_replicas:
+            replica = self._replica(old.id)
+            if replica is None:
+                continue
+            server = db.session.get(Server, replica.server_id)
+            with cctx.step(f"Stop {replica.container_name} (SIGTERM, up to "
+                           f"{change.stop_timeout}s)", server=server) as step:
+                self._teardown(step, replica, timeout=change.stop_timeout, drain_first=False)
+            replica.status = ReplicaStatus.REMOVED
+            replica.health_status = HealthStatus.UNKNOWN
+            if self.env.scheduler_replica_id == replica.id:
+                self.env.scheduler_replica_id = None
+            db.session.commit()
+
+    # ---------------------------------------------------------------- record / clean-up
+    def _record(self, plan: DeployPlan) -> None:
+        for change in plan.changes:
+            svc = db.session.get(Service, change.service_id)
+            svc.current_image_digest = self.artifact.image_digest
+            svc.status = ServiceStatus.RUNNING
+        self.env.current_artifact_id = self.artifact.id
+        self.env.status = EnvironmentStatus.DEPLOYED
+        db.session.commit()
+
+    def _cleanup(self) -> None:
+        """On failure or cancel: remove every new replica this deploy started; old ones stay."""
+        if self.succeeded or self.cutover_started:
+            return
+        for rid in self.started:
+            replica = self._replica(rid)
+            if replica is None or replica.status in (ReplicaStatus.REMOVED, ReplicaStatus.FAILED):
+                continue
+            server = db.session.get(Server, replica.server_id)
+            try:  # noqa: SIM105 - the row is marked removed whatever happens
+                with self.ctx.step(f"Remove new replica {replica.container_name}",
+                                   server=server, cleanup=True) as step:
+                    step.run(dc.logs_tail(replica.container_name, LOG_TAIL_LINES), check=False,
+                             timeout=60)
+                    # It may already be in rotation: take it out before stopping it.
+                    self._teardown(step, replica, timeout=10, drain_first=True)
+            finally:
+                replica.status = ReplicaStatus.REMOVED
+                db.session.commit()
+
+
+@operation_handler(OperationKind.ENVIRONMENT_DEPLOY)
+def environment_deploy(ctx: OperationContext) -> None:
+    env = ctx.target
+    if env is None:
+        raise StepFailed("The environment no longer exists.")
+    EnvironmentDeploy(ctx, env).run()
+
+
+__all__ = ["environment_deploy", "EnvironmentDeploy", "snapshot", "replica_environment",
+           "environment_values", "migration_settings", "SchedulerMode"]
