@@ -397,3 +397,30 @@ def test_caddy_stand_in_serves_reloads_and_has_a_shell(sandbox: SandboxInfo):
     finally:
         run(client, f"docker rm -f {name}")
         client.close()
+
+
+def test_apt_sources_are_parsed_in_both_formats():
+    from app.sandbox.images import _parse_sources
+
+    deb822 = ("Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+              "Components: main\n\nTypes: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n")
+    assert _parse_sources(deb822, deb822=True) == [("http://mirror.example/debian", ["bookworm", "bookworm-updates"])]
+    one_line = "# x\ndeb [signed-by=/k.gpg arch=amd64] http://m.example/debian bookworm main\ndeb-src http://s bookworm main\n"
+    assert _parse_sources(one_line, deb822=False) == [("http://m.example/debian", ["bookworm"])]
+
+
+def test_deploy_key_authorisation_rejects_injection(sandbox: SandboxInfo, tmp_path: Path):
+    from app.sandbox import SandboxError
+
+    _, pub = _keypair(tmp_path, "inject")
+    for bad_repo in ("../etc", "a b", "x;rm", "$(id)", ".hidden"):
+        with pytest.raises(SandboxError):
+            sandbox.git.authorize_key(pub, bad_repo)
+    with pytest.raises(SandboxError):
+        sandbox.git.authorize_key('command="/bin/sh" ' + pub, "sample.git")
+    with pytest.raises(SandboxError):
+        sandbox.git.authorize_key("ssh-ed25519 AAAA\"bad", "sample.git")
+    keys = subprocess.run(["docker", "exec", sandbox.git.container, "cat", "/srv/git/.ssh/authorized_keys"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "/bin/sh" not in keys and "bad" not in keys
+    assert all(line.startswith("restrict,command=") for line in keys.splitlines() if line.strip())
