@@ -85,6 +85,9 @@ def artifact_tag(repository: str, commit_sha: str, chash: str) -> str:
 
 
 def remote_workdir(ctx) -> str:
+    """``/home/keystone/operations/<hash>`` (the operation's directory on servers)."""
+    if callable(getattr(ctx, "workdir", None)):
+        return ctx.workdir()
     return posixpath.join(REMOTE_OPERATIONS_DIR, _operation(ctx).hash)
 
 
@@ -146,8 +149,10 @@ class _RegistrySession:
         if self.auth is not None:
             self.step.log(f"docker login {self.registry.url} as {self.registry.username} "
                           "(password on stdin)")
-            _run(self.step, self.auth.login, stdin=(self.auth.password.value + "\n").encode(),
-                 timeout=120)
+            password = self.auth.password.value
+            if hasattr(self.step, "secret"):
+                self.step.secret(password)      # masked in every line recorded from now on
+            _run(self.step, self.auth.login, stdin=(password + "\n").encode(), timeout=120)
         return self.config_dir
 
     def __exit__(self, *exc) -> None:
@@ -265,6 +270,8 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
     remote_dir = posixpath.join(remote_workdir(ctx), f"build-{artifact.id}")
     remote_cleanup_needed = False
     try:
+        if hasattr(ctx, "secret") and application.deploy_key_private:
+            ctx.secret(application.deploy_key_private)   # never in a log line, whatever happens
         with ctx.step("Fetch source") as step:
             step.log(f"git fetch {application.repository_url} {commit_sha} (branch {environment.branch}) "
                      "on the Keystone host with the deploy key")
@@ -292,10 +299,16 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
 
         labels = {"dev.keystone.environment": str(environment.id),
                   "dev.keystone.commit": commit_sha, "dev.keystone.config-hash": chash}
+        build = dc.docker_build(posixpath.join(remote_dir, "Dockerfile"),
+                                posixpath.join(remote_dir, "context"), tag, commit_sha, labels)
         with ctx.step(BUILD_STEP, server=server) as step:
-            _run(step, dc.docker_build(posixpath.join(remote_dir, "Dockerfile"),
-                                       posixpath.join(remote_dir, "context"), tag, commit_sha,
-                                       labels), timeout=BUILD_TIMEOUT)
+            if registry is not None:
+                # Logged in while building too: the base image may live in the same
+                # (private) registry.
+                with _RegistrySession(step, registry, posixpath.join(remote_dir, "docker")) as cfg:
+                    _run(step, shell.env(build, DOCKER_CONFIG=cfg), timeout=BUILD_TIMEOUT)
+            else:
+                _run(step, build, timeout=BUILD_TIMEOUT)
             image_id = _image_id_on(step, tag)
             if not image_id:
                 raise _fail(f"docker build finished but {tag} is not on {server.name}")
