@@ -1,0 +1,249 @@
+"""A real environment on sandbox servers: what the deploy tests and ``bench.cutover`` deploy.
+
+Built through Keystone's own code paths, no shortcuts: an organisation, the
+sandbox servers (SSH, pinned host keys), an application from the sandbox git
+host with its deploy key authorised and verified, Postgres, Valkey and a
+Caddy gateway deployed as services (stand-in images from the sandbox
+registry), Postgres and Valkey attached (slices, DB_*/REDIS_* variables), a
+domain routed on each server's gateway, and the web service placed on the
+chosen servers. Deploys go through ``start_deploy`` and the operations
+engine's runner, in-process (``execute_operation``), exactly as the worker
+runs them.
+
+Ids are random so concurrent runs on one sandbox never share a container,
+volume or directory; :meth:`Testbed.cleanup` removes what it created.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+PHP_BASE = "keystone-sandbox/php-base:8.3"
+
+
+@dataclass
+class Testbed:
+    __test__ = False  # not a pytest test class
+
+    sandbox: object  # app.sandbox.SandboxInfo
+    server_count: int = 1
+    hostname: str = ""
+    scheduler_interval: int = 5
+    health: dict = field(default_factory=lambda: {"interval": 0.5, "retries": 20,
+                                                   "timeout": 3})
+    extra_env: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.tag = uuid.uuid4().hex[:6]
+        self.hostname = self.hostname or f"deploy-{self.tag}.keystone.test"
+        self.base_id = random.randint(100_000, 900_000)
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> "Testbed":
+        from app.accounts import create_account
+        from app.attachments import (attach_domain, attach_postgres, attach_valkey,
+                                     start_slice_provision)
+        from app.blueprints.applications import create_application
+        from app.drivers.handlers import start_service_deploy
+        from app.extensions import db
+        from app.models import EnvironmentVariable, Registry, Server, Service
+        from app.models.enums import (DeployPolicy, ServerStatus, ServiceCategory,
+                                      VariableSource)
+        from app.repositories import verify_access
+        from app.sandbox import load_images
+
+        sb = self.sandbox
+        chosen = sb.servers[:self.server_count]
+        load_images(chosen, [PHP_BASE])
+        user = create_account(organisation=f"Deploys {self.tag}",
+                              email=f"deploys-{self.tag}@example.com",
+                              password="correct horse battery")
+        org = user.organisation
+        org.management_key_private = chosen[0].root_key_path.read_text()
+        servers = []
+        for i, s in enumerate(chosen, start=1):
+            servers.append(Server(organisation_id=org.id, name=f"deploy-{i}", public_ip=s.host,
+                                  ssh_port=s.ssh_port, private_ip=s.private_ip,
+                                  host_key_fingerprint=s.host_key_fingerprint,
+                                  management_user=s.user, status=ServerStatus.ACTIVE))
+        reg = sb.registry
+        registry = Registry(organisation_id=org.id, name="sandbox", url=reg.url,
+                            username=reg.username, password=reg.password)
+        db.session.add_all([*servers, registry])
+        db.session.commit()
+        application = create_application(org.id, f"sample-{self.tag}", sb.git.sample_repo_url,
+                                         "main")
+        db.session.commit()
+        env = application.environments[0]
+        env.build_config = {"base_image": PHP_BASE}
+        if len(servers) > 1:
+            env.registry_id = registry.id
+        sb.git.authorize_key(application.deploy_key_public)
+        result = verify_access(application)
+        db.session.commit()
+        if not result.ok:
+            raise RuntimeError(f"deploy key not accepted: {result.message}")
+        web = next(s for s in env.services if "web" in (s.process_roles or []))
+        web.server_id = servers[0].id
+        web.config = {"server_ids": [s.id for s in servers], "health": dict(self.health),
+                      "scheduler_interval": self.scheduler_interval, "drain_seconds": 1.5,
+                      "stop_grace_seconds": 10}
+        images = sb.images
+        b = self.base_id
+        pg = Service(id=b, organisation_id=org.id, server_id=servers[0].id, name="pg",
+                     type="postgres", driver_name="postgres", category=ServiceCategory.DATABASE,
+                     version_track="18", deploy_policy=DeployPolicy.DEPENDENCY_ONLY,
+                     config={"image": images.get("postgres", f"{reg.url}/keystone-sandbox/postgres:18"),
+                             "expose_private": len(servers) > 1})
+        vk = Service(id=b + 1, organisation_id=org.id, server_id=servers[0].id, name="cache",
+                     type="valkey", driver_name="valkey", category=ServiceCategory.CACHE,
+                     version_track="8", deploy_policy=DeployPolicy.DEPENDENCY_ONLY,
+                     config={"image": images.get("valkey", f"{reg.url}/keystone-sandbox/valkey:8"),
+                             "expose_private": len(servers) > 1})
+        gateways = []
+        for i, server in enumerate(servers):
+            gateways.append(Service(
+                id=b + 2 + i, organisation_id=org.id, server_id=server.id, name=f"gateway-{i + 1}",
+                type="caddy", driver_name="caddy", category=ServiceCategory.GATEWAY,
+                version_track="2", deploy_policy=DeployPolicy.MANUAL_OR_ON_ROUTE_CHANGE,
+                config={"image": images.get("caddy", f"{reg.url}/keystone-sandbox/caddy:2")}))
+        db.session.add_all([pg, vk, *gateways])
+        db.session.commit()
+        self.org_id, self.user_id = org.id, user.id
+        self.env_id, self.web_id = env.id, web.id
+        self.server_ids = [s.id for s in servers]
+        self.service_ids = [pg.id, vk.id, *(g.id for g in gateways)]
+        self.gateway_ids = [g.id for g in gateways]
+        self.sandbox_servers = chosen
+        for svc in (pg, vk, *gateways):
+            self.run(start_service_deploy(svc, enqueue=False).id)
+        _, pg_slice = attach_postgres(env, pg)
+        _, vk_slice = attach_valkey(env, vk)
+        db.session.commit()
+        for s in (pg_slice, vk_slice):
+            self.run(start_slice_provision(s, enqueue=False).id)
+        for gw in gateways:
+            _, route = attach_domain(env, gw, [self.hostname], tls="off")
+            db.session.commit()
+            self.run(start_slice_provision(route, enqueue=False).id)
+        for key, value in {"PHP_CLI_SERVER_WORKERS": "8", **self.extra_env}.items():
+            db.session.add(EnvironmentVariable(environment_id=env.id, key=key, value=value,
+                                               source=VariableSource.USER))
+        db.session.commit()
+        return self
+
+    # ------------------------------------------------------------------ running
+    def run(self, operation_id: int, expect: str | None = "succeeded"):
+        from app.extensions import db
+        from app.models import Operation
+        from app.operations.runner import execute_operation
+        status = execute_operation(operation_id)
+        db.session.expire_all()
+        op = db.session.get(Operation, operation_id)
+        if expect is not None and status != expect:
+            raise AssertionError(describe(op))
+        return op
+
+    @property
+    def env(self):
+        from app.extensions import db
+        from app.models import Environment
+        return db.session.get(Environment, self.env_id)
+
+    def start_deploy(self, **kw):
+        from app.deploys.service import start_deploy
+        return start_deploy(self.env, None, enqueue=False, **kw)
+
+    def deploy(self, expect: str | None = "succeeded", **kw):
+        op = self.start_deploy(**kw)
+        return self.run(op.id, expect=expect)
+
+    def get(self, path: str = "/", server_index: int = 0, timeout: float = 10):
+        """GET through a server's gateway (its published port 80 on 127.0.0.1)."""
+        port = self.sandbox_servers[server_index].http_port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers={"Host": self.hostname})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def commit_served(self, server_index: int = 0) -> str | None:
+        status, body = self.get("/", server_index)
+        if status != 200:
+            return None
+        try:
+            return json.loads(body)["commit"]
+        except (ValueError, KeyError):
+            return None
+
+    def http_port(self, server_index: int = 0) -> int:
+        return self.sandbox_servers[server_index].http_port
+
+    def psql(self, sql: str) -> str:
+        """Run SQL as the environment's database user (from its managed variables)."""
+        from app.attachments import effective_environment
+        from app.extensions import db
+        from app.models import Service
+        values = effective_environment(self.env)
+        pg = db.session.get(Service, self.service_ids[0])
+        container = next(r.container_name for r in pg.replicas if r.status.value == "running")
+        server = self.sandbox_servers[0]
+        proc = server.exec("docker", "exec", "-e", f"PGPASSWORD={values['DB_PASSWORD']}",
+                           container, "psql", "-h", "127.0.0.1", "-U", values["DB_USERNAME"],
+                           "-d", values["DB_DATABASE"], "-At", "-F", "|", "-c", sql, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr)
+        return proc.stdout
+
+    def containers(self, server_index: int = 0) -> list[str]:
+        out = self.sandbox_servers[server_index].exec(
+            "docker", "ps", "--filter", f"label=dev.keystone.service={self.web_id}",
+            "--format", "{{.Names}}", check=False).stdout
+        return sorted(out.split())
+
+    # ------------------------------------------------------------------ clean-up
+    def cleanup(self) -> None:
+        ids = {str(i) for i in [*getattr(self, "service_ids", []), getattr(self, "web_id", -1)]}
+        for s in getattr(self, "sandbox_servers", []):
+            out = s.exec("docker", "ps", "-aq", "--filter", "label=dev.keystone.managed=true",
+                         "--format", "{{.ID}} {{.Label \"dev.keystone.service\"}}",
+                         check=False).stdout
+            doomed = [ln.split()[0] for ln in out.splitlines()
+                      if len(ln.split()) > 1 and ln.split()[1] in ids]
+            if doomed:
+                s.exec("docker", "rm", "-f", *doomed, check=False)
+            vols = s.exec("docker", "volume", "ls", "-q", check=False).stdout.split()
+            mine = [v for v in vols if any(v.startswith(f"keystone_service_{i}_") for i in ids)]
+            if mine:
+                s.exec("docker", "volume", "rm", "-f", *mine, check=False)
+            s.exec("rm", "-rf", *[f"/home/keystone/services/{i}" for i in ids], check=False)
+            s.exec("rm", "-f", "/home/keystone/gateway/Caddyfile",
+                   "/home/keystone/gateway/Caddyfile.next",
+                   "/home/keystone/gateway/Caddyfile.last-good", check=False)
+
+
+def describe(op) -> str:
+    """Everything about an operation tree that explains a failure."""
+    lines = [f"operation {op.id} {op.kind.value} {op.status.value}: {op.error}"]
+    for step in op.steps:
+        lines.append(f"--- {step.name} [{step.status.value}]\n{(step.logs or '')[-2500:]}\n"
+                     f"{step.error_logs or ''}")
+    for child in op.children:
+        lines.append(describe(child))
+    return "\n".join(lines)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
