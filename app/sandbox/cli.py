@@ -18,22 +18,9 @@ from .docker import SandboxError
 from .sandbox import DEFAULT_NAME, Sandbox, SandboxInfo, info_as_dict
 
 
-def _default_state_root() -> Path:
-    """instance/sandbox under the Flask app's instance path when there is an app, else ./instance/sandbox."""
-    if os.environ.get("KEYSTONE_SANDBOX_DIR"):
-        return Path(os.environ["KEYSTONE_SANDBOX_DIR"])
-    try:
-        from flask import current_app
-
-        return Path(current_app.instance_path) / "sandbox"
-    except Exception:
-        return Path("instance") / "sandbox"
-
-
 def _sandbox(ctx: click.Context) -> Sandbox:
     name = ctx.obj["name"]
-    state_dir = ctx.obj.get("state_dir") or (_default_state_root() / name)
-    return Sandbox(name=name, state_dir=state_dir)
+    return Sandbox(name=name, state_dir=ctx.obj.get("state_dir"))
 
 
 def _print_info(info: SandboxInfo) -> None:
@@ -72,7 +59,7 @@ def _print_info(info: SandboxInfo) -> None:
 @click.option("--name", default=lambda: os.environ.get("KEYSTONE_SANDBOX_NAME", DEFAULT_NAME), show_default=DEFAULT_NAME,
               help="Sandbox name; everything it creates is labelled with it.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
-              help="Where keys, ports and passwords are kept (default instance/sandbox/NAME).")
+              help="Where keys, ports and passwords are kept (default INSTANCE/sandbox/NAME).")
 @click.pass_context
 def sandbox(ctx: click.Context, name: str, state_dir: Path | None) -> None:
     """Local servers (sshd + Docker), a registry and a git host in containers."""

@@ -313,6 +313,22 @@ def _keygen(path: Path, comment: str) -> None:
 
 # --------------------------------------------------------------------------- sandbox
 
+def default_state_root() -> Path:
+    """$KEYSTONE_SANDBOX_DIR, else <Flask instance path>/sandbox inside an app context, else ./instance/sandbox.
+
+    Why: the CLI, the onboarding job (RQ worker) and a developer's shell must
+    all find the same keys and ports, whatever their working directory.
+    """
+    if os.environ.get("KEYSTONE_SANDBOX_DIR"):
+        return Path(os.environ["KEYSTONE_SANDBOX_DIR"])
+    try:
+        from flask import current_app
+
+        return Path(current_app.instance_path) / "sandbox"
+    except (ImportError, RuntimeError):
+        return Path("instance") / "sandbox"
+
+
 class Sandbox:
     """Bring up, inspect and remove one named sandbox.
 
@@ -329,7 +345,7 @@ class Sandbox:
         self._lock_fd: int | None = None
         self._lock_depth = 0
         if state_dir is None:
-            state_dir = Path(os.environ.get("KEYSTONE_SANDBOX_DIR", "instance/sandbox")) / name
+            state_dir = default_state_root() / name
         self.state_dir = Path(state_dir).resolve()
 
     # ---- names
