@@ -286,6 +286,10 @@ class Driver:
         return [FirewallRule(p.container_port, p.protocol, f"{self.type} {service.id}")
                 for p in self.ports if p.cross_server]
 
+    def ensure_secrets(self, service: "Service") -> bool:
+        """Generate the service's own secrets once; True when the row changed."""
+        return False
+
     def service_environment(self, service: "Service") -> dict[str, str]:
         """The container environment of the service itself (from its secrets and config)."""
         return {}

@@ -103,6 +103,14 @@ def base_service(driver: "Driver", service: "Service", ctx: RenderContext, *,
     return entry
 
 
+def escape_command(entry: dict[str, Any]) -> dict[str, Any]:
+    """``$`` in command/entrypoint arguments is Compose interpolation too: double it."""
+    for key in ("command", "entrypoint"):
+        if isinstance(entry.get(key), list):
+            entry[key] = [escape_dollars(str(a)) for a in entry[key]]
+    return entry
+
+
 def compose_document(services: dict[str, dict[str, Any]],
                      volumes: list[str] | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {"services": services}
@@ -136,6 +144,7 @@ _ORDER = ["image", "container_name", "command", "entrypoint", "restart", "env_fi
 
 
 def _reorder(entry: dict[str, Any]) -> dict[str, Any]:
+    entry = escape_command(entry)
     out = {k: entry[k] for k in _ORDER if k in entry}
     out.update({k: v for k, v in entry.items() if k not in out})
     return out

@@ -126,14 +126,16 @@ def assert_single_gateway(service: "Service") -> None:
     """Refuse a second gateway service on the same server (SPEC 15)."""
     from app.extensions import db
     from app.models import Service as ServiceModel
-    if service.server_id is None:
+    server_id = service.server_id or (service.server.id if service.server is not None else None)
+    if server_id is None:
         raise GatewayConflict("a gateway must be placed on a server")
-    others = db.session.execute(
-        db.select(ServiceModel).where(ServiceModel.type == CaddyDriver.type,
-                                      ServiceModel.server_id == service.server_id,
-                                      ServiceModel.id != (service.id or -1))).scalars().all()
+    with db.session.no_autoflush:
+        others = db.session.execute(
+            db.select(ServiceModel).where(ServiceModel.type == CaddyDriver.type,
+                                          ServiceModel.server_id == server_id,
+                                          ServiceModel.id != (service.id or -1))).scalars().all()
     if others:
-        raise GatewayConflict(f"server {service.server_id} already has a gateway "
+        raise GatewayConflict(f"server {server_id} already has a gateway "
                               f"(service {others[0].id}, {others[0].name!r}): there is "
                               "exactly one per server, it owns ports 80 and 443")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from app.drivers.base import (Driver, DriverError, FirewallRule, HealthCheck, PortSpec,
                               RenderContext, RenderedCompose, Resources, UpdateBehaviour,
                               replica_alias, service_alias, service_dir)
-from app.drivers.compose import (base_service, compose_document, dump_yaml)
+from app.drivers.compose import base_service, compose_document, dump_yaml, escape_command
 from app.drivers.envfile import render_env_file, split_environment
 from app.drivers.registry import register
 from app.models.enums import DeployPolicy, ServiceCategory
@@ -142,7 +142,7 @@ class LaravelDriver(Driver):
         hc = self.health_for(service, role)
         if hc:
             entry["healthcheck"] = hc.compose()
-        return entry
+        return escape_command(entry)
 
     def render_replica(self, service: "Service", *, image: str, project_name: str,
                        container_name: str, environment: Mapping[str, str],

@@ -1,0 +1,381 @@
+"""Attachments and environment variables (SPEC 12 and 13).
+
+Attaching Postgres or Valkey to an environment creates the default slice,
+generates its credentials and writes the managed variables (``DB_*`` /
+``REDIS_*``, ``source=managed_attachment``, each with its ``overridable``
+flag). The slice itself is created on the server by a ``slice_provision``
+operation (:func:`start_slice_provision`), never by redeploying the service.
+
+Laravel settings that change behaviour (``CACHE_STORE``, ``SESSION_DRIVER``,
+``QUEUE_CONNECTION``) are only *recommended* by an attachment; they are
+written by :func:`apply_recommendations` when the user confirms.
+
+Precedence when rendering a container's environment
+(:func:`effective_environment`): system < managed < user, except that a
+managed variable with ``overridable=False`` always wins. User variables are
+never touched by regeneration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import sqlalchemy as sa
+
+from app.drivers import get_driver
+from app.drivers.base import DriverError, service_alias
+from app.drivers.envfile import EnvKeyError, validate_env_key, validate_env_value
+from app.drivers.secrets import sql_identifier_name
+from app.extensions import db
+from app.models import (Environment, EnvironmentAttachment, EnvironmentVariable, Service,
+                        ServiceSlice)
+from app.models.enums import (AttachmentRole, EnvironmentStatus, SliceStatus, SliceType,
+                              VariableSource)
+
+__all__ = ["AttachmentError", "Recommendation", "attach_postgres", "attach_valkey",
+           "attach_domain", "regenerate_managed_variables", "apply_recommendations",
+           "recommendations_for", "set_user_variable", "delete_user_variable",
+           "effective_environment", "queue_sync_warning", "validate_env_key", "EnvKeyError",
+           "start_slice_provision", "request_slice_delete", "consumer_host"]
+
+# Managed keys a user may override with their own variable of the same name.
+OVERRIDABLE = {"DB_CONNECTION": True, "DB_HOST": True, "DB_PORT": True, "DB_DATABASE": False,
+               "DB_USERNAME": False, "DB_PASSWORD": False, "REDIS_CLIENT": True,
+               "REDIS_HOST": True, "REDIS_PORT": True, "REDIS_USERNAME": False,
+               "REDIS_PASSWORD": False, "REDIS_PREFIX": False}
+SECRET_KEYS = {"DB_PASSWORD", "REDIS_PASSWORD"}
+RECOMMENDED_BY_ROLE = {
+    AttachmentRole.CACHE: [("CACHE_STORE", "redis"), ("SESSION_DRIVER", "redis")],
+    AttachmentRole.QUEUE: [("QUEUE_CONNECTION", "redis")],
+}
+
+
+class AttachmentError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    key: str
+    value: str
+    current: str | None
+    reason: str
+
+
+# --------------------------------------------------------------------------- hosts
+
+def consumer_host(service: Service, consumer_server_id: int | None) -> str:
+    """How an environment on ``consumer_server_id`` reaches ``service`` (SPEC 14).
+
+    Same server (or unknown yet): the deterministic alias on the shared
+    Docker network. Another server: the service server's private IP, which
+    needs ``expose_private`` on the service (the port is then published on
+    the private IP only and opened with UFW to the private network).
+    """
+    if consumer_server_id is None or service.server_id is None \
+            or consumer_server_id == service.server_id:
+        return service_alias(service)
+    server = service.server
+    if not (service.config or {}).get("expose_private") or not server.private_ip:
+        raise AttachmentError(
+            f"{service.name} runs on {server.name}, another server than this environment: "
+            "turn on 'reachable from the private network' for it first (it needs a private IP)")
+    return server.private_ip
+
+
+def _environment_server_id(environment: Environment) -> int | None:
+    for svc in environment.services:
+        for replica in svc.replicas:
+            return replica.server_id
+        if svc.server_id:
+            return svc.server_id
+    return None
+
+
+# --------------------------------------------------------------------------- attach
+
+def _default_slice_name(environment: Environment) -> str:
+    return sql_identifier_name(f"{environment.application.name}_{environment.name}", 50)
+
+
+def _unique_slice_name(service: Service, slice_type: SliceType, base: str) -> str:
+    taken = set(db.session.execute(sa.select(ServiceSlice.name).where(
+        ServiceSlice.service_id == service.id, ServiceSlice.type == slice_type)).scalars())
+    name, n = base, 2
+    while name in taken:
+        name = f"{base[:56]}_{n}"
+        n += 1
+    return name
+
+
+def _attach(environment: Environment, service: Service, role: AttachmentRole,
+            slice_type: SliceType, name: str | None) -> tuple[EnvironmentAttachment, ServiceSlice]:
+    driver = get_driver(service)
+    if slice_type not in driver.slice_types:
+        raise AttachmentError(f"{service.name} ({service.type}) has no {slice_type.value} slices")
+    if service.organisation_id != environment.application.organisation_id:
+        raise AttachmentError("service and environment belong to different organisations")
+    existing = db.session.execute(sa.select(EnvironmentAttachment).where(
+        EnvironmentAttachment.environment_id == environment.id,
+        EnvironmentAttachment.service_id == service.id,
+        EnvironmentAttachment.role == role)).scalar_one_or_none()
+    if existing is not None:
+        raise AttachmentError(f"{service.name} is already attached to {environment.name} as "
+                              f"{role.value}")
+    name = name or _unique_slice_name(service, slice_type, _default_slice_name(environment))
+    try:
+        config, credentials = driver.new_slice_config(name)
+    except (ValueError, DriverError) as exc:
+        raise AttachmentError(str(exc)) from None
+    has_primary = any(a.role == role and a.is_primary for a in environment.attachments)
+    slice_ = ServiceSlice(service=service, environment=environment, name=name, type=slice_type,
+                          status=SliceStatus.PENDING, config=config, credentials=credentials)
+    db.session.add(slice_)
+    attachment = EnvironmentAttachment(environment=environment, service=service,
+                                       service_slice=slice_, role=role,
+                                       is_primary=not has_primary)
+    db.session.add_all([slice_, attachment])
+    db.session.flush()
+    regenerate_managed_variables(environment)
+    return attachment, slice_
+
+
+def attach_postgres(environment: Environment, service: Service,
+                    name: str | None = None) -> tuple[EnvironmentAttachment, ServiceSlice]:
+    """Create the database+user slice, its password and the DB_* variables (flushes, no commit)."""
+    return _attach(environment, service, AttachmentRole.DATABASE, SliceType.POSTGRES_DATABASE,
+                   name)
+
+
+def attach_valkey(environment: Environment, service: Service,
+                  role: AttachmentRole = AttachmentRole.CACHE,
+                  name: str | None = None) -> tuple[EnvironmentAttachment, ServiceSlice]:
+    """Create the ACL-user slice and the REDIS_* variables; recommendations are separate."""
+    if role not in (AttachmentRole.CACHE, AttachmentRole.QUEUE):
+        raise AttachmentError("a Valkey attachment is for the cache or the queue")
+    return _attach(environment, service, role, SliceType.VALKEY_NAMESPACE, name)
+
+
+def attach_domain(environment: Environment, gateway: Service, hostnames: list[str],
+                  tls: str = "auto") -> tuple[EnvironmentAttachment, ServiceSlice]:
+    """A route slice on the gateway for the environment's web service (upstreams set by deploy)."""
+    driver = get_driver(gateway)
+    name = _unique_slice_name(gateway, SliceType.CADDY_ROUTE, _default_slice_name(environment))
+    try:
+        config, _ = driver.new_slice_config(name, hostnames, tls=tls,
+                                            environment_id=environment.id)
+    except ValueError as exc:
+        raise AttachmentError(str(exc)) from None
+    taken = {h for s in gateway.slices if s.type == SliceType.CADDY_ROUTE
+             and s.status != SliceStatus.DELETED for h in (s.config or {}).get("hostnames", [])}
+    clash = sorted(taken & set(config["hostnames"]))
+    if clash:
+        raise AttachmentError(f"{', '.join(clash)} is already routed by this gateway")
+    slice_ = ServiceSlice(service=gateway, environment=environment, name=name,
+                          type=SliceType.CADDY_ROUTE, status=SliceStatus.PENDING, config=config)
+    db.session.add(slice_)
+    attachment = EnvironmentAttachment(environment=environment, service=gateway,
+                                       service_slice=slice_, role=AttachmentRole.GATEWAY,
+                                       is_primary=True)
+    db.session.add_all([slice_, attachment])
+    db.session.flush()
+    return attachment, slice_
+
+
+# --------------------------------------------------------------------------- managed variables
+
+def _managed_values(environment: Environment) -> dict[str, tuple[str, int | None]]:
+    """key -> (value, slice id) from the primary attachment of each role."""
+    server_id = _environment_server_id(environment)
+    out: dict[str, tuple[str, int | None]] = {}
+    for att in sorted(environment.attachments, key=lambda a: (not a.is_primary, a.id or 0)):
+        slice_ = att.service_slice
+        if slice_ is None or slice_.status in (SliceStatus.DELETED, SliceStatus.DELETING):
+            continue
+        if slice_.type not in (SliceType.POSTGRES_DATABASE, SliceType.VALKEY_NAMESPACE):
+            continue
+        driver = get_driver(att.service)
+        exports = driver.env_exports(att.service, slice_, consumer_host(att.service, server_id))
+        prefix = (att.env_prefix or "") if not att.is_primary else ""
+        for key, value in exports.items():
+            full = f"{prefix}{key}"
+            out.setdefault(full, (value, slice_.id))
+    return out
+
+
+def regenerate_managed_variables(environment: Environment) -> list[str]:
+    """Bring managed_attachment rows in line with attachments; return the changed keys.
+
+    User rows are never touched. Rows for recommendations the user applied
+    (``service_slice_id`` NULL) are kept.
+    """
+    wanted = _managed_values(environment)
+    rows = {v.key: v for v in environment.variables
+            if v.source == VariableSource.MANAGED_ATTACHMENT}
+    changed = []
+    for key, (value, slice_id) in wanted.items():
+        row = rows.get(key)
+        if row is None:
+            row = EnvironmentVariable(environment=environment, key=key, value=value,
+                                      source=VariableSource.MANAGED_ATTACHMENT,
+                                      service_slice_id=slice_id,
+                                      overridable=OVERRIDABLE.get(_base_key(key), True),
+                                      is_secret=_base_key(key) in SECRET_KEYS)
+            db.session.add(row)
+            changed.append(key)
+        elif row.value != value or row.service_slice_id != slice_id:
+            row.value = value
+            row.service_slice_id = slice_id
+            changed.append(key)
+    for key, row in rows.items():
+        if key not in wanted and row.service_slice_id is not None:
+            environment.variables.remove(row)  # delete-orphan: the row is deleted
+            changed.append(key)
+    db.session.flush()
+    return changed
+
+
+def _base_key(key: str) -> str:
+    for base in OVERRIDABLE:
+        if key.endswith(base):
+            return base
+    return key
+
+
+# --------------------------------------------------------------------------- recommendations
+
+def recommendations_for(environment: Environment) -> list[Recommendation]:
+    """What the Valkey attachments suggest, with the value currently in effect."""
+    env = effective_environment(environment)
+    out: list[Recommendation] = []
+    for att in environment.attachments:
+        if att.service.type != "valkey":
+            continue
+        for key, value in RECOMMENDED_BY_ROLE.get(AttachmentRole(att.role), []):
+            if env.get(key) != value and not any(r.key == key for r in out):
+                out.append(Recommendation(key, value, env.get(key),
+                                          f"{att.service.name} is attached as {att.role}"))
+    return out
+
+
+def apply_recommendations(environment: Environment, keys: Iterable[str], *,
+                          confirmed: bool) -> list[str]:
+    """Write the confirmed recommendations as managed, overridable variables."""
+    if not confirmed:
+        raise AttachmentError("changing CACHE_STORE, SESSION_DRIVER or QUEUE_CONNECTION changes "
+                              "how the application behaves: confirm first")
+    wanted = {r.key: r for r in recommendations_for(environment)}
+    applied = []
+    for key in keys:
+        rec = wanted.get(key)
+        if rec is None:
+            continue
+        row = _variable(environment, key, VariableSource.MANAGED_ATTACHMENT)
+        if row is None:
+            environment.variables.append(EnvironmentVariable(
+                key=key, value=rec.value, source=VariableSource.MANAGED_ATTACHMENT,
+                overridable=True))
+        else:
+            row.value = rec.value
+        user_row = _variable(environment, key, VariableSource.USER)
+        if user_row is not None:  # the user confirmed replacing their own value
+            environment.variables.remove(user_row)
+        applied.append(key)
+    db.session.flush()
+    return applied
+
+
+def queue_sync_warning(environment: Environment) -> str | None:
+    """The warning a deployed environment with QUEUE_CONNECTION=sync shows (SPEC 7)."""
+    if environment.status != EnvironmentStatus.DEPLOYED:
+        return None
+    if effective_environment(environment).get("QUEUE_CONNECTION", "").strip().lower() != "sync":
+        return None
+    return ("QUEUE_CONNECTION=sync runs every queued job inside the web request that dispatched "
+            "it: slow jobs slow down pages and a failing job fails the request. Attach Valkey "
+            "as the queue and add a worker service, or use the database queue.")
+
+
+# --------------------------------------------------------------------------- user variables
+
+def _variable(environment: Environment, key: str, source: VariableSource):
+    return next((v for v in environment.variables if v.key == key and v.source == source), None)
+
+
+def set_user_variable(environment: Environment, key: str, value: str,
+                      is_secret: bool = False) -> EnvironmentVariable:
+    """Create or update a user variable; refuses to shadow a non-overridable managed one."""
+    validate_env_key(key)
+    validate_env_value(key, value)
+    managed = _variable(environment, key, VariableSource.MANAGED_ATTACHMENT)
+    if managed is not None and not managed.overridable:
+        raise AttachmentError(f"{key} is managed by an attachment and cannot be overridden: "
+                              "change or detach the attachment instead")
+    row = _variable(environment, key, VariableSource.USER)
+    if row is None:
+        row = EnvironmentVariable(environment=environment, key=key, value=value,
+                                  source=VariableSource.USER, is_secret=is_secret)
+        db.session.add(row)
+    else:
+        row.value = value
+        row.is_secret = is_secret
+    db.session.flush()
+    return row
+
+
+def delete_user_variable(environment: Environment, key: str) -> bool:
+    row = _variable(environment, key, VariableSource.USER)
+    if row is None:
+        return False
+    environment.variables.remove(row)
+    db.session.flush()
+    return True
+
+
+def effective_environment(environment: Environment) -> dict[str, str]:
+    """The variables a container of the environment gets (see module docstring)."""
+    system, managed, user, locked = {}, {}, {}, {}
+    for v in environment.variables:
+        if v.source == VariableSource.SYSTEM:
+            system[v.key] = v.value
+        elif v.source == VariableSource.MANAGED_ATTACHMENT:
+            (managed if v.overridable else locked)[v.key] = v.value
+        else:
+            user[v.key] = v.value
+    return {**system, **managed, **user, **locked}
+
+
+# --------------------------------------------------------------------------- operations
+
+def start_slice_provision(slice_: ServiceSlice, user=None, *, enqueue: bool = True):
+    """Create the slice on its service's running replica (a slice_provision operation)."""
+    from app.operations import start_operation
+    from app.models.enums import OperationKind
+    service = slice_.service
+    return start_operation(OperationKind.SLICE_PROVISION, target_type="service_slice",
+                           target_id=slice_.id, organisation_id=service.organisation_id,
+                           user=user, lock_keys=[f"service:{service.id}"],
+                           summary=f"Create {slice_.type} {slice_.name} on {service.name}",
+                           enqueue=enqueue)
+
+
+def request_slice_delete(slice_: ServiceSlice, *, confirm: str, drop_data: bool = False,
+                         user=None, enqueue: bool = True):
+    """Delete a slice after the user typed its name. Data is kept unless ``drop_data``.
+
+    Without ``drop_data`` the slice is disabled (Postgres role NOLOGIN, Valkey
+    user off) and its database/keys stay on the server.
+    """
+    from app.operations import start_operation
+    from app.models.enums import OperationKind
+    if confirm != slice_.name:
+        raise AttachmentError(f"type the slice name ({slice_.name}) to confirm the deletion")
+    service = slice_.service
+    what = "and DROP its data" if drop_data else "keeping its data"
+    return start_operation(OperationKind.SLICE_CONFIGURE, target_type="service_slice",
+                           target_id=slice_.id, organisation_id=service.organisation_id,
+                           user=user, lock_keys=[f"service:{service.id}"],
+                           params={"action": "delete", "drop_data": bool(drop_data),
+                                   "confirm": confirm},
+                           summary=f"Delete {slice_.name} on {service.name} {what}",
+                           enqueue=enqueue)

@@ -1,0 +1,205 @@
+"""Image policy: resolve tags to digests through the registry HTTP API v2 (SPEC 9).
+
+Deploys and updates run ``name@sha256:...``, never a moving tag, so a
+rollback or a second server gets exactly the same bytes. The resolution is
+a ``HEAD /v2/<repo>/manifests/<tag>`` with the manifest-list/index media
+types in ``Accept`` (so a multi-arch tag yields its index digest, the one
+``docker pull`` records), answering ``401`` challenges with a bearer token
+(Docker Hub, GHCR) or basic auth (distribution with htpasswd).
+
+:func:`check_for_update` re-resolves the service's track tag and records a
+newer digest as ``available_image_digest`` / ``update_status=available``;
+it never deploys. An update is an explicit ``service_deploy`` operation.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import requests
+
+from app.drivers.base import ImageRef
+
+if TYPE_CHECKING:  # pragma: no cover
+    from app.models import Service
+
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+DOCKER_HUB_API = "registry-1.docker.io"
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+
+
+class ImageError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+CredentialLookup = Callable[[str], "Credentials | None"]
+
+
+def parse_image(ref: str) -> ImageRef:
+    """Split ``[registry/]repo[:tag][@digest]`` the way Docker does; validate every part."""
+    if not isinstance(ref, str) or not ref or any(c.isspace() for c in ref):
+        raise ImageError(f"image {ref!r}: must be a reference like postgres:18")
+    rest, digest = (ref.split("@", 1) + [None])[:2] if "@" in ref else (ref, None)
+    if digest is not None and not DIGEST_RE.match(digest):
+        raise ImageError(f"image {ref!r}: digest must be sha256:<64 hex>")
+    first, _, remainder = rest.partition("/")
+    if remainder and ("." in first or ":" in first or first == "localhost"):
+        registry, path = first, remainder
+    else:
+        registry, path = "docker.io", rest
+    tag = None
+    last = path.rsplit("/", 1)[-1]
+    if ":" in last:
+        path, tag = path.rsplit(":", 1)
+        if not _TAG_RE.match(tag):
+            raise ImageError(f"image {ref!r}: invalid tag {tag!r}")
+    if registry == "docker.io" and "/" not in path:
+        path = f"library/{path}"
+    if not _REPO_RE.match(path):
+        raise ImageError(f"image {ref!r}: invalid repository name {path!r}")
+    if tag is None and digest is None:
+        tag = "latest"
+    return ImageRef(registry=registry, repository=path, tag=tag, digest=digest)
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def registry_base_url(registry: str) -> str:
+    """HTTPS, except loopback registries (Docker's own default for insecure registries)."""
+    if registry == "docker.io":
+        return f"https://{DOCKER_HUB_API}"
+    scheme = "http" if _is_loopback(registry) else "https"
+    return f"{scheme}://{registry}"
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, params = header.partition(" ")
+    return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', params))
+
+
+def resolve_digest(ref: "str | ImageRef", credentials: CredentialLookup | None = None, *,
+                   session: requests.Session | None = None, timeout: float = 15) -> str:
+    """Return the ``sha256:...`` digest the registry serves for ``ref``'s tag."""
+    image = parse_image(ref) if isinstance(ref, str) else ref
+    if image.digest:
+        return image.digest
+    http = session or requests.Session()
+    creds = credentials(image.registry) if credentials else None
+    url = f"{registry_base_url(image.registry)}/v2/{image.repository}/manifests/{image.tag}"
+    headers = {"Accept": MANIFEST_TYPES}
+    try:
+        resp = http.head(url, headers=headers, timeout=timeout)
+        if resp.status_code == 401:
+            auth = _authorise(http, resp.headers.get("WWW-Authenticate", ""), image, creds, timeout)
+            headers.update(auth)
+            resp = http.head(url, headers=headers, timeout=timeout)
+        if resp.status_code == 200 and DIGEST_RE.match(resp.headers.get("Docker-Content-Digest", "")):
+            return resp.headers["Docker-Content-Digest"]
+        if resp.status_code in (200, 405):  # no digest header, or HEAD refused: hash the body
+            body = http.get(url, headers=headers, timeout=timeout)
+            if body.status_code == 200:
+                return body.headers.get("Docker-Content-Digest") or \
+                    "sha256:" + hashlib.sha256(body.content).hexdigest()
+            resp = body
+    except requests.RequestException as exc:
+        raise ImageError(f"image {image}: registry {image.registry} unreachable: "
+                         f"{type(exc).__name__}") from None
+    if resp.status_code == 404:
+        raise ImageError(f"image {image}: tag not found in {image.registry}")
+    if resp.status_code in (401, 403):
+        raise ImageError(f"image {image}: {image.registry} refused the credentials "
+                         f"({resp.status_code}); check the registry's username and password")
+    raise ImageError(f"image {image}: registry answered HTTP {resp.status_code}")
+
+
+def _authorise(http: requests.Session, challenge: str, image: ImageRef,
+               creds: Credentials | None, timeout: float) -> dict[str, str]:
+    scheme, params = _parse_challenge(challenge)
+    if scheme == "basic":
+        if not creds:
+            raise ImageError(f"image {image}: {image.registry} needs credentials; add it under "
+                             "Registries")
+        import base64
+        token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    if scheme == "bearer" and params.get("realm"):
+        query = {"service": params.get("service", ""),
+                 "scope": params.get("scope") or f"repository:{image.repository}:pull"}
+        auth = (creds.username, creds.password) if creds else None
+        resp = http.get(params["realm"], params=query, auth=auth, timeout=timeout)
+        if resp.status_code != 200:
+            raise ImageError(f"image {image}: token service refused ({resp.status_code})")
+        data = resp.json()
+        token = data.get("token") or data.get("access_token")
+        if not token:
+            raise ImageError(f"image {image}: token service returned no token")
+        return {"Authorization": f"Bearer {token}"}
+    raise ImageError(f"image {image}: unsupported registry auth challenge {scheme!r}")
+
+
+# --------------------------------------------------------------------------- org lookups
+
+def org_credentials(organisation_id: int) -> CredentialLookup:
+    """Look up a Registry row of the organisation whose host matches the image's registry."""
+    from app.extensions import db
+    from app.models import Registry
+
+    def lookup(host: str) -> Credentials | None:
+        rows = db.session.execute(db.select(Registry).where(
+            Registry.organisation_id == organisation_id)).scalars().all()
+        for row in rows:
+            url = re.sub(r"^[a-z]+://", "", row.url or "").rstrip("/").split("/")[0]
+            if url == host and row.username:
+                return Credentials(row.username, row.password or "")
+        return None
+
+    return lookup
+
+
+def pinned_reference(service: "Service", digest: str) -> str:
+    from app.drivers.registry import get_driver
+    return parse_image(get_driver(service).image(service)).with_digest(digest)
+
+
+def check_for_update(service: "Service", credentials: CredentialLookup | None = None) -> str | None:
+    """Resolve the track tag again; record a newer digest as available. Never deploys.
+
+    Returns the available digest, or None when the service is current.
+    """
+    from app.drivers.registry import get_driver
+    from app.models.enums import UpdateStatus
+    driver = get_driver(service)
+    creds = credentials or org_credentials(service.organisation_id)
+    digest = resolve_digest(driver.image(service), creds)
+    if service.current_image_digest and digest != service.current_image_digest:
+        service.available_image_digest = digest
+        service.update_status = UpdateStatus.AVAILABLE
+        return digest
+    service.available_image_digest = None
+    service.update_status = UpdateStatus.CURRENT if service.current_image_digest \
+        else UpdateStatus.UNKNOWN
+    return None
