@@ -162,3 +162,26 @@ def test_env_file_round_trips_through_compose_v1_parser(tmp_path):
     out = subprocess.run([_v1_python(), "-c", script, str(path)], capture_output=True,
                          text=True, check=True, env={"HOME": "/nonexistent", "PATH": "/usr/bin"})
     assert json.loads(out.stdout) == file_part
+
+
+def test_route_tuning_from_slice_config_is_rendered_and_accepted_by_caddy():
+    route = Route.from_config({"hostnames": ["shop.test"], "tls": "off",
+                               "upstreams": ["web-5-blue.internal:8080", "10.0.0.3:20001"],
+                               "health_path": "/.keystone/ready",
+                               "health": {"interval": "250ms", "timeout": "1s", "fails": 1,
+                                          "passes": 1},
+                               "dial_timeout": "1s", "lb_try_duration": "5s",
+                               "lb_try_interval": "250ms", "service_id": 5}, "shop")
+    text = render_caddyfile([route])
+    for line in ("health_uri /.keystone/ready", "health_interval 250ms", "health_timeout 1s",
+                 "health_fails 1", "health_passes 1", "dial_timeout 1s"):
+        assert line in text
+    check_caddyfile(text)
+
+
+@pytest.mark.parametrize("health", [{"interval": "1s\n}"}, {"fails": "1 {"}, {"passes": 0},
+                                    {"timeout": "forever"}])
+def test_bad_route_health_tuning(health):
+    with pytest.raises(CaddyfileError):
+        render_caddyfile([Route.from_config({"hostnames": ["a.test"], "upstreams": ["w:80"],
+                                             "health_path": "/up", "health": health}, "r")])
