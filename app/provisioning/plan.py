@@ -270,7 +270,8 @@ def _ssh_ports(io: HostIO, st: PlanState) -> list[int]:
 
 def firewall(io: HostIO, st: PlanState) -> str:
     ports = _ssh_ports(io, st)
-    wanted_ports = sorted(set(ports) | {80, 443})
+    # SSH (the port sshd actually listens on) first, then HTTP and HTTPS.
+    wanted_ports = list(dict.fromkeys([*ports, 80, 443]))
     state = c.parse_ufw(io.read(c.ufw_status(), check=True).stdout,
                         io.read(c.ufw_added(), check=True).stdout)
     done = []
