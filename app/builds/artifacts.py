@@ -242,6 +242,9 @@ def _make_present(ctx, artifact: BuildArtifact, servers, registry) -> None:
     db.session.commit()
 
 
+make_present = _make_present   # public name (the deploy flow's rollback uses it)
+
+
 def artifact_registry(artifact: BuildArtifact):
     from app.models import Registry
     registry_id = (artifact.meta or {}).get("registry_id")
