@@ -27,7 +27,7 @@ fi
 # command -> package that provides it
 NEED="docker:docker.io dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap \
 docker-registry:docker-registry htpasswd:apache2-utils ssh-keygen:openssh-client ssh:openssh-client \
-busybox:busybox-static git:git socat:socat"
+busybox:busybox-static git:git socat:socat sshd:openssh-server"
 
 missing=""
 for pair in $NEED; do
