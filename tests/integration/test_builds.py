@@ -419,3 +419,50 @@ def test_dedicated_builder_builds_and_the_target_pulls(app, org, sandbox):
     out = server_sh(sandbox.servers[1], f"docker run --rm {artifact.registry_ref} cat REVISION")
     assert out.strip() == sha
     assert_no_deploy_key_anywhere(sandbox, application)
+
+
+def test_external_registry_pulls_the_prebuilt_image_by_digest_everywhere(app, org, sandbox):
+    reg = sandbox.registry
+    registry = Registry(organisation_id=org.id, name="sandbox", type=RegistryType.GENERIC,
+                        url=reg.url, username=reg.username, password=reg.password)
+    db.session.add(registry)
+    db.session.commit()
+    image = sandbox.images.get("php-base") or f"{reg.url}/{PHP_BASE}"
+    application, env = new_application(org, sandbox, strategy="external_registry", image=image)
+    env.registry_id = registry.id
+    db.session.commit()
+    servers = add_servers(org, sandbox, 2)
+    sha = resolve_commit(env)
+    op, status, artifact = run_operation(org, env,
+                                         lambda ctx: ensure_artifact(ctx, env, sha, servers))
+    assert str(status) == "succeeded", op.error
+    assert BUILD_STEP not in step_names(op)
+    artifact = db.session.get(BuildArtifact, artifact.id)
+    assert artifact.registry_ref.startswith(image.rsplit(":", 1)[0] + "@sha256:")
+    for s in sandbox.servers[:2]:
+        got = server_sh(s, f"docker image inspect --format '{{{{.Id}}}}' {artifact.registry_ref}")
+        assert got.strip() == artifact.meta["image_id"]
+
+
+def test_verify_access_through_the_view_swaps_in_the_branch_list(app, client, sandbox):
+    from tests.conftest import AuthActions, csrf_token_from
+    auth = AuthActions(client)
+    auth.signup(email=f"v-{uuid.uuid4().hex[:6]}@example.com")
+    page = client.get("/applications/new").get_data(as_text=True)
+    resp = client.post("/applications/new", data={
+        "csrf_token": csrf_token_from(page), "name": f"sample-{uuid.uuid4().hex[:6]}",
+        "repository_url": sandbox.git.sample_repo_url, "repository_type": "auto",
+        "default_branch": "main"})
+    assert resp.status_code == 302
+    from app.models import Application
+    application = db.session.execute(sa.select(Application)).scalars().all()[-1]
+    url = f"/applications/{application.id}/verify"
+    headers = {"HX-Request": "true", "X-CSRFToken": auth.csrf()}
+    denied = client.post(url, headers=headers).get_data(as_text=True)
+    assert "not authorised for this repository" in denied and "<html" not in denied
+    assert "trusted now, at first verification" in denied        # the host key, shown
+    sandbox.git.authorize_key(application.deploy_key_public)
+    html = client.post(url, headers=headers).get_data(as_text=True)
+    assert "Access works" in html and "<code>main</code>" in html
+    assert 'id="repository-access"' in html and "verified" in html
+    assert sandbox.git.host_key_fingerprint in html
