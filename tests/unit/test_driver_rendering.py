@@ -190,3 +190,21 @@ def test_registry_by_type():
     assert pg.image(svc("postgres", config={"image": "127.0.0.1:5055/x/postgres:18"})) \
         == "127.0.0.1:5055/x/postgres:18"
     assert pg.image(svc("postgres")) == "postgres:18"
+
+
+@pytest.mark.skipif(not __import__("shutil").which("docker-compose"),
+                    reason="docker-compose v1 not installed")
+def test_every_golden_compose_file_passes_docker_compose_config(tmp_path):
+    """The real docker-compose v1.29 parser accepts each rendered file (as on sandbox servers)."""
+    import subprocess
+    for path in sorted(GOLDEN.rglob("*compose.yml")):
+        d = tmp_path / path.parent.name / path.stem
+        d.mkdir(parents=True)
+        (d / "compose.yml").write_text(path.read_text())
+        (d / ".env").write_text("")
+        (d / "compose.env").write_text("")
+        proc = subprocess.run(["docker-compose", "--project-name", "ks-golden",
+                               "--project-directory", str(d), "-f", str(d / "compose.yml"),
+                               "--env-file", str(d / "compose.env"), "config", "-q"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"{path.name}: {proc.stderr}"
