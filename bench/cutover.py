@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         bed = Testbed(info, server_count=args.servers)
         try:
             bed.setup()
+            push_new_commit(info.git)  # a good head, whatever an earlier run left there
             bed.deploy()  # the first deploy routes the slots; it is not measured
             load = LoadGenerator(bed.http_port(), bed.hostname, rps=args.rps,
                                  connections=args.connections, max_seconds=args.max_seconds)

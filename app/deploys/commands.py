@@ -13,13 +13,9 @@ from app.shell import Command, cmd
 
 # Prints the HTTP status of GET http://127.0.0.1:<port><path> from inside a container
 # (php is in every Laravel image; curl may not be). 000 when nothing answers.
-_PROBE_PHP = (
-    '$c = stream_context_create(["http" => ["timeout" => (float) $argv[3], "ignore_errors" => true,'
-    ' "follow_location" => 0, "header" => "Host: localhost\\r\\nUser-Agent: keystone-health\\r\\n"]]);'
-    ' @file_get_contents("http://127.0.0.1:" . $argv[1] . $argv[2], false, $c);'
-    ' $s = isset($http_response_header[0]) && preg_match("#^HTTP/\\S+\\s+(\\d{3})#",'
-    ' $http_response_header[0], $m) ? $m[1] : "000"; echo $s, "\\n";'
-)
+_PROBE_PHP = ('ini_set("default_socket_timeout", $argv[3]);'
+              ' $h = @get_headers("http://127.0.0.1:" . $argv[1] . $argv[2]);'
+              ' echo $h ? substr($h[0], 9, 3) : "000", "\\n";')
 
 # Remove the scheduler flag, then wait (bounded) until no schedule:run is in flight.
 _RELEASE_SH = (

@@ -46,9 +46,47 @@ ROUTE_HEALTH = {"interval": f"{HEALTH_INTERVAL_MS}ms", "timeout": "1s", "fails":
 
 # --------------------------------------------------------------------------- facts
 
-def replica_environment(service: Service, values: dict[str, str]) -> dict[str, str]:
+def server_overrides(environment: Environment, server_id: int,
+                     values: dict[str, str]) -> dict[str, str]:
+    """Managed endpoint variables as seen from ``server_id`` (SPEC 14).
+
+    The environment's DB_HOST / REDIS_HOST name the dependency's Docker alias,
+    which only resolves on the dependency's own server; a replica on another
+    server gets the private IP instead (the service must be exposed on the
+    private network). A value the user set themselves is left alone.
+    """
+    try:
+        from app.attachments import consumer_host
+        from app.drivers import get_driver
+        from app.drivers.base import service_alias
+        from app.models.enums import VariableSource
+    except ImportError:  # pragma: no cover
+        return {}
+    user_keys = {v.key for v in environment.variables if v.source == VariableSource.USER}
+    out: dict[str, str] = {}
+    for att in environment.attachments:
+        svc, sl = att.service, att.service_slice
+        if svc is None or sl is None or svc.server_id in (None, server_id):
+            continue
+        try:
+            host = consumer_host(svc, server_id)
+            driver = get_driver(svc)
+            local = driver.env_exports(svc, sl, service_alias(svc))
+            remote = driver.env_exports(svc, sl, host)
+        except Exception:  # noqa: BLE001 - not reachable from there: keep the alias
+            continue
+        for key, value in remote.items():
+            if local.get(key) != value and key in values and key not in user_keys:
+                out[key] = value
+    return out
+
+
+def replica_environment(service: Service, values: dict[str, str],
+                        server_id: int | None = None) -> dict[str, str]:
     """What a replica of ``service`` gets: the environment's variables plus Keystone's own."""
     env = dict(values)
+    if server_id is not None and service.environment is not None:
+        env.update(server_overrides(service.environment, server_id, values))
     health = health_settings(service.config)
     env["KEYSTONE_HEALTH_PATH"] = health["path"]
     cfg = service.config or {}
@@ -324,7 +362,8 @@ class EnvironmentDeploy:
         directory = f"{self.ctx.workdir()}/{tag}-{svc.id}"
         rendered = driver.render_replica(svc, image=self.image, project_name=name,
                                          container_name=name,
-                                         environment=replica_environment(svc, self.values),
+                                         environment=replica_environment(svc, self.values,
+                                                                         server.id),
                                          operation_id=self.ctx.id, role="worker",
                                          directory=directory)
         try:
@@ -389,7 +428,8 @@ class EnvironmentDeploy:
         driver = get_driver(service)
         rendered = driver.render_replica(
             service, image=self.image, project_name=project, container_name=name,
-            environment=replica_environment(service, self.values), replica_id=replica.id,
+            environment=replica_environment(service, self.values, server.id),
+            replica_id=replica.id,
             operation_id=self.ctx.id, role=role,
             private_ip=server.private_ip if published else None, published_port=published)
         if routed:

@@ -93,7 +93,10 @@ def assert_never_two_runners(runs, interval: int):
 # --------------------------------------------------------------------------- tests
 
 def test_first_deploy_serves_the_commit_with_database_and_cache(bed, sandbox):
+    from app.sandbox.sample import push_new_commit
+    head = push_new_commit(sandbox.git)  # a good head, whatever an earlier session left there
     op = bed.deploy()
+    assert op.result["commit"] == head
     env = bed.env
     assert env.status.value == "deployed"
     assert env.current_artifact.commit_sha == op.result["commit"]
