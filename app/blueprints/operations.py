@@ -94,7 +94,7 @@ def cancel(operation_id: int):
 def events(operation_id: int):
     op = get_for_org_or_404(Operation, operation_id)
     last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-    client = logstream.redis_client()
+    client = logstream.redis_client(blocking=True)
     headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
     if op.is_terminal and not client.exists(logstream.stream_key(op.id)):
         lines = sse.replay_lines(op)

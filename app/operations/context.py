@@ -396,6 +396,13 @@ class OperationContext:
                 exc if isinstance(exc, OperationError) else OperationCancelled(red(str(exc))))
             status = StepStatus.FAILED if isinstance(err, OperationTimedOut) else StepStatus.CANCELLED
             return status, str(err), err
+        if isinstance(exc, CommandTimeout) and self.deadline is not None and (
+                time.monotonic() >= self.deadline - 1.0) and not self._in_cleanup:
+            # The command's timeout was the operation's remaining time: the op ran out.
+            self.cancel_reason = self.cancel_reason or "timeout"
+            err = OperationTimedOut(f"The operation exceeded its time limit of "
+                                    f"{self.timeout_seconds}s and was stopped.")
+            return StepStatus.FAILED, str(err), err
         if isinstance(exc, JobTimeoutException):
             err = OperationTimedOut(f"The job exceeded its time limit during step '{step_name}'.")
             return StepStatus.FAILED, str(err), err

@@ -28,7 +28,7 @@ import redis
 STREAM_MAXLEN = int(os.environ.get("KEYSTONE_LOG_STREAM_MAXLEN", "100000"))
 STREAM_TTL = int(os.environ.get("KEYSTONE_LOG_STREAM_TTL", str(6 * 3600)))
 
-_clients: dict[tuple[int, str], redis.Redis] = {}
+_clients: dict[tuple[int, str, bool], redis.Redis] = {}
 _clients_lock = threading.Lock()
 
 
@@ -36,18 +36,25 @@ def stream_key(operation_id: int) -> str:
     return f"keystone:op:{int(operation_id)}:log"
 
 
-def redis_client(url: str | None = None) -> redis.Redis:
-    """A Redis client per process and URL (a forked work horse gets its own)."""
+def redis_client(url: str | None = None, *, blocking: bool = False) -> redis.Redis:
+    """A Redis client per process and URL (a forked work horse gets its own).
+
+    ``blocking=True`` gives a client whose socket timeout outlasts a blocking
+    XREAD of up to a minute (redis-py's default read timeout is shorter).
+    """
     if url is None:
         from flask import current_app
         url = current_app.config["REDIS_URL"]
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, blocking)
     client = _clients.get(key)
     if client is None:
         with _clients_lock:
             client = _clients.get(key)
             if client is None:
-                client = redis.Redis.from_url(url, health_check_interval=30)
+                options = {"health_check_interval": 30}
+                if blocking:
+                    options["socket_timeout"] = 75
+                client = redis.Redis.from_url(url, **options)
                 _clients[key] = client
     return client
 

@@ -8,6 +8,7 @@ process never needs paramiko.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Callable
 
 from app.models.enums import OperationKind
@@ -62,6 +63,8 @@ def handler_for(kind: OperationKind) -> Handler | None:
 
 
 def load_handlers() -> None:
+    """Import the handler modules (plus any in KEYSTONE_HANDLER_MODULES, comma-separated)."""
+    extra = [m.strip() for m in os.environ.get("KEYSTONE_HANDLER_MODULES", "").split(",") if m.strip()]
     for name in HANDLER_MODULES:
         try:
             importlib.import_module(name)
@@ -69,6 +72,8 @@ def load_handlers() -> None:
             if exc.name and name.startswith(exc.name):
                 continue  # that area has not landed yet
             raise
+    for name in extra:  # asked for explicitly: a missing one is an error
+        importlib.import_module(name)
 
 
 def timeout_for(kind: OperationKind) -> int:
