@@ -163,3 +163,47 @@ def test_custom_server_form_says_which_input_is_wrong(client, auth):
     assert re.search(r"between 1 and 65535", html)
     assert db.session.execute(sa.select(Server)).first() is None
     assert "BEGIN OPENSSH" not in html.split("<textarea")[0]
+
+
+def test_host_key_confirmation_and_recorded_re_pin(client, auth, monkeypatch):
+    """The page flow around the probe (the real probe runs in the integration tier)."""
+    from app.models import AuditEvent
+    from app.providers import custom
+    presented = {"fp": "SHA256:" + "a" * 43}
+    monkeypatch.setattr(custom, "probe_host_key",
+                        lambda host, port, timeout=10: custom.ProbeResult(presented["fp"]))
+    auth.signup()
+    csrf = auth.csrf()
+    org = _org()
+    server = Server(organisation_id=org.id, name="box", public_ip="192.0.2.10", ssh_port=22,
+                    bootstrap_user="root", bootstrap_private_key="k")
+    db.session.add(server)
+    db.session.commit()
+    page = client.get(f"/servers/{server.id}/host-key").get_data(as_text=True)
+    assert presented["fp"] in page and "trust it and provision" in page
+    # The server presents another key between showing and confirming: refused.
+    resp = _post(client, f"/servers/{server.id}/host-key", {"fingerprint": "SHA256:" + "b" * 43},
+                 csrf)
+    assert "presents a different key" in resp.get_data(as_text=True)
+    db.session.refresh(server)
+    assert server.host_key_fingerprint is None
+    resp = _post(client, f"/servers/{server.id}/host-key", {"fingerprint": presented["fp"]}, csrf)
+    assert resp.status_code == 302
+    db.session.refresh(server)
+    assert server.host_key_fingerprint == presented["fp"]
+    op = db.session.execute(sa.select(Operation)).scalar_one()       # provisioning started
+    assert op.kind == OperationKind.SERVER_PROVISION
+    # Re-pin: shows both, records who and what.
+    server.provisioned_at = server.created_at
+    db.session.commit()
+    old = presented["fp"]
+    presented["fp"] = "SHA256:" + "c" * 43
+    page = client.get(f"/servers/{server.id}/host-key").get_data(as_text=True)
+    assert old in page and presented["fp"] in page and "Trust the new key" in page
+    _post(client, f"/servers/{server.id}/host-key", {"fingerprint": presented["fp"]}, csrf)
+    db.session.refresh(server)
+    assert server.host_key_fingerprint == presented["fp"]
+    event = db.session.execute(sa.select(AuditEvent).where(
+        AuditEvent.action == "server.host_key_repinned")).scalar_one()
+    assert event.detail == {"previous": old, "new": presented["fp"]}
+    assert db.session.execute(sa.select(sa.func.count()).select_from(Operation)).scalar() == 1
