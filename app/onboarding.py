@@ -111,6 +111,21 @@ def live_url(org: Organisation) -> str | None:
     return f"{scheme}://{host}{':' + str(port) if port else ''}/"
 
 
+def step_context(org: Organisation) -> dict:
+    """What the step panels list: unverified apps, servers, environments, last deploy."""
+    from sqlalchemy.orm import selectinload
+    apps = db.session.execute(sa.select(Application).where(
+        Application.organisation_id == org.id).order_by(Application.id)).scalars().all()
+    servers = db.session.execute(sa.select(Server).where(
+        Server.organisation_id == org.id).order_by(Server.id)).scalars().all()
+    envs = db.session.execute(
+        sa.select(Environment).join(Application).where(Application.organisation_id == org.id)
+        .options(selectinload(Environment.application)).order_by(Environment.id)).scalars().all()
+    return {"apps_unverified": [a for a in apps if a.deploy_key_installed_at is None],
+            "servers": servers, "environments": envs,
+            "last_deploy": last_operation(org, OperationKind.ENVIRONMENT_DEPLOY)}
+
+
 def last_operation(org: Organisation, kind: OperationKind) -> Operation | None:
     return db.session.execute(
         sa.select(Operation).where(Operation.organisation_id == org.id, Operation.kind == kind,

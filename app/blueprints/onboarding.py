@@ -25,9 +25,28 @@ def start():
     current = onboarding.current_step(steps)
     from app.sandbox import docker_available
     sandbox_state = (org.onboarding_state or {}).get("sandbox")
+    context = onboarding.step_context(org)
     return render_template("onboarding/wizard.html", steps=steps, current=current,
                            sandbox_available=docker_available(), sandbox=sandbox_state,
-                           live_url=onboarding.live_url(org) if current is None else None)
+                           live_url=onboarding.live_url(org) if current is None else None,
+                           **context)
+
+
+@bp.route("/sandbox/authorize/<int:application_id>", methods=["POST"])
+@login_required
+def authorize_sandbox_key(application_id):
+    """The sandbox git host stands in for GitHub: add the deploy key there, read-only."""
+    from app.models import Application
+    from app.sandbox import Sandbox
+    from app.scoping import get_for_org_or_404
+    application = get_for_org_or_404(Application, application_id)
+    state = (_org().onboarding_state or {}).get("sandbox") or {}
+    if state.get("status") != "ready" or application.repository_url != state.get("repository_url"):
+        flash("Only the sandbox's sample repository can be authorised from here.", "error")
+        return redirect(url_for("onboarding.start"))
+    Sandbox().status().git.authorize_key(application.deploy_key_public)
+    flash("Deploy key added to the sandbox git host (read-only). Now verify access.", "success")
+    return redirect(url_for("applications.show", application_id=application.id))
 
 
 @bp.route("/skip/<step>", methods=["POST"])

@@ -37,3 +37,13 @@ def test_registry_is_skippable_for_one_server_only(app):
         pass
     else:
         raise AssertionError("a registry cannot be skipped with several servers")
+
+
+def test_wizard_renders_the_repository_step_with_the_unverified_app(app, client):
+    g = build_org()
+    with client.session_transaction() as sess:
+        sess["_user_id"] = str(g.user.id)
+        sess["_fresh"] = True
+    html = client.get("/onboarding/").get_data(as_text=True)
+    assert "Repository and deploy key" in html
+    assert "key not verified yet" in html and "shop" in html
