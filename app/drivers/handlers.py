@@ -252,6 +252,19 @@ def deploy_service(ctx: OperationContext) -> None:
     service: Service = ctx.target
     if service is None:
         raise StepFailed("The service no longer exists.")
+    try:
+        _deploy_service(ctx, service)
+    except BaseException:
+        db.session.rollback()
+        service.status = ServiceStatus.FAILED
+        if service.update_status == UpdateStatus.UPDATING:
+            service.update_status = UpdateStatus.AVAILABLE if service.available_image_digest \
+                else UpdateStatus.UNKNOWN
+        db.session.commit()
+        raise
+
+
+def _deploy_service(ctx: OperationContext, service: Service) -> None:
     driver = get_driver(service)
     if service.type == "laravel":
         raise StepFailed("Laravel services are deployed with their environment.")
@@ -315,9 +328,10 @@ def deploy_service(ctx: OperationContext) -> None:
         check_caddyfile(text)
         with ctx.step("Write initial gateway configuration", server=server) as step:
             step.mkdir(CADDYFILE.rsplit("/", 1)[0])
-            have = step.run(cmd("test", "-f", CADDYFILE), check=False, pty=False)
-            if have.exit_code == 0:
-                step.unchanged("a configuration is installed; it is updated after start")
+            if running:
+                # The live gateway keeps serving its file; the new one is installed
+                # (validated, last good kept, reloaded) once the container is up.
+                step.unchanged("the running gateway's configuration is replaced after start")
             else:
                 step.put_file(CADDYFILE, text, mode=0o644)
     write_project(ctx, server, rendered)

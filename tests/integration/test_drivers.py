@@ -379,3 +379,48 @@ def test_delete_slice_requires_confirmation_and_keeps_data_by_default(world):
     db.session.refresh(w.env)
     assert not [v for v in w.env.variables if v.key.startswith("DB_")
                 and v.source == VariableSource.MANAGED_ATTACHMENT]
+
+
+def test_valkey_slice_rotate_then_drop_removes_keys_and_user(world):
+    from app.attachments import attach_valkey, request_slice_delete, start_slice_provision
+    from app.extensions import db
+    from app.models import Environment
+    from app.models.enums import AttachmentRole, OperationKind, SliceStatus
+    from app.operations import start_operation
+    w = world
+    env2 = Environment(application=w.env.application, name="staging", branch="dev")
+    db.session.add(env2)
+    db.session.flush()
+    _, s = attach_valkey(env2, w.vk, role=AttachmentRole.QUEUE)
+    db.session.commit()
+    _run_op(start_slice_provision(s, enqueue=False).id)
+    container = w.vk.replicas[0].container_name
+    user, prefix = s.config["username"], s.config["prefix"]
+
+    def cli(*args, password=None):
+        return w.srv.exec("docker", "exec", container, "valkey-cli", "--no-auth-warning",
+                          "--user", user, "--pass", password or s.credentials["password"],
+                          *args, check=False).stdout.strip()
+
+    assert cli("SET", f"{prefix}job", "1") == "OK"
+    old_password = s.credentials["password"]
+    op = start_operation(OperationKind.SLICE_CONFIGURE, target_type="service_slice",
+                         target_id=s.id, organisation_id=w.org.id, params={"action": "rotate"},
+                         enqueue=False)
+    _run_op(op.id)
+    db.session.refresh(s)
+    assert s.credentials["password"] != old_password
+    assert _refused(cli("PING", password=old_password))
+    assert cli("GET", f"{prefix}job") == "1"
+    _run_op(request_slice_delete(s, confirm=s.name, drop_data=True, enqueue=False).id)
+    db.session.refresh(s)
+    assert s.status == SliceStatus.DELETED and s.config["data_retained"] is False
+    keys = w.srv.exec("docker", "exec", container, "valkey-cli", "--scan", "--pattern",
+                      f"{prefix}*").stdout.split()
+    assert keys == []
+    assert _refused(cli("PING"))
+
+
+def _refused(output: str) -> bool:
+    """valkey-cli with a failed AUTH prints the reply of the command it then sends."""
+    return any(word in output for word in ("NOAUTH", "WRONGPASS", "NOPERM"))
