@@ -67,7 +67,9 @@ class LogRecorder:
     """Redacts each line, appends it to the Redis stream at once and to the step row in batches."""
 
     FLUSH_INTERVAL = 1.0
-    FLUSH_LINES = 500
+    MAX_BUFFERED = 20000
+
+    background = False  # True while a heartbeat thread flushes for us
 
     def __init__(self, runtime: "Runtime"):
         self.runtime = runtime
@@ -89,8 +91,11 @@ class LogRecorder:
         with self._lock:
             self._buffers.setdefault(step_id, []).append(text)
             self._pending += 1
-            due = (self._pending >= self.FLUSH_LINES
-                   or time.monotonic() - self._last_flush >= self.FLUSH_INTERVAL)
+            # The heartbeat thread writes batches every second, off this thread, so a
+            # database commit never delays reading the next line; only a flood that
+            # outgrows the buffer is written from here.
+            due = self._pending >= self.MAX_BUFFERED or (
+                not self.background and time.monotonic() - self._last_flush >= self.FLUSH_INTERVAL)
         if due:
             self.flush()
         return text
@@ -191,6 +196,7 @@ class Runtime:
 
     # -- heartbeat ---------------------------------------------------------
     def start_heartbeat(self) -> None:
+        self.recorder.background = True
         self._thread = threading.Thread(target=self._beat, name="keystone-heartbeat", daemon=True)
         self._thread.start()
 
@@ -198,6 +204,7 @@ class Runtime:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.recorder.background = False
 
     def _beat(self) -> None:
         table = Operation.__table__
