@@ -261,3 +261,20 @@ def test_duplicate_job_does_nothing(app, clean_streams, handlers):
     assert _run(op) == "succeeded"
     assert _run(op) == "succeeded"
     assert calls == [op.id]
+
+
+def test_worker_imports_every_handler_module(app, handlers):
+    from app.operations import registry
+    registry.load_handlers()  # a module that exists but fails to import must fail loudly here
+
+
+def test_keystone_reap_command(app, clean_streams):
+    g = build_org()
+    op = _start(g)
+    claim(op, "elsewhere.example/1")
+    op.heartbeat_at = op.heartbeat_at - dt.timedelta(seconds=120)
+    db.session.commit()
+    result = app.test_cli_runner().invoke(args=["reap"])
+    assert result.exit_code == 0 and f"[{op.id}]" in result.output
+    db.session.expire_all()
+    assert db.session.get(Operation, op.id).status is S.INTERRUPTED
