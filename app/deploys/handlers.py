@@ -231,14 +231,14 @@ class EnvironmentDeploy:
             if artifact is None or artifact.environment_id != env.id or \
                     artifact.status != ArtifactStatus.READY or not artifact.image_digest:
                 raise StepFailed("The build to roll back to is missing or unfinished.")
-            from app.builds.artifacts import _make_present, artifact_registry
+            from app.builds.artifacts import artifact_registry, make_present
             with ctx.step(f"Roll back to build #{artifact.id}") as step:
                 step.log(f"redeploying commit {artifact.commit_sha} ({artifact.image_digest}) "
                          "through the same cutover")
                 step.log("database migrations are not reversed: the older code runs against "
                          "the current schema")
             registry = env.container_registry or artifact_registry(artifact)
-            _make_present(ctx, artifact, servers, registry)
+            make_present(ctx, artifact, servers, registry)
             return artifact
         sha = ctx.params.get("commit_sha")
         if not sha:
@@ -432,12 +432,16 @@ class EnvironmentDeploy:
             replica_id=replica.id,
             operation_id=self.ctx.id, role=role,
             private_ip=server.private_ip if published else None, published_port=published)
+        entry = rendered.compose["services"][role]
+        # An init as PID 1 forwards SIGTERM: php -S (or artisan) as PID 1 would ignore it and
+        # every stop would wait out the whole timeout before SIGKILL.
+        entry["init"] = True
         if routed:
             # The slot's fixed alias: what every gateway on this server already lists.
-            net = rendered.compose["services"][role]["networks"]["keystone"]
+            net = entry["networks"]["keystone"]
             net["aliases"] = list(dict.fromkeys([*net.get("aliases", []),
                                                  slot_alias(service.name, service.id, slot)]))
-            rendered.compose_yaml = dump_yaml(rendered.compose)
+        rendered.compose_yaml = dump_yaml(rendered.compose)
         replica.config = {**replica.config, "directory": rendered.directory}
         db.session.commit()
         try:
