@@ -36,7 +36,8 @@ __all__ = ["AttachmentError", "Recommendation", "attach_postgres", "attach_valke
            "attach_domain", "regenerate_managed_variables", "apply_recommendations",
            "recommendations_for", "set_user_variable", "delete_user_variable",
            "effective_environment", "queue_sync_warning", "validate_env_key", "EnvKeyError",
-           "start_slice_provision", "request_slice_delete", "consumer_host"]
+           "start_slice_provision", "request_slice_delete", "consumer_host",
+           "variable_rows", "VariableRow"]
 
 # Managed keys a user may override with their own variable of the same name.
 OVERRIDABLE = {"DB_CONNECTION": True, "DB_HOST": True, "DB_PORT": True, "DB_DATABASE": False,
@@ -330,6 +331,38 @@ def delete_user_variable(environment: Environment, key: str) -> bool:
     environment.variables.remove(row)
     db.session.flush()
     return True
+
+
+@dataclass(frozen=True)
+class VariableRow:
+    """One key as the environment page shows it: the row in effect and what it shadows."""
+    key: str
+    variable: EnvironmentVariable
+    shadowed: tuple[EnvironmentVariable, ...]
+
+    @property
+    def overrides(self) -> EnvironmentVariable | None:
+        return self.shadowed[0] if self.shadowed else None
+
+
+def _precedence(v: EnvironmentVariable) -> int:
+    if v.source == VariableSource.SYSTEM:
+        return 0
+    if v.source == VariableSource.MANAGED_ATTACHMENT:
+        return 1 if v.overridable else 3
+    return 2
+
+
+def variable_rows(environment: Environment) -> list[VariableRow]:
+    """Per key, the variable :func:`effective_environment` uses and the ones it shadows."""
+    by_key: dict[str, list[EnvironmentVariable]] = {}
+    for v in environment.variables:
+        by_key.setdefault(v.key, []).append(v)
+    rows = []
+    for key in sorted(by_key):
+        ordered = sorted(by_key[key], key=_precedence, reverse=True)
+        rows.append(VariableRow(key, ordered[0], tuple(ordered[1:])))
+    return rows
 
 
 def effective_environment(environment: Environment) -> dict[str, str]:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import selectinload
 from app.extensions import db
 from app.models import (AuditEvent, Environment, EnvironmentAttachment, EnvironmentVariable,
                         Operation, Service, ServiceReplica)
-from app.models.enums import EnvironmentStatus, SchedulerMode, VariableSource
+from app.models.enums import SchedulerMode
 from app.scoping import current_org_id, get_for_org_or_404, org_query
 
 bp = Blueprint("environments", __name__, url_prefix="/environments")
@@ -36,29 +36,13 @@ def load_environment(environment_id) -> Environment:
     return db.session.execute(stmt).scalar_one()
 
 
-def effective_variables(env: Environment) -> list[dict]:
-    """One row per key: a user value overrides an overridable managed one."""
-    rows: dict[str, dict] = {}
-    order = {VariableSource.SYSTEM: 0, VariableSource.MANAGED_ATTACHMENT: 1,
-             VariableSource.USER: 2}
-    for var in sorted(env.variables, key=lambda v: (v.key, order[v.source])):
-        current = rows.get(var.key)
-        row = {"variable": var, "overrides": None}
-        if current and current["variable"].overridable and var.source == VariableSource.USER:
-            row["overrides"] = current["variable"]
-            rows[var.key] = row
-        elif not current:
-            rows[var.key] = row
-    return [rows[k] for k in sorted(rows)]
-
-
-def environment_warnings(env: Environment, variables: list[dict]) -> list[str]:
+def environment_warnings(env: Environment) -> list[str]:
+    """The page's warnings; the queue one is app.attachments' (one source of truth)."""
+    from app.attachments import queue_sync_warning
     warnings = []
-    values = {r["variable"].key: r["variable"] for r in variables}
-    queue = values.get("QUEUE_CONNECTION")
-    if env.status == EnvironmentStatus.DEPLOYED and (queue is None or queue.value == "sync"):
-        warnings.append("QUEUE_CONNECTION is sync: queued jobs run inside web requests. "
-                        "Attach Valkey for queues and add a worker.")
+    queue = queue_sync_warning(env)
+    if queue:
+        warnings.append(queue)
     if env.scheduler_enabled and env.scheduler_mode == SchedulerMode.EVERY_REPLICA:
         warnings.append("The scheduler runs on every replica: each scheduled task runs once "
                         "per replica unless it uses onOneServer().")
@@ -83,8 +67,15 @@ def scheduler_placement(env: Environment) -> dict:
 @bp.route("/<int:environment_id>")
 @login_required
 def show(environment_id):
+    return render_page(environment_id)
+
+
+def render_page(environment_id, *, attachments: dict | None = None,
+                variables: dict | None = None, status: int = 200):
+    """The whole page; the services blueprint passes a component's context with its errors
+    when a form was posted without HTMX (every page works on a full reload)."""
+    from app.blueprints.services import attachments_context, variables_context
     env = load_environment(environment_id)
-    variables = effective_variables(env)
     operations = db.session.execute(
         sa.select(Operation).where(Operation.organisation_id == current_org_id(),
                                    Operation.target_type == "environment",
@@ -92,10 +83,12 @@ def show(environment_id):
                                    Operation.parent_id.is_(None))
         .order_by(Operation.id.desc()).limit(15)).scalars().all()
     last_deploy = next((op for op in operations if op.kind.value == "environment_deploy"), None)
-    return render_template("environments/show.html", env=env, variables=variables,
+    return render_template("environments/show.html", env=env,
                            operations=operations, last_deploy=last_deploy,
-                           warnings=environment_warnings(env, variables),
-                           scheduler=scheduler_placement(env))
+                           warnings=environment_warnings(env),
+                           scheduler=scheduler_placement(env),
+                           attachments=attachments or attachments_context(env),
+                           variables=variables or variables_context(env)), status
 
 
 @bp.route("/<int:environment_id>/variables/<int:variable_id>/reveal", methods=["POST"])

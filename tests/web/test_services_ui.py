@@ -1,0 +1,563 @@
+"""Services pages and the environment's attachment and variable components (issue 9, SPEC 9-13).
+
+The back end runs for real: rows are created by app.attachments / app.drivers, operations
+are enqueued to the embedded Redis, and the tests assert on the operation rows. Only the
+registry's HTTP answer is replaced (check_for_update), never Keystone's own logic.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import sqlalchemy as sa
+
+from app.models import (EnvironmentAttachment, EnvironmentVariable, Operation, Server, Service,
+                        ServiceReplica, ServiceSlice)
+from app.models.enums import (DeployPolicy, EnvironmentStatus, OperationKind, ReplicaStatus,
+                              ServiceCategory, ServiceStatus, SliceStatus, SliceType,
+                              UpdateStatus, VariableSource)
+from tests.factories import SECRET_SENTINELS, build_org
+
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+
+
+def login_as(client, graph):
+    with client.session_transaction() as sess:
+        sess["_user_id"] = str(graph.user.id)
+        sess["_fresh"] = True
+
+
+@pytest.fixture()
+def g(app, client, db):
+    graph = build_org()
+    login_as(client, graph)
+    return graph
+
+
+@pytest.fixture()
+def token(g, auth):
+    return auth.csrf()
+
+
+def post(client, url, token, data=None, htmx=False):
+    headers = {"HX-Request": "true"} if htmx else {}
+    return client.post(url, data={"csrf_token": token, **(data or {})}, headers=headers)
+
+
+def ops(db, kind=None):
+    # build_org's own operation (an environment deploy) is not counted.
+    stmt = sa.select(Operation).where(Operation.kind != OperationKind.ENVIRONMENT_DEPLOY) \
+        .order_by(Operation.id)
+    if kind:
+        stmt = stmt.where(Operation.kind == kind)
+    return db.session.execute(stmt).scalars().all()
+
+
+def make_service(db, g, type_, name, server=None, running=False, digest=None):
+    cat = {"postgres": ServiceCategory.DATABASE, "valkey": ServiceCategory.CACHE,
+           "caddy": ServiceCategory.GATEWAY}[type_]
+    svc = Service(organisation=g.org, server=server or g.server, name=name, category=cat,
+                  type=type_, driver_name=type_, deploy_policy=DeployPolicy.DEPENDENCY_ONLY,
+                  version_track={"postgres": "18", "valkey": "8", "caddy": "2"}[type_],
+                  current_image_digest=digest)
+    db.session.add(svc)
+    if running:
+        svc.status = ServiceStatus.RUNNING
+        db.session.add(ServiceReplica(service=svc, server=server or g.server,
+                                      container_name=f"ks-{name}", status=ReplicaStatus.RUNNING,
+                                      image_digest=digest))
+    db.session.commit()
+    return svc
+
+
+# --------------------------------------------------------------------------- services list / new
+
+def test_services_index_and_new_form(client, g):
+    html = client.get("/services/").get_data(as_text=True)
+    assert "postgres" in html and "New service" in html
+    html = client.get("/services/new").get_data(as_text=True)
+    assert "Postgres 18" in html and "Valkey 8" in html and "Caddy 2 gateway" in html
+    assert "<details class=\"advanced\"" in html and "Image override" in html
+    assert 'for="server_id"' in html
+
+
+def test_create_postgres_starts_a_service_deploy_and_redirects_to_its_log(client, db, g, token):
+    resp = post(client, "/services/new", token, {"type": "postgres", "name": "main-db",
+                                                 "server_id": str(g.server.id)})
+    assert resp.status_code == 302
+    svc = db.session.execute(sa.select(Service).where(Service.name == "main-db")).scalar_one()
+    assert svc.type == "postgres" and svc.server_id == g.server.id and svc.version_track == "18"
+    op = ops(db, OperationKind.SERVICE_DEPLOY)[-1]
+    assert op.target_type == "service" and op.target_id == svc.id
+    assert op.status.value in ("pending", "queued") and op.rq_job_id
+    assert resp.headers["Location"].endswith(f"/operations/{op.id}")
+
+
+def test_create_service_with_image_override_and_htmx_redirect(client, db, g, token):
+    resp = post(client, "/services/new", token, {
+        "type": "valkey", "name": "cache", "server_id": str(g.server.id),
+        "image": "registry.example.com:5000/mirror/valkey:8"}, htmx=True)
+    assert resp.status_code == 204 and resp.headers["HX-Redirect"].startswith("/operations/")
+    svc = db.session.execute(sa.select(Service).where(Service.name == "cache")).scalar_one()
+    assert svc.config["image"] == "registry.example.com:5000/mirror/valkey:8"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": "Bad Name"}, "lower-case letters"),
+    ({"image": "postgres:18 ; rm -rf /"}, "must be a reference"),
+    ({"server_id": "999999"}, "Not a valid choice"),
+    ({"name": "postgres"}, "exists already"),
+])
+def test_create_service_bad_input_is_shown_inline(client, db, g, token, data, message):
+    form = {"type": "postgres", "name": "db2", "server_id": str(g.server.id), **data}
+    resp = post(client, "/services/new", token, form)
+    assert resp.status_code == 400
+    assert message in resp.get_data(as_text=True)
+    assert not ops(db, OperationKind.SERVICE_DEPLOY)
+
+
+def test_second_gateway_on_a_server_is_refused_with_the_back_ends_message(client, db, g, token):
+    make_service(db, g, "caddy", "gateway")
+    resp = post(client, "/services/new", token, {"type": "caddy", "name": "gateway-2",
+                                                 "server_id": str(g.server.id)})
+    assert resp.status_code == 400
+    html = resp.get_data(as_text=True)
+    assert "already has a gateway" in html and "exactly one per server" in html
+    assert db.session.execute(sa.select(sa.func.count(Service.id)).where(
+        Service.type == "caddy")).scalar_one() == 1
+
+
+def test_server_of_another_organisation_cannot_be_chosen(client, db, g, token):
+    other = build_org(email="x@example.com", organisation="Other")
+    resp = post(client, "/services/new", token, {"type": "postgres", "name": "db2",
+                                                 "server_id": str(other.server.id)})
+    assert resp.status_code == 400
+    assert not ops(db)
+
+
+# --------------------------------------------------------------------------- service page
+
+def test_service_page_shows_replicas_digests_update_badge_and_slices(client, db, g):
+    pg = g.postgres
+    pg.current_image_digest, pg.available_image_digest = DIGEST_A, DIGEST_B
+    pg.update_status = UpdateStatus.AVAILABLE
+    db.session.add(ServiceReplica(service=pg, server=g.server, container_name="ks-postgres-9",
+                                  status=ReplicaStatus.RUNNING, image_digest=DIGEST_A))
+    db.session.commit()
+    html = client.get(f"/services/{pg.id}").get_data(as_text=True)
+    assert "ks-postgres-9" in html and "update available" in html
+    assert "shop_production" in html and "Check for updates" in html
+    assert "Update / redeploy" in html and "stops the container" in html  # the SPEC 11 warning
+    assert 'name="confirm_downtime"' in html
+    assert "backup" not in html.lower().replace("no automatic backup", "")
+    assert SECRET_SENTINELS["slice_password"] not in html
+    assert SECRET_SENTINELS["service_secret"] not in html
+
+
+def test_laravel_service_page_redirects_to_its_environment(client, g):
+    resp = client.get(f"/services/{g.web.id}")
+    assert resp.status_code == 302 and f"/environments/{g.environment.id}" in resp.headers["Location"]
+
+
+def test_check_for_updates_records_the_available_digest(client, db, g, token, monkeypatch):
+    pg = g.postgres
+    pg.current_image_digest = DIGEST_A
+    db.session.commit()
+    seen = []
+
+    def registry(ref, creds=None, **kw):  # the registry's HTTP answer, nothing else
+        seen.append(str(ref))
+        return DIGEST_B
+    monkeypatch.setattr("app.drivers.images.resolve_digest", registry)
+    resp = post(client, f"/services/{pg.id}/check-updates", token, htmx=True)
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    assert 'id="service-image"' in html and "update available" in html
+    assert seen == ["postgres:18"]
+    db.session.refresh(pg)
+    assert pg.available_image_digest == DIGEST_B and pg.update_status == UpdateStatus.AVAILABLE
+    assert not ops(db)  # checking never deploys
+
+
+def test_check_for_updates_error_is_shown(client, db, g, token, monkeypatch):
+    from app.drivers.images import ImageError
+
+    def registry(ref, creds=None, **kw):
+        raise ImageError("image postgres:18: registry docker.io unreachable: ConnectTimeout")
+    monkeypatch.setattr("app.drivers.images.resolve_digest", registry)
+    resp = post(client, f"/services/{g.postgres.id}/check-updates", token, htmx=True)
+    assert "unreachable" in resp.get_data(as_text=True)
+    resp = post(client, f"/services/{g.postgres.id}/check-updates", token)
+    assert resp.status_code == 302
+
+
+def test_update_of_a_running_stateful_service_needs_the_confirmation(client, db, g, token):
+    pg = make_service(db, g, "postgres", "pg2", running=True, digest=DIGEST_A)
+    pg.available_image_digest = DIGEST_B
+    db.session.commit()
+    resp = post(client, f"/services/{pg.id}/deploy", token, {"use_available": "y"})
+    assert resp.status_code == 400
+    html = resp.get_data(as_text=True)
+    assert "Tick this box" in html and "downtime-warning" in html
+    assert not ops(db)
+    resp = post(client, f"/services/{pg.id}/deploy", token,
+                {"use_available": "y", "confirm_downtime": "y"})
+    assert resp.status_code == 302
+    op = ops(db, OperationKind.SERVICE_DEPLOY)[-1]
+    assert op.params == {"confirm_downtime": True, "image_digest": DIGEST_B}
+    assert resp.headers["Location"].endswith(f"/operations/{op.id}")
+
+
+def test_first_deploy_needs_no_confirmation(client, db, g, token):
+    vk = make_service(db, g, "valkey", "vk2")
+    html = client.get(f"/services/{vk.id}").get_data(as_text=True)
+    assert 'name="confirm_downtime"' not in html
+    resp = post(client, f"/services/{vk.id}/deploy", token)
+    assert resp.status_code == 302
+    assert ops(db, OperationKind.SERVICE_DEPLOY)[-1].params == {"confirm_downtime": False}
+
+
+def test_create_slice_by_hand(client, db, g, token):
+    resp = post(client, f"/services/{g.postgres.id}/slices", token, {"name": "bad name;"})
+    assert resp.status_code == 400
+    assert "bad name;" not in re.sub(r'value="[^"]*"', "", resp.get_data(as_text=True)) or \
+        "errors" in resp.get_data(as_text=True)
+    assert 'class="errors"' in resp.get_data(as_text=True)
+    resp = post(client, f"/services/{g.postgres.id}/slices", token, {"name": "reporting"})
+    assert resp.status_code == 302
+    sl = db.session.execute(sa.select(ServiceSlice).where(ServiceSlice.name == "reporting")
+                            ).scalar_one()
+    assert sl.type == SliceType.POSTGRES_DATABASE and sl.credentials["password"]
+    op = ops(db, OperationKind.SLICE_PROVISION)[-1]
+    assert op.target_type == "service_slice" and op.target_id == sl.id
+    resp = post(client, f"/services/{g.postgres.id}/slices", token, {"name": "reporting"})
+    assert resp.status_code == 400 and "already has a slice" in resp.get_data(as_text=True)
+
+
+def test_delete_slice_needs_the_typed_name_and_keeps_data_by_default(client, db, g, token):
+    url = f"/services/{g.postgres.id}/slices/{g.slice.id}/delete"
+    html = client.get(url).get_data(as_text=True)
+    assert "data is kept" in html and 'name="drop_data"' in html
+    assert 'checked' not in html.split('name="drop_data"')[0].rsplit("<input", 1)[-1]
+    resp = post(client, url, token, {"confirm": "shop_productio"})
+    assert resp.status_code == 400 and "type the slice name" in resp.get_data(as_text=True)
+    assert not ops(db)
+    resp = post(client, url, token, {"confirm": "shop_production"})
+    assert resp.status_code == 302
+    op = ops(db, OperationKind.SLICE_CONFIGURE)[-1]
+    assert op.params == {"action": "delete", "drop_data": False, "confirm": "shop_production"}
+    assert "keeping its data" in op.summary
+
+
+def test_delete_slice_with_drop_data(client, db, g, token):
+    url = f"/services/{g.postgres.id}/slices/{g.slice.id}/delete"
+    post(client, url, token, {"confirm": "shop_production", "drop_data": "y"})
+    op = ops(db, OperationKind.SLICE_CONFIGURE)[-1]
+    assert op.params["drop_data"] is True and "DROP" in op.summary
+
+
+def test_slice_of_another_service_is_404(client, db, g, token):
+    vk = make_service(db, g, "valkey", "vk2")
+    assert client.get(f"/services/{vk.id}/slices/{g.slice.id}/delete").status_code == 404
+
+
+# --------------------------------------------------------------------------- attachments
+
+def _env_html(client, g):
+    return client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+
+
+def test_environment_page_has_the_attachment_forms(client, g):
+    html = _env_html(client, g)
+    for text in ("Attach Postgres", "Attach Valkey", "Add a domain", f"New Postgres 18 on web-1",
+                 'hx-target="this"', "shop_production"):
+        assert text in html, text
+
+
+def test_attach_existing_postgres_creates_slice_variables_and_operation(client, db, g, token):
+    pg = make_service(db, g, "postgres", "pg2", running=True, digest=DIGEST_A)
+    db.session.delete(g.attachment)  # so that pg2 becomes the primary database
+    db.session.commit()
+    resp = post(client, f"/environments/{g.environment.id}/attachments/postgres", token,
+                {"pg-target": str(pg.id)}, htmx=True)
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    assert html.lstrip().startswith("{#") or 'id="attachments"' in html
+    assert "pg2 attached" in html and "hx-trigger=\"every 3s\"" in html
+    sl = db.session.execute(sa.select(ServiceSlice).where(ServiceSlice.service_id == pg.id)
+                            ).scalar_one()
+    op = ops(db, OperationKind.SLICE_PROVISION)[-1]
+    assert op.target_id == sl.id and f"#{op.id}" in html
+    keys = set(db.session.execute(sa.select(EnvironmentVariable.key).where(
+        EnvironmentVariable.environment_id == g.environment.id,
+        EnvironmentVariable.service_slice_id == sl.id)).scalars())
+    assert {"DB_HOST", "DB_DATABASE", "DB_USERNAME", "DB_PASSWORD"} <= keys
+    assert not ops(db, OperationKind.SERVICE_DEPLOY)  # already running: no redeploy
+
+
+def test_attach_postgres_on_a_new_service_deploys_it_first(client, db, g, token):
+    resp = post(client, f"/environments/{g.environment.id}/attachments/postgres", token,
+                {"pg-target": f"new:{g.server.id}"})
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("#attachments")
+    svc = db.session.execute(sa.select(Service).where(Service.name == "postgres-web-1")
+                             ).scalar_one()
+    deploy, = ops(db, OperationKind.SERVICE_DEPLOY)
+    provision, = ops(db, OperationKind.SLICE_PROVISION)
+    assert deploy.target_id == svc.id
+    # Same lock key: the slice is created after the container is up.
+    assert provision.status.value == "queued" and f"service:{svc.id}" in provision.lock_keys
+
+
+def test_attach_twice_is_refused_inline(client, db, g, token):
+    resp = post(client, f"/environments/{g.environment.id}/attachments/postgres", token,
+                {"pg-target": str(g.postgres.id)}, htmx=True)
+    assert resp.status_code == 400
+    assert "already attached" in resp.get_data(as_text=True)
+    assert not ops(db)
+
+
+def test_attach_service_of_another_organisation_is_refused(client, db, g, token):
+    other = build_org(email="x@example.com", organisation="Other")
+    for target in (str(other.postgres.id), f"new:{other.server.id}"):
+        resp = post(client, f"/environments/{g.environment.id}/attachments/postgres", token,
+                    {"pg-target": target}, htmx=True)
+        assert resp.status_code == 400
+    assert not ops(db)
+    assert db.session.execute(sa.select(sa.func.count(EnvironmentAttachment.id))).scalar_one() == 2
+
+
+def test_attach_valkey_as_queue_then_recommendations_need_confirmation(client, db, g, token):
+    vk = make_service(db, g, "valkey", "vk", running=True, digest=DIGEST_A)
+    resp = post(client, f"/environments/{g.environment.id}/attachments/valkey", token,
+                {"vk-target": str(vk.id), "vk-role": "queue"}, htmx=True)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "QUEUE_CONNECTION=redis" in html
+    env_id = g.environment.id
+    url = f"/environments/{env_id}/recommendations"
+    resp = post(client, url, token, {"rec-keys": "QUEUE_CONNECTION"}, htmx=True)
+    assert resp.status_code == 400 and "Confirm first" in resp.get_data(as_text=True)
+    q = sa.select(EnvironmentVariable).where(EnvironmentVariable.key == "QUEUE_CONNECTION")
+    assert db.session.execute(q).scalar_one_or_none() is None
+    resp = post(client, url, token, {"rec-confirm": "y"}, htmx=True)
+    assert resp.status_code == 400 and "Tick the settings" in resp.get_data(as_text=True)
+    resp = post(client, url, token, {"rec-keys": "QUEUE_CONNECTION", "rec-confirm": "y"},
+                htmx=True)
+    assert resp.status_code == 200 and "Applied QUEUE_CONNECTION" in resp.get_data(as_text=True)
+    row = db.session.execute(q).scalar_one()
+    assert row.value == "redis" and row.source == VariableSource.MANAGED_ATTACHMENT
+
+
+def test_queue_sync_warning_on_a_deployed_environment(client, db, g):
+    g.environment.status = EnvironmentStatus.DEPLOYED
+    db.session.add(EnvironmentVariable(environment=g.environment, key="QUEUE_CONNECTION",
+                                       value="sync", source=VariableSource.USER))
+    db.session.commit()
+    assert "QUEUE_CONNECTION=sync runs every queued job" in _env_html(client, g)
+
+
+def test_add_domain_validates_the_hostname_and_routes_on_the_gateway(client, db, g, token):
+    gw = make_service(db, g, "caddy", "gateway", running=True, digest=DIGEST_A)
+    url = f"/environments/{g.environment.id}/attachments/domain"
+    resp = post(client, url, token, {"dom-hostname": "a.com {\nrespond x\n}",
+                                     "dom-target": str(gw.id)}, htmx=True)
+    assert resp.status_code == 400
+    assert "whitespace or a line break" in resp.get_data(as_text=True)
+    assert not ops(db)
+    resp = post(client, url, token, {"dom-hostname": "Shop.Example.com",
+                                     "dom-target": str(gw.id)}, htmx=True)
+    assert resp.status_code == 200
+    route = db.session.execute(sa.select(ServiceSlice).where(
+        ServiceSlice.type == SliceType.CADDY_ROUTE)).scalar_one()
+    assert route.config["hostnames"] == ["shop.example.com"]
+    assert route.config["hostname"] == "shop.example.com" and route.config["tls"] == "auto"
+    assert ops(db, OperationKind.SLICE_PROVISION)[-1].target_id == route.id
+    resp = post(client, url, token, {"dom-hostname": "shop.example.com",
+                                     "dom-target": str(gw.id)}, htmx=True)
+    assert resp.status_code == 400 and "already routed" in resp.get_data(as_text=True)
+
+
+def test_domain_on_a_sandbox_server_gives_the_live_url(client, db, g, token):
+    from app import onboarding
+    g.server.facts = {"sandbox": True, "http_port": 18080}
+    db.session.commit()
+    html = _env_html(client, g)
+    assert 'value="shop.localhost"' in html  # the sandbox default
+    resp = post(client, f"/environments/{g.environment.id}/attachments/domain", token,
+                {"dom-hostname": "shop.localhost", "dom-target": f"new:{g.server.id}"})
+    assert resp.status_code == 302
+    gw = db.session.execute(sa.select(Service).where(Service.type == "caddy")).scalar_one()
+    assert ops(db, OperationKind.SERVICE_DEPLOY)[-1].target_id == gw.id
+    route = db.session.execute(sa.select(ServiceSlice).where(
+        ServiceSlice.type == SliceType.CADDY_ROUTE)).scalar_one()
+    assert route.config["tls"] == "off"
+    assert onboarding.live_url(g.org) == "http://shop.localhost:18080/"
+
+
+# --------------------------------------------------------------------------- variables
+
+@pytest.mark.parametrize("key, message", [
+    ("A;id", "contains ';'"), ("A B", "contains a space"), ("1A", "starts with a digit"),
+])
+def test_bad_variable_keys_are_rejected_inline_without_echoing_the_value(client, db, g, token,
+                                                                         key, message):
+    value = "VALUE-SENTINEL-4242"
+    resp = post(client, f"/environments/{g.environment.id}/variables", token,
+                {"key": key, "value": value, "is_secret": "y"}, htmx=True)
+    assert resp.status_code == 400
+    html = resp.get_data(as_text=True)
+    assert message in html.replace("&#39;", "'") and 'id="key-errors"' in html
+    assert value not in html
+    assert db.session.execute(sa.select(sa.func.count(EnvironmentVariable.id))).scalar_one() == 1
+
+
+def test_value_error_does_not_echo_the_value(client, db, g, token):
+    value = "bad\x00VALUE-SENTINEL-4343"
+    resp = post(client, f"/environments/{g.environment.id}/variables", token,
+                {"key": "GOOD", "value": value}, htmx=True)
+    assert resp.status_code == 400
+    html = resp.get_data(as_text=True)
+    assert "NUL byte" in html and "VALUE-SENTINEL-4343" not in html
+
+
+def test_add_edit_delete_a_user_variable(client, db, g, token):
+    env_url = f"/environments/{g.environment.id}/variables"
+    value = "a \"quoted\" $(id) ${HOME} \\ value\nline2"
+    resp = post(client, env_url, token, {"key": "MAIL_HOST", "value": value}, htmx=True)
+    assert resp.status_code == 200 and "MAIL_HOST saved" in resp.get_data(as_text=True)
+    var = db.session.execute(sa.select(EnvironmentVariable).where(
+        EnvironmentVariable.key == "MAIL_HOST")).scalar_one()
+    assert var.value == value and not var.is_secret
+    resp = post(client, f"{env_url}/{var.id}", token,
+                {f"v{var.id}-value": "smtp.example.com", f"v{var.id}-is_secret": "y"}, htmx=True)
+    assert resp.status_code == 200
+    db.session.refresh(var)
+    assert var.value == "smtp.example.com" and var.is_secret
+    # A secret's edit form is empty; empty keeps the stored value.
+    html = _env_html(client, g)
+    assert "smtp.example.com" not in html
+    post(client, f"{env_url}/{var.id}", token, {f"v{var.id}-is_secret": "y"}, htmx=True)
+    db.session.refresh(var)
+    assert var.value == "smtp.example.com"
+    resp = post(client, f"{env_url}/{var.id}/delete", token, htmx=True)
+    assert resp.status_code == 200 and "MAIL_HOST deleted" in resp.get_data(as_text=True)
+    assert db.session.get(EnvironmentVariable, var.id) is None
+
+
+def test_managed_variables_show_source_and_can_only_be_overridden_when_overridable(
+        client, db, g, token):
+    from app.attachments import regenerate_managed_variables
+    regenerate_managed_variables(g.environment)
+    db.session.commit()
+    html = _env_html(client, g)
+    assert "managed by postgres" in html and "slice shop_production" in html
+    host = db.session.execute(sa.select(EnvironmentVariable).where(
+        EnvironmentVariable.key == "DB_HOST")).scalar_one()
+    assert host.overridable
+    assert f"override=DB_HOST" in html and "override=DB_PASSWORD" not in html
+    assert SECRET_SENTINELS["slice_password"] not in html
+    env_url = f"/environments/{g.environment.id}/variables"
+    # A managed row cannot be edited or deleted as such.
+    assert post(client, f"{env_url}/{host.id}", token, {f"v{host.id}-value": "x"},
+                htmx=True).status_code == 400
+    assert post(client, f"{env_url}/{host.id}/delete", token, htmx=True).status_code == 400
+    # Overridable: a user variable of the same name wins.
+    resp = post(client, env_url, token, {"key": "DB_HOST", "value": "10.0.0.9"}, htmx=True)
+    assert resp.status_code == 200 and "overrides the managed attachment value" in \
+        resp.get_data(as_text=True)
+    # Not overridable: refused inline, nothing stored.
+    resp = post(client, env_url, token, {"key": "DB_PASSWORD", "value": "mine-4545"}, htmx=True)
+    assert resp.status_code == 400
+    html = resp.get_data(as_text=True)
+    assert "cannot be overridden" in html and "mine-4545" not in html
+
+
+def test_override_link_prefills_the_key(client, db, g):
+    html = client.get(f"/environments/{g.environment.id}?override=DB_HOST").get_data(as_text=True)
+    assert re.search(r'id="key"[^>]*value="DB_HOST"|value="DB_HOST"[^>]*id="key"', html)
+
+
+def test_variable_errors_without_htmx_render_the_whole_page(client, db, g, token):
+    resp = post(client, f"/environments/{g.environment.id}/variables", token,
+                {"key": "A B", "value": "x"})
+    assert resp.status_code == 400
+    html = resp.get_data(as_text=True)
+    assert "<h1>production" in html and "contains a space" in html
+
+
+def test_variable_of_another_environment_is_404(client, db, g, token):
+    other = build_org(email="x@example.com", organisation="Other")
+    resp = post(client, f"/environments/{g.environment.id}/variables/{other.variable.id}",
+                token, {"value": "x"})
+    assert resp.status_code == 404
+    resp = post(client, f"/environments/{other.environment.id}/variables", token,
+                {"key": "X", "value": "y"})
+    assert resp.status_code == 404
+
+
+def test_actions_without_csrf_are_refused(client, g):
+    for url in (f"/environments/{g.environment.id}/variables",
+                f"/environments/{g.environment.id}/attachments/postgres",
+                f"/services/{g.postgres.id}/deploy", "/services/new"):
+        assert client.post(url, data={}).status_code == 400, url
+
+
+# --------------------------------------------------------------------------- wizard
+
+def _wizard_at_services(db, g):
+    """Make every step before "services" complete for g's organisation."""
+    from app.models.base import utcnow
+    from app.models.enums import ServerStatus
+    g.server.status = ServerStatus.ACTIVE
+    g.application.deploy_key_installed_at = utcnow()
+    db.session.delete(g.attachment)
+    db.session.delete(g.slice)
+    db.session.commit()
+
+
+def test_wizard_services_step_attaches_right_there_and_returns_to_the_wizard(client, db, g,
+                                                                             token):
+    from app import onboarding
+    _wizard_at_services(db, g)
+    html = client.get("/onboarding/").get_data(as_text=True)
+    assert "Attach Postgres" in html and "Add a domain" in html and "Skip this step" in html
+    assert 'name="pg-next" type="hidden" value="onboarding"' in html or \
+        'value="onboarding"' in html
+    resp = post(client, f"/environments/{g.environment.id}/attachments/postgres", token,
+                {"pg-target": str(g.postgres.id), "pg-next": "onboarding"})
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/onboarding/")
+    assert ops(db, OperationKind.SLICE_PROVISION)
+    # One attachment does not end the step: Valkey and a domain can still be added here.
+    steps = {s.key: s for s in onboarding.steps_for(g.org)}
+    assert not steps["services"].complete
+    html = client.get("/onboarding/").get_data(as_text=True)
+    assert "Continue to the first deploy" in html and "Attach Valkey" in html
+    # A bad domain in the wizard (full reload) comes back as a message on the wizard.
+    resp = post(client, f"/environments/{g.environment.id}/attachments/domain", token,
+                {"dom-hostname": "a b", "dom-target": f"new:{g.server.id}",
+                 "dom-next": "onboarding"})
+    assert resp.status_code == 302
+    assert "whitespace" in client.get("/onboarding/").get_data(as_text=True)
+    post(client, "/onboarding/skip/services", token)
+    steps = {s.key: s for s in onboarding.steps_for(g.org)}
+    assert steps["services"].done
+
+
+def test_wizard_step_is_done_with_database_cache_and_domain(db, g):
+    from app import onboarding
+    from app.attachments import attach_domain, attach_valkey
+    _wizard_at_services(db, g)
+    from app.attachments import attach_postgres
+    attach_postgres(g.environment, g.postgres)
+    attach_valkey(g.environment, make_service(db, g, "valkey", "vk"))
+    attach_domain(g.environment, make_service(db, g, "caddy", "gw"), ["shop.example.com"])
+    db.session.commit()
+    steps = {s.key: s for s in onboarding.steps_for(g.org)}
+    assert steps["services"].done
+
+
+def test_next_parameter_only_accepts_known_targets(client, db, g, token):
+    resp = post(client, f"/environments/{g.environment.id}/attachments/valkey", token,
+                {"vk-target": f"new:{g.server.id}", "vk-next": "https://evil.example/"})
+    assert resp.status_code == 302
+    assert resp.headers["Location"].endswith(f"/environments/{g.environment.id}#attachments")
