@@ -50,6 +50,8 @@ def steps_for(org: Organisation) -> list[Step]:
     attachments = db.session.execute(
         sa.select(EnvironmentAttachment.role).join(Environment).join(Application)
         .where(Application.organisation_id == org.id)).scalars().all()
+    services_done = (AttachmentRole.DATABASE in attachments and AttachmentRole.GATEWAY in attachments
+                     and (AttachmentRole.CACHE in attachments or AttachmentRole.QUEUE in attachments))
     deployed = [e for e in envs if e.status == EnvironmentStatus.DEPLOYED]
     verified = [a for a in apps if a.deploy_key_installed_at is not None]
     active = [s for s in servers if s.status == ServerStatus.ACTIVE]
@@ -73,8 +75,10 @@ def steps_for(org: Organisation) -> list[Step]:
              "environment with a web service.", done=bool(envs)),
         Step("services", "Postgres, Valkey, domain", "Attach a database, a cache/queue and a "
              "domain routed by the gateway.",
-             done=AttachmentRole.DATABASE in attachments or AttachmentRole.GATEWAY in attachments,
-             skippable=True, skipped="services" in skipped),
+             # Each attachment is optional: the step is done when all three are there, or
+             # when the person continues after attaching some ("skip" stores that choice).
+             done=services_done or ("services" in skipped and bool(attachments)),
+             skippable=True, skipped="services" in skipped and not attachments),
         Step("deploy", "First deploy", "Build, migrate, health-check, switch: the log streams "
              "live.", done=bool(deployed)),
     ]

@@ -41,6 +41,8 @@ def register_sandbox(org: Organisation, info) -> list[Server]:
         server.bootstrap_private_key = s.root_key_path.read_text()
         server.facts = dict(server.facts or {}, sandbox=True, http_port=s.http_port,
                             https_port=s.https_port)
+        if getattr(info, "images", None):  # stand-in service images in the sandbox registry
+            server.facts = dict(server.facts, images=dict(info.images))
         servers.append(server)
     registry = db.session.execute(
         sa.select(Registry).where(Registry.organisation_id == org.id,
