@@ -455,6 +455,12 @@ class EnvironmentDeploy:
                 step.put_file(rendered.interpolation_env_path, INTERPOLATION_ENV_TEXT, mode=0o600)
                 step.run(compose_cmd(rendered.directory, project, "up", "-d", "--no-build"),
                          timeout=600)
+            if published:
+                # Other servers' gateways reach this slot on the private network only.
+                from app.drivers.base import FirewallRule
+                from app.drivers.handlers import open_firewall
+                open_firewall(rctx, server, [FirewallRule(published, "tcp",
+                                                          f"laravel {service.id} {slot}")])
             self._health_check(rctx, service, change, replica, server, role)
         except BaseException:
             self._remove_failed(rctx, replica, server)
