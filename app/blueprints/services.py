@@ -468,6 +468,7 @@ def attachments_context(env: Environment, forms: dict | None = None,
     ops = _latest_ops("service_slice", slice_ids)
     busy = any(a.service_slice is not None and a.service_slice.status in
                (SliceStatus.PENDING, SliceStatus.PROVISIONING, SliceStatus.DELETING)
+               and a.service_slice_id in ops and not ops[a.service_slice_id].is_terminal
                for a in env.attachments)
     nxt = next_target or _next()
     for f in forms.values():
@@ -525,7 +526,8 @@ def _attachments_done(env: Environment, forms: dict, message=None, error=None):
         status = 400 if (error or any(f.errors for f in forms.values())) else 200
         ctx = attachments_context(env, forms if status == 400 else None,
                                   attach_message=message, attach_error=error)
-        return render_template("services/_attachments.html", c=ctx), status
+        # htmx 2 swaps only 2xx answers: the errors are part of the component it swaps in.
+        return render_template("services/_attachments.html", c=ctx), 200
     if error or any(f.errors for f in forms.values()):
         if nxt in NEXT_TARGETS:
             for f in forms.values():
@@ -676,7 +678,7 @@ def _variables_done(env: Environment, form: VariableForm | None = None, status: 
     env = _environment(env.id)
     ctx = variables_context(env, form, **kw)
     if _is_htmx():
-        return render_template("services/_variables.html", c=ctx), status
+        return render_template("services/_variables.html", c=ctx), 200  # htmx swaps 2xx only
     if status != 200:
         from app.blueprints.environments import render_page
         return render_page(env.id, variables=ctx, status=status)
