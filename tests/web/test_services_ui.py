@@ -572,3 +572,19 @@ def test_next_parameter_only_accepts_known_targets(client, db, g, token):
                 {"vk-target": f"new:{g.server.id}", "vk-next": "https://evil.example/"})
     assert resp.status_code == 302
     assert resp.headers["Location"].endswith(f"/environments/{g.environment.id}#attachments")
+
+
+def test_variable_rows_agree_with_effective_environment(db, g):
+    from app.attachments import effective_environment, variable_rows
+    env = g.environment
+    rows = [("A", "sys", VariableSource.SYSTEM, True), ("A", "managed", VariableSource.MANAGED_ATTACHMENT, True),
+            ("A", "user", VariableSource.USER, True),
+            ("B", "locked", VariableSource.MANAGED_ATTACHMENT, False), ("B", "user", VariableSource.USER, True),
+            ("C", "sys", VariableSource.SYSTEM, True)]
+    for key, value, source, overridable in rows:
+        db.session.add(EnvironmentVariable(environment=env, key=key, value=value, source=source,
+                                           overridable=overridable))
+    db.session.commit()
+    shown = {r.key: r.variable.value for r in variable_rows(env)}
+    assert shown == effective_environment(env)
+    assert shown["A"] == "user" and shown["B"] == "locked" and shown["C"] == "sys"
