@@ -13,7 +13,9 @@ def bring_up_sandbox(organisation_id: int) -> None:
     with app.app_context():
         org = db.session.get(Organisation, organisation_id)
         try:
-            info = Sandbox().up(servers=2)
+            # Stand-ins pushed to the sandbox registry: no image can be pulled from a
+            # public registry here, so new services use these by default.
+            info = Sandbox().up(servers=2, bare=False, stand_ins=True)
             register_sandbox(org, info)
         except Exception as exc:  # the wizard shows it; nothing secret is in it
             db.session.rollback()
