@@ -1,0 +1,89 @@
+"""Multi-server web (issue 8): replicas on two sandbox servers, each server's Caddy balancing
+over all of them -- its own replica through the slot's Docker alias, the other server's through
+the private IP and the slot's fixed port -- built once, pushed to the sandbox registry and
+pulled by digest. Runs after test_deploys.py (one gateway per server: separate module)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.deploys.testbed import Testbed
+from bench.loadgen import LoadGenerator
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def bed2(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+    from app.extensions import db
+    from tests.conftest import make_app
+    app = make_app(tmp_path_factory.mktemp("deploys-multi"), migrated_db_template, redis_url)
+    ctx = app.app_context()
+    ctx.push()
+    tb = Testbed(sandbox, server_count=2)
+    try:
+        tb.setup()
+        yield tb
+    finally:
+        tb.cleanup()
+        db.session.remove()
+        ctx.pop()
+
+
+def _answers(bed, server_index: int, n: int = 24) -> list[dict]:
+    out = []
+    for _ in range(n):
+        status, body = bed.get("/", server_index)
+        assert status == 200, body
+        out.append(json.loads(body))
+    return out
+
+
+def test_each_gateway_balances_over_the_replicas_of_both_servers(bed2, sandbox):
+    from app.sandbox.sample import push_new_commit
+    head = push_new_commit(sandbox.git)
+    op = bed2.deploy()
+    assert op.result["commit"] == head
+    env = bed2.env
+    assert env.current_artifact.registry_ref  # built once, pushed, pulled by digest
+    web = next(s for s in env.services if s.id == bed2.web_id)
+    live = [r for r in web.replicas if r.status.value == "running"]
+    assert sorted(r.server_id for r in live) == sorted(bed2.server_ids)
+    assert all(r.public_port for r in live)  # published on the private IP for the other gateway
+    ids = {r.container_id[:12] for r in live}
+    for index in (0, 1):
+        answers = _answers(bed2, index)
+        assert {a["commit"] for a in answers} == {head}
+        assert {a["hostname"] for a in answers} == ids, index   # both replicas, from each gateway
+        # The replica on the other server reaches Postgres and Valkey over the private network.
+        assert all(a["database"]["reachable"] and a["redis"]["reachable"] for a in answers), \
+            [a for a in answers if not a["database"]["reachable"]][:1]
+    # Exactly one scheduler runner for the environment, on one server.
+    flags = []
+    for s in bed2.sandbox_servers:
+        for c in bed2.containers(bed2.sandbox_servers.index(s)):
+            if s.exec("docker", "exec", c, "test", "-e", "/tmp/keystone-scheduler",
+                      check=False).returncode == 0:
+                flags.append(c)
+    assert len(flags) == 1, flags
+
+
+def test_two_server_cutover_under_load_on_both_gateways(bed2, sandbox):
+    from app.sandbox.sample import push_new_commit
+    old = bed2.commit_served(0)
+    new = push_new_commit(sandbox.git)
+    loads = [LoadGenerator(bed2.http_port(i), bed2.hostname, rps=40, connections=2,
+                           max_seconds=600) for i in (0, 1)]
+    for load in loads:
+        load.start()
+    try:
+        op = bed2.deploy()
+    finally:
+        stats = [load.stop() for load in loads]
+    assert op.result["commit"] == new != old
+    assert "slice_configure" not in [c.kind.value for c in op.children]  # no gateway change
+    for s in stats:
+        assert s.requests > 20
+        assert (s.non_2xx, s.connection_errors, s.post_failures) == (0, 0, 0), s
+    assert bed2.commit_served(0) == new and bed2.commit_served(1) == new
