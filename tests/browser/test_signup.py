@@ -21,7 +21,9 @@ def test_sign_up_lands_on_a_dashboard_that_says_what_to_do_next(page, live_serve
     page.goto(live_server["url"] + "/signup")
     screenshot(page, "signup")
     signup(page, live_server["url"])
-    page.wait_for_url(live_server["url"] + "/")
+    page.wait_for_url(live_server["url"] + "/onboarding/")    # sign-up leads into the wizard
+    assert page.get_by_role("heading", name="Get started").is_visible()
+    page.goto(live_server["url"] + "/")
     assert page.get_by_role("heading", name="Acme").is_visible()
     assert page.get_by_text("No servers yet").is_visible()
     screenshot(page, "dashboard")
@@ -41,7 +43,11 @@ def test_dashboard_is_usable_at_phone_width(browser, live_server):
     context = browser.new_context(viewport={"width": 390, "height": 844})
     page = context.new_page()
     signup(page, live_server["url"])
-    page.wait_for_url(live_server["url"] + "/")
+    page.wait_for_url(live_server["url"] + "/onboarding/")
+    for path in ("/onboarding/", "/"):
+        page.goto(live_server["url"] + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 400, f"{path} scrolls sideways at phone width ({width}px)"
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"page scrolls sideways at phone width ({width}px)"
     context.close()

@@ -81,3 +81,15 @@ def sandbox_manager() -> Sandbox:
 def sandbox(sandbox_manager: Sandbox) -> SandboxInfo:
     """Servers (.servers, .bare), registry (.registry), git host (.git) of the test sandbox."""
     return sandbox_manager.status()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The sandbox's own acceptance tests run first, on the pristine sandbox.
+
+    Later modules change it on purpose (provisioning hardens the bare server and
+    turns password login off), so test_sandbox.py must see it before they do.
+    """
+    first = [i for i in items if i.nodeid.startswith("tests/integration/test_sandbox.py")]
+    if first:
+        rest = [i for i in items if i not in first]
+        items[:] = first + rest
