@@ -201,3 +201,35 @@ def test_rollback_brings_back_the_previous_commit(bed):
     assert any(s.name.startswith("Roll back to build") and "not reversed" in s.logs
                for s in op.steps)
     assert len(bed.containers()) == 1
+
+
+def test_add_worker_deploys_a_queue_worker_stopped_gracefully(bed, sandbox):
+    from app.deploys.service import add_role_service
+    from app.extensions import db
+    from app.models import Service
+    from app.sandbox.sample import push_new_commit
+    worker = add_role_service(bed.env, "worker")
+    assert worker.process_roles == ["worker"]
+    # Redeploy the build that runs now (the branch head is the broken commit): only the new
+    # worker service has something to do.
+    op = bed.deploy(artifact=bed.env.current_artifact)
+    assert op.result["changed_services"] == ["worker"]   # the web service is left alone
+    assert "migrations_ran" not in op.result
+    db.session.expire_all()
+    worker = db.session.get(Service, worker.id)
+    live = [r for r in worker.replicas if r.status.value == "running"]
+    assert len(live) == 1
+    server = bed.sandbox_servers[0]
+    cmdline = server.exec("docker", "exec", live[0].container_name, "cat", "/proc/1/cmdline",
+                          check=False).stdout
+    ps = server.exec("docker", "top", live[0].container_name, check=False).stdout
+    assert "queue:work" in ps, (cmdline, ps)
+    # A new commit redeploys web and worker; the old worker gets SIGTERM and exits by itself
+    # (the sample's queue:work finishes its job and stops), well before its grace period.
+    push_new_commit(sandbox.git)
+    op = bed.deploy()
+    assert sorted(op.result["changed_services"]) == ["web", "worker"]
+    stops = [s for c in op.children if c.kind.value == "gateway_cutover" for s in c.steps
+             if s.name.startswith(f"Stop ks-worker-{worker.id}-")]
+    assert len(stops) == 1 and "up to 70s" in stops[0].name
+    assert stops[0].duration_seconds < 60, stops[0].logs
