@@ -61,6 +61,9 @@ class Config:
         self.REMEMBER_COOKIE_SAMESITE = "Lax"
         self.WTF_CSRF_TIME_LIMIT = None
         self.RQ_QUEUE = os.environ.get("KEYSTONE_QUEUE", "keystone")
+        # The local sandbox the onboarding wizard brings up: a different name keeps a
+        # second Keystone (e.g. the browser tests) off a developer's own sandbox.
+        self.SANDBOX_NAME = os.environ.get("KEYSTONE_SANDBOX_NAME", "keystone-sandbox")
         self.TESTING = False
 
     def as_dict(self) -> dict:

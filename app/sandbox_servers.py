@@ -59,3 +59,30 @@ def register_sandbox(org: Organisation, info) -> list[Server]:
     org.onboarding_state = state
     db.session.commit()
     return servers
+
+
+def apply_sandbox_build_defaults(env, servers) -> bool:
+    """An environment deployed on sandbox servers builds FROM the sandbox's php-base stand-in.
+
+    The default base image (serversideup/php on Docker Hub) cannot be pulled from the
+    sandbox (no public registry is reachable), so unless the person chose a base image,
+    use the stand-in the sandbox pushed to its registry, and that registry (builds log in
+    to it, so FROM can pull). Returns whether anything changed.
+    """
+    facts = [(s.facts or {}) for s in servers]
+    if not facts or not all(f.get("sandbox") for f in facts):
+        return False
+    base = ((facts[0].get("images") or {}).get("php-base"))
+    config = dict(env.build_config or {})
+    if not base or config.get("base_image"):
+        return False
+    config["base_image"] = base
+    env.build_config = config
+    if env.registry_id is None:
+        registry = db.session.execute(
+            sa.select(Registry).where(Registry.organisation_id == env.application.organisation_id,
+                                      Registry.name == "sandbox")).scalar_one_or_none()
+        if registry is not None:
+            env.registry_id = registry.id
+    db.session.flush()
+    return True

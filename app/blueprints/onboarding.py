@@ -48,7 +48,7 @@ def authorize_sandbox_key(application_id):
     if state.get("status") != "ready" or application.repository_url != state.get("repository_url"):
         flash("Only the sandbox's sample repository can be authorised from here.", "error")
         return redirect(url_for("onboarding.start"))
-    Sandbox().status().git.authorize_key(application.deploy_key_public)
+    Sandbox(current_app.config["SANDBOX_NAME"]).status().git.authorize_key(application.deploy_key_public)
     flash("Deploy key added to the sandbox git host (read-only). Now verify access.", "success")
     return redirect(url_for("applications.show", application_id=application.id))
 

@@ -77,15 +77,40 @@ def build_problems(env: Environment, servers: list[Server], artifact: BuildArtif
     return []
 
 
+def place_unplaced_services(env: Environment) -> list[Server]:
+    """A new environment's web service is on no server yet (nothing in the UI places it): at
+    its first deploy put its application services on the server of its gateway, else on the
+    organisation's first active server. Returns the servers now used (none: still blocked)."""
+    from app.models.enums import ServerStatus
+    gateways = [a.service.server for a in env.attachments
+                if a.service is not None and a.service.type == "caddy" and a.service.server is not None
+                and a.service.server.status == ServerStatus.ACTIVE]
+    server = gateways[0] if gateways else db.session.execute(
+        sa.select(Server).where(Server.organisation_id == env.application.organisation_id,
+                                Server.status == ServerStatus.ACTIVE)
+        .order_by(Server.id).limit(1)).scalar_one_or_none()
+    if server is None:
+        return []
+    for service in env.services:
+        if service.category == ServiceCategory.APPLICATION and service.server is None \
+                and not service.replicas:
+            service.server = server
+    db.session.flush()
+    return environment_servers(env)
+
+
 def start_deploy(env: Environment, user=None, *, artifact: BuildArtifact | None = None,
                  on_conflict: str = "queue", force: bool = False, enqueue: bool = True,
                  commit_sha: str | None = None) -> Operation:
     from app.operations import start_operation
 
-    servers = environment_servers(env)
+    servers = environment_servers(env) or place_unplaced_services(env)
     if not servers:
         raise DeployBlocked("Nothing to deploy: the environment has no application service "
                             "placed on a server.")
+    if artifact is None:
+        from app.sandbox_servers import apply_sandbox_build_defaults
+        apply_sandbox_build_defaults(env, servers)
     problems = build_problems(env, servers, artifact)
     if problems:
         raise DeployBlocked("Deploy blocked: " + " ".join(str(p) for p in problems), problems)

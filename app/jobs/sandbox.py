@@ -15,7 +15,7 @@ def bring_up_sandbox(organisation_id: int) -> None:
         try:
             # Stand-ins pushed to the sandbox registry: no image can be pulled from a
             # public registry here, so new services use these by default.
-            info = Sandbox().up(servers=2, bare=False, stand_ins=True)
+            info = Sandbox(app.config["SANDBOX_NAME"]).up(servers=2, bare=False, stand_ins=True)
             register_sandbox(org, info)
         except Exception as exc:  # the wizard shows it; nothing secret is in it
             db.session.rollback()

@@ -38,7 +38,9 @@ def live_server(tmp_path_factory, redis_url):
                REDIS_URL=redis_url,
                KEYSTONE_SECRET_KEY="browser-test-secret",
                KEYSTONE_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
-               KEYSTONE_QUEUE=f"browser-{port}")
+               KEYSTONE_QUEUE=f"browser-{port}",
+               # the wizard's sandbox: never a developer's own keystone-sandbox
+               KEYSTONE_SANDBOX_NAME=os.environ.get("KEYSTONE_BROWSER_SANDBOX", "ks-browser"))
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "keystone"), "db", "upgrade"], env=env, check=True,
                    capture_output=True, cwd=ROOT)

@@ -159,3 +159,44 @@ def test_every_replica_scheduler_needs_confirmation(app, client, db, auth):
                 data={"mode": "every_replica", "confirm": "1"}, headers=htmx(auth))
     db.session.refresh(g.environment)
     assert g.environment.scheduler_mode.value == "every_replica"
+
+
+def test_first_deploy_places_a_new_web_service_on_the_active_server(app, client, db, auth):
+    """The wizard's new environment has a web service on no server: the first deploy puts it
+    on the organisation's active server instead of refusing ("Nothing to deploy")."""
+    from app.blueprints.applications import create_environment, environment_servers
+    from app.models.enums import ServerStatus
+    g = ready_org(db)
+    g.server.status = ServerStatus.ACTIVE
+    with db.session.no_autoflush:
+        env = create_environment(g.application, "staging", "main")
+    db.session.commit()
+    assert environment_servers(env) == []
+    login_as(client, g)
+    resp = client.post(f"/environments/{env.id}/deploy", headers=htmx(auth))
+    assert "Deploy #" in resp.get_data(as_text=True) and "started" in resp.get_data(as_text=True)
+    db.session.refresh(env)
+    assert [s.id for s in environment_servers(env)] == [g.server.id]
+    assert len(deploys(db, env.id)) == 1
+
+
+def test_deploy_on_sandbox_servers_builds_from_the_sandbox_php_base(app, client, db, auth):
+    """Docker Hub is out of reach from the sandbox: unless a base image is chosen, a deploy on
+    sandbox servers builds FROM the stand-in in the sandbox registry, logged in to it."""
+    from app.models import Registry
+    from app.models.enums import RegistryType
+    g = ready_org(db)
+    db.session.delete(g.registry)
+    sandbox_registry = Registry(organisation=g.org, name="sandbox", type=RegistryType.GENERIC,
+                                url="127.0.0.1:5055", username="u", password="p")
+    db.session.add(sandbox_registry)
+    g.server.facts = {"sandbox": True, "images": {"php-base": "127.0.0.1:5055/keystone-sandbox/php-base:8.3"}}
+    g.environment.registry_id = None
+    g.environment.build_config = {}
+    db.session.commit()
+    login_as(client, g)
+    client.post(f"/environments/{g.environment.id}/deploy", headers=htmx(auth))
+    db.session.refresh(g.environment)
+    assert g.environment.build_config["base_image"] == "127.0.0.1:5055/keystone-sandbox/php-base:8.3"
+    assert g.environment.registry_id == sandbox_registry.id
+    assert len(deploys(db, g.environment.id)) == 2   # the factory's and this one

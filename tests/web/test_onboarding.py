@@ -47,3 +47,31 @@ def test_wizard_renders_the_repository_step_with_the_unverified_app(app, client)
     html = client.get("/onboarding/").get_data(as_text=True)
     assert "Repository and deploy key" in html
     assert "key not verified yet" in html and "shop" in html
+
+
+def test_the_wizard_uses_the_configured_sandbox_name(app, client, monkeypatch):
+    """KEYSTONE_SANDBOX_NAME keeps a second Keystone (the browser tests) off a developer's sandbox."""
+    import app.sandbox as sandbox_pkg
+    from tests.conftest import csrf_token_from
+    names = []
+
+    class FakeSandbox:
+        def __init__(self, name="keystone-sandbox", state_dir=None):
+            names.append(name)
+
+        def status(self):
+            return type("Info", (), {"git": type("Git", (), {
+                "authorize_key": staticmethod(lambda key: None)})()})()
+
+    monkeypatch.setattr(sandbox_pkg, "Sandbox", FakeSandbox)
+    app.config["SANDBOX_NAME"] = "ks-other"
+    g = build_org()
+    g.org.onboarding_state = {"sandbox": {"status": "ready",
+                                          "repository_url": g.application.repository_url}}
+    db.session.commit()
+    with client.session_transaction() as sess:
+        sess["_user_id"] = str(g.user.id)
+        sess["_fresh"] = True
+    token = csrf_token_from(client.get("/onboarding/").get_data(as_text=True))
+    resp = client.post(f"/onboarding/sandbox/authorize/{g.application.id}", data={"csrf_token": token})
+    assert resp.status_code == 302 and names == ["ks-other"]
