@@ -78,10 +78,10 @@ class EnvField:
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """Rendered as a Compose ``healthcheck``; ``test`` is exec-form unless ``shell``."""
+    """Rendered as a Compose ``healthcheck``; ``test`` is exec-form unless ``shell_form``."""
 
     test: tuple[str, ...]
-    shell: bool = False
+    shell_form: bool = False  # Compose CMD-SHELL (a fixed Keystone string, never user input)
     interval: str = "5s"
     timeout: str = "3s"
     retries: int = 10
@@ -89,7 +89,7 @@ class HealthCheck:
 
     def compose(self) -> dict[str, Any]:
         from app.drivers.compose import escape_dollars
-        if self.shell:
+        if self.shell_form:
             test: list[str] = ["CMD-SHELL", escape_dollars(" ".join(self.test))]
         else:
             test = ["CMD", *(escape_dollars(t) for t in self.test)]

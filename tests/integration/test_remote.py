@@ -53,7 +53,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def local_sshd(tmp_path_factory):
     if not os.path.exists(SSHD):
-        pytest.skip("openssh-server is not installed (apt-get install -y openssh-server)")
+        pytest.fail("openssh-server is not installed: apt-get install -y openssh-server "
+                    "(scripts/ensure-docker.sh installs it)")
     d = tmp_path_factory.mktemp("sshd")
     host_private, _host_public, host_fp = generate_ed25519("host")
     client_private, client_public, _ = generate_ed25519("keystone-test")
@@ -93,7 +94,7 @@ def local_sshd(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode() if proc.poll() is not None else ""
                 proc.kill()
-                pytest.skip(f"could not start a local sshd: {err}")
+                pytest.fail(f"could not start a local sshd: {err}")
             time.sleep(0.05)
     yield SimpleNamespace(
         host="127.0.0.1",

@@ -99,7 +99,7 @@ class LaravelDriver(Driver):
                                interval="3s", timeout="3s", retries=20, start_period="5s")
         if role == "worker":
             # PID 1 is the worker (the image entrypoints exec their command).
-            return HealthCheck(("grep -q queue:work /proc/1/cmdline",), shell=True,
+            return HealthCheck(("grep -q queue:work /proc/1/cmdline",), shell_form=True,
                                interval="10s", timeout="3s", retries=3, start_period="5s")
         return HealthCheck(("php", "-r", f"exit(@fsockopen('127.0.0.1', {HTTP_PORT}) ? 0 : 1);"),
                            interval="3s", timeout="3s", retries=20, start_period="5s")
@@ -181,7 +181,7 @@ class LaravelDriver(Driver):
             sched.update({"stop_signal": "SIGTERM", "stop_grace_period": "60s"})
             # Replace the image's web health check, which would probe :8080 here.
             sched["healthcheck"] = HealthCheck(("grep -q schedule:work /proc/1/cmdline",),
-                                               shell=True, interval="10s", timeout="3s",
+                                               shell_form=True, interval="10s", timeout="3s",
                                                retries=3, start_period="5s").compose()
             services["scheduler"] = sched
         doc = compose_document(services)

@@ -65,7 +65,7 @@ class ValkeyDriver(Driver):
         EnvField("VALKEYCLI_AUTH", "same, under valkey-cli's own name", secret=True),
     )
     slice_types = (SliceType.VALKEY_NAMESPACE,)
-    health_check = HealthCheck(("valkey-cli -h 127.0.0.1 ping | grep -q PONG",), shell=True,
+    health_check = HealthCheck(("valkey-cli -h 127.0.0.1 ping | grep -q PONG",), shell_form=True,
                                interval="5s", timeout="3s", retries=12, start_period="10s")
     stop_grace_period = "30s"
     update_behaviour = UpdateBehaviour(
