@@ -93,6 +93,9 @@ def deploy(environment_id):
         return _done(env, error=f"Deploy refused: {exc}")
     except deploy_service.DeployBlocked as exc:
         return _done(env, error=str(exc), problems=exc.problems)
+    if request.form.get("follow") == "1" and not _is_htmx():
+        # The wizard's deploy button: go straight to the live log.
+        return redirect(url_for("operations.show", operation_id=op.id))
     if op.status.value == "queued":
         return _done(env, message=f"Deploy #{op.id} is queued: it starts when the running "
                                   "operation on this environment ends.")
