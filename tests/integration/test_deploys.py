@@ -13,34 +13,18 @@ import time
 
 import pytest
 
-from app.deploys.testbed import Testbed, wait_until
+from app.deploys.testbed import wait_until
+from tests.integration.testbeds import commit_of, testbed
 from bench.loadgen import LoadGenerator
 
 pytestmark = pytest.mark.integration
 
 
-def commit_of(body: bytes):
-    try:
-        return json.loads(body)["commit"]
-    except (ValueError, KeyError, TypeError):
-        return "?"
-
-
 @pytest.fixture(scope="module")
 def bed(sandbox, tmp_path_factory, migrated_db_template, redis_url):
-    from app.extensions import db
-    from tests.conftest import make_app
-    app = make_app(tmp_path_factory.mktemp("deploys"), migrated_db_template, redis_url)
-    ctx = app.app_context()
-    ctx.push()
-    tb = Testbed(sandbox, server_count=1)
-    try:
-        tb.setup()
+    with testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "deploys",
+                 server_count=1) as tb:
         yield tb
-    finally:
-        tb.cleanup()
-        db.session.remove()
-        ctx.pop()
 
 
 class SchedulerWatch:

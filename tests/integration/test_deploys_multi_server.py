@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from app.deploys.testbed import Testbed
+from tests.integration.testbeds import testbed
 from bench.loadgen import LoadGenerator
 
 pytestmark = pytest.mark.integration
@@ -16,19 +16,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def bed2(sandbox, tmp_path_factory, migrated_db_template, redis_url):
-    from app.extensions import db
-    from tests.conftest import make_app
-    app = make_app(tmp_path_factory.mktemp("deploys-multi"), migrated_db_template, redis_url)
-    ctx = app.app_context()
-    ctx.push()
-    tb = Testbed(sandbox, server_count=2)
-    try:
-        tb.setup()
+    with testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "deploys-multi",
+                 server_count=2) as tb:
         yield tb
-    finally:
-        tb.cleanup()
-        db.session.remove()
-        ctx.pop()
 
 
 def _answers(bed, server_index: int, n: int = 24) -> list[dict]:

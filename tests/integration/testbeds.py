@@ -1,0 +1,36 @@
+"""Shared pieces of the deploy integration tests (a module, not a conftest, so tests import it)."""
+from __future__ import annotations
+
+import contextlib
+import json
+
+from app.sandbox import SandboxInfo
+
+
+@contextlib.contextmanager
+def testbed(sandbox: SandboxInfo, tmp_path_factory, migrated_db_template, redis_url,
+            name: str, **options):
+    """A set-up :class:`app.deploys.testbed.Testbed` inside its own app context, cleaned up
+    after. Module fixtures wrap it: ``with testbed(..., "deploys", server_count=1) as tb``."""
+    from app.deploys.testbed import Testbed
+    from app.extensions import db
+    from tests.conftest import make_app
+    app = make_app(tmp_path_factory.mktemp(name), migrated_db_template, redis_url)
+    ctx = app.app_context()
+    ctx.push()
+    tb = Testbed(sandbox, **options)
+    try:
+        tb.setup()
+        yield tb
+    finally:
+        tb.cleanup()
+        db.session.remove()
+        ctx.pop()
+
+
+def commit_of(body: bytes):
+    """The commit a sample-app response names (``?`` when the body is not its JSON)."""
+    try:
+        return json.loads(body)["commit"]
+    except (ValueError, KeyError, TypeError):
+        return "?"
