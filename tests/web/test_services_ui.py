@@ -283,6 +283,20 @@ def test_attachments_poll_only_while_an_operation_works_on_a_slice(client, g):
     assert "every 3s" not in section
 
 
+def test_environment_page_detaches_through_the_slice_delete_page(client, db, g, token):
+    """Each attachment row links to the typed-name confirmation; Cancel comes back here."""
+    url = f"/services/{g.postgres.id}/slices/{g.slice.id}/delete"
+    assert f'href="{url}"' in _env_html(client, g)
+    html = client.get(url).get_data(as_text=True)
+    assert f'href="/environments/{g.environment.id}">Cancel' in html
+    resp = post(client, url, token, {"confirm": "shop_production"})
+    assert resp.status_code == 302
+    assert ops(db, OperationKind.SLICE_CONFIGURE)[-1].params["action"] == "delete"
+    g.slice.status = SliceStatus.DELETING
+    db.session.commit()
+    assert f'href="{url}"' not in _env_html(client, g)  # nothing left to detach
+
+
 def test_attach_existing_postgres_creates_slice_variables_and_operation(client, db, g, token):
     pg = make_service(db, g, "postgres", "pg2", running=True, digest=DIGEST_A)
     db.session.delete(g.attachment)  # so that pg2 becomes the primary database
