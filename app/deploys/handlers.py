@@ -3,12 +3,16 @@
     environment_deploy (environment)         resolve commit, artifact, plan, migrations
       service_deploy (service)               per changed service: its new replicas
         replica_deploy (service)             one replica: start in the free slot, health-check
-      slice_configure (service_slice)        only when a route's slot list changes (rare)
+      slice_configure (service_slice)        only when a route's slot list changes (rare):
+                                             first deploy, new server, websocket service added
       gateway_cutover (environment)          wait for Caddy, move the scheduler, drain, stop old
 
 An ordinary deploy changes NO gateway configuration (docs/cutover.md): both
 slots of every server are always listed in the Caddyfile and Caddy's active
-health check on ``/.keystone/ready`` moves traffic. Failure before the
+health check on ``/.keystone/ready`` moves traffic. A websocket (Reverb) service is
+routed the same way on the same domain: Reverb's Pusher paths (``/app/*``,
+``/apps/*``) go to its own blue/green slots, checked on the same ready path.
+Failure before the
 cutover (a replica that never becomes healthy) removes every new replica of
 this deploy -- with its last log lines on the step -- and leaves the old
 ones serving; the gateway is not touched.
@@ -25,8 +29,9 @@ from app.deploys.planning import (DeployPlan, EnvironmentSnapshot, PlanError, Re
                                   SchedulerFact, ServiceChange, ServiceFact, config_hash,
                                   health_settings, migration_settings, plan_deploy)
 from app.deploys.service import app_services, environment_servers, primary_web, service_server_ids
-from app.deploys.slots import (APP_PORT, HEALTH_INTERVAL_MS, READY_PATH, container_name,
-                               project_name, slot_alias, slot_port, upstreams)
+from app.deploys.slots import (APP_PORT, HEALTH_INTERVAL_MS, READY_PATH, WEBSOCKET_MATCHER,
+                               WEBSOCKET_PATHS, container_name, project_name, slot_alias,
+                               slot_port, upstreams)
 from app.extensions import db
 from app.models import (BuildArtifact, Environment, EnvironmentAttachment, Server, Service,
                         ServiceReplica, ServiceSlice)
@@ -290,6 +295,11 @@ class EnvironmentDeploy:
                                        summary="Switch traffic to the new replicas; drain and "
                                                "stop the old ones")
             elif phase.kind == "record":
+                if not done_cutover:
+                    # No cutover (only new services, e.g. a websocket service added): its
+                    # slots still have to be routed.
+                    done_cutover = True
+                    self._ensure_routes(plan)
                 self._record(plan)
         if "record" not in kinds:
             self._record(plan)
@@ -509,14 +519,19 @@ class EnvironmentDeploy:
             if not healthy:
                 raise StepFailed(f"{name} never became healthy: {path} answered {last} after "
                                  f"{retries} tries")
-            if role == "web":
+            if role in ("web", "websocket"):
+                # Routed roles: the gateway's active health check asks the ready path (503
+                # while draining). A websocket replica (reverb:start) must answer it itself.
                 res = step.run(dc.ready_probe(name, APP_PORT), check=False, pty=False,
                                timeout=30)
                 ready = _last_line(res)
                 step.log(f"{READY_PATH} -> {ready} (what the gateway checks)")
                 if ready != "200":
+                    what = ("the image lacks Keystone's ready handler" if role == "web" else
+                            "the websocket server must answer it (200, 503 while "
+                            "/tmp/keystone-drain exists) or the gateway never routes to it")
                     raise StepFailed(f"{name} is healthy but {READY_PATH} answered {ready}: "
-                                     "the image lacks Keystone's ready handler")
+                                     f"{what}")
             res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
             self._mark_running(replica, _stdout(res).split())
 
@@ -571,21 +586,40 @@ class EnvironmentDeploy:
         )).scalars().all()
         return [s for s in rows if s.status not in (SliceStatus.DELETED, SliceStatus.DELETING)]
 
+    def _slot_addresses(self, service: Service, gateway_server_id: int) -> list[str]:
+        server_ids = service_server_ids(service)
+        servers = db.session.execute(sa.select(Server).where(Server.id.in_(server_ids))) \
+            .scalars().all()
+        return [u.address for u in upstreams(service.name, service.id, gateway_server_id,
+                                             [(s.id, s.private_ip) for s in servers])]
+
+    def _websocket_service(self) -> Service | None:
+        """The environment's websocket (Reverb) service deployed with it, if any."""
+        for svc in app_services(self.env):
+            if "websocket" in (svc.process_roles or []) and \
+                    svc.deploy_policy == DeployPolicy.WITH_ENVIRONMENT and service_server_ids(svc):
+                return svc
+        return None
+
     def _desired_route(self, route: ServiceSlice) -> dict | None:
         web_id = (route.config or {}).get("service_id")
         web = db.session.get(Service, web_id) if web_id else primary_web(self.env)
         gateway = route.service
         if web is None or gateway is None or gateway.server_id is None:
             return None
-        server_ids = service_server_ids(web)
-        servers = db.session.execute(sa.select(Server).where(Server.id.in_(server_ids))) \
-            .scalars().all()
-        ups = upstreams(web.name, web.id, gateway.server_id,
-                        [(s.id, s.private_ip) for s in servers])
         cfg = dict(route.config or {})
-        cfg.update(upstreams=[u.address for u in ups], health_path=READY_PATH,
-                   health=dict(ROUTE_HEALTH), dial_timeout="1s", lb_try_duration="5s",
-                   lb_try_interval="250ms", service_id=web.id)
+        cfg.update(upstreams=self._slot_addresses(web, gateway.server_id),
+                   health_path=READY_PATH, health=dict(ROUTE_HEALTH), dial_timeout="1s",
+                   lb_try_duration="5s", lb_try_interval="250ms", service_id=web.id)
+        ws = self._websocket_service()
+        if ws is not None:
+            # Reverb's Pusher paths to the websocket slots: a named path matcher and its own
+            # `handle` in the same site, with the same active health check on the ready path.
+            cfg["path_routes"] = [{"name": WEBSOCKET_MATCHER, "paths": list(WEBSOCKET_PATHS),
+                                   "upstreams": self._slot_addresses(ws, gateway.server_id),
+                                   "service_id": ws.id}]
+        else:
+            cfg.pop("path_routes", None)
         return cfg
 
     def _ensure_routes(self, plan: DeployPlan) -> None:
@@ -606,6 +640,8 @@ class EnvironmentDeploy:
         from app.drivers.handlers import install_gateway_config
         with cctx.step("Route the environment's slots") as step:
             step.log("upstreams: " + " ".join(desired["upstreams"]))
+            for pr in desired.get("path_routes") or []:
+                step.log(f"{' '.join(pr['paths'])} ({pr['name']}): " + " ".join(pr["upstreams"]))
             step.log(f"active health check {READY_PATH} every {ROUTE_HEALTH['interval']}: "
                      "later deploys change no gateway configuration")
         route.config = desired
@@ -699,6 +735,11 @@ class EnvironmentDeploy:
             time.sleep(window)
 
     def _stop_old(self, cctx: OperationContext, change: ServiceChange) -> None:
+        # A websocket replica is routed like web but the plan has no drain phase for it: take
+        # it out of the gateway's rotation first (ready -> 503, one check interval), so no new
+        # connection lands on it; its open connections end at SIGTERM and clients reconnect
+        # to the new slot (docs/cutover.md).
+        drain_first = change.role == "websocket"
         for old in change.old_replicas:
             replica = self._replica(old.id)
             if replica is None:
@@ -706,7 +747,12 @@ class EnvironmentDeploy:
             server = db.session.get(Server, replica.server_id)
             with cctx.step(f"Stop {replica.container_name} (SIGTERM, up to "
                            f"{change.stop_timeout}s)", server=server) as step:
-                self._teardown(step, replica, timeout=change.stop_timeout, drain_first=False)
+                if drain_first:
+                    step.log(f"websocket replica: drain first ({READY_PATH} -> 503), wait "
+                             f"{GATEWAY_SETTLE_SECONDS:g}s for the gateways; open websocket "
+                             "connections are closed at SIGTERM and clients reconnect")
+                self._teardown(step, replica, timeout=change.stop_timeout,
+                               drain_first=drain_first)
             replica.status = ReplicaStatus.REMOVED
             replica.health_status = HealthStatus.UNKNOWN
             if self.env.scheduler_replica_id == replica.id:

@@ -1,4 +1,4 @@
-"""Fixed blue/green slots per web service per server (docs/cutover.md).
+"""Fixed blue/green slots per web (and websocket) service per server (docs/cutover.md).
 
 Why fixed slots: every Caddy config change closes idle client keep-alive
 connections, so an ordinary deploy must change no gateway config at all. The
@@ -28,6 +28,11 @@ READY_PATH = "/.keystone/ready"
 DRAIN_MARKER = "/tmp/keystone-drain"
 SCHEDULER_FLAG = "/tmp/keystone-scheduler"
 SCHEDULER_BUSY = "/tmp/keystone-scheduler.running"
+# Laravel Reverb speaks the Pusher protocol: websocket upgrades on /app/{key} and the HTTP
+# API (POST /apps/{id}/events, ...) on /apps/*. A route of an environment with a websocket
+# service sends these paths to the websocket service's slots, everything else to web.
+WEBSOCKET_MATCHER = "websocket"
+WEBSOCKET_PATHS = ("/app/*", "/apps/*")
 PORT_BASE = 20000
 PORT_LIMIT = 60000
 

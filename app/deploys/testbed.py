@@ -6,7 +6,8 @@ host with its deploy key authorised and verified, Postgres, Valkey and a
 Caddy gateway deployed as services (stand-in images from the sandbox
 registry), Postgres and Valkey attached (slices, DB_*/REDIS_* variables), a
 domain routed on each server's gateway, and the web service placed on the
-chosen servers. Deploys go through ``start_deploy`` and the operations
+chosen servers (with ``websocket=True`` also a websocket service, ``php artisan
+reverb:start``, added with the "Add websocket" action's code). Deploys go through ``start_deploy`` and the operations
 engine's runner, in-process (``execute_operation``), exactly as the worker
 runs them.
 
@@ -36,6 +37,8 @@ class Testbed:
     health: dict = field(default_factory=lambda: {"interval": 0.5, "retries": 20,
                                                    "timeout": 3})
     extra_env: dict = field(default_factory=dict)
+    websocket: bool = False  # also a websocket (Reverb) service, deployed with the environment
+    ws_id: int | None = None
 
     def __post_init__(self):
         self.tag = uuid.uuid4().hex[:6]
@@ -92,6 +95,13 @@ class Testbed:
         web.config = {"server_ids": [s.id for s in servers], "health": dict(self.health),
                       "scheduler_interval": self.scheduler_interval, "drain_seconds": 1.5,
                       "stop_grace_seconds": 10}
+        if self.websocket:
+            from app.deploys.service import add_role_service
+            ws = add_role_service(env, "websocket")  # placed like the web (its server_ids)
+            ws.config = {**(ws.config or {}), "health": dict(self.health),
+                         "stop_grace_seconds": 10}
+            db.session.commit()
+            self.ws_id = ws.id
         images = sb.images
         b = self.base_id
         pg = Service(id=b, organisation_id=org.id, server_id=servers[0].id, name="pg",
@@ -201,15 +211,18 @@ class Testbed:
             raise RuntimeError(proc.stderr)
         return proc.stdout
 
-    def containers(self, server_index: int = 0) -> list[str]:
+    def containers(self, server_index: int = 0, service_id: int | None = None) -> list[str]:
+        """Running containers of the web service (or of ``service_id``) on one server."""
         out = self.sandbox_servers[server_index].exec(
-            "docker", "ps", "--filter", f"label=dev.keystone.service={self.web_id}",
+            "docker", "ps", "--filter",
+            f"label=dev.keystone.service={service_id or self.web_id}",
             "--format", "{{.Names}}", check=False).stdout
         return sorted(out.split())
 
     # ------------------------------------------------------------------ clean-up
     def cleanup(self) -> None:
-        ids = {str(i) for i in [*getattr(self, "service_ids", []), getattr(self, "web_id", -1)]}
+        ids = {str(i) for i in [*getattr(self, "service_ids", []), getattr(self, "web_id", -1),
+                                *([self.ws_id] if self.ws_id else [])]}
         for s in getattr(self, "sandbox_servers", []):
             out = s.exec("docker", "ps", "-aq", "--filter", "label=dev.keystone.managed=true",
                          "--format", "{{.ID}} {{.Label \"dev.keystone.service\"}}",

@@ -185,3 +185,53 @@ def test_bad_route_health_tuning(health):
     with pytest.raises(CaddyfileError):
         render_caddyfile([Route.from_config({"hostnames": ["a.test"], "upstreams": ["w:80"],
                                              "health_path": "/up", "health": health}, "r")])
+
+
+def _ws_route(**path_route):
+    pr = {"name": "websocket", "paths": ["/app/*", "/apps/*"],
+          "upstreams": ["websocket-9-blue.internal:8080"], **path_route}
+    return Route.from_config({"hostnames": ["shop.test"], "tls": "off",
+                              "upstreams": ["web-5-blue.internal:8080"],
+                              "health_path": "/.keystone/ready", "path_routes": [pr]}, "shop")
+
+
+def test_websocket_paths_adapt_to_a_path_matched_subroute_before_the_catch_all():
+    import json
+    adapted = json.loads(check_caddyfile(render_caddyfile([_ws_route()])))
+    server = next(iter(adapted["apps"]["http"]["servers"].values()))
+    site = next(r for r in server["routes"] if {"host": ["shop.test"]} in r.get("match", []))
+    text = json.dumps(site)
+    # the path-matched handle comes first, with its own upstreams and health check
+    first, last = text.index('"/app/*"'), text.index("web-5-blue.internal:8080")
+    assert text.index("websocket-9-blue.internal:8080") < last and first < last
+    assert '"/apps/*"' in text and text.count('"uri": "/.keystone/ready"') == 2
+
+
+@pytest.mark.parametrize("path", ["/app/* /x", "/app/{path}", "app/*", "/a/../b", "/a//b",
+                                  "/app/*\n", "/app*", "/ap p", "/app/*}", "/{$HOME}", "",
+                                  "/app/\"x\"", "/app/#", None, 3])
+def test_bad_websocket_paths_never_reach_a_caddyfile(path):
+    with pytest.raises(CaddyfileError):
+        render_caddyfile([_ws_route(paths=["/app/*", path])])
+
+
+@pytest.mark.parametrize("name", ["Websocket", "ws socket", "ws{", "", "1ws", "w" * 40, None,
+                                  "ws\n"])
+def test_bad_path_route_names_are_refused(name):
+    with pytest.raises(CaddyfileError):
+        render_caddyfile([_ws_route(name=name)])
+
+
+def test_path_route_needs_paths_and_valid_upstreams():
+    with pytest.raises(CaddyfileError, match="no paths"):
+        render_caddyfile([_ws_route(paths=[])])
+    with pytest.raises(CaddyfileError):
+        render_caddyfile([_ws_route(upstreams=["bad host:80"])])
+    with pytest.raises(CaddyfileError):
+        Route.from_config({"hostnames": ["a.test"], "path_routes": ["/app/*"]}, "r")
+
+
+@pytest.mark.parametrize("value", ["/up\n", "/up\nrespond x"])
+def test_health_path_with_a_trailing_newline_is_refused(value):
+    with pytest.raises(CaddyfileError):
+        render_caddyfile([Route(["a.test"], [Upstream("w", 80)], health_path=value)])

@@ -121,6 +121,37 @@ def test_caddy_compose_and_caddyfile_golden():
     check_caddyfile(text)  # the real caddy binary accepts it
 
 
+def test_caddyfile_with_websocket_paths_golden():
+    """An environment with a websocket (Reverb) service: Reverb's Pusher paths go to its
+    blue/green slots through a named path matcher and `handle`, the rest to web; both
+    with the active health check on the ready path (what _desired_route writes)."""
+    from app.drivers.caddy.caddyfile import check_caddyfile
+    cd = get_driver("caddy")
+    s = svc("caddy", id_=3, name="gateway")
+    health = {"interval": "500ms", "timeout": "1s", "fails": 1, "passes": 1}
+    route = ServiceSlice(
+        id=1, name="shop", type=SliceType.CADDY_ROUTE, status=SliceStatus.READY,
+        config={"hostnames": ["shop.example.com"], "service_id": 5,
+                "upstreams": ["web-5-blue.internal:8080", "web-5-green.internal:8080",
+                              "10.0.0.3:20010", "10.0.0.3:20011"],
+                "health_path": "/.keystone/ready", "health": health, "dial_timeout": "1s",
+                "path_routes": [{"name": "websocket", "paths": ["/app/*", "/apps/*"],
+                                 "service_id": 9,
+                                 "upstreams": ["websocket-9-blue.internal:8080",
+                                               "websocket-9-green.internal:8080",
+                                               "10.0.0.3:20018", "10.0.0.3:20019"]}]})
+    waiting = ServiceSlice(
+        id=2, name="new", type=SliceType.CADDY_ROUTE, status=SliceStatus.READY,
+        config={"hostnames": ["new.shop.test"], "tls": "off", "upstreams": [],
+                "path_routes": [{"name": "websocket", "paths": ["/app/*", "/apps/*"],
+                                 "upstreams": []}]})
+    text = cd.render_gateway_config(s, [route, waiting])
+    golden("caddy/Caddyfile.websocket", text)
+    check_caddyfile(text)  # the real caddy binary accepts it
+    assert text.count("health_uri /.keystone/ready") == 2
+    assert text.count("stream_close_delay 5m") == 2
+
+
 def test_laravel_roles_golden():
     lv = get_driver("laravel")
     s = svc("laravel", id_=5, name="web", process_roles=["web"],

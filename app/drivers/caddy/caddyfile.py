@@ -27,6 +27,10 @@ _LABEL = r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
 _HOSTNAME_RE = re.compile(rf"^(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}$")
 _DURATION_RE = re.compile(r"^[0-9]{1,6}(?:ms|s|m|h)$")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
+# A path-matcher pattern: a plain path, optionally ending in ``*`` (prefix match), e.g.
+# ``/app/*``. No spaces, braces, quotes, placeholders or other Caddyfile syntax.
+_MATCH_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._~-]+/){0,20}(?:[A-Za-z0-9._~-]{1,100}|\*)?$")
+_MATCHER_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 _EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@(?:[a-z0-9-]{1,63}\.)+[a-z]{2,63}$")
 
 TLS_MODES = ("auto", "internal", "off")
@@ -102,7 +106,7 @@ def validate_port(value: object, what: str = "port") -> int:
 
 
 def _duration(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _DURATION_RE.match(value):
+    if not isinstance(value, str) or not _DURATION_RE.fullmatch(value):
         raise CaddyfileError(f"{what} {value!r}: must look like 250ms, 5s, 1m")
     return value
 
@@ -114,6 +118,50 @@ class Upstream:
 
     def address(self) -> str:
         return f"{validate_upstream_host(self.host)}:{validate_port(self.port, 'upstream port')}"
+
+
+def _parse_upstreams(raw: object, what: str) -> list[Upstream]:
+    ups = []
+    for i, u in enumerate(raw or []):  # type: ignore[union-attr]
+        if isinstance(u, str):
+            host, _, port = u.rpartition(":")
+            ups.append(Upstream(host, port))  # type: ignore[arg-type]
+        elif isinstance(u, dict):
+            ups.append(Upstream(u.get("host"), u.get("port")))  # type: ignore[arg-type]
+        else:
+            raise CaddyfileError(f"{what}: upstreams[{i}] must be host:port")
+    return ups
+
+
+def validate_match_path(value: object, what: str = "path") -> str:
+    """A path-matcher pattern from the allowlist (``/app/*``, ``/apps/*``, ``/broadcasting``)."""
+    if not isinstance(value, str) or not _MATCH_PATH_RE.fullmatch(value) or "/../" in value + "/" \
+            or "//" in value:
+        raise CaddyfileError(f"{what} {value!r}: must be a plain path such as /app/* "
+                             "(letters, digits, . _ ~ - and /, optionally ending in *)")
+    return value
+
+
+@dataclass
+class PathRoute:
+    """Requests to some paths of a site go to other upstreams (e.g. Reverb's ``/app/*``).
+
+    Rendered as a named path matcher ``@<name>`` and a ``handle @<name>`` block
+    with its own ``reverse_proxy`` (same load-balancing, health-check and
+    stream settings as the site's), before the site's catch-all ``handle``.
+    """
+
+    name: str
+    paths: list[str]
+    upstreams: list[Upstream] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, config: object, route_name: str = "") -> "PathRoute":
+        if not isinstance(config, dict):
+            raise CaddyfileError(f"route {route_name}: each path route must be a mapping")
+        return cls(name=config.get("name"), paths=list(config.get("paths") or []),
+                   upstreams=_parse_upstreams(config.get("upstreams"),
+                                              f"route {route_name}: {config.get('name')}"))
 
 
 @dataclass
@@ -136,18 +184,13 @@ class Route:
     health_timeout: str = "3s"
     health_fails: int | None = None
     health_passes: int | None = None
+    # Paths routed elsewhere first (e.g. Reverb's Pusher paths to the websocket slots).
+    path_routes: list[PathRoute] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: dict, name: str = "") -> "Route":
-        ups = []
-        for i, u in enumerate(config.get("upstreams") or []):
-            if isinstance(u, str):
-                host, _, port = u.rpartition(":")
-                ups.append(Upstream(host, port))  # type: ignore[arg-type]
-            elif isinstance(u, dict):
-                ups.append(Upstream(u.get("host"), u.get("port")))  # type: ignore[arg-type]
-            else:
-                raise CaddyfileError(f"route {name}: upstreams[{i}] must be host:port")
+        ups = _parse_upstreams(config.get("upstreams"), f"route {name}")
+        paths = [PathRoute.from_config(p, name) for p in config.get("path_routes") or []]
         health = config.get("health") or {}
         extra = {}
         for key in ("interval", "timeout"):
@@ -164,7 +207,7 @@ class Route:
                 extra[key] = _duration(config[key], f"route {name}: {key}")
         return cls(hostnames=list(config.get("hostnames") or []), upstreams=ups,
                    tls=config.get("tls", "auto"), name=name,
-                   health_path=config.get("health_path"), **extra)
+                   health_path=config.get("health_path"), path_routes=paths, **extra)
 
 
 @dataclass
@@ -173,6 +216,40 @@ class GatewayOptions:
     grace_period: str = "10s"
     # A catch-all :80 site so unknown hosts get a clear 404 instead of nothing.
     default_site: bool = True
+
+
+def _render_proxy(route: Route, upstreams: list[Upstream], out: list[str],
+                  indent: str) -> None:
+    """One ``reverse_proxy`` block (or a 503 while there is no upstream yet)."""
+    if not upstreams:
+        out.append(f'{indent}respond "No healthy replica yet" 503')
+        return
+    addresses = " ".join(u.address() for u in upstreams)
+    i = indent
+    out.append(f"{i}reverse_proxy {addresses} {{")
+    out.append(f"{i}\tlb_policy round_robin")
+    out.append(f"{i}\tlb_try_duration {_duration(route.lb_try_duration, 'lb_try_duration')}")
+    out.append(f"{i}\tlb_try_interval {_duration(route.lb_try_interval, 'lb_try_interval')}")
+    out.append(f"{i}\tfail_duration 10s")
+    if route.health_path:
+        if not _PATH_RE.fullmatch(route.health_path):
+            raise CaddyfileError(f"route {route.name}: health path {route.health_path!r} "
+                                 "must be a plain path like /up")
+        out.append(f"{i}\thealth_uri {route.health_path}")
+        out.append(f"{i}\thealth_interval {_duration(route.health_interval, 'health_interval')}")
+        out.append(f"{i}\thealth_timeout {_duration(route.health_timeout, 'health_timeout')}")
+        if route.health_fails is not None:
+            out.append(f"{i}\thealth_fails {int(route.health_fails)}")
+        if route.health_passes is not None:
+            out.append(f"{i}\thealth_passes {int(route.health_passes)}")
+    # Upgraded (websocket) and other streaming connections survive a config reload for this
+    # long; they are closed when their upstream goes away, whatever this says.
+    out.append(f"{i}\tstream_close_delay "
+               f"{_duration(route.stream_close_delay, 'stream_close_delay')}")
+    out.append(f"{i}\ttransport http {{")
+    out.append(f"{i}\t\tdial_timeout {_duration(route.dial_timeout, 'dial_timeout')}")
+    out.append(f"{i}\t}}")
+    out.append(f"{i}}}")
 
 
 def _render_route(route: Route, out: list[str]) -> None:
@@ -187,32 +264,31 @@ def _render_route(route: Route, out: list[str]) -> None:
     out.append(", ".join(addresses) + " {")
     if route.tls == "internal":
         out.append("\ttls internal")
-    if not route.upstreams:
-        out.append('\trespond "No healthy replica yet" 503')
+    if not route.path_routes:
+        _render_proxy(route, route.upstreams, out, "\t")
         out.append("}")
         return
-    upstreams = " ".join(u.address() for u in route.upstreams)
-    out.append(f"\treverse_proxy {upstreams} {{")
-    out.append("\t\tlb_policy round_robin")
-    out.append(f"\t\tlb_try_duration {_duration(route.lb_try_duration, 'lb_try_duration')}")
-    out.append(f"\t\tlb_try_interval {_duration(route.lb_try_interval, 'lb_try_interval')}")
-    out.append("\t\tfail_duration 10s")
-    if route.health_path:
-        if not _PATH_RE.match(route.health_path):
-            raise CaddyfileError(f"route {route.name}: health path {route.health_path!r} "
-                                 "must be a plain path like /up")
-        out.append(f"\t\thealth_uri {route.health_path}")
-        out.append(f"\t\thealth_interval {_duration(route.health_interval, 'health_interval')}")
-        out.append(f"\t\thealth_timeout {_duration(route.health_timeout, 'health_timeout')}")
-        if route.health_fails is not None:
-            out.append(f"\t\thealth_fails {int(route.health_fails)}")
-        if route.health_passes is not None:
-            out.append(f"\t\thealth_passes {int(route.health_passes)}")
-    out.append(f"\t\tstream_close_delay "
-               f"{_duration(route.stream_close_delay, 'stream_close_delay')}")
-    out.append("\t\ttransport http {")
-    out.append(f"\t\t\tdial_timeout {_duration(route.dial_timeout, 'dial_timeout')}")
-    out.append("\t\t}")
+    # Named path matchers first, then one `handle` per path route and a catch-all
+    # `handle` for the rest: handle blocks are mutually exclusive, and Caddy tries
+    # the ones with a matcher before the one without.
+    names: set[str] = set()
+    for pr in route.path_routes:
+        if not isinstance(pr.name, str) or not _MATCHER_NAME_RE.fullmatch(pr.name):
+            raise CaddyfileError(f"route {route.name}: path route name {pr.name!r} must be "
+                                 "lowercase letters, digits and _")
+        if pr.name in names:
+            raise CaddyfileError(f"route {route.name}: path route {pr.name!r} is listed twice")
+        names.add(pr.name)
+        if not pr.paths:
+            raise CaddyfileError(f"route {route.name}: path route {pr.name!r} has no paths")
+        paths = [validate_match_path(p, f"route {route.name}: {pr.name} path") for p in pr.paths]
+        out.append(f"\t@{pr.name} path {' '.join(paths)}")
+    for pr in route.path_routes:
+        out.append(f"\thandle @{pr.name} {{")
+        _render_proxy(route, pr.upstreams, out, "\t\t")
+        out.append("\t}")
+    out.append("\thandle {")
+    _render_proxy(route, route.upstreams, out, "\t\t")
     out.append("\t}")
     out.append("}")
 
@@ -236,7 +312,7 @@ def render_caddyfile(routes: Iterable[Route], options: GatewayOptions | None = N
     out.append(f"\tadmin {ADMIN_ADDRESS}")
     out.append(f"\tgrace_period {_duration(options.grace_period, 'grace_period')}")
     if options.email:
-        if not _EMAIL_RE.match(options.email):
+        if not _EMAIL_RE.fullmatch(options.email):
             raise CaddyfileError(f"ACME email {options.email!r} is not a valid address")
         out.append(f"\temail {options.email}")
     out.append("}")
