@@ -213,3 +213,27 @@ def test_7_the_main_pages(walk, screenshot):
     screenshot(page, "services")
     page.locator("main a[href^='/services/']", has_text="postgres").first.click()
     screenshot(page, "service")
+
+
+def test_8_the_environment_page_at_phone_width(walk, browser, screenshot):
+    """Variables and attachments stack into labelled blocks: nothing scrolls sideways."""
+    page = walk.page
+    page.goto(walk.base + "/")
+    page.locator("main a", has_text="production").first.click()
+    env_url = page.url
+    phone = browser.new_context(viewport={"width": 390, "height": 844},
+                                storage_state=page.context.storage_state())
+    try:
+        p = phone.new_page()
+        p.goto(env_url)
+        expect(p.locator("#variables table.variables tbody tr").first).to_be_visible()
+        expect(p.locator("#attachments table tbody tr").first).to_be_visible()
+        width = p.evaluate("document.documentElement.scrollWidth")
+        assert width <= 400, f"the environment page scrolls sideways at phone width ({width}px)"
+        # The column names are on each stacked cell instead of a header row.
+        label = p.evaluate("getComputedStyle(document.querySelector("
+                           "'#variables td[data-label=Key]'), '::before').content")
+        assert label == '"Key"', label
+        screenshot(p, "environment-phone")
+    finally:
+        phone.close()
