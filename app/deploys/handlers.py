@@ -9,13 +9,12 @@
 
 An ordinary deploy changes NO gateway configuration (docs/cutover.md): both
 slots of every server are always listed in the Caddyfile and Caddy's active
-health check on ``/.keystone/ready`` moves traffic. A websocket (Reverb) service is
-routed the same way on the same domain: Reverb's Pusher paths (``/app/*``,
-``/apps/*``) go to its own blue/green slots, checked on the same ready path.
-Failure before the
-cutover (a replica that never becomes healthy) removes every new replica of
-this deploy -- with its last log lines on the step -- and leaves the old
-ones serving; the gateway is not touched.
+health check on ``/.keystone/ready`` moves traffic. A websocket (Reverb)
+service is routed the same way on the same domain: Reverb's Pusher paths
+(``/app/*``, ``/apps/*``) go to its own blue/green slots, checked on the same
+ready path. Failure before the cutover (a replica that never becomes healthy)
+removes every new replica of this deploy -- with its last log lines on the
+step -- and leaves the old ones serving; the gateway is not touched.
 """
 from __future__ import annotations
 
