@@ -14,7 +14,7 @@ import time
 import pytest
 
 from app.deploys.testbed import wait_until
-from tests.integration.testbeds import commit_of, testbed
+from tests.integration.testbeds import commit_of, running_testbed
 from bench.loadgen import LoadGenerator
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def bed(sandbox, tmp_path_factory, migrated_db_template, redis_url):
-    with testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "deploys",
+    with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "deploys",
                  server_count=1) as tb:
         yield tb
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.integration.testbeds import testbed
+from tests.integration.testbeds import running_testbed
 from bench.loadgen import LoadGenerator
 
 pytestmark = pytest.mark.integration
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def bed2(sandbox, tmp_path_factory, migrated_db_template, redis_url):
-    with testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "deploys-multi",
+    with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "deploys-multi",
                  server_count=2) as tb:
         yield tb
 
