@@ -11,8 +11,8 @@ An ordinary deploy changes NO gateway configuration (docs/cutover.md): both
 slots of every server are always listed in the Caddyfile and Caddy's active
 health check on ``/.keystone/ready`` moves traffic. A websocket (Reverb)
 service is routed the same way on the same domain: Reverb's Pusher paths
-(``/app/*``, ``/apps/*``) go to its own blue/green slots, checked on the same
-ready path. Failure before the cutover (a replica that never becomes healthy)
+(``/app/*``, ``/apps/*``) go to its own blue/green slots, checked on the
+websocket server's own health path (Reverb's ``/up``). Failure before the cutover (a replica that never becomes healthy)
 removes every new replica of this deploy -- with its last log lines on the
 step -- and leaves the old ones serving; the gateway is not touched.
 """
@@ -518,19 +518,20 @@ class EnvironmentDeploy:
             if not healthy:
                 raise StepFailed(f"{name} never became healthy: {path} answered {last} after "
                                  f"{retries} tries")
-            if role in ("web", "websocket"):
-                # Routed roles: the gateway's active health check asks the ready path (503
-                # while draining). A websocket replica (reverb:start) must answer it itself.
+            if role == "web":
+                # The gateway's active health check asks the ready path (503 while draining).
                 res = step.run(dc.ready_probe(name, APP_PORT), check=False, pty=False,
                                timeout=30)
                 ready = _last_line(res)
                 step.log(f"{READY_PATH} -> {ready} (what the gateway checks)")
                 if ready != "200":
-                    what = ("the image lacks Keystone's ready handler" if role == "web" else
-                            "the websocket server must answer it (200, 503 while "
-                            "/tmp/keystone-drain exists) or the gateway never routes to it")
                     raise StepFailed(f"{name} is healthy but {READY_PATH} answered {ready}: "
-                                     f"{what}")
+                                     "the image lacks Keystone's ready handler")
+            elif role == "websocket":
+                # Laravel Reverb serves its own GET /up (checked above) and no Keystone ready
+                # handler: the gateway checks the health path on websocket slots, and an old
+                # replica leaves the rotation when it stops (the gateway retries the dial).
+                step.log(f"the gateway checks {path} on the websocket slots")
             res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
             self._mark_running(replica, _stdout(res).split())
 
@@ -614,8 +615,11 @@ class EnvironmentDeploy:
         if ws is not None:
             # Reverb's Pusher paths to the websocket slots: a named path matcher and its own
             # `handle` in the same site, with the same active health check on the ready path.
+            # Its active health check asks the websocket server's own health path (Laravel
+            # Reverb answers GET /up; it has no Keystone ready handler, see _health_check).
             cfg["path_routes"] = [{"name": WEBSOCKET_MATCHER, "paths": list(WEBSOCKET_PATHS),
                                    "upstreams": self._slot_addresses(ws, gateway.server_id),
+                                   "health_path": health_settings(ws.config)["path"],
                                    "service_id": ws.id}]
         else:
             cfg.pop("path_routes", None)
@@ -734,11 +738,10 @@ class EnvironmentDeploy:
             time.sleep(window)
 
     def _stop_old(self, cctx: OperationContext, change: ServiceChange) -> None:
-        # A websocket replica is routed like web but the plan has no drain phase for it: take
-        # it out of the gateway's rotation first (ready -> 503, one check interval), so no new
-        # connection lands on it; its open connections end at SIGTERM and clients reconnect
-        # to the new slot (docs/cutover.md).
-        drain_first = change.role == "websocket"
+        # A websocket (Reverb) replica has no drain signal: it leaves the gateway's rotation
+        # when it stops (its health path fails, and a dial to it is retried on the new slot
+        # within lb_try_duration); its open connections end at SIGTERM (close 1001) and
+        # clients reconnect to the new slot (docs/cutover.md).
         for old in change.old_replicas:
             replica = self._replica(old.id)
             if replica is None:
@@ -746,12 +749,10 @@ class EnvironmentDeploy:
             server = db.session.get(Server, replica.server_id)
             with cctx.step(f"Stop {replica.container_name} (SIGTERM, up to "
                            f"{change.stop_timeout}s)", server=server) as step:
-                if drain_first:
-                    step.log(f"websocket replica: drain first ({READY_PATH} -> 503), wait "
-                             f"{GATEWAY_SETTLE_SECONDS:g}s for the gateways; open websocket "
-                             "connections are closed at SIGTERM and clients reconnect")
-                self._teardown(step, replica, timeout=change.stop_timeout,
-                               drain_first=drain_first)
+                if change.role == "websocket":
+                    step.log("websocket replica: open connections are closed at SIGTERM and "
+                             "clients reconnect to the new slot")
+                self._teardown(step, replica, timeout=change.stop_timeout, drain_first=False)
             replica.status = ReplicaStatus.REMOVED
             replica.health_status = HealthStatus.UNKNOWN
             if self.env.scheduler_replica_id == replica.id:

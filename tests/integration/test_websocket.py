@@ -25,8 +25,9 @@ import time
 
 import pytest
 
-from app.deploys.testbed import Testbed, describe, wait_until
+from app.deploys.testbed import describe, wait_until
 from bench.loadgen import LoadGenerator
+from tests.integration.testbeds import commit_of, running_testbed
 
 pytestmark = pytest.mark.integration
 
@@ -168,13 +169,6 @@ def post_event(bed, name: str, channel: str, data: dict) -> tuple[int, bytes]:
         conn.close()
 
 
-def commit_of(body: bytes):
-    try:
-        return json.loads(body)["commit"]
-    except (ValueError, KeyError, TypeError):
-        return "?"
-
-
 def container_hostname(bed, name: str) -> str:
     return bed.sandbox_servers[0].exec("docker", "inspect", "--format", "{{.Config.Hostname}}",
                                        name).stdout.strip()
@@ -226,20 +220,10 @@ class WebsocketProbe:
 
 @pytest.fixture(scope="module")
 def bed(sandbox, tmp_path_factory, migrated_db_template, redis_url):
-    from app.extensions import db
-    from tests.conftest import make_app
-    app = make_app(tmp_path_factory.mktemp("websocket"), migrated_db_template, redis_url)
-    ctx = app.app_context()
-    ctx.push()
-    tb = Testbed(sandbox, server_count=1, websocket=True,
-                 extra_env={"REVERB_APP_KEY": APP_KEY})
-    try:
-        tb.setup()
+    with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "websocket",
+                         server_count=1, websocket=True,
+                         extra_env={"REVERB_APP_KEY": APP_KEY}) as tb:
         yield tb
-    finally:
-        tb.cleanup()
-        db.session.remove()
-        ctx.pop()
 
 
 def running_replicas(bed, service_id):
@@ -262,16 +246,19 @@ def test_first_deploy_routes_reverb_paths_to_the_websocket_service(bed, sandbox)
     assert wsr.config["role"] == "websocket" and wsr.config["slot"] == "blue"
     assert wsr.health_status.value == "healthy"
     logs = all_logs(op)
-    # Our own health check of the websocket replica: /up, then the gateway's ready path.
+    # Our own health check of the websocket replica is Reverb's /up; like Reverb, the server
+    # has no Keystone ready handler, so the gateway checks /up on the websocket slots.
     assert f"Health check {wsr.container_name}" in logs
-    assert "/.keystone/ready -> 200 (what the gateway checks)" in logs
+    assert "the gateway checks /up on the websocket slots" in logs
     # The first deploy routed the domain: web slots + Reverb's paths to the websocket slots.
     assert "slice_configure" in [c.kind.value for c in op.children]
     text = bed.sandbox_servers[0].exec("cat", CADDYFILE).stdout
     assert "@websocket path /app/* /apps/*" in text and "handle @websocket {" in text, text
     assert f"websocket-{bed.ws_id}-blue.internal:8080 websocket-{bed.ws_id}-green.internal:8080" \
         in text, text
-    assert text.count("health_uri /.keystone/ready") == 2 and "stream_close_delay" in text
+    ws_block = text.split("handle @websocket {", 1)[1].split("\thandle {", 1)[0]
+    assert "health_uri /up" in ws_block and "health_uri /.keystone/ready" not in ws_block, text
+    assert text.count("health_uri /.keystone/ready") == 1 and "stream_close_delay" in text
 
     # A websocket through the gateway is answered by the websocket replica.
     data = wait_until(lambda: established(bed), 15)
@@ -347,10 +334,12 @@ def test_new_commit_moves_websockets_without_a_gateway_change(bed, sandbox):
         hosts = [h for _, h, _ in probe.answers]
         assert hosts[0] == bed.first_ws_hostname and hosts[-1] == new_host, hosts
         assert {c for _, _, c in probe.answers} <= {old_commit, new_commit}
-        # The old replica was drained, then stopped; its open connection was closed (1001)
-        # and a client reconnecting gets the new replica.
+        # The old replica was stopped (no drain signal: new connections meanwhile went to either
+        # replica, none failed); its open connection was closed (1001) and a client
+        # reconnecting gets the new replica.
         logs = all_logs(op)
-        assert f"Stop {old_ws.container_name}" in logs and "websocket replica: drain first" in logs
+        assert f"Stop {old_ws.container_name}" in logs
+        assert "open connections are closed at SIGTERM" in logs
         with pytest.raises(WebSocketClosed) as closed:
             while True:
                 held.recv(timeout=30)

@@ -207,6 +207,17 @@ def test_websocket_paths_adapt_to_a_path_matched_subroute_before_the_catch_all()
     assert '"/apps/*"' in text and text.count('"uri": "/.keystone/ready"') == 2
 
 
+def test_a_path_route_can_have_its_own_health_path():
+    """Reverb answers /up, not Keystone's ready path: the websocket handle checks /up."""
+    import json
+    adapted = json.loads(check_caddyfile(render_caddyfile([_ws_route(health_path="/up")])))
+    text = json.dumps(adapted)
+    assert text.count('"uri": "/up"') == 1 and text.count('"uri": "/.keystone/ready"') == 1
+    for bad in ("/up\n", "up", "/up {", "/$x", 5):
+        with pytest.raises(CaddyfileError):
+            render_caddyfile([_ws_route(health_path=bad)])
+
+
 @pytest.mark.parametrize("path", ["/app/* /x", "/app/{path}", "app/*", "/a/../b", "/a//b",
                                   "/app/*\n", "/app*", "/ap p", "/app/*}", "/{$HOME}", "",
                                   "/app/\"x\"", "/app/#", None, 3])

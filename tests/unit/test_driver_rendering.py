@@ -123,8 +123,8 @@ def test_caddy_compose_and_caddyfile_golden():
 
 def test_caddyfile_with_websocket_paths_golden():
     """An environment with a websocket (Reverb) service: Reverb's Pusher paths go to its
-    blue/green slots through a named path matcher and `handle`, the rest to web; both
-    with the active health check on the ready path (what _desired_route writes)."""
+    blue/green slots through a named path matcher and `handle`, checked on Reverb's own /up;
+    the rest to web, checked on the ready path (what _desired_route writes)."""
     from app.drivers.caddy.caddyfile import check_caddyfile
     cd = get_driver("caddy")
     s = svc("caddy", id_=3, name="gateway")
@@ -136,7 +136,7 @@ def test_caddyfile_with_websocket_paths_golden():
                               "10.0.0.3:20010", "10.0.0.3:20011"],
                 "health_path": "/.keystone/ready", "health": health, "dial_timeout": "1s",
                 "path_routes": [{"name": "websocket", "paths": ["/app/*", "/apps/*"],
-                                 "service_id": 9,
+                                 "service_id": 9, "health_path": "/up",
                                  "upstreams": ["websocket-9-blue.internal:8080",
                                                "websocket-9-green.internal:8080",
                                                "10.0.0.3:20018", "10.0.0.3:20019"]}]})
@@ -148,7 +148,7 @@ def test_caddyfile_with_websocket_paths_golden():
     text = cd.render_gateway_config(s, [route, waiting])
     golden("caddy/Caddyfile.websocket", text)
     check_caddyfile(text)  # the real caddy binary accepts it
-    assert text.count("health_uri /.keystone/ready") == 2
+    assert text.count("health_uri /.keystone/ready") == 1 and text.count("health_uri /up") == 1
     assert text.count("stream_close_delay 5m") == 2
 
 

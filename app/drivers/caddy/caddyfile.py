@@ -154,6 +154,9 @@ class PathRoute:
     name: str
     paths: list[str]
     upstreams: list[Upstream] = field(default_factory=list)
+    # The active health check path of these upstreams when it differs from the site's
+    # (Laravel Reverb answers its own /up, not Keystone's ready path).
+    health_path: str | None = None
 
     @classmethod
     def from_config(cls, config: object, route_name: str = "") -> "PathRoute":
@@ -161,7 +164,8 @@ class PathRoute:
             raise CaddyfileError(f"route {route_name}: each path route must be a mapping")
         return cls(name=config.get("name"), paths=list(config.get("paths") or []),
                    upstreams=_parse_upstreams(config.get("upstreams"),
-                                              f"route {route_name}: {config.get('name')}"))
+                                              f"route {route_name}: {config.get('name')}"),
+                   health_path=config.get("health_path"))
 
 
 @dataclass
@@ -219,8 +223,10 @@ class GatewayOptions:
 
 
 def _render_proxy(route: Route, upstreams: list[Upstream], out: list[str],
-                  indent: str) -> None:
-    """One ``reverse_proxy`` block (or a 503 while there is no upstream yet)."""
+                  indent: str, health_path: str | None = None) -> None:
+    """One ``reverse_proxy`` block (or a 503 while there is no upstream yet).
+
+    ``health_path`` overrides the site's health path for these upstreams."""
     if not upstreams:
         out.append(f'{indent}respond "No healthy replica yet" 503')
         return
@@ -231,11 +237,12 @@ def _render_proxy(route: Route, upstreams: list[Upstream], out: list[str],
     out.append(f"{i}\tlb_try_duration {_duration(route.lb_try_duration, 'lb_try_duration')}")
     out.append(f"{i}\tlb_try_interval {_duration(route.lb_try_interval, 'lb_try_interval')}")
     out.append(f"{i}\tfail_duration 10s")
-    if route.health_path:
-        if not _PATH_RE.fullmatch(route.health_path):
-            raise CaddyfileError(f"route {route.name}: health path {route.health_path!r} "
+    health_path = health_path or route.health_path
+    if health_path:
+        if not isinstance(health_path, str) or not _PATH_RE.fullmatch(health_path):
+            raise CaddyfileError(f"route {route.name}: health path {health_path!r} "
                                  "must be a plain path like /up")
-        out.append(f"{i}\thealth_uri {route.health_path}")
+        out.append(f"{i}\thealth_uri {health_path}")
         out.append(f"{i}\thealth_interval {_duration(route.health_interval, 'health_interval')}")
         out.append(f"{i}\thealth_timeout {_duration(route.health_timeout, 'health_timeout')}")
         if route.health_fails is not None:
@@ -285,7 +292,7 @@ def _render_route(route: Route, out: list[str]) -> None:
         out.append(f"\t@{pr.name} path {' '.join(paths)}")
     for pr in route.path_routes:
         out.append(f"\thandle @{pr.name} {{")
-        _render_proxy(route, pr.upstreams, out, "\t\t")
+        _render_proxy(route, pr.upstreams, out, "\t\t", pr.health_path)
         out.append("\t}")
     out.append("\thandle {")
     _render_proxy(route, route.upstreams, out, "\t\t")

@@ -3,9 +3,10 @@
 // the sandbox, so this is plain PHP, one process, stream_socket_server + stream_select.
 // It speaks just enough of what Reverb serves for Keystone's tests:
 //
-//   GET  /up                 200 (500 when the commit is broken on purpose, like the web app)
-//   GET  /.keystone/ready    Keystone's gateway health check: 503 while the drain marker
-//                            /tmp/keystone-drain exists, otherwise /up's answer
+//   GET  /up                 200 (500 when the commit is broken on purpose, like the web app);
+//                            Reverb's health check route, what the deploy and the gateway ask.
+//                            Like Reverb it has no Keystone ready handler (/.keystone/ready
+//                            is a 404 here), so Keystone must not rely on one for websockets.
 //   GET  /app/{key}          RFC 6455 websocket handshake, then the Pusher protocol:
 //                            pusher:connection_established (socket_id, activity_timeout and,
 //                            so a test can tell replicas apart, hostname and commit),
@@ -18,7 +19,6 @@
 // stop listening, exit 0. HTTP responses always close the connection.
 
 const KS_WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
-const KS_DRAIN_MARKER = '/tmp/keystone-drain';
 const KS_MAX_HEADER = 16384;
 const KS_MAX_BODY = 1048576;
 const KS_MAX_FRAME = 1048576;
@@ -269,15 +269,6 @@ function reverb_serve(array $options): int
             if ($path === '/up') {
                 $status = reverb_health();
                 reverb_http($sock, $status, $status === 200 ? "OK\n" : "broken on purpose\n");
-                $drop($id);
-            } elseif ($path === '/.keystone/ready') {
-                if (file_exists(KS_DRAIN_MARKER)) {
-                    reverb_http($sock, 503, "draining\n");
-                } else {
-                    $status = reverb_health();
-                    reverb_http($sock, $status === 200 ? 200 : 503,
-                                $status === 200 ? "ready\n" : "not ready ($status)\n");
-                }
                 $drop($id);
             } elseif (preg_match('#^/app/([A-Za-z0-9_.-]{1,100})$#', $path, $m)) {
                 $key = $headers['sec-websocket-key'] ?? '';
