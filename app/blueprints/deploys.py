@@ -139,28 +139,34 @@ def rollback(environment_id, artifact_id):
 
 # --------------------------------------------------------------------------- roles
 
+ROLE_ADDED = {
+    "worker": "Worker service {name!r} added (php artisan queue:work from the same build). "
+              "It starts with the next deploy.",
+    "websocket": "Websocket service {name!r} added (php artisan reverb:start from the same "
+                 "build). From the next deploy on, /app/* and /apps/* on this environment's "
+                 "domains go to it.",
+}
+
+
+def _add_role(environment_id: int, role: str):
+    env = get_for_org_or_404(Environment, environment_id)
+    try:
+        service = deploy_service.add_role_service(env, role)
+    except deploy_service.RoleError as exc:
+        return _done(env, error=str(exc))
+    return _done(env, message=ROLE_ADDED[role].format(name=service.name))
+
+
 @bp.route("/<int:environment_id>/workers", methods=["POST"])
 @login_required
 def add_worker(environment_id):
-    env = get_for_org_or_404(Environment, environment_id)
-    try:
-        service = deploy_service.add_role_service(env, "worker")
-    except deploy_service.RoleError as exc:
-        return _done(env, error=str(exc))
-    return _done(env, message=f"Worker service {service.name!r} added (php artisan queue:work "
-                              "from the same build). It starts with the next deploy.")
+    return _add_role(environment_id, "worker")
 
 
 @bp.route("/<int:environment_id>/websocket", methods=["POST"])
 @login_required
 def add_websocket(environment_id):
-    env = get_for_org_or_404(Environment, environment_id)
-    try:
-        service = deploy_service.add_role_service(env, "websocket")
-    except deploy_service.RoleError as exc:
-        return _done(env, error=str(exc))
-    return _done(env, message=f"Websocket service {service.name!r} added (php artisan "
-                              "reverb:start). It starts with the next deploy.")
+    return _add_role(environment_id, "websocket")
 
 
 @bp.route("/<int:environment_id>/services/<int:service_id>/embedded-worker", methods=["POST"])

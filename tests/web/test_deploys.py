@@ -130,9 +130,11 @@ def test_add_worker_creates_a_dedicated_worker_service(app, client, db, auth):
     names = db.session.execute(sa.select(Service.name).where(
         Service.environment_id == g.environment.id)).scalars().all()
     assert "worker-2" in names
-    client.post(f"/environments/{g.environment.id}/websocket", data={"csrf_token": auth.csrf()})
+    resp = client.post(f"/environments/{g.environment.id}/websocket",
+                       data={"csrf_token": auth.csrf()}, follow_redirects=True)
     ws = db.session.execute(sa.select(Service).where(Service.name == "websocket")).scalar_one()
     assert ws.process_roles == ["websocket"]
+    assert "/app/* and /apps/*" in resp.get_data(as_text=True)  # says where Reverb is routed
 
 
 def test_embedded_worker_is_a_not_for_production_option(app, client, db, auth):
