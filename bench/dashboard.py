@@ -1,7 +1,8 @@
 """Server-side speed of the pages a person looks at most.
 
 Seeds one organisation with 200 environments, 1,000 services and 20,000
-operations (SQLite in a temp dir, the real migration chain), then renders the
+operations, and gives the measured environment 50 attachments (Postgres slices)
+and 150 variables (SQLite in a temp dir, the real migration chain), then renders the
 dashboard, an environment page and the operations list through the Flask test
 client. Prints one JSON line: p95 milliseconds and SQL query count per page.
 Run: python -m bench.dashboard [--runs 50]
@@ -65,8 +66,42 @@ def seed(db, org_id: int, scale: float = 1.0) -> int:
                      "created_at": now - dt.timedelta(seconds=ops_n - i),
                      "updated_at": now, "started_at": now, "finished_at": now})
     db.session.execute(sa.insert(Operation.__table__), rows)
+    target = envs[envs_n // 2]
+    _attachments(db, org_id, target, servers[0], max(1, int(50 * scale)))
     db.session.commit()
-    return envs[envs_n // 2].id
+    return target.id
+
+
+def _attachments(db, org_id: int, env, server, n: int) -> None:
+    """``n`` Postgres services, each with a slice attached to ``env`` and with its managed DB_* variables, plus
+    ``n`` user variables: the environment page's attachments and variables components."""
+    from app.models import EnvironmentAttachment, EnvironmentVariable, Service, ServiceSlice
+    from app.models.enums import (AttachmentRole, DeployPolicy, ServiceCategory, SliceStatus,
+                                  SliceType, VariableSource)
+    for i in range(n):
+        pg = Service(organisation_id=org_id, name=f"postgres-{i}", type="postgres",
+                     category=ServiceCategory.DATABASE, driver_name="postgres",
+                     server_id=server.id, deploy_policy=DeployPolicy.DEPENDENCY_ONLY)
+        db.session.add(pg)
+        db.session.flush()
+        sl = ServiceSlice(service_id=pg.id, environment_id=env.id, name=f"db_{i}",
+                          type=SliceType.POSTGRES_DATABASE, status=SliceStatus.READY,
+                          config={"database": f"db_{i}", "username": f"u_{i}"},
+                          credentials={"password": f"pw-{i}"})
+        db.session.add(sl)
+        db.session.flush()
+        db.session.add(EnvironmentAttachment(
+            environment_id=env.id, service_id=pg.id, service_slice_id=sl.id,
+            role=AttachmentRole.DATABASE, env_prefix=f"DB{i}_" if i else None,
+            is_primary=i == 0, config={}))
+        for key, value, secret in ((f"DB{i}_DATABASE", f"db_{i}", False),
+                                   (f"DB{i}_PASSWORD", f"pw-{i}", True)):
+            db.session.add(EnvironmentVariable(
+                environment_id=env.id, key=key, value=value, is_secret=secret,
+                source=VariableSource.MANAGED_ATTACHMENT, service_slice_id=sl.id,
+                overridable=False))
+        db.session.add(EnvironmentVariable(environment_id=env.id, key=f"USER_{i}",
+                                           value=f"v{i}", source=VariableSource.USER))
 
 
 def main() -> None:
@@ -111,7 +146,9 @@ def measure(runs: int = 50, scale: float = 1.0) -> dict:
             sess["_user_id"] = str(user_id)
             sess["_fresh"] = True
         result = {"environments": int(ENVS * scale), "services": int(SERVICES * scale),
-                  "operations": int(OPERATIONS * scale)}
+                  "operations": int(OPERATIONS * scale),
+                  "attachments_on_page": max(1, int(50 * scale)),
+                  "variables_on_page": 3 * max(1, int(50 * scale))}
         for name, url in pages.items():
             times = []
             for i in range(runs + 3):
