@@ -17,6 +17,21 @@ closes before any response byte, GETs only), raw_resets (every reset seen,
 before any re-send), post_failures, deploys, p50/p95 deploy seconds (the
 whole operation: resolve, build, migrate, start, health, cutover) and the
 same for the cutover child alone. Every loop is bounded in count and time.
+
+    python -m bench.cutover --saturate
+
+The harder bed (issue 12): the app saturated. A web replica, a queue worker and
+the scheduler; 32 keep-alive connections in a closed loop (no rate limit, each
+sends its next request when the last answer arrived) on ``/``, which opens a
+Postgres connection and increments a Redis key per request, plus 4 closed-loop
+connections POSTing ``/items`` (one row per request, each with a unique name);
+every build runs on the same server. 5 deploys of new commits, then 1 deploy of
+a commit whose ``/up`` fails (expected to fail; the old version keeps serving).
+Afterwards every POST answered 2xx is looked up in the table: ``lost_posts``
+(answered but missing) and ``duplicated_posts`` (stored twice). The gateway's
+own log is searched for "no upstreams available" (``gateway_no_upstream``).
+Prints the usual JSON plus ``achieved_rps``, ``latency_p99_ms``,
+``failed_deploys_expected`` and ``failed_deploys_unexpected``.
 """
 from __future__ import annotations
 
@@ -50,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sandbox", default="keystone-bench")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
     parser.add_argument("--max-seconds", type=float, default=3600)
+    parser.add_argument("--saturate", action="store_true",
+                        help="closed-loop load on / plus POST /items, a worker, builds on the "
+                             "same server; 5 deploys and 1 failing deploy (issue 12)")
     args = parser.parse_args(argv)
+    if args.saturate:
+        return saturate(args)
     if not 1 <= args.deploys <= 100 or not 0 < args.rps <= 2000:
         parser.error("--deploys 1..100, --rps 1..2000")
 
@@ -132,6 +152,118 @@ def main(argv: list[str] | None = None) -> int:
             redis_proc.wait(timeout=10)
     print(json.dumps(result))
     return 0 if result and not result.get("deploys_failed") else 1
+
+
+def saturate(args) -> int:
+    """``--saturate``: see the module docstring."""
+    from cryptography.fernet import Fernet
+    from flask_migrate import upgrade
+
+    from app import create_app, embedded_redis
+    from app.deploys.gateway_health import no_upstream_lines
+    from app.deploys.testbed import Testbed
+    from app.extensions import db
+    from app.sandbox import Sandbox
+    from app.sandbox.sample import push_broken_commit, push_new_commit
+    from bench.loadgen import LoadGenerator
+
+    good_deploys = 5 if args.deploys == 10 else args.deploys  # 10 is the throttled default
+    root = Path(__file__).resolve().parents[1]
+    work = Path(tempfile.mkdtemp(prefix="keystone-bench-saturate-"))
+    redis_proc = embedded_redis.start(work / "redis.sock", work / "redis")
+    sb = Sandbox(name=args.sandbox, state_dir=root / "instance" / "sandbox" / args.sandbox)
+    info = sb.up(servers=2, bare=False, stand_ins=True)
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{work / 'keystone.db'}",
+                      "ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
+                      "SECRET_KEY": "bench", "REDIS_URL": f"unix://{work / 'redis.sock'}",
+                      "RQ_QUEUE": "bench-saturate"}, instance_path=str(work / "instance"))
+    result: dict = {}
+    with app.app_context():
+        upgrade()
+        bed = Testbed(info, server_count=1, worker=True)
+        try:
+            bed.setup()
+            push_new_commit(info.git)
+            bed.deploy()  # routes the slots; not measured
+            since = time.time()
+            gets = LoadGenerator(bed.http_port(), bed.hostname, rps=0, path="/",
+                                 connections=args.connections, post_ratio=0.0,
+                                 max_seconds=args.max_seconds, timeout=30)
+            posts = LoadGenerator(bed.http_port(), bed.hostname, rps=0, path="/",
+                                  post_path="/items", connections=4, post_ratio=1.0,
+                                  max_seconds=args.max_seconds, timeout=30)
+            durations: list[float] = []
+            unexpected: list[str] = []
+            expected_failed = 0
+            load_started = time.monotonic()
+            with gets, posts:
+                time.sleep(5)
+                plan = ["good"] * good_deploys + ["broken"]
+                for i, kind in enumerate(plan):
+                    (push_broken_commit if kind == "broken" else push_new_commit)(info.git)
+                    t0 = time.monotonic()
+                    op = bed.deploy(expect=None)
+                    durations.append(time.monotonic() - t0)
+                    ok = op.status.value == "succeeded"
+                    if kind == "broken" and not ok:
+                        expected_failed += 1
+                    elif kind == "broken" or not ok:
+                        unexpected.append(f"{kind} #{op.id}: {op.status.value}: {op.error}")
+                    print(f"deploy {i + 1}/{len(plan)} ({kind}): {op.status.value} in "
+                          f"{durations[-1]:.1f}s; {gets.stats.requests} GETs, "
+                          f"{posts.stats.requests} POSTs", file=sys.stderr)
+                time.sleep(5)
+            load_seconds = time.monotonic() - load_started
+            push_new_commit(info.git)  # leave a good head behind
+            g, p = gets.stats, posts.stats
+            stored = bed.psql("SELECT name, count(*) FROM sample_items WHERE name LIKE 'w%' "
+                              "GROUP BY name")
+            counts = {}
+            for line in stored.splitlines():
+                name, _, n = line.partition("|")
+                counts[name] = int(n or 0)
+            lost = [n for n in p.accepted_posts if counts.get(n, 0) == 0]
+            duplicated = [n for n, c in counts.items() if c > 1]
+            no_upstream = no_upstream_lines(bed.gateway_log(0, since))
+            latencies = g.latencies + p.latencies
+            p99 = None
+            if latencies:
+                latencies.sort()
+                p99 = round(latencies[min(len(latencies) - 1,
+                                          int(round(0.99 * (len(latencies) - 1))))] * 1000, 1)
+            statuses = g.statuses + p.statuses
+            result = {
+                "requests": g.requests + p.requests, "gets": g.requests, "posts": p.requests,
+                "non_2xx": g.non_2xx + p.non_2xx,
+                "connection_errors": g.connection_errors + p.connection_errors,
+                "raw_resets": g.raw_resets + p.raw_resets, "post_failures": p.post_failures,
+                "lost_posts": len(lost), "duplicated_posts": len(duplicated),
+                "gateway_no_upstream": len(no_upstream),
+                "deploys": len(durations), "failed_deploys_expected": expected_failed,
+                "failed_deploys_unexpected": len(unexpected),
+                "deploy_p50_s": _pct(durations, 0.5), "deploy_p95_s": _pct(durations, 0.95),
+                "achieved_rps": round((g.requests + p.requests) / max(load_seconds, 1e-9), 1),
+                "latency_p99_ms": p99, "load_seconds": round(load_seconds, 1),
+                "connections": args.connections, "post_connections": 4, "path": "/",
+                "post_path": "/items", "servers": 1, "builds_on_serving_server": True}
+            if set(statuses) - {200, 201}:
+                result["statuses"] = {str(k): v for k, v in statuses.items()}
+            if g.errors or p.errors:
+                result["error_kinds"] = dict(g.errors + p.errors)
+            if unexpected:
+                result["failures"] = unexpected[:5]
+        finally:
+            bed.cleanup()
+            db.session.remove()
+            if not args.keep:
+                sb.down()
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)
+    print(json.dumps(result))
+    bad = [k for k in ("non_2xx", "connection_errors", "post_failures", "lost_posts",
+                       "duplicated_posts", "gateway_no_upstream", "failed_deploys_unexpected")
+           if result.get(k)]
+    return 0 if result and not bad else 1
 
 
 if __name__ == "__main__":

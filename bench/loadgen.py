@@ -15,6 +15,13 @@ POSTs mixed). What is counted:
 * ``non_2xx``: answers with a status outside 200-299 (a 502 from the gateway
   is one), with a histogram in ``statuses``.
 
+``rps=0`` is a closed loop: every connection sends its next request as soon
+as the answer to the last one arrived (wrk's model), which saturates the app.
+``post_path`` sends POSTs elsewhere (e.g. ``/items``, which writes a row);
+each POST carries a unique ``name`` and the names answered 2xx are kept in
+``accepted_posts``, so a test can check the rows: none lost, none twice.
+Latencies of answered requests are kept for ``latency_ms(q)``.
+
 Only 127.0.0.0/8 targets are allowed (the sandbox network rules), and every
 loop is bounded by ``max_seconds`` and ``max_requests``.
 """
@@ -45,6 +52,16 @@ class LoadStats:
     statuses: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     bodies: Counter = field(default_factory=Counter)
+    latencies: list = field(default_factory=list)
+    accepted_posts: list = field(default_factory=list)
+    failed_posts: list = field(default_factory=list)
+
+    def latency_ms(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        values = sorted(self.latencies)
+        k = max(0, min(len(values) - 1, int(round(q * (len(values) - 1)))))
+        return round(values[k] * 1000, 1)
 
     def as_dict(self) -> dict:
         return {"requests": self.requests, "non_2xx": self.non_2xx,
@@ -58,12 +75,13 @@ class LoadGenerator:
     def __init__(self, port: int, host_header: str, *, rps: float = 200, connections: int = 8,
                  post_ratio: float = 0.3, path: str = "/", address: str = "127.0.0.1",
                  timeout: float = 10.0, max_seconds: float = 1800, max_requests: int = 2_000_000,
-                 body_key=None):
+                 body_key=None, post_path: str | None = None):
         if not ipaddress.ip_address(address).is_loopback:
             raise ValueError("load is only sent to 127.0.0.0/8")
         self.port, self.host_header, self.address = port, host_header, address
         self.rps, self.connections, self.post_ratio = float(rps), int(connections), post_ratio
         self.path, self.timeout = path, timeout
+        self.post_path = post_path or path
         self.max_seconds, self.max_requests = max_seconds, max_requests
         self.body_key = body_key  # fn(bytes) -> str: counted in stats.bodies (e.g. the commit)
         self.stats = LoadStats()
@@ -73,13 +91,15 @@ class LoadGenerator:
         self._started = 0.0
 
     # ------------------------------------------------------------------ one request
-    def _send(self, conn: http.client.HTTPConnection, method: str) -> tuple[int, bytes]:
-        body = b"keystone=bench" if method == "POST" else None
+    def _send(self, conn: http.client.HTTPConnection, method: str,
+              name: str = "bench") -> tuple[int, bytes]:
+        body = f"keystone=bench&name={name}".encode() if method == "POST" else None
         headers = {"Host": self.host_header, "Connection": "keep-alive"}
         if body is not None:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         try:
-            conn.request(method, self.path, body=body, headers=headers)
+            conn.request(method, self.post_path if method == "POST" else self.path, body=body,
+                         headers=headers)
             resp = conn.getresponse()
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
                 ConnectionAbortedError, http.client.BadStatusLine) as exc:
@@ -91,7 +111,7 @@ class LoadGenerator:
 
     def _worker(self, index: int) -> None:
         rate = self.rps / self.connections
-        interval = 1.0 / rate if rate > 0 else 1.0
+        interval = 1.0 / rate if rate > 0 else 0.0  # 0: closed loop
         rng = random.Random(index)
         conn: http.client.HTTPConnection | None = None
         nxt = time.monotonic() + rng.random() * interval
@@ -101,24 +121,33 @@ class LoadGenerator:
             if delay > 0:
                 if self._stop.wait(delay):
                     break
-            nxt += interval
+            nxt = nxt + interval if interval else time.monotonic()
             with self._lock:
                 if self.stats.requests >= self.max_requests:
                     break
+                seq = self.stats.requests
             method = "POST" if rng.random() < self.post_ratio else "GET"
+            name = f"w{index}-{seq}-{rng.getrandbits(32):08x}"
             for attempt in (0, 1):
                 if conn is None:
                     conn = http.client.HTTPConnection(self.address, self.port, timeout=self.timeout)
                 # http.client connects lazily: a socket here means an earlier answer kept it open.
                 reused = conn.sock is not None
+                t0 = time.monotonic()
                 try:
-                    status, data = self._send(conn, method)
+                    status, data = self._send(conn, method, name)
+                    elapsed = time.monotonic() - t0
                     key = self.body_key(data) if self.body_key else None
                     with self._lock:
                         self.stats.requests += 1
                         self.stats.statuses[status] += 1
+                        self.stats.latencies.append(elapsed)
                         if not 200 <= status < 300:
                             self.stats.non_2xx += 1
+                            if method == "POST":
+                                self.stats.failed_posts.append(name)
+                        elif method == "POST":
+                            self.stats.accepted_posts.append(name)
                         if key is not None:
                             self.stats.bodies[key] += 1
                     break
@@ -139,6 +168,7 @@ class LoadGenerator:
                         self.stats.connection_errors += 1
                         if method == "POST":
                             self.stats.post_failures += 1
+                            self.stats.failed_posts.append(name)
                     break
         if conn is not None:
             conn.close()

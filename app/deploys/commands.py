@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import shlex
 
-from app.deploys.slots import DRAIN_MARKER, READY_PATH, SCHEDULER_BUSY, SCHEDULER_FLAG
+from app.deploys.slots import (ARMED_MARKER, DRAIN_MARKER, READY_PATH, SCHEDULER_BUSY,
+                               SCHEDULER_FLAG)
 from app.shell import Command, cmd
 
 # Prints the HTTP status of GET http://127.0.0.1:<port><path> from inside a container
@@ -35,9 +36,37 @@ def ready_probe(container: str, port: int = 8080) -> Command:
     return probe(container, READY_PATH, port)
 
 
+# Print the server's clock (what the gateway's log lines are stamped with), then touch a
+# marker file in the container: the time tells which gateway log lines came after it.
+_STAMP_TOUCH_SH = 'date +%s.%N; docker exec "$1" touch "$2"'
+
+
+def arm(container: str) -> Command:
+    """Touch the armed marker: /.keystone/ready answers 200, gateways may mark it up.
+
+    Prints the server's time just before, as ``<epoch seconds>``."""
+    return cmd("sh", "-c", _STAMP_TOUCH_SH, "sh", container, ARMED_MARKER)
+
+
+def disarm(container: str) -> Command:
+    return cmd("docker", "exec", container, "rm", "-f", ARMED_MARKER)
+
+
 def drain(container: str) -> Command:
-    """Touch the drain marker: /.keystone/ready answers 503, the gateway stops sending."""
-    return cmd("docker", "exec", container, "touch", DRAIN_MARKER)
+    """Touch the drain marker: /.keystone/ready answers 503, the gateway stops sending.
+
+    Prints the server's time just before, as ``<epoch seconds>``."""
+    return cmd("sh", "-c", _STAMP_TOUCH_SH, "sh", container, DRAIN_MARKER)
+
+
+def server_time() -> Command:
+    return cmd("date", "+%s.%N")
+
+
+def gateway_log_since(container: str, since: float) -> Command:
+    """The gateway container's log (Caddy logs JSON on stderr) since ``since`` (epoch s)."""
+    return cmd("sh", "-c", 'docker logs --since "$1" "$2" 2>&1', "sh", f"{float(since):.3f}",
+               container)
 
 
 def undrain(container: str) -> Command:
@@ -60,10 +89,11 @@ def scheduler_state(container: str) -> Command:
 
 
 def inspect(container: str) -> Command:
-    """``<container id> <image id> <running> <health>`` of one container."""
+    """``<id> <image id> <running> <health> <restart count> <exit code>`` of one container."""
     return cmd("docker", "inspect", "--format",
                "{{.Id}} {{.Image}} {{.State.Running}} "
-               "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
+               "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} "
+               "{{.RestartCount}} {{.State.ExitCode}}",
                container)
 
 

@@ -24,13 +24,14 @@ import time
 import sqlalchemy as sa
 
 from app.deploys import commands as dc
+from app.deploys.gateway_health import health_events, parse_stamp
 from app.deploys.planning import (DeployPlan, EnvironmentSnapshot, PlanError, ReplicaFact,
                                   SchedulerFact, ServiceChange, ServiceFact, config_hash,
                                   health_settings, migration_settings, plan_deploy)
 from app.deploys.service import app_services, environment_servers, primary_web, service_server_ids
-from app.deploys.slots import (APP_PORT, HEALTH_INTERVAL_MS, READY_PATH, WEBSOCKET_MATCHER,
-                               WEBSOCKET_PATHS, container_name, project_name, slot_alias,
-                               slot_port, upstreams)
+from app.deploys.slots import (APP_PORT, HEALTH_FAILS, HEALTH_INTERVAL_MS, HEALTH_PASSES,
+                               HEALTH_TIMEOUT, READY_PATH, WEBSOCKET_MATCHER, WEBSOCKET_PATHS,
+                               container_name, project_name, slot_alias, slot_port, upstreams)
 from app.extensions import db
 from app.models import (BuildArtifact, Environment, EnvironmentAttachment, Server, Service,
                         ServiceReplica, ServiceSlice)
@@ -41,11 +42,20 @@ from app.operations import OperationContext, StepFailed, operation_handler
 
 log = logging.getLogger(__name__)
 
-GATEWAY_SETTLE_SECONDS = 2 * HEALTH_INTERVAL_MS / 1000 + 0.5
-"""How long Caddy needs to mark a slot up or down: two check intervals plus margin."""
 SCHEDULER_RELEASE_WAIT = 300
 LOG_TAIL_LINES = 40
-ROUTE_HEALTH = {"interval": f"{HEALTH_INTERVAL_MS}ms", "timeout": "1s", "fails": 1, "passes": 1}
+ROUTE_HEALTH = {"interval": f"{HEALTH_INTERVAL_MS}ms", "timeout": HEALTH_TIMEOUT,
+                "fails": HEALTH_FAILS, "passes": HEALTH_PASSES}
+GATEWAY_CONFIRM_SECONDS = 90
+"""How long a gateway may take to put an armed replica in rotation before the deploy fails."""
+GATEWAY_DRAIN_CONFIRM_SECONDS = 60
+"""How long to wait for every gateway to take a drained replica out of rotation."""
+GATEWAY_POLL_SECONDS = 0.5
+STAMP_MARGIN_SECONDS = 1.0
+"""Clock margin when reading another server's gateway log against this server's stamp."""
+OBSERVE_SECONDS = 10.0
+"""How long a new worker must keep running, without a restart, before it counts as up."""
+READY_TRIES = 5
 
 
 # --------------------------------------------------------------------------- facts
@@ -267,6 +277,7 @@ class EnvironmentDeploy:
         cutover_kinds = {"await_gateway", "scheduler_release", "scheduler_claim", "drain", "stop"}
         cutover = [p for p in plan.phases if p.kind in cutover_kinds]
         done_cutover = False
+        routes_done = False
         for phase in plan.phases:
             self.ctx.check_cancelled()
             if phase.kind == "check_dependencies":
@@ -276,6 +287,12 @@ class EnvironmentDeploy:
             elif phase.kind == "migrate":
                 self._migrate(plan)
             elif phase.kind == "start":
+                if not routes_done:
+                    # Routes first (only when their slot list changes: the first deploy, a new
+                    # server): a slot is then down on every gateway before its replica is
+                    # armed, so the gateway's switch to "up" is a transition it logs.
+                    routes_done = True
+                    self._ensure_routes(plan)
                 change = plan.change_for(phase.service_id)
                 service = db.session.get(Service, phase.service_id)
                 self.ctx.run_child(OperationKind.SERVICE_DEPLOY, "service", service.id,
@@ -287,7 +304,13 @@ class EnvironmentDeploy:
             elif phase.kind in cutover_kinds:
                 if not done_cutover:
                     done_cutover = True
-                    self._ensure_routes(plan)
+                    if not routes_done:
+                        routes_done = True
+                        self._ensure_routes(plan)
+                    # Before anything old is touched: every new replica armed and in rotation
+                    # on every gateway, and still running. A failure here takes the new
+                    # replicas away again and the old ones keep serving.
+                    self._await_gateways()
                     self.cutover_started = True
                     self.ctx.run_child(OperationKind.GATEWAY_CUTOVER, "environment", self.env.id,
                                        lambda cctx: self._cutover(cctx, cutover),
@@ -298,7 +321,10 @@ class EnvironmentDeploy:
                     # No cutover (only new services, e.g. a websocket service added): its
                     # slots still have to be routed.
                     done_cutover = True
-                    self._ensure_routes(plan)
+                    if not routes_done:
+                        routes_done = True
+                        self._ensure_routes(plan)
+                    self._await_gateways()
                 self._record(plan)
         if "record" not in kinds:
             self._record(plan)
@@ -458,6 +484,10 @@ class EnvironmentDeploy:
                            server=server) as step:
                 step.run(ensure_network_cmd(), timeout=60)
                 step.run(dc.remove(name), check=False, timeout=60)  # a leftover of a crash
+                started = parse_stamp(_stdout(step.run(dc.server_time(), check=False,
+                                                       pty=False, timeout=30)))
+                replica.config = {**(replica.config or {}), "started_at": started}
+                db.session.commit()
                 step.mkdir(rendered.directory)
                 step.put_file(rendered.compose_path, rendered.compose_yaml, mode=0o600)
                 step.put_file(rendered.env_path, rendered.env_file, mode=0o600)
@@ -476,18 +506,46 @@ class EnvironmentDeploy:
             raise
         self.new[(service.id, server.id)] = replica
 
+    def _check_not_crashing(self, step, name: str, what: str) -> list[str]:
+        """Inspect ``name``; fail when it is not running or has restarted (a crash loop).
+
+        A new container starts with a restart count of 0: any restart during the
+        deploy means its process exited and Docker's restart policy brought it back.
+        """
+        res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
+        parts = _stdout(res).split()
+        if res.exit_code != 0 or len(parts) < 3:
+            raise StepFailed(f"{name} is gone ({what})")
+        restarts = int(parts[4]) if len(parts) > 4 and parts[4].isdigit() else 0
+        exit_code = parts[5] if len(parts) > 5 else "?"
+        if restarts > 0:
+            raise StepFailed(f"{name} is crash-looping: it restarted {restarts} time"
+                             f"{'s' if restarts != 1 else ''} {what} (last exit code "
+                             f"{exit_code})")
+        if parts[2] != "true":
+            raise StepFailed(f"{name} exited with code {exit_code} {what}")
+        return parts
+
+    def _observe(self, rctx, step, name: str, seconds: float) -> list[str]:
+        """Watch ``name`` for ``seconds``: it must keep running without a single restart."""
+        deadline = time.monotonic() + seconds
+        parts = self._check_not_crashing(step, name, "right after it started")
+        while time.monotonic() < deadline:
+            rctx.check_cancelled()
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            parts = self._check_not_crashing(step, name, f"within {seconds:g}s of starting")
+        return parts
+
     def _health_check(self, rctx, service, change, replica, server, role) -> None:
         h = change.health
         name = replica.container_name
         if role == "worker":
             with rctx.step(f"Check {name} keeps running", server=server) as step:
-                settle = max(2.0, float(h["interval"]) * 2)
-                step.log(f"a worker has no HTTP endpoint: it must still run after {settle:g}s")
-                time.sleep(settle)
-                res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
-                parts = _stdout(res).split()
-                if len(parts) < 3 or parts[2] != "true":
-                    raise StepFailed(f"{name} exited right after it started")
+                observe = max(OBSERVE_SECONDS, float(h["interval"]) * 2)
+                step.log(f"a worker has no HTTP endpoint: it must run for {observe:g}s "
+                         "without exiting or restarting")
+                parts = self._observe(rctx, step, name, observe)
+                step.log(f"{name} ran {observe:g}s with 0 restarts")
                 self._mark_running(replica, parts)
             return
         path, interval, timeout, retries = h["path"], float(h["interval"]), float(h["timeout"]), \
@@ -518,15 +576,9 @@ class EnvironmentDeploy:
             if not healthy:
                 raise StepFailed(f"{name} never became healthy: {path} answered {last} after "
                                  f"{retries} tries")
+            self._check_not_crashing(step, name, "while it was health-checked")
             if role == "web":
-                # The gateway's active health check asks the ready path (503 while draining).
-                res = step.run(dc.ready_probe(name, APP_PORT), check=False, pty=False,
-                               timeout=30)
-                ready = _last_line(res)
-                step.log(f"{READY_PATH} -> {ready} (what the gateway checks)")
-                if ready != "200":
-                    raise StepFailed(f"{name} is healthy but {READY_PATH} answered {ready}: "
-                                     "the image lacks Keystone's ready handler")
+                self._check_ready_handler(rctx, step, name)
             elif role == "websocket":
                 # Laravel Reverb serves its own GET /up (checked above) and no Keystone ready
                 # handler: the gateway checks the health path on websocket slots, and an old
@@ -534,6 +586,39 @@ class EnvironmentDeploy:
                 step.log(f"the gateway checks {path} on the websocket slots")
             res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
             self._mark_running(replica, _stdout(res).split())
+
+    def _check_ready_handler(self, rctx, step, name: str) -> None:
+        """The image answers the ready path, and 503 "not armed" until Keystone arms it."""
+        ready = ""
+        for attempt in range(1, READY_TRIES + 1):
+            rctx.check_cancelled()
+            res = step.run(dc.ready_probe(name, APP_PORT), check=False, pty=False, timeout=30)
+            ready = _last_line(res) or "000"
+            step.log(f"{READY_PATH} -> {ready} (what the gateways check; 503 until armed), "
+                     f"try {attempt}/{READY_TRIES}")
+            if ready in ("503", "200"):
+                return
+            if ready == "404":
+                raise StepFailed(f"{name} is healthy but {READY_PATH} answered 404: the image "
+                                 "lacks Keystone's ready handler")
+            time.sleep(1)
+        raise StepFailed(f"{name} is healthy but {READY_PATH} answered {ready} {READY_TRIES} "
+                         "times in a row")
+
+    def _arm(self, step, replica: ServiceReplica) -> None:
+        """Keystone's checks passed: let the gateways see the replica (ready path -> 200)."""
+        name = replica.container_name
+        res = step.run(dc.arm(name), check=False, pty=False, timeout=30)
+        armed_at = parse_stamp(_stdout(res))
+        if res.exit_code != 0 or armed_at is None:
+            raise StepFailed(f"could not arm {name}: {_last_line(res) or 'no answer'}")
+        replica.config = {**(replica.config or {}), "armed_at": armed_at}
+        db.session.commit()
+        r2 = step.run(dc.ready_probe(name, APP_PORT), check=False, pty=False, timeout=30)
+        ready = _last_line(r2) or "000"
+        step.log(f"{READY_PATH} -> {ready}: armed")
+        if ready != "200":
+            raise StepFailed(f"{name} was armed but {READY_PATH} answered {ready}")
 
     def _mark_running(self, replica: ServiceReplica, parts: list[str]) -> None:
         if parts:
@@ -550,7 +635,10 @@ class EnvironmentDeploy:
             with ctx.step(f"Remove {name} (kept: its last {LOG_TAIL_LINES} log lines)",
                           server=server, cleanup=True) as step:
                 step.run(dc.logs_tail(name, LOG_TAIL_LINES), check=False, timeout=60)
-                self._teardown(step, replica, timeout=5, drain_first=False)
+                # Never armed: no gateway ever sent it a request, it can go at once. Armed
+                # (it failed later): drain it like any other replica first.
+                armed = bool((replica.config or {}).get("armed_at"))
+                self._teardown(step, replica, timeout=10 if armed else 5, drain_first=armed)
         except Exception:
             # Cancelled or unreachable: the operation's clean-up tries again.
             log.warning("could not remove failed replica %s", name, exc_info=True)
@@ -564,8 +652,10 @@ class EnvironmentDeploy:
         from app.shell import cmd
         name = replica.container_name
         if drain_first:
-            step.run(dc.drain(name), check=False, timeout=30)
-            time.sleep(GATEWAY_SETTLE_SECONDS)
+            res = step.run(dc.drain(name), check=False, pty=False, timeout=30)
+            drained_at = parse_stamp(_stdout(res))
+            if res.exit_code == 0 and drained_at is not None:
+                self._await_out_of_rotation(step.ctx, [(replica, drained_at)])
         step.run(dc.stop(name, timeout), check=False, timeout=timeout + 60)
         cfg = replica.config or {}
         directory, project = cfg.get("directory"), cfg.get("project")
@@ -586,12 +676,16 @@ class EnvironmentDeploy:
         )).scalars().all()
         return [s for s in rows if s.status not in (SliceStatus.DELETED, SliceStatus.DELETING)]
 
-    def _slot_addresses(self, service: Service, gateway_server_id: int) -> list[str]:
+    def _slot_addresses(self, service: Service, gateway_server_id: int, *,
+                        with_slots: bool = False) -> list:
         server_ids = service_server_ids(service)
         servers = db.session.execute(sa.select(Server).where(Server.id.in_(server_ids))) \
             .scalars().all()
-        return [u.address for u in upstreams(service.name, service.id, gateway_server_id,
-                                             [(s.id, s.private_ip) for s in servers])]
+        ups = upstreams(service.name, service.id, gateway_server_id,
+                        [(s.id, s.private_ip) for s in servers])
+        if with_slots:
+            return [(u.server_id, u.slot, u.address) for u in ups]
+        return [u.address for u in ups]
 
     def _websocket_service(self) -> Service | None:
         """The environment's websocket (Reverb) service deployed with it, if any."""
@@ -652,15 +746,178 @@ class EnvironmentDeploy:
         db.session.commit()
         install_gateway_config(cctx, route.service)
 
+    # ---------------------------------------------------------------- gateway confirmation
+    def _gateways(self) -> list[tuple[Service, Server, str]]:
+        """(gateway service, its server, its container) of every route of this environment."""
+        from app.drivers.handlers import _running_container
+        out: dict[int, tuple[Service, Server, str]] = {}
+        for route in self._route_slices():
+            gateway = route.service
+            if gateway is None or gateway.server_id is None or gateway.id in out:
+                continue
+            try:
+                container = _running_container(gateway)
+            except StepFailed:
+                continue
+            out[gateway.id] = (gateway, db.session.get(Server, gateway.server_id), container)
+        return list(out.values())
+
+    def _address_on(self, gateway_server_id: int, replica: ServiceReplica) -> str | None:
+        """The address a gateway on ``gateway_server_id`` dials for ``replica``'s slot."""
+        service = db.session.get(Service, replica.service_id)
+        slot = (replica.config or {}).get("slot")
+        try:
+            slots = self._slot_addresses(service, gateway_server_id, with_slots=True)
+        except ValueError:
+            return None
+        for server_id, s, address in slots:
+            if server_id == replica.server_id and s == slot:
+                return address
+        return None
+
+    def _routed_new_replicas(self) -> list[ServiceReplica]:
+        return [r for r in self.new.values()
+                if (r.config or {}).get("role") in ("web", "websocket")]
+
+    def _gateway_log(self, step, container: str, since: float):
+        res = step.run(dc.gateway_log_since(container, since), check=False, pty=False,
+                       timeout=60, quiet=True)
+        return health_events(_stdout(res)) if res.exit_code == 0 else {}
+
+    def _await_gateways(self) -> None:
+        """Arm the new replicas and wait until every gateway has them in rotation.
+
+        Keystone decides, the gateways follow. Caddy's admin API does not show
+        active health (caddyserver/caddy#6135), but the gateway's own log does:
+        a failed check is a line, and so is the switch to healthy ("host is up").
+        A switch is only logged when the slot was down, so per web replica:
+
+        1. wait until every gateway has failed HEALTH_FAILS checks of its slot since
+           it started (it answers 503 "not armed"): the slot is down everywhere;
+        2. arm it (its ready path answers 200 from now on);
+        3. wait until every gateway logged "host is up" for the slot after that.
+
+        A websocket slot is checked by the gateways on Reverb's own health path: it
+        goes up by itself, and step 3 waits for that. Nothing old is drained before
+        all of this holds; a failure here removes the new replicas (drained first
+        when armed) and the old ones keep serving.
+        """
+        replicas = self._routed_new_replicas()
+        web = [r for r in replicas if (r.config or {}).get("role") == "web"]
+        gateways = self._gateways()
+
+        def started_at(r: ServiceReplica) -> float:
+            return float((r.config or {}).get("started_at") or time.time()) \
+                - STAMP_MARGIN_SECONDS
+
+        if gateways and web:
+            self._watch_gateways(
+                "has the new slots down until they are armed", web, gateways,
+                since=started_at,
+                done=lambda ev, r: ev.failures_after(started_at(r)) >= HEALTH_FAILS,
+                what="down (not armed yet)")
+        for r in web:
+            server = db.session.get(Server, r.server_id)
+            with self.ctx.step(f"Arm {r.container_name}: Keystone's checks passed",
+                               server=server) as step:
+                self._arm(step, r)
+
+        def armed_at(r: ServiceReplica) -> float:
+            cfg = r.config or {}
+            return float(cfg.get("armed_at") or cfg.get("started_at") or time.time()) \
+                - STAMP_MARGIN_SECONDS
+
+        if gateways and replicas:
+            self._watch_gateways(
+                "has the new replicas in rotation", replicas, gateways, since=armed_at,
+                done=lambda ev, r: ev.up_after(armed_at(r)), what="in rotation")
+        for r in replicas:
+            server = db.session.get(Server, r.server_id)
+            with self.ctx.step(f"Check {r.container_name} still runs", server=server) as step:
+                self._check_not_crashing(step, r.container_name, "during the deploy")
+                step.log("running, 0 restarts")
+
+    def _watch_gateways(self, title: str, replicas: list[ServiceReplica], gateways,
+                        since, done, what: str) -> None:
+        """Poll each gateway's log until ``done(events, replica)`` holds for every replica."""
+        for gateway, server, container in gateways:
+            with self.ctx.step(f"Wait until the gateway on {server.name} {title}",
+                               server=server) as step:
+                pending: dict[str, ServiceReplica] = {}
+                for r in replicas:
+                    address = self._address_on(server.id, r)
+                    if address:
+                        pending[address] = r
+                if not pending:
+                    step.unchanged("this gateway does not route these replicas")
+                    continue
+                first = min(since(r) for r in pending.values())
+                step.log(f"reading {container}'s log (Caddy's active health checks) for "
+                         + ", ".join(sorted(pending)))
+                deadline = time.monotonic() + GATEWAY_CONFIRM_SECONDS
+                while pending:
+                    self.ctx.check_cancelled()
+                    events = self._gateway_log(step, container, first)
+                    for address in list(pending):
+                        r = pending[address]
+                        if address in events and done(events[address], r):
+                            step.log(f"{address} ({r.container_name}): {what}")
+                            del pending[address]
+                    if not pending:
+                        break
+                    if time.monotonic() > deadline:
+                        raise StepFailed(
+                            f"the gateway on {server.name} did not see "
+                            + ", ".join(f"{a} ({r.container_name})" for a, r in pending.items())
+                            + f" {what} within {GATEWAY_CONFIRM_SECONDS}s; nothing old was "
+                            "touched")
+                    time.sleep(GATEWAY_POLL_SECONDS)
+
+    def _await_out_of_rotation(self, ctx: OperationContext,
+                               drained: list[tuple[ServiceReplica, float]]) -> None:
+        """Wait until every gateway failed HEALTH_FAILS checks of each drained replica.
+
+        That is when Caddy marks the slot down and sends it nothing new. Bounded: a
+        gateway that cannot be read (stopped, unreachable) is logged and not waited for.
+        """
+        for gateway, server, container in self._gateways():
+            pending = {}
+            for replica, stamp in drained:
+                address = self._address_on(server.id, replica)
+                if address:
+                    pending[address] = (replica, stamp - STAMP_MARGIN_SECONDS)
+            if not pending:
+                continue
+            since = min(s for _, s in pending.values())
+            deadline = time.monotonic() + GATEWAY_DRAIN_CONFIRM_SECONDS
+            with ctx.step(f"Wait until the gateway on {server.name} stops sending to "
+                          + ", ".join(r.container_name for r, _ in pending.values()),
+                          server=server) as gstep:
+                while pending:
+                    ctx.check_cancelled()
+                    events = self._gateway_log(gstep, container, since)
+                    for address in list(pending):
+                        replica, after = pending[address]
+                        fails = events[address].failures_after(after) if address in events else 0
+                        if fails >= HEALTH_FAILS:
+                            gstep.log(f"{address} ({replica.container_name}): out of rotation "
+                                      f"({fails} failed checks since it was drained)")
+                            del pending[address]
+                    if not pending:
+                        break
+                    if time.monotonic() > deadline:
+                        gstep.log("not confirmed within "
+                                  f"{GATEWAY_DRAIN_CONFIRM_SECONDS}s: "
+                                  + ", ".join(sorted(pending)) + "; going on")
+                        break
+                    time.sleep(GATEWAY_POLL_SECONDS)
+
     # ---------------------------------------------------------------- cutover
     def _cutover(self, cctx: OperationContext, phases) -> None:
         for phase in phases:
             cctx.check_cancelled()
             if phase.kind == "await_gateway":
-                with cctx.step("Wait for the gateways to see the new slots") as step:
-                    step.log(f"Caddy checks {READY_PATH} every {HEALTH_INTERVAL_MS}ms: a healthy "
-                             f"slot is in rotation within {GATEWAY_SETTLE_SECONDS:g}s")
-                    time.sleep(GATEWAY_SETTLE_SECONDS)
+                continue  # confirmed before the cutover started (_await_gateways)
             elif phase.kind == "scheduler_release":
                 self._scheduler_release(cctx, phase)
             elif phase.kind == "scheduler_claim":
@@ -720,21 +977,29 @@ class EnvironmentDeploy:
         db.session.commit()
 
     def _drain(self, cctx: OperationContext, change: ServiceChange) -> None:
+        drained: list[tuple[ServiceReplica, float]] = []
         for old in change.old_replicas:
             replica = self._replica(old.id)
             if replica is None:
                 continue
             server = db.session.get(Server, replica.server_id)
             with cctx.step(f"Drain {replica.container_name}", server=server) as step:
-                res = step.run(dc.drain(replica.container_name), check=False, timeout=30)
-                if res.exit_code != 0:
+                res = step.run(dc.drain(replica.container_name), check=False, pty=False,
+                               timeout=30)
+                stamp = parse_stamp(_stdout(res))
+                if res.exit_code != 0 or stamp is None:
                     step.log(f"{replica.container_name} is not running")
+                else:
+                    step.log(f"{READY_PATH} answers 503 on {replica.container_name} from now on")
+                    drained.append((replica, stamp))
                 replica.status = ReplicaStatus.DRAINING
                 db.session.commit()
-        window = max(change.drain_seconds, GATEWAY_SETTLE_SECONDS)
+        if drained:
+            self._await_out_of_rotation(cctx, drained)
+        window = change.drain_seconds
         with cctx.step(f"Drain window ({window:g}s)") as step:
-            step.log(f"{READY_PATH} answers 503 on the old replicas: the gateways stop sending "
-                     "new requests within one check; in-flight requests finish")
+            step.log("no gateway sends the old replicas new requests; their in-flight requests "
+                     f"get {window:g}s to finish before SIGTERM")
             time.sleep(window)
 
     def _stop_old(self, cctx: OperationContext, change: ServiceChange) -> None:
@@ -783,8 +1048,9 @@ class EnvironmentDeploy:
                                    server=server, cleanup=True) as step:
                     step.run(dc.logs_tail(replica.container_name, LOG_TAIL_LINES), check=False,
                              timeout=60)
-                    # It may already be in rotation: take it out before stopping it.
-                    self._teardown(step, replica, timeout=10, drain_first=True)
+                    # Armed, it may be in rotation: take it out before stopping it.
+                    armed = bool((replica.config or {}).get("armed_at"))
+                    self._teardown(step, replica, timeout=10, drain_first=armed)
             finally:
                 replica.status = ReplicaStatus.REMOVED
                 db.session.commit()

@@ -4,14 +4,18 @@ The managed Dockerfile (app/builds) renders :func:`dockerfile_lines` after
 the application is installed; the files travel inside the Dockerfile
 (base64), so the build context is untouched. Two base flavours:
 
-* ``serversideup/php`` FrankenPHP (production): the ready handler is a
+* ``serversideup/php`` FrankenPHP (production) and the sandbox's stand-in for
+  it (Caddy + php-fpm laid out the same way): the ready handler is a
   Caddyfile snippet imported through the image's documented
   ``CADDY_SERVER_EXTRA_DIRECTIVES`` variable, and the scheduler loop starts
   from ``/etc/entrypoint.d`` (the base's own entrypoint runs those scripts
   before its command), so the base's ENTRYPOINT and CMD stay untouched.
-* any other base, e.g. the sandbox's ``php -S`` stand-in: ``entry.sh`` is the
-  ENTRYPOINT (it starts the loop, then execs the command) and the command is
-  ``php -S`` with ``router.php``, which answers ``/.keystone/ready``.
+* any other base: ``entry.sh`` is the ENTRYPOINT (it starts the loop, then
+  execs the command) and the command is ``php -S`` with ``router.php``, which
+  answers ``/.keystone/ready``.
+
+Either way readiness is answered from marker files Keystone sets (armed,
+draining), never by calling the app: a saturated app cannot fail it.
 """
 from __future__ import annotations
 
@@ -29,9 +33,16 @@ def image_files() -> dict[str, tuple[bytes, int]]:
     return {name: ((IMAGE_DIR / name).read_bytes(), mode) for name, mode in FILES.items()}
 
 
+# The sandbox's stand-in for serversideup/php FrankenPHP (app/sandbox/images/php-base):
+# the same entrypoint, Caddyfile hook and users, with Caddy + php-fpm instead of FrankenPHP.
+SANDBOX_SERVERSIDEUP_STAND_IN = "keystone-sandbox/php-base"
+
+
 def is_frankenphp(base_image: str) -> bool:
+    """True for bases laid out like serversideup/php FrankenPHP (its stand-in included)."""
     name = base_image.rsplit("/", 1)[-1]
-    return "frankenphp" in name
+    repository = base_image.split("@", 1)[0].rsplit(":", 1)[0]
+    return "frankenphp" in name or repository.endswith(SANDBOX_SERVERSIDEUP_STAND_IN)
 
 
 def dockerfile_lines(base_image: str, document_root: str = "public") -> str:

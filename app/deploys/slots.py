@@ -26,6 +26,9 @@ APP_PORT = 8080
 """The port the managed Laravel image listens on inside the container."""
 READY_PATH = "/.keystone/ready"
 DRAIN_MARKER = "/tmp/keystone-drain"
+# Touched by Keystone once its own health checks of a new replica passed: until then the
+# replica's ready path answers 503 and no gateway sends it a request (docs/cutover.md).
+ARMED_MARKER = "/tmp/keystone-armed"
 SCHEDULER_FLAG = "/tmp/keystone-scheduler"
 SCHEDULER_BUSY = "/tmp/keystone-scheduler.running"
 # Laravel Reverb speaks the Pusher protocol: websocket upgrades on /app/{key} and the HTTP
@@ -37,7 +40,13 @@ PORT_BASE = 20000
 PORT_LIMIT = 60000
 
 # Caddy's view of the slots; the gateway renders these for every route of a web service.
+# The ready path is answered from marker files by the replica's web server, never by PHP,
+# so a saturated app does not fail it; still, a slot is marked down only after
+# HEALTH_FAILS failed checks, each allowed HEALTH_TIMEOUT (sized for a loaded server).
 HEALTH_INTERVAL_MS = 500
+HEALTH_TIMEOUT = "5s"
+HEALTH_FAILS = 3
+HEALTH_PASSES = 1
 LB_TRY_DURATION = "5s"
 LB_TRY_INTERVAL = "250ms"
 DIAL_TIMEOUT = "1s"
@@ -131,8 +140,8 @@ def reverse_proxy_options() -> dict[str, str]:
         "lb_try_interval": LB_TRY_INTERVAL,
         "health_uri": READY_PATH,
         "health_interval": f"{HEALTH_INTERVAL_MS}ms",
-        "health_timeout": "1s",
-        "health_fails": "1",
-        "health_passes": "1",
+        "health_timeout": HEALTH_TIMEOUT,
+        "health_fails": str(HEALTH_FAILS),
+        "health_passes": str(HEALTH_PASSES),
         "dial_timeout": DIAL_TIMEOUT,
     }

@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-PHP_BASE = "keystone-sandbox/php-base:8.3"
+PHP_BASE = "keystone-sandbox/php-base:8.3-fpm"
 
 
 @dataclass
@@ -39,6 +39,8 @@ class Testbed:
     extra_env: dict = field(default_factory=dict)
     websocket: bool = False  # also a websocket (Reverb) service, deployed with the environment
     ws_id: int | None = None
+    worker: bool = False  # also a dedicated queue worker service ("Add worker")
+    worker_id: int | None = None
 
     def __post_init__(self):
         self.tag = uuid.uuid4().hex[:6]
@@ -102,6 +104,12 @@ class Testbed:
                          "stop_grace_seconds": 10}
             db.session.commit()
             self.ws_id = ws.id
+        if self.worker:
+            from app.deploys.service import add_role_service
+            wk = add_role_service(env, "worker")
+            wk.config = {**(wk.config or {}), "stop_grace_seconds": 10}
+            db.session.commit()
+            self.worker_id = wk.id
         images = sb.images
         b = self.base_id
         pg = Service(id=b, organisation_id=org.id, server_id=servers[0].id, name="pg",
@@ -140,7 +148,8 @@ class Testbed:
             _, route = attach_domain(env, gw, [self.hostname], tls="off")
             db.session.commit()
             self.run(start_slice_provision(route, enqueue=False).id)
-        for key, value in {"PHP_CLI_SERVER_WORKERS": "8", **self.extra_env}.items():
+        # PHP workers of the sandbox stand-in's php-fpm pool (FrankenPHP sizes its own).
+        for key, value in {"PHP_FPM_PM_MAX_CHILDREN": "8", **self.extra_env}.items():
             db.session.add(EnvironmentVariable(environment_id=env.id, key=key, value=value,
                                                source=VariableSource.USER))
         db.session.commit()
@@ -211,6 +220,21 @@ class Testbed:
             raise RuntimeError(proc.stderr)
         return proc.stdout
 
+    def gateway_container(self, server_index: int = 0) -> str:
+        from app.extensions import db
+        from app.models import Service
+        gw = db.session.get(Service, self.gateway_ids[server_index])
+        return next(r.container_name for r in gw.replicas if r.status.value == "running")
+
+    def gateway_log(self, server_index: int = 0, since: float | None = None) -> str:
+        """The gateway container's log (Caddy's JSON lines), optionally since an epoch time."""
+        args = ["docker", "logs"]
+        if since is not None:
+            args += ["--since", f"{since:.3f}"]
+        proc = self.sandbox_servers[server_index].exec(*args, self.gateway_container(server_index),
+                                                       check=False)
+        return (proc.stdout or "") + (proc.stderr or "")
+
     def containers(self, server_index: int = 0, service_id: int | None = None) -> list[str]:
         """Running containers of the web service (or of ``service_id``) on one server."""
         out = self.sandbox_servers[server_index].exec(
@@ -222,7 +246,8 @@ class Testbed:
     # ------------------------------------------------------------------ clean-up
     def cleanup(self) -> None:
         ids = {str(i) for i in [*getattr(self, "service_ids", []), getattr(self, "web_id", -1),
-                                *([self.ws_id] if self.ws_id else [])]}
+                                *([self.ws_id] if self.ws_id else []),
+                                *([self.worker_id] if self.worker_id else [])]}
         for s in getattr(self, "sandbox_servers", []):
             out = s.exec("docker", "ps", "-aq", "--filter", "label=dev.keystone.managed=true",
                          "--format", "{{.ID}} {{.Label \"dev.keystone.service\"}}",

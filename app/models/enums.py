@@ -98,6 +98,12 @@ class ReplicaStatus(StrEnum):
     REMOVED = "removed"
 
 
+# A replica in one of these has a container on its server (pages list only these; a failed
+# replica's container was removed when it failed).
+PRESENT_REPLICA_STATUSES = frozenset({ReplicaStatus.PENDING, ReplicaStatus.STARTING,
+                                      ReplicaStatus.RUNNING, ReplicaStatus.DRAINING})
+
+
 class HealthStatus(StrEnum):
     UNKNOWN = "unknown"
     STARTING = "starting"

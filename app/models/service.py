@@ -6,9 +6,9 @@ from sqlalchemy.orm import relationship
 from app.crypto import EncryptedJSON
 from app.models.base import (Mapped, OrgScoped, TimestampMixin, db, enum_column, fk,
                              json_column, mapped_column, sa)
-from app.models.enums import (DeployPolicy, EndpointScope, HealthStatus, ReplicaStatus,
-                              ServiceCategory, ServiceStatus, SliceStatus, SliceType,
-                              UpdateStatus)
+from app.models.enums import (PRESENT_REPLICA_STATUSES, DeployPolicy, EndpointScope,
+                              HealthStatus, ReplicaStatus, ServiceCategory, ServiceStatus,
+                              SliceStatus, SliceType, UpdateStatus)
 
 
 class Service(TimestampMixin, OrgScoped, db.Model):
@@ -47,6 +47,11 @@ class Service(TimestampMixin, OrgScoped, db.Model):
     slices = relationship("ServiceSlice", back_populates="service",
                           cascade="all, delete-orphan", order_by="ServiceSlice.id")
     endpoints = relationship("Endpoint", back_populates="service", cascade="all, delete-orphan")
+
+    @property
+    def present_replicas(self) -> list["ServiceReplica"]:
+        """Replicas whose container exists: what pages list (failed and removed ones are gone)."""
+        return [r for r in self.replicas if r.status in PRESENT_REPLICA_STATUSES]
 
 
 class ServiceReplica(TimestampMixin, OrgScoped, db.Model):

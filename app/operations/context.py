@@ -621,8 +621,12 @@ class StepHandle:
         return masked
 
     def run(self, command: shell.Command, *, timeout: float | None = None, check: bool = True,
-            pty: bool = True, stdin: bytes | None = None):
+            pty: bool = True, stdin: bytes | None = None, quiet: bool = False):
         """Run ``command`` on the step's server, streaming its lines; return its Result.
+
+        ``quiet=True`` is for polls repeated many times a second (reading a
+        gateway's log until it confirms something): neither the command nor
+        its output goes to the step log; the caller logs what it concluded.
 
         Raises :class:`StepFailed` on a non-zero exit (unless ``check=False``),
         a timeout or a lost connection; :class:`OperationCancelled` on cancel.
@@ -632,7 +636,8 @@ class StepHandle:
         self.ctx.check_cancelled()
         masked = self._remember(command)
         conn = self.connection()
-        self.log(f"$ {masked}")
+        if not quiet:
+            self.log(f"$ {masked}")
         remaining = self.ctx.remaining_seconds()
         if timeout is None:
             timeout = remaining
@@ -643,7 +648,7 @@ class StepHandle:
         def on_line(stream: str, line: str) -> None:
             recorder.line(ctx, step_id, line, stderr=(stream == "stderr"))
 
-        result = conn.run(command, on_line=on_line, timeout=timeout,
+        result = conn.run(command, on_line=None if quiet else on_line, timeout=timeout,
                           cancel=self.ctx.active_cancel_event, pty=pty, stdin=stdin)
         self.exit_code = result.exit_code
         if check and result.exit_code != 0:

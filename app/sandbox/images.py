@@ -267,7 +267,7 @@ GITHOST_IMAGE = "keystone-sandbox/githost:latest"
 CADDY_IMAGE = "keystone-sandbox/caddy:2"
 POSTGRES_IMAGE = "keystone-sandbox/postgres:18"
 VALKEY_IMAGE = "keystone-sandbox/valkey:8"
-PHP_BASE_IMAGE = "keystone-sandbox/php-base:8.3"
+PHP_BASE_IMAGE = "keystone-sandbox/php-base:8.3-fpm"
 BUSYBOX_IMAGE = "keystone-sandbox/busybox:latest"
 
 SPECS: dict[str, ImageSpec] = {
@@ -281,7 +281,7 @@ SPECS: dict[str, ImageSpec] = {
                   extras=(("busybox", _busybox), ("caddy", _caddy_binary), ("ca-certificates.crt", _ca_bundle))),
         ImageSpec("postgres", (POSTGRES_IMAGE,), "postgres"),
         ImageSpec("valkey", (VALKEY_IMAGE,), "valkey"),
-        ImageSpec("php-base", (PHP_BASE_IMAGE,), "php-base"),
+        ImageSpec("php-base", (PHP_BASE_IMAGE,), "php-base", extras=(("caddy", _caddy_binary),)),
         ImageSpec("busybox", (BUSYBOX_IMAGE,), "busybox", from_base=False, extras=(("busybox", _busybox),)),
     )
 }

@@ -35,7 +35,7 @@ from app.sandbox import load_images
 
 pytestmark = pytest.mark.integration
 
-PHP_BASE = "keystone-sandbox/php-base:8.3"
+PHP_BASE = "keystone-sandbox/php-base:8.3-fpm"
 
 
 # --------------------------------------------------------------------------- helpers

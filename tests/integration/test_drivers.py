@@ -116,7 +116,7 @@ def world(sandbox, tmp_path_factory, migrated_db_template, redis_url):
     db.session.commit()
     w.org, w.user, w.server, w.env, w.pg, w.vk, w.gw, w.web = org, user, server, env, pg, vk, gw, web
     w.pg_tag = pg_tag
-    w.php_image = images.get("php-base", f"{reg.url}/keystone-sandbox/php-base:8.3")
+    w.php_image = images.get("php-base", f"{reg.url}/keystone-sandbox/php-base:8.3-fpm")
     w.probe = f"ks-probe-{base}"
     yield w
     _cleanup(w, base)

@@ -16,8 +16,15 @@ def test_scheduler_release_passes_data_as_arguments_not_code():
 
 
 def test_container_names_are_quoted():
-    assert dc.drain("a;b").render() == "docker exec 'a;b' touch /tmp/keystone-drain"
+    # Drain and arm stamp the server's clock first (gateway log lines are read from then
+    # on); the container name and the marker are arguments of a constant script.
+    assert dc.drain("a;b").render() == (
+        "sh -c 'date +%s.%N; docker exec \"$1\" touch \"$2\"' sh 'a;b' /tmp/keystone-drain")
+    assert dc.arm("a;b").render() == (
+        "sh -c 'date +%s.%N; docker exec \"$1\" touch \"$2\"' sh 'a;b' /tmp/keystone-armed")
     assert dc.stop("x", 12).render() == "docker stop --time 12 x"
+    assert dc.gateway_log_since("gw;x", 1700000000.5).render() == (
+        "sh -c 'docker logs --since \"$1\" \"$2\" 2>&1' sh 1700000000.500 'gw;x'")
 
 
 def test_migration_command_is_argv_never_a_shell_line():
@@ -39,11 +46,14 @@ def test_image_pieces_for_both_bases():
     files = image_files()
     assert set(files) == {"router.php", "ready.caddy", "entry.sh", "scheduler.sh"}
     assert is_frankenphp("serversideup/php:8.3-frankenphp")
-    assert not is_frankenphp("keystone-sandbox/php-base:8.3")
+    # The sandbox stand-in is laid out like serversideup/php FrankenPHP (Caddy + php-fpm).
+    assert is_frankenphp("keystone-sandbox/php-base:8.3-fpm")
+    assert is_frankenphp("127.0.0.1:5055/keystone-sandbox/php-base:8.3-fpm")
+    assert not is_frankenphp("php:8.3-cli")
     fp = dockerfile_lines("serversideup/php:8.3-frankenphp")
     assert 'CADDY_SERVER_EXTRA_DIRECTIVES="import /opt/keystone/ready.caddy"' in fp
     assert "ENTRYPOINT" not in fp and "/etc/entrypoint.d/" in fp
-    sb = dockerfile_lines("keystone-sandbox/php-base:8.3", "web")
+    sb = dockerfile_lines("php:8.3-cli", "web")
     assert 'ENTRYPOINT ["/opt/keystone/entry.sh"]' in sb
     assert 'CMD ["php", "-S", "0.0.0.0:8080", "-t", "web", "/opt/keystone/router.php"]' in sb
     assert sb.rstrip().splitlines()[-3] == "USER www-data"

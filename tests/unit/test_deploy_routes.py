@@ -22,6 +22,7 @@ def _deploy(phases):
     d.ctx, d.env = _Ctx(), type("Env", (), {"id": 1})()
     calls = []
     d._ensure_routes = lambda plan: calls.append("routes")
+    d._await_gateways = lambda: calls.append("await gateways")
     d._record = lambda plan: calls.append("record")
     d._service_deploy = lambda *a: None
     plan = DeployPlan(digest="sha256:x", changes=(), unchanged=(), migration=None,
@@ -32,11 +33,14 @@ def _deploy(phases):
 def test_routes_are_ensured_before_record_when_there_is_no_cutover():
     d, plan, calls = _deploy(["health", "record"])
     d._run_phases(plan)
-    assert calls == ["routes", "record"]
+    assert calls == ["routes", "await gateways", "record"]
 
 
 def test_routes_are_ensured_once_at_the_cutover():
+    # The gateways' confirmation comes before the cutover child: nothing old is drained
+    # until every gateway has the new replicas in rotation.
     d, plan, calls = _deploy(["await_gateway", "drain", "stop", "record"])
     d._run_phases(plan)
-    assert calls == ["routes", "record"]
+    assert calls == ["routes", "await gateways", "record"]
+    assert d.cutover_started
     assert [k.value for k in d.ctx.children] == ["gateway_cutover"]

@@ -9,7 +9,7 @@ from app.models.enums import BuildStrategy
 GOLDEN = Path(__file__).parent / "golden"
 CASES = {
     "Dockerfile.laravel.default": {},
-    "Dockerfile.laravel.bun-sandbox": {"base_image": "keystone-sandbox/php-base:8.3",
+    "Dockerfile.laravel.bun-sandbox": {"base_image": "keystone-sandbox/php-base:8.3-fpm",
                                        "js_tool": "bun", "php_version": "8.4",
                                        "document_root": "web", "health_path": "/healthz"},
     "Dockerfile.laravel.node-custom": {"js_tool": "node", "js_image": "node:20-alpine",
@@ -70,7 +70,7 @@ def test_invalid_settings_are_refused_naming_their_path(raw, path):
 
 
 def test_image_references():
-    for ok in ["serversideup/php:8.3-frankenphp", "127.0.0.1:5055/keystone-sandbox/php-base:8.3",
+    for ok in ["serversideup/php:8.3-frankenphp", "127.0.0.1:5055/keystone-sandbox/php-base:8.3-fpm",
                "ghcr.io/acme/shop@sha256:" + "a" * 64, "registry.example.com:5000/a/b/c:1.0"]:
         assert parse_build_config({"base_image": ok}).effective_base_image == ok
 

@@ -65,7 +65,8 @@ def test_docker_build_command_is_exact():
                               "keystone/shop-production:abcdef123456-0011aabb", "a" * 40,
                               {"dev.keystone.commit": "a" * 40, "dev.keystone.environment": "4"})
     assert command.render() == (
-        "docker build --file /home/keystone/operations/h/build-1/Dockerfile "
+        "DOCKER_BUILDKIT=0 docker build --cpu-shares 128 "
+        "--file /home/keystone/operations/h/build-1/Dockerfile "
         "--tag keystone/shop-production:abcdef123456-0011aabb "
         "--build-arg KEYSTONE_COMMIT=" + "a" * 40 + " "
         "--label dev.keystone.commit=" + "a" * 40 + " --label dev.keystone.environment=4 "

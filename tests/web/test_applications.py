@@ -145,13 +145,13 @@ def test_build_settings_save_registry_and_strategy(client, auth):
     token = csrf_token_from(client.get(url).get_data(as_text=True))
     resp = client.post(url, data={"csrf_token": token, "branch": "release/1", "strategy": "target_server",
                                   "registry_id": str(registry.id), "php_version": "8.4",
-                                  "base_image": "keystone-sandbox/php-base:8.3",
+                                  "base_image": "keystone-sandbox/php-base:8.3-fpm",
                                   "document_root": "public", "health_path": "/up",
                                   "js_tool": "bun", "js_command": "", "image": ""})
     assert resp.status_code == 302, resp.get_data(as_text=True)
     db.session.expire_all()
     assert env.registry_id == registry.id and env.branch == "release/1"
-    assert env.build_config["base_image"] == "keystone-sandbox/php-base:8.3"
+    assert env.build_config["base_image"] == "keystone-sandbox/php-base:8.3-fpm"
     assert env.build_config["js_tool"] == "bun" and env.build_config["php_version"] == "8.4"
 
 

@@ -192,13 +192,13 @@ def test_deploy_on_sandbox_servers_builds_from_the_sandbox_php_base(app, client,
     sandbox_registry = Registry(organisation=g.org, name="sandbox", type=RegistryType.GENERIC,
                                 url="127.0.0.1:5055", username="u", password="p")
     db.session.add(sandbox_registry)
-    g.server.facts = {"sandbox": True, "images": {"php-base": "127.0.0.1:5055/keystone-sandbox/php-base:8.3"}}
+    g.server.facts = {"sandbox": True, "images": {"php-base": "127.0.0.1:5055/keystone-sandbox/php-base:8.3-fpm"}}
     g.environment.registry_id = None
     g.environment.build_config = {}
     db.session.commit()
     login_as(client, g)
     client.post(f"/environments/{g.environment.id}/deploy", headers=htmx(auth))
     db.session.refresh(g.environment)
-    assert g.environment.build_config["base_image"] == "127.0.0.1:5055/keystone-sandbox/php-base:8.3"
+    assert g.environment.build_config["base_image"] == "127.0.0.1:5055/keystone-sandbox/php-base:8.3-fpm"
     assert g.environment.registry_id == sandbox_registry.id
     assert len(deploys(db, g.environment.id)) == 2   # the factory's and this one

@@ -18,6 +18,25 @@ if ($path === '/up') {
     return;
 }
 
+// POST /items name=<key> -> 201 {"id": n}: a write per request (load tests count their rows:
+// every POST answered 2xx must be in the table exactly once, none lost, none twice).
+if ($path === '/items' && ($_SERVER['REQUEST_METHOD'] ?? 'GET') === 'POST') {
+    $name = substr((string) ($_POST['name'] ?? 'item'), 0, 200);
+    try {
+        $pdo = sample_db();
+        $stmt = $pdo->prepare('INSERT INTO sample_items (name) VALUES (?)');
+        $stmt->execute([$name]);
+        http_response_code(201);
+        header('Content-Type: application/json');
+        echo json_encode(['id' => (int) $pdo->lastInsertId(), 'name' => $name, 'commit' => sample_commit()]), "\n";
+    } catch (Throwable $e) {
+        http_response_code(500);
+        header('Content-Type: text/plain');
+        echo 'insert failed: ', $e->getMessage(), "\n";
+    }
+    return;
+}
+
 if ($path !== '/') {
     http_response_code(404);
     header('Content-Type: text/plain');
