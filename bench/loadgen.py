@@ -55,6 +55,7 @@ class LoadStats:
     latencies: list = field(default_factory=list)
     accepted_posts: list = field(default_factory=list)
     failed_posts: list = field(default_factory=list)
+    samples: list = field(default_factory=list)  # the first non-2xx answers: (status, body)
 
     def latency_ms(self, q: float) -> float | None:
         if not self.latencies:
@@ -144,6 +145,8 @@ class LoadGenerator:
                         self.stats.latencies.append(elapsed)
                         if not 200 <= status < 300:
                             self.stats.non_2xx += 1
+                            if len(self.stats.samples) < 10:
+                                self.stats.samples.append((status, data[:300]))
                             if method == "POST":
                                 self.stats.failed_posts.append(name)
                         elif method == "POST":

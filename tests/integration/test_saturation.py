@@ -123,9 +123,9 @@ def test_deploys_under_saturating_load_fail_no_request(bed, sandbox):
     g, p = gets.stats, posts.stats
     assert g.requests > 200 and p.requests > 20, (g.requests, p.requests)
     assert (g.non_2xx, g.connection_errors, g.raw_resets) == (0, 0, 0), \
-        (dict(g.statuses), dict(g.errors))
+        (dict(g.statuses), dict(g.errors), g.samples)
     assert (p.non_2xx, p.post_failures, p.raw_resets) == (0, 0, 0), \
-        (dict(p.statuses), dict(p.errors))
+        (dict(p.statuses), dict(p.errors), p.samples)
     # Every POST answered 2xx is stored, once.
     rows = bed.psql("SELECT name, count(*) FROM sample_items WHERE name LIKE 'w%' GROUP BY name")
     counts = {ln.split("|")[0]: int(ln.split("|")[1]) for ln in rows.splitlines() if "|" in ln}

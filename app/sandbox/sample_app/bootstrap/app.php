@@ -55,7 +55,8 @@ function sample_version(): string
 function sample_db(): PDO
 {
     $conn = sample_env('DB_CONNECTION', 'pgsql');
-    $opts = [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_TIMEOUT => 3];
+    // Like Laravel's defaults: no short connect timeout (a busy server still answers).
+    $opts = [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_TIMEOUT => 30];
     if ($conn === 'sqlite') {
         $path = sample_env('DB_DATABASE', SAMPLE_ROOT . '/database/database.sqlite');
         return new PDO('sqlite:' . $path, null, null, $opts);
@@ -64,7 +65,7 @@ function sample_db(): PDO
         throw new RuntimeException("unsupported DB_CONNECTION: $conn");
     }
     $dsn = sprintf(
-        'pgsql:host=%s;port=%s;dbname=%s;connect_timeout=3',
+        'pgsql:host=%s;port=%s;dbname=%s;connect_timeout=30',
         sample_env('DB_HOST', '127.0.0.1'),
         sample_env('DB_PORT', '5432'),
         sample_env('DB_DATABASE', 'forge')
