@@ -25,7 +25,7 @@ from app.extensions import db
 from app.forms import name_field
 from app.models import Application, BuildArtifact, Environment, Registry, Server, Service
 from app.models.enums import (BuildStrategy, DeployPolicy, RepositoryType, SchedulerMode,
-                              ServiceCategory)
+                              ServerStatus, ServiceCategory)
 from app.repositories import (assign_deploy_key, deploy_key_instructions, forget_host_key,
                               parse_known_hosts, verify_access)
 from app.repositories import validation as rv
@@ -296,5 +296,23 @@ def build_settings(application_id, environment_id):
     except BuildConfigError:
         dockerfile = None
     return render_template("applications/build.html", application=application,
-                           environment=environment, form=form, dockerfile=dockerfile), \
+                           environment=environment, form=form, dockerfile=dockerfile,
+                           offload=_build_offload_hint(environment)), \
         (400 if form.errors else 200)
+
+
+def _build_offload_hint(environment):
+    """Servers that could build instead of the serving ones (a registry and another server).
+
+    A build on a serving server runs at low CPU weight, but it still shares the machine;
+    with a registry, a build elsewhere is pushed once and every server pulls the digest.
+    """
+    from app.deploys.service import environment_servers
+    if environment.registry_id is None or \
+            (environment.build_config or {}).get("strategy", "target_server") != "target_server":
+        return []
+    serving = {s.id for s in environment_servers(environment)}
+    others = db.session.execute(sa.select(Server).where(
+        Server.organisation_id == environment.application.organisation_id,
+        Server.status == ServerStatus.ACTIVE).order_by(Server.name)).scalars().all()
+    return [s for s in others if s.id not in serving]

@@ -230,3 +230,31 @@ def test_dedicated_builder_needs_a_builder_service(client, auth):
                            server=server))
     db.session.commit()
     assert "no_builder" not in [p.code for p in check_build_plan(env, [server])]
+
+
+def test_build_settings_offer_to_build_on_another_server_when_a_registry_exists(client, auth):
+    """Issue 12: builds on the serving server run at low CPU weight; with a registry and
+    another server, the build settings say so and offer the dedicated builder instead."""
+    from app.models.enums import ServerStatus
+    auth.signup()
+    _create(client)
+    application = db.session.execute(sa.select(Application)).scalar_one()
+    env = application.environments[0]
+    org_id = application.organisation_id
+    serving = Server(organisation_id=org_id, name="web-1", public_ip="203.0.113.1",
+                     status=ServerStatus.ACTIVE)
+    spare = Server(organisation_id=org_id, name="spare-2", public_ip="203.0.113.2",
+                   status=ServerStatus.ACTIVE)
+    db.session.add_all([serving, spare])
+    db.session.commit()
+    env.services[0].server = serving
+    db.session.commit()
+    url = f"/applications/{application.id}/environments/{env.id}/build"
+    assert "spare-2" not in client.get(url).get_data(as_text=True)  # no registry yet
+    registry = Registry(organisation_id=org_id, name="r", url="127.0.0.1:5055")
+    db.session.add(registry)
+    db.session.commit()
+    env.registry_id = registry.id
+    db.session.commit()
+    html = client.get(url).get_data(as_text=True)
+    assert "low CPU priority" in html and "spare-2" in html and "web-1)" not in html

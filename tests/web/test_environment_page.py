@@ -39,3 +39,29 @@ def test_reveal_without_csrf_is_refused(app, client):
     login_as(client, g)
     resp = client.post(f"/environments/{g.environment.id}/variables/{g.variable.id}/reveal")
     assert resp.status_code == 400
+
+
+def test_environment_and_service_pages_list_only_replicas_that_exist(app, client, db):
+    """A replica a failed deploy removed (failed) or a cutover stopped (removed) is gone from
+    its server: the pages list only replicas whose container exists."""
+    from app.models import ServiceReplica
+    from app.models.enums import HealthStatus, ReplicaStatus
+    g = build_org()
+    login_as(client, g)
+    web = next(s for s in g.environment.services if "web" in (s.process_roles or []))
+    pg = g.environment.attachments[0].service
+    rows = {web: ("ks-web-9-green-op9", "ks-web-9-blue-op3", "ks-web-9-green-op12"),
+            pg: ("ks-pg-failed-op4", "ks-pg-removed-op2", "ks-pg-running-op5")}
+    for svc, (failed, removed, running) in rows.items():
+        for name, status in ((failed, ReplicaStatus.FAILED), (removed, ReplicaStatus.REMOVED),
+                             (running, ReplicaStatus.RUNNING)):
+            db.session.add(ServiceReplica(service=svc, server=g.server, container_name=name,
+                                          status=status, health_status=HealthStatus.UNHEALTHY
+                                          if status != ReplicaStatus.RUNNING
+                                          else HealthStatus.HEALTHY))
+    db.session.commit()
+    for url, svc in ((f"/environments/{g.environment.id}", web), (f"/services/{pg.id}", pg)):
+        html = client.get(url).get_data(as_text=True)
+        failed, removed, running = rows[svc]
+        assert running in html, url
+        assert failed not in html and removed not in html, url
