@@ -14,6 +14,7 @@ from sqlalchemy.orm import selectinload
 from app.extensions import db
 from app.models import (AuditEvent, Environment, EnvironmentAttachment, EnvironmentVariable,
                         Operation, Service, ServiceReplica)
+from app.deploys.scheduler import scheduler_targets
 from app.models.enums import SchedulerMode
 from app.scoping import current_org_id, get_for_org_or_404, org_query
 
@@ -87,6 +88,7 @@ def render_page(environment_id, *, attachments: dict | None = None,
                            operations=operations, last_deploy=last_deploy,
                            warnings=environment_warnings(env),
                            scheduler=scheduler_placement(env),
+                           scheduler_targets=scheduler_targets(env),
                            attachments=attachments or attachments_context(env),
                            variables=variables or variables_context(env)), status
 
