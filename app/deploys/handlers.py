@@ -790,6 +790,14 @@ class EnvironmentDeploy:
                 db.session.commit()
 
 
+def desired_route_config(env: Environment, route: ServiceSlice) -> dict | None:
+    """The config a deploy gives ``route``: every blue/green slot of the environment's web
+    (and websocket) service. The attach operation of a domain installs it at once, so a
+    domain attached after the first deploy answers without waiting for the next deploy
+    (issue 13, defect 8). None when the route cannot be listed yet (no gateway server)."""
+    return EnvironmentDeploy(None, env)._desired_route(route)
+
+
 @operation_handler(OperationKind.ENVIRONMENT_DEPLOY)
 def environment_deploy(ctx: OperationContext) -> None:
     env = ctx.target
@@ -798,5 +806,5 @@ def environment_deploy(ctx: OperationContext) -> None:
     EnvironmentDeploy(ctx, env).run()
 
 
-__all__ = ["environment_deploy", "EnvironmentDeploy", "snapshot", "replica_environment",
+__all__ = ["environment_deploy", "EnvironmentDeploy", "snapshot", "desired_route_config", "replica_environment",
            "environment_values", "migration_settings", "SchedulerMode"]

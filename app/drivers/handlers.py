@@ -426,9 +426,29 @@ def _provision(ctx: OperationContext, slice_: ServiceSlice, action: str = "provi
     elif slice_.type == SliceType.VALKEY_NAMESPACE:
         _apply_valkey_acl(ctx, service, slice_, action)
     elif slice_.type == SliceType.CADDY_ROUTE:
+        _route_environment_slots(ctx, slice_)
         install_gateway_config(ctx, service)
     else:  # pragma: no cover
         raise StepFailed(f"unsupported slice type {slice_.type}")
+
+
+def _route_environment_slots(ctx: OperationContext, slice_: ServiceSlice) -> None:
+    """List the environment's slots in a route before installing it (what a deploy would):
+    a domain attached after the first deploy answers at once, not 503 until a later deploy."""
+    env = slice_.environment
+    if env is None:
+        return
+    from app.deploys.handlers import desired_route_config
+    desired = desired_route_config(env, slice_)
+    if desired is None or desired == (slice_.config or {}):
+        return
+    with ctx.step("Route the environment's slots") as step:
+        step.log("upstreams: " + (" ".join(desired.get("upstreams") or []) or
+                                  "none yet (the first deploy starts them)"))
+        for host in desired.get("redirect_from") or []:
+            step.log(f"{host}: permanent redirect to {desired['hostnames'][0]}")
+    slice_.config = desired
+    db.session.commit()
 
 
 def _regenerate(slice_: ServiceSlice) -> None:
