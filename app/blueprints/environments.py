@@ -44,6 +44,12 @@ def environment_warnings(env: Environment) -> list[str]:
     queue = queue_sync_warning(env)
     if queue:
         warnings.append(queue)
+    for service in env.services:
+        for r in service.replicas:
+            problem = (r.config or {}).get("health_problem")
+            if problem and r.status.value not in ("removed", "stopped"):
+                warnings.append(f"{service.name}: {r.container_name} on {r.server.name}: "
+                                f"{problem}.")
     if env.scheduler_enabled and env.scheduler_mode == SchedulerMode.EVERY_REPLICA:
         warnings.append("The scheduler runs on every replica: each scheduled task runs once "
                         "per replica unless it uses onOneServer().")

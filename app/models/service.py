@@ -1,6 +1,8 @@
 """Services (logical), their replicas (runtime placement), slices and endpoints."""
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy.orm import relationship
 
 from app.crypto import EncryptedJSON
@@ -69,6 +71,11 @@ class ServiceReplica(TimestampMixin, OrgScoped, db.Model):
     cpu_limit: Mapped[float | None] = mapped_column()
     memory_limit_mb: Mapped[int | None] = mapped_column()
     config: Mapped[dict] = json_column()
+    # What the periodic health check (app.health) last saw: Docker's state of the container
+    # (running / exited / restarting / gone / crash_loop), its restart count, and when.
+    container_state: Mapped[str | None] = mapped_column(sa.String(32))
+    restart_count: Mapped[int | None] = mapped_column()
+    checked_at: Mapped[dt.datetime | None] = mapped_column()
 
     service = relationship("Service", back_populates="replicas")
     server = relationship("Server", back_populates="replicas")
