@@ -436,15 +436,15 @@ def _route_environment_slots(ctx: OperationContext, slice_: ServiceSlice) -> Non
     """List the environment's slots in a route before installing it (what a deploy would):
     a domain attached after the first deploy answers at once, not 503 until a later deploy."""
     env = slice_.environment
-    if env is None:
-        return
+    if env is None or not any(r.status == ReplicaStatus.RUNNING for svc in env.services
+                              for r in svc.replicas):
+        return  # never deployed: the first deploy lists the slots (and reloads once)
     from app.deploys.handlers import desired_route_config
     desired = desired_route_config(env, slice_)
-    if desired is None or desired == (slice_.config or {}):
-        return
+    if desired is None or not desired.get("upstreams") or desired == (slice_.config or {}):
+        return  # nothing to list, or already listed
     with ctx.step("Route the environment's slots") as step:
-        step.log("upstreams: " + (" ".join(desired.get("upstreams") or []) or
-                                  "none yet (the first deploy starts them)"))
+        step.log("upstreams: " + " ".join(desired["upstreams"]))
         for host in desired.get("redirect_from") or []:
             step.log(f"{host}: permanent redirect to {desired['hostnames'][0]}")
     slice_.config = desired
