@@ -158,26 +158,42 @@ def attach_valkey(environment: Environment, service: Service,
 
 
 def attach_domain(environment: Environment, gateway: Service, hostnames: list[str],
-                  tls: str = "auto") -> tuple[EnvironmentAttachment, ServiceSlice]:
-    """A route slice on the gateway for the environment's web service (upstreams set by deploy)."""
+                  tls: str = "auto", redirect_from: list[str] | None = None
+                  ) -> tuple[EnvironmentAttachment, ServiceSlice]:
+    """A route slice on the gateway for the environment's web service.
+
+    An environment may have several (www next to the apex, another name): one slice and
+    one attachment each. ``redirect_from`` names hostnames answered with a permanent
+    redirect to ``hostnames[0]`` (e.g. ``www.example.com`` -> ``example.com``). The
+    slice_provision operation lists the environment's slots in the route before it
+    installs it (:func:`app.drivers.handlers._provision`), so a domain attached after
+    the first deploy answers at once.
+    """
     driver = get_driver(gateway)
+    if gateway.organisation_id != environment.application.organisation_id:
+        raise AttachmentError("service and environment belong to different organisations")
     name = _unique_slice_name(gateway, SliceType.CADDY_ROUTE, _default_slice_name(environment))
     try:
         config, _ = driver.new_slice_config(name, hostnames, tls=tls,
-                                            environment_id=environment.id)
+                                            environment_id=environment.id,
+                                            redirect_from=redirect_from)
     except ValueError as exc:
         raise AttachmentError(str(exc)) from None
     taken = {h for s in gateway.slices if s.type == SliceType.CADDY_ROUTE
-             and s.status != SliceStatus.DELETED for h in (s.config or {}).get("hostnames", [])}
-    clash = sorted(taken & set(config["hostnames"]))
+             and s.status != SliceStatus.DELETED
+             for h in [*(s.config or {}).get("hostnames", []),
+                       *(s.config or {}).get("redirect_from", [])]}
+    clash = sorted(taken & {*config["hostnames"], *config.get("redirect_from", [])})
     if clash:
         raise AttachmentError(f"{', '.join(clash)} is already routed by this gateway")
     slice_ = ServiceSlice(service=gateway, environment=environment, name=name,
                           type=SliceType.CADDY_ROUTE, status=SliceStatus.PENDING, config=config)
     db.session.add(slice_)
+    has_primary = any(a.role == AttachmentRole.GATEWAY and a.is_primary
+                      for a in environment.attachments)
     attachment = EnvironmentAttachment(environment=environment, service=gateway,
                                        service_slice=slice_, role=AttachmentRole.GATEWAY,
-                                       is_primary=True)
+                                       is_primary=not has_primary)
     db.session.add_all([slice_, attachment])
     db.session.flush()
     return attachment, slice_

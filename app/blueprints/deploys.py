@@ -13,7 +13,7 @@ from flask_login import current_user, login_required
 from app.deploys import service as deploy_service
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Operation, Service
-from app.models.enums import ArtifactStatus, OperationKind, SchedulerMode
+from app.models.enums import ArtifactStatus, OperationKind
 from app.operations import OperationLocked
 from app.operations.lifecycle import blocking_operation, describe_operation
 from app.operations.state import ACTIVE
@@ -190,18 +190,32 @@ def embedded_worker(environment_id, service_id):
 @bp.route("/<int:environment_id>/scheduler", methods=["POST"])
 @login_required
 def scheduler(environment_id):
+    """Mode (disabled / single / every_replica, the last confirmed) and target (web or a
+    worker service): stored on the environment and applied at once by a config_change
+    operation (app.deploys.scheduler), queued behind a running deploy."""
+    from app.deploys.scheduler import scheduler_choice_error, start_scheduler_change
     env = get_for_org_or_404(Environment, environment_id)
     mode = request.form.get("mode", "single")
-    enabled = request.form.get("enabled", "1") == "1"
-    if mode not in (SchedulerMode.SINGLE.value, SchedulerMode.EVERY_REPLICA.value):
-        return _done(env, error="Scheduler mode must be single or every_replica.")
-    if mode == SchedulerMode.EVERY_REPLICA.value and request.form.get("confirm") != "1":
-        return _done(env, error="Running the scheduler on every replica runs each scheduled "
-                                "task once per replica: confirm it to choose this mode.")
-    env.scheduler_enabled = enabled
-    env.scheduler_mode = SchedulerMode(mode)
-    db.session.commit()
-    return _done(env, message="Scheduler settings saved; they apply at the next deploy.")
+    if request.form.get("enabled") == "0":
+        mode = "disabled"
+    error, choice = scheduler_choice_error(env, mode, request.form.get("target_service_id"),
+                                           request.form.get("confirm") == "1")
+    if error:
+        return _refused(env, error)
+    enabled, mode, target = choice
+    op = start_scheduler_change(env, current_user, enabled=enabled, mode=mode, target=target)
+    state = "queued behind the running operation" if op.status.value == "queued" else "started"
+    return _done(env, message=f"Scheduler settings saved; applying them to the running "
+                              f"replicas (operation #{op.id}, {state}).")
+
+
+def _refused(env: Environment, error: str):
+    """Bad input: 422 with the message, nothing stored."""
+    if _is_htmx():
+        return _component(env, status=422, error=error)
+    from app.blueprints.environments import render_page
+    flash(error, "error")
+    return render_page(env.id, status=422)
 
 
 __all__ = ["bp", "button_context", "describe_operation"]

@@ -14,6 +14,7 @@ from sqlalchemy.orm import selectinload
 from app.extensions import db
 from app.models import (AuditEvent, Environment, EnvironmentAttachment, EnvironmentVariable,
                         Operation, Service, ServiceReplica)
+from app.deploys.scheduler import scheduler_targets
 from app.models.enums import SchedulerMode
 from app.scoping import current_org_id, get_for_org_or_404, org_query
 
@@ -43,6 +44,12 @@ def environment_warnings(env: Environment) -> list[str]:
     queue = queue_sync_warning(env)
     if queue:
         warnings.append(queue)
+    for service in env.services:
+        for r in service.replicas:
+            problem = (r.config or {}).get("health_problem")
+            if problem and r.status.value not in ("removed", "stopped"):
+                warnings.append(f"{service.name}: {r.container_name} on {r.server.name}: "
+                                f"{problem}.")
     if env.scheduler_enabled and env.scheduler_mode == SchedulerMode.EVERY_REPLICA:
         warnings.append("The scheduler runs on every replica: each scheduled task runs once "
                         "per replica unless it uses onOneServer().")
@@ -87,6 +94,7 @@ def render_page(environment_id, *, attachments: dict | None = None,
                            operations=operations, last_deploy=last_deploy,
                            warnings=environment_warnings(env),
                            scheduler=scheduler_placement(env),
+                           scheduler_targets=scheduler_targets(env),
                            attachments=attachments or attachments_context(env),
                            variables=variables or variables_context(env)), status
 

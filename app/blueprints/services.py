@@ -193,6 +193,7 @@ class AttachDomainForm(_AttachForm):
     hostname = StringField("Domain", validators=[DataRequired(), Length(max=253)])
     target = SelectField("Gateway", coerce=str, choices=[], validators=[DataRequired()])
     tls = SelectField("TLS", choices=[("", "Default for the server")] + TLS_CHOICES, default="")
+    www_redirect = BooleanField("Also answer www. of this domain with a permanent redirect to it")
 
 
 class MultiCheckboxField(SelectMultipleField):
@@ -615,7 +616,14 @@ def _attach_domain(env, gateway, form):
     hostname = (form.hostname.data or "").strip()
     facts = (gateway.server.facts or {}) if gateway.server else {}
     tls = form.tls.data or ("off" if facts.get("sandbox") else "auto")
-    attachment, slice_ = att.attach_domain(env, gateway, [hostname], tls=tls)
+    redirect_from = None
+    if form.www_redirect.data:
+        if hostname.lower().startswith("www."):
+            raise att.AttachmentError("This domain already starts with www.: attach the apex "
+                                      "domain with the www redirect instead.")
+        redirect_from = [f"www.{hostname}"]
+    attachment, slice_ = att.attach_domain(env, gateway, [hostname], tls=tls,
+                                           redirect_from=redirect_from)
     slice_.config = {**(slice_.config or {}),
                      **route_extras(gateway, slice_.config["hostnames"], tls)}
     return attachment, slice_

@@ -35,6 +35,7 @@ from app.deploys.slots import (APP_PORT, HEALTH_FAILS, HEALTH_INTERVAL_MS, HEALT
 from app.extensions import db
 from app.models import (BuildArtifact, Environment, EnvironmentAttachment, Server, Service,
                         ServiceReplica, ServiceSlice)
+from app.models.service import REMOVED_BY_KEYSTONE
 from app.models.enums import (ArtifactStatus, DeployPolicy, EnvironmentStatus, HealthStatus,
                               OperationKind, ReplicaStatus, SchedulerMode, ServiceStatus,
                               SliceStatus, SliceType)
@@ -645,6 +646,7 @@ class EnvironmentDeploy:
             return
         replica.status = ReplicaStatus.FAILED
         replica.health_status = HealthStatus.UNHEALTHY
+        replica.container_state = REMOVED_BY_KEYSTONE
         db.session.commit()
 
     def _teardown(self, step, replica: ServiceReplica, timeout: int, drain_first: bool) -> None:
@@ -1020,6 +1022,7 @@ class EnvironmentDeploy:
                 self._teardown(step, replica, timeout=change.stop_timeout, drain_first=False)
             replica.status = ReplicaStatus.REMOVED
             replica.health_status = HealthStatus.UNKNOWN
+            replica.container_state = REMOVED_BY_KEYSTONE
             if self.env.scheduler_replica_id == replica.id:
                 self.env.scheduler_replica_id = None
             db.session.commit()
@@ -1056,6 +1059,14 @@ class EnvironmentDeploy:
                 db.session.commit()
 
 
+def desired_route_config(env: Environment, route: ServiceSlice) -> dict | None:
+    """The config a deploy gives ``route``: every blue/green slot of the environment's web
+    (and websocket) service. The attach operation of a domain installs it at once, so a
+    domain attached after the first deploy answers without waiting for the next deploy
+    (issue 13, defect 8). None when the route cannot be listed yet (no gateway server)."""
+    return EnvironmentDeploy(None, env)._desired_route(route)
+
+
 @operation_handler(OperationKind.ENVIRONMENT_DEPLOY)
 def environment_deploy(ctx: OperationContext) -> None:
     env = ctx.target
@@ -1064,5 +1075,5 @@ def environment_deploy(ctx: OperationContext) -> None:
     EnvironmentDeploy(ctx, env).run()
 
 
-__all__ = ["environment_deploy", "EnvironmentDeploy", "snapshot", "replica_environment",
+__all__ = ["environment_deploy", "EnvironmentDeploy", "snapshot", "desired_route_config", "replica_environment",
            "environment_values", "migration_settings", "SchedulerMode"]

@@ -426,9 +426,29 @@ def _provision(ctx: OperationContext, slice_: ServiceSlice, action: str = "provi
     elif slice_.type == SliceType.VALKEY_NAMESPACE:
         _apply_valkey_acl(ctx, service, slice_, action)
     elif slice_.type == SliceType.CADDY_ROUTE:
+        _route_environment_slots(ctx, slice_)
         install_gateway_config(ctx, service)
     else:  # pragma: no cover
         raise StepFailed(f"unsupported slice type {slice_.type}")
+
+
+def _route_environment_slots(ctx: OperationContext, slice_: ServiceSlice) -> None:
+    """List the environment's slots in a route before installing it (what a deploy would):
+    a domain attached after the first deploy answers at once, not 503 until a later deploy."""
+    env = slice_.environment
+    if env is None or not any(r.status == ReplicaStatus.RUNNING for svc in env.services
+                              for r in svc.replicas):
+        return  # never deployed: the first deploy lists the slots (and reloads once)
+    from app.deploys.handlers import desired_route_config
+    desired = desired_route_config(env, slice_)
+    if desired is None or not desired.get("upstreams") or desired == (slice_.config or {}):
+        return  # nothing to list, or already listed
+    with ctx.step("Route the environment's slots") as step:
+        step.log("upstreams: " + " ".join(desired["upstreams"]))
+        for host in desired.get("redirect_from") or []:
+            step.log(f"{host}: permanent redirect to {desired['hostnames'][0]}")
+    slice_.config = desired
+    db.session.commit()
 
 
 def _regenerate(slice_: ServiceSlice) -> None:

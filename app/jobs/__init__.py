@@ -51,3 +51,34 @@ def run_operation(operation_id: int) -> str:
             return "error"
         finally:
             db.session.remove()
+
+
+def check_health() -> dict:
+    """The periodic health job (app.health): one pass, never two at once, never raises."""
+    from flask import has_app_context
+
+    from app.extensions import db
+    from app.health import HEALTH_INTERVAL, LOCK_KEY, check_health as run_check
+
+    def once() -> dict:
+        import redis
+        from flask import current_app
+        conn = redis.Redis.from_url(current_app.config["REDIS_URL"])
+        if not conn.set(LOCK_KEY, "1", nx=True, ex=HEALTH_INTERVAL * 5):
+            return {"skipped": "another health check is running"}
+        try:
+            return run_check()
+        finally:
+            conn.delete(LOCK_KEY)
+
+    if has_app_context():
+        return once()
+    app = get_app()
+    with app.app_context():
+        try:
+            return once()
+        except Exception as exc:  # noqa: BLE001 - logged, never in RQ's job data
+            log.error("health check failed: %s", type(exc).__name__)
+            return {"error": type(exc).__name__}
+        finally:
+            db.session.remove()

@@ -103,6 +103,38 @@ def start_reaper(app, interval: float | None = None) -> threading.Event:
     return stop
 
 
+def schedule_health_check(app, conn, queue) -> bool:
+    """Enqueue the periodic health job unless one was enqueued in the last interval (by this
+    or another worker: a Redis key with a TTL). The job runs in a work horse, which may open
+    SSH connections; this process never does."""
+    from app.health import HEALTH_INTERVAL, SCHEDULE_KEY
+    if not conn.set(SCHEDULE_KEY, "1", nx=True, ex=max(1, HEALTH_INTERVAL - 5)):
+        return False
+    queue.enqueue("app.jobs.check_health", job_timeout=HEALTH_INTERVAL * 4,
+                  result_ttl=HEALTH_INTERVAL * 2, failure_ttl=3600,
+                  description="keystone periodic health check")
+    return True
+
+
+def _health_loop(app, conn, queue, stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        try:
+            schedule_health_check(app, conn, queue)
+        except Exception:
+            log.warning("could not enqueue the health check", exc_info=True)
+
+
+def start_health_scheduler(app, conn, queue, interval: float | None = None) -> threading.Event:
+    """Every HEALTH_INTERVAL seconds, enqueue app.jobs.check_health (app.health)."""
+    from app.health import HEALTH_INTERVAL
+    stop = threading.Event()
+    thread = threading.Thread(target=_health_loop,
+                              args=(app, conn, queue, stop, interval or HEALTH_INTERVAL),
+                              name="keystone-health", daemon=True)
+    thread.start()
+    return stop
+
+
 def recover(app) -> list[int]:
     """Start-up recovery: end what died with the previous worker, restart the queue."""
     from app.extensions import db
@@ -131,7 +163,10 @@ def run_worker(app, burst: bool = False, reaper_interval: float | None = None) -
     worker = KeystoneWorker([queue], connection=conn,
                             job_monitoring_interval=JOB_MONITORING_INTERVAL)
     worker.flask_app = app
+    health = start_health_scheduler(app, conn, queue) if not burst else None
     try:
         worker.work(burst=burst, with_scheduler=False)
     finally:
         stop.set()
+        if health is not None:
+            health.set()

@@ -77,7 +77,9 @@ class Environment(TimestampMixin, OrgScoped, db.Model):
 
 class EnvironmentAttachment(TimestampMixin, OrgScoped, db.Model):
     __tablename__ = "environment_attachments"
-    __table_args__ = (sa.UniqueConstraint("environment_id", "service_id", "role"),)
+    # One attachment per slice: an environment may have several domains (route slices) on
+    # one gateway. One Postgres/Valkey attachment per (service, role) is app.attachments'.
+    __table_args__ = (sa.UniqueConstraint("environment_id", "service_slice_id"),)
     org_path = ("environment", "application")
 
     id: Mapped[int] = mapped_column(primary_key=True)

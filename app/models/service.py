@@ -1,6 +1,8 @@
 """Services (logical), their replicas (runtime placement), slices and endpoints."""
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy.orm import relationship
 
 from app.crypto import EncryptedJSON
@@ -50,8 +52,16 @@ class Service(TimestampMixin, OrgScoped, db.Model):
 
     @property
     def present_replicas(self) -> list["ServiceReplica"]:
-        """Replicas whose container exists: what pages list (failed and removed ones are gone)."""
-        return [r for r in self.replicas if r.status in PRESENT_REPLICA_STATUSES]
+        """What pages list: replicas whose container exists, and ones the periodic health
+        check found dead or vanished (a problem to show). A replica Keystone itself removed
+        (a failed deploy, a cutover) is gone and not listed."""
+        return [r for r in self.replicas if r.status in PRESENT_REPLICA_STATUSES
+                or (r.status == ReplicaStatus.FAILED and r.container_state
+                    and r.container_state != REMOVED_BY_KEYSTONE)]
+
+
+REMOVED_BY_KEYSTONE = "removed"
+"""``container_state`` of a replica whose container Keystone removed itself."""
 
 
 class ServiceReplica(TimestampMixin, OrgScoped, db.Model):
@@ -74,6 +84,11 @@ class ServiceReplica(TimestampMixin, OrgScoped, db.Model):
     cpu_limit: Mapped[float | None] = mapped_column()
     memory_limit_mb: Mapped[int | None] = mapped_column()
     config: Mapped[dict] = json_column()
+    # What the periodic health check (app.health) last saw: Docker's state of the container
+    # (running / exited / restarting / gone / crash_loop), its restart count, and when.
+    container_state: Mapped[str | None] = mapped_column(sa.String(32))
+    restart_count: Mapped[int | None] = mapped_column()
+    checked_at: Mapped[dt.datetime | None] = mapped_column()
 
     service = relationship("Service", back_populates="replicas")
     server = relationship("Server", back_populates="replicas")

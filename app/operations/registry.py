@@ -41,6 +41,7 @@ HANDLER_MODULES: list[str] = [
     "app.slices.handlers",
     "app.drivers.handlers",
     "app.deploys.handlers",
+    "app.deploys.scheduler",
 ]
 
 
@@ -53,6 +54,34 @@ def operation_handler(kind: OperationKind) -> Callable[[Handler], Handler]:
         return fn
 
     return register
+
+
+# ``config_change`` operations carry ``params["change"]`` naming what they change
+# (e.g. "scheduler"); each area registers its own with @config_change_handler.
+_CONFIG_CHANGES: dict[str, Handler] = {}
+
+
+def config_change_handler(name: str) -> Callable[[Handler], Handler]:
+    """Register ``fn`` for ``config_change`` operations whose params say ``change=name``."""
+    def register(fn: Handler) -> Handler:
+        _CONFIG_CHANGES[name] = fn
+        return fn
+
+    return register
+
+
+def _config_change(ctx) -> None:
+    name = str((ctx.params or {}).get("change") or "")
+    if name not in _CONFIG_CHANGES:
+        load_handlers()
+    fn = _CONFIG_CHANGES.get(name)
+    if fn is None:
+        from app.operations.errors import StepFailed
+        raise StepFailed(f"Unknown configuration change {name!r}.")
+    fn(ctx)
+
+
+_HANDLERS[OperationKind.CONFIG_CHANGE] = _config_change
 
 
 def handler_for(kind: OperationKind) -> Handler | None:

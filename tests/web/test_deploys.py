@@ -149,18 +149,96 @@ def test_embedded_worker_is_a_not_for_production_option(app, client, db, auth):
     assert g.web.config["embedded_worker"] is True and g.web.desired_revision == rev + 1
 
 
+def scheduler_changes(db, env_id):
+    return db.session.execute(sa.select(Operation).where(
+        Operation.target_type == "environment", Operation.target_id == env_id,
+        Operation.kind == "config_change").order_by(Operation.id)).scalars().all()
+
+
 def test_every_replica_scheduler_needs_confirmation(app, client, db, auth):
     g = ready_org(db)
     login_as(client, g)
-    html = client.post(f"/environments/{g.environment.id}/scheduler",
-                       data={"mode": "every_replica"}, headers=htmx(auth)).get_data(as_text=True)
-    assert "confirm" in html
+    resp = client.post(f"/environments/{g.environment.id}/scheduler",
+                       data={"mode": "every_replica"}, headers=htmx(auth))
+    assert resp.status_code == 422 and "confirm" in resp.get_data(as_text=True)
     db.session.refresh(g.environment)
     assert g.environment.scheduler_mode.value == "single"
+    assert scheduler_changes(db, g.environment.id) == []
     client.post(f"/environments/{g.environment.id}/scheduler",
                 data={"mode": "every_replica", "confirm": "1"}, headers=htmx(auth))
     db.session.refresh(g.environment)
     assert g.environment.scheduler_mode.value == "every_replica"
+
+
+def test_environment_page_offers_the_scheduler_mode_and_target(app, client, db, auth):
+    from app.deploys.service import add_role_service
+    g = ready_org(db)
+    worker = add_role_service(g.environment, "worker")
+    login_as(client, g)
+    html = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+    form = html[html.index('id="scheduler-form"'):]
+    form = form[:form.index("</form>")]
+    for mode in ("disabled", "single", "every_replica"):
+        assert f'value="{mode}"' in form
+    assert f'value="{g.web.id}"' in form and f'value="{worker.id}"' in form
+    assert "onOneServer()" in form  # the every_replica warning
+
+
+def test_scheduler_change_is_an_operation_holding_the_environment_lock(app, client, db, auth):
+    from app.deploys.service import add_role_service
+    g = ready_org(db)
+    worker = add_role_service(g.environment, "worker")
+    login_as(client, g)
+    resp = client.post(f"/environments/{g.environment.id}/scheduler",
+                       data={"csrf_token": auth.csrf(), "mode": "single",
+                             "target_service_id": str(worker.id)})
+    assert resp.status_code == 302
+    env = g.environment
+    db.session.refresh(env)
+    assert env.scheduler_enabled and env.scheduler_mode.value == "single"
+    assert env.scheduler_target_service_id == worker.id
+    [op] = scheduler_changes(db, env.id)
+    assert op.params == {"change": "scheduler"}  # applies what the environment says
+    assert op.lock_keys == [f"environment:{env.id}"]
+    assert op.status == OperationStatus.PENDING
+    page = client.get(f"/environments/{env.id}").get_data(as_text=True)
+    assert f"operation #{op.id}" in page
+    client.post(f"/environments/{env.id}/scheduler",
+                data={"csrf_token": auth.csrf(), "mode": "disabled"})
+    db.session.refresh(env)
+    assert env.scheduler_enabled is False and env.scheduler_target_service_id == worker.id
+    assert len(scheduler_changes(db, env.id)) == 2
+
+
+def test_scheduler_change_queues_behind_a_running_deploy(app, client, db, auth):
+    g = ready_org(db)
+    login_as(client, g)
+    client.post(f"/environments/{g.environment.id}/deploy", headers=htmx(auth))
+    client.post(f"/environments/{g.environment.id}/scheduler",
+                data={"mode": "every_replica", "confirm": "1"}, headers=htmx(auth))
+    [op] = scheduler_changes(db, g.environment.id)
+    assert op.status == OperationStatus.QUEUED
+
+
+def test_scheduler_form_refuses_bad_input_and_stores_nothing(app, client, db, auth):
+    g = ready_org(db)
+    other = build_org(email="o@example.com", organisation="Other")
+    postgres = g.postgres
+    login_as(client, g)
+    env_id = g.environment.id
+    for data in ({"mode": "sometimes"}, {"mode": "single; rm -rf /"},
+                 {"mode": "single", "target_service_id": "1 OR 1=1"},
+                 {"mode": "single", "target_service_id": str(postgres.id)},
+                 {"mode": "single", "target_service_id": str(other.web.id)}):
+        resp = client.post(f"/environments/{env_id}/scheduler",
+                           data={"csrf_token": auth.csrf(), **data})
+        assert resp.status_code == 422, data
+        html = resp.get_data(as_text=True)
+        assert "scheduler" in html.lower()
+    db.session.refresh(g.environment)
+    assert g.environment.scheduler_mode.value == "single" and g.environment.scheduler_enabled
+    assert g.environment.scheduler_target_service_id != other.web.id
+    assert scheduler_changes(db, env_id) == []
 
 
 def test_first_deploy_places_a_new_web_service_on_the_active_server(app, client, db, auth):

@@ -602,3 +602,60 @@ def test_variable_rows_agree_with_effective_environment(db, g):
     shown = {r.key: r.variable.value for r in variable_rows(env)}
     assert shown == effective_environment(env)
     assert shown["A"] == "user" and shown["B"] == "locked" and shown["C"] == "sys"
+
+
+def test_a_second_domain_on_the_same_gateway_is_attached_not_a_500(client, db, g, token):
+    """www next to the apex, another name: one route slice and one attachment each."""
+    gw = make_service(db, g, "caddy", "gateway", running=True, digest=DIGEST_A)
+    url = f"/environments/{g.environment.id}/attachments/domain"
+    for host in ("example.com", "shop.example.org"):
+        resp = post(client, url, token, {"dom-hostname": host, "dom-target": str(gw.id)})
+        assert resp.status_code == 302, resp.get_data(as_text=True)
+    routes = db.session.execute(sa.select(ServiceSlice).where(
+        ServiceSlice.type == SliceType.CADDY_ROUTE).order_by(ServiceSlice.id)).scalars().all()
+    assert [r.config["hostnames"] for r in routes] == [["example.com"], ["shop.example.org"]]
+    atts = db.session.execute(sa.select(EnvironmentAttachment).where(
+        EnvironmentAttachment.service_id == gw.id)).scalars().all()
+    assert sorted(a.service_slice_id for a in atts) == [r.id for r in routes]
+    assert sorted(a.is_primary for a in atts) == [False, True]
+    assert [o.target_id for o in ops(db, OperationKind.SLICE_PROVISION)] == [r.id for r in routes]
+    html = _env_html(client, g)
+    assert "example.com" in html and "shop.example.org" in html
+
+
+def test_www_redirect_option_adds_the_www_name_to_the_route(client, db, g, token):
+    gw = make_service(db, g, "caddy", "gateway", running=True, digest=DIGEST_A)
+    html = _env_html(client, g)
+    assert 'name="dom-www_redirect"' in html
+    url = f"/environments/{g.environment.id}/attachments/domain"
+    resp = post(client, url, token, {"dom-hostname": "www.example.com", "dom-target": str(gw.id),
+                                     "dom-www_redirect": "y"}, htmx=True)
+    assert "already starts with www." in resp.get_data(as_text=True)
+    assert not ops(db)
+    resp = post(client, url, token, {"dom-hostname": "Example.com", "dom-target": str(gw.id),
+                                     "dom-www_redirect": "y"})
+    assert resp.status_code == 302
+    route = db.session.execute(sa.select(ServiceSlice).where(
+        ServiceSlice.type == SliceType.CADDY_ROUTE)).scalar_one()
+    assert route.config["hostnames"] == ["example.com"]
+    assert route.config["redirect_from"] == ["www.example.com"]
+    assert "www.example.com &rarr; redirect" in _env_html(client, g)
+    # The www name is taken now: attaching it as its own domain is refused, nothing stored.
+    resp = post(client, url, token, {"dom-hostname": "www.example.com",
+                                     "dom-target": str(gw.id)}, htmx=True)
+    assert "already routed" in resp.get_data(as_text=True)
+    assert len(ops(db, OperationKind.SLICE_PROVISION)) == 1
+
+
+def test_gateway_renders_every_domain_and_the_redirect(client, db, g, token):
+    from app.drivers import get_driver
+    gw = make_service(db, g, "caddy", "gateway", running=True, digest=DIGEST_A)
+    url = f"/environments/{g.environment.id}/attachments/domain"
+    post(client, url, token, {"dom-hostname": "example.com", "dom-target": str(gw.id),
+                              "dom-www_redirect": "y", "dom-tls": "off"})
+    post(client, url, token, {"dom-hostname": "api.example.com", "dom-target": str(gw.id),
+                              "dom-tls": "off"})
+    db.session.expire_all()
+    text = get_driver(gw).render_gateway_config(db.session.get(Service, gw.id))
+    assert "\nhttp://example.com {\n" in text and "\nhttp://api.example.com {\n" in text
+    assert "\nhttp://www.example.com {\n\tredir http://example.com{uri} permanent\n}" in text

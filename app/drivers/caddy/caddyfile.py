@@ -79,7 +79,7 @@ def validate_hostname(value: object, *, allow_wildcard: bool = True) -> str:
         raise CaddyfileError(f"domain {shown!r}: an IP address is not a domain")
     if host.startswith("*.") and not allow_wildcard:
         raise CaddyfileError(f"domain {shown!r}: wildcards are not allowed here")
-    if not _HOSTNAME_RE.match(host):
+    if not _HOSTNAME_RE.fullmatch(host):
         raise CaddyfileError(f"domain {shown!r}: each dot-separated label must be 1-63 "
                              "letters, digits or '-', not starting or ending with '-'")
     return host
@@ -190,6 +190,9 @@ class Route:
     health_passes: int | None = None
     # Paths routed elsewhere first (e.g. Reverb's Pusher paths to the websocket slots).
     path_routes: list[PathRoute] = field(default_factory=list)
+    # Hostnames answered with a permanent redirect to the route's first hostname, keeping
+    # the path and query (e.g. www.example.com -> example.com). Their own site block.
+    redirect_from: list[str] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: dict, name: str = "") -> "Route":
@@ -209,9 +212,18 @@ class Route:
         for key in ("lb_try_duration", "lb_try_interval", "dial_timeout"):
             if config.get(key):
                 extra[key] = _duration(config[key], f"route {name}: {key}")
+        redirects = config.get("redirect_from") or []
+        if not isinstance(redirects, list):
+            raise CaddyfileError(f"route {name}: redirect_from must be a list of domains")
         return cls(hostnames=list(config.get("hostnames") or []), upstreams=ups,
                    tls=config.get("tls", "auto"), name=name,
-                   health_path=config.get("health_path"), path_routes=paths, **extra)
+                   health_path=config.get("health_path"), path_routes=paths,
+                   redirect_from=list(redirects), **extra)
+
+    @property
+    def all_hostnames(self) -> list[str]:
+        """Every hostname this route answers: its own and the ones it redirects."""
+        return [*self.hostnames, *self.redirect_from]
 
 
 @dataclass
@@ -259,6 +271,29 @@ def _render_proxy(route: Route, upstreams: list[Upstream], out: list[str],
     out.append(f"{i}}}")
 
 
+def _site_address(route: Route, host: str) -> str:
+    return f"http://{host}" if route.tls == "off" else host
+
+
+def _render_redirect(route: Route, hosts: list[str], out: list[str]) -> None:
+    """``www.example.com { redir https://example.com{uri} permanent }``: a 301 keeping the
+    path and query. The target is the route's first (validated) hostname; ``{uri}`` is
+    Caddy's placeholder, a constant here."""
+    redirects = [validate_hostname(h, allow_wildcard=False) for h in route.redirect_from]
+    if len(set(redirects)) != len(redirects) or set(redirects) & set(hosts):
+        raise CaddyfileError(f"route {route.name}: a domain is listed twice")
+    target = hosts[0]
+    if target.startswith("*."):
+        raise CaddyfileError(f"route {route.name}: cannot redirect to a wildcard domain")
+    scheme = "http" if route.tls == "off" else "https"
+    out.append("")
+    out.append(", ".join(_site_address(route, h) for h in redirects) + " {")
+    if route.tls == "internal":
+        out.append("\ttls internal")
+    out.append(f"\tredir {scheme}://{target}{{uri}} permanent")
+    out.append("}")
+
+
 def _render_route(route: Route, out: list[str]) -> None:
     if route.tls not in TLS_MODES:
         raise CaddyfileError(f"route {route.name}: tls must be one of {', '.join(TLS_MODES)}")
@@ -267,7 +302,13 @@ def _render_route(route: Route, out: list[str]) -> None:
     hosts = [validate_hostname(h) for h in route.hostnames]
     if len(set(hosts)) != len(hosts):
         raise CaddyfileError(f"route {route.name}: a domain is listed twice")
-    addresses = [f"http://{h}" if route.tls == "off" else h for h in hosts]
+    _render_site(route, hosts, out)
+    if route.redirect_from:
+        _render_redirect(route, hosts, out)
+
+
+def _render_site(route: Route, hosts: list[str], out: list[str]) -> None:
+    addresses = [_site_address(route, h) for h in hosts]
     out.append(", ".join(addresses) + " {")
     if route.tls == "internal":
         out.append("\ttls internal")
@@ -307,7 +348,7 @@ def render_caddyfile(routes: Iterable[Route], options: GatewayOptions | None = N
     routes = sorted(routes, key=lambda r: (r.hostnames[:1], r.name))
     seen: dict[str, str] = {}
     for r in routes:
-        for h in r.hostnames:
+        for h in r.all_hostnames:
             key = validate_hostname(h)
             if key in seen:
                 raise CaddyfileError(f"domain {key!r} is routed twice "

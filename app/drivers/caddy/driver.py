@@ -84,14 +84,21 @@ class CaddyDriver(Driver):
 
     def new_slice_config(self, name: str, hostnames: list[str], tls: str = "auto",
                          upstreams: list | None = None, environment_id: int | None = None,
-                         health_path: str | None = None) -> tuple[dict, dict | None]:
+                         health_path: str | None = None,
+                         redirect_from: list[str] | None = None) -> tuple[dict, dict | None]:
         hosts = [validate_hostname(h) for h in hostnames]
         cfg: dict[str, Any] = {"hostnames": hosts, "tls": tls, "upstreams": upstreams or []}
+        if redirect_from:
+            # Answered with a permanent redirect to hosts[0] (e.g. www -> apex).
+            cfg["redirect_from"] = [validate_hostname(h, allow_wildcard=False)
+                                    for h in redirect_from]
         if environment_id is not None:
             cfg["environment_id"] = environment_id
         if health_path:
             cfg["health_path"] = health_path
-        Route.from_config(cfg, name)  # validates upstreams / tls shape
+        route = Route.from_config(cfg, name)  # validates upstreams / tls shape
+        if redirect_from:
+            render_caddyfile([route])  # a redirect to a wildcard or a repeated name is refused
         return cfg, None
 
     # -- installing a config (commands; the handler runs them) -----------

@@ -1,0 +1,84 @@
+"""The periodic health check (issue 13, defect 9) on a real sandbox server.
+
+After a deploy, one pass of the check (the function the worker's RQ job runs) sees every
+replica running with one SSH connection per server; a replica container killed behind
+Keystone's back is marked failed after ONE pass and the environment page names it; removed
+altogether it is marked gone.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.testbeds import running_testbed
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def hbed(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+    with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "health",
+                         server_count=1) as tb:
+        yield tb
+
+
+def web_replica(bed):
+    from app.extensions import db
+    from app.models import Service
+    db.session.expire_all()
+    web = db.session.get(Service, bed.web_id)
+    return next(r for r in web.replicas if r.status.value not in ("removed", "stopped"))
+
+
+def env_page(bed) -> str:
+    from flask import current_app
+    client = current_app.test_client()
+    with client.session_transaction() as sess:
+        sess["_user_id"] = str(bed.user_id)
+        sess["_fresh"] = True
+    resp = client.get(f"/environments/{bed.env_id}")
+    assert resp.status_code == 200
+    return resp.get_data(as_text=True)
+
+
+def test_a_killed_replica_is_reflected_after_one_check(hbed, sandbox):
+    from app.jobs import check_health
+    from app.sandbox.sample import push_new_commit
+    push_new_commit(sandbox.git)
+    hbed.deploy()
+
+    counts = check_health()
+    # web, Postgres, Valkey and the gateway: all on one server, one SSH connection.
+    assert counts["servers"] == 1 and counts["handshakes"] == 1, counts
+    assert counts["replicas"] >= 4 and counts["problems"] == 0, counts
+    r = web_replica(hbed)
+    assert (r.status.value, r.health_status.value, r.container_state) == \
+        ("running", "healthy", "running")
+    assert r.restart_count == 0 and r.checked_at is not None
+    assert "data-replica-problem" not in env_page(hbed)
+
+    server = hbed.sandbox_servers[0]
+    server.exec("docker", "kill", r.container_name)
+    counts = check_health()
+    assert counts["problems"] == 1, counts
+    r = web_replica(hbed)
+    assert (r.status.value, r.health_status.value, r.container_state) == \
+        ("failed", "unhealthy", "exited")
+    assert r.config["health_problem"] == "its container died (exit code 137)"
+    html = env_page(hbed)
+    assert f"{r.container_name} on deploy-1: its container died (exit code 137)" in html
+    assert 'data-replica-problem="exited"' in html
+
+    server.exec("docker", "rm", "-f", r.container_name)
+    check_health()
+    r = web_replica(hbed)
+    assert (r.status.value, r.container_state) == ("failed", "gone")
+    assert "its container is gone" in env_page(hbed)
+
+
+def test_the_check_is_not_an_operation(hbed):
+    from app.extensions import db
+    from app.jobs import check_health
+    from app.models import Operation
+    before = db.session.query(Operation).count()
+    check_health()
+    assert db.session.query(Operation).count() == before
