@@ -3,7 +3,7 @@ provisioning -> application -> services -> first deploy -> live."""
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from rq import Queue
 
@@ -15,6 +15,23 @@ bp = Blueprint("onboarding", __name__, url_prefix="/onboarding")
 
 def _org():
     return current_user.organisation
+
+
+# Pages a person lands on after a wizard step (verify, provision, deploy, ...): while
+# onboarding is unfinished they name the next step and link back to the wizard.
+NEXT_STEP_PAGES = frozenset({"dashboard.index", "applications.show", "servers.show",
+                             "operations.show", "environments.show", "services.show",
+                             "applications.build_settings"})
+
+
+@bp.app_context_processor
+def _next_step():
+    def onboarding_next():
+        """The wizard's next step while onboarding is unfinished, else None."""
+        if not current_user.is_authenticated or request.endpoint not in NEXT_STEP_PAGES:
+            return None
+        return onboarding.current_step(onboarding.steps_for(_org()))
+    return {"onboarding_next": onboarding_next}
 
 
 @bp.route("/")
