@@ -66,7 +66,16 @@ def authorize_sandbox_key(application_id):
         flash("Only the sandbox's sample repository can be authorised from here.", "error")
         return redirect(url_for("onboarding.start"))
     Sandbox(current_app.config["SANDBOX_NAME"]).status().git.authorize_key(application.deploy_key_public)
-    flash("Deploy key added to the sandbox git host (read-only). Now verify access.", "success")
+    # The key is there: verify at once instead of asking for another click.
+    from app.repositories import verify_access
+    result = verify_access(application)
+    db.session.commit()
+    if result.ok:
+        flash("Deploy key added to the sandbox git host (read-only) and access verified.",
+              "success")
+    else:
+        flash(f"Deploy key added to the sandbox git host (read-only), but verifying failed: "
+              f"{result.message}", "error")
     return redirect(url_for("applications.show", application_id=application.id))
 
 

@@ -93,10 +93,9 @@ def test_2_add_the_repository_and_verify_the_deploy_key(walk, screenshot):
     assert key.startswith("ssh-ed25519 ")
     screenshot(page, "application-deploy-key")
 
-    _wizard(walk, "Repository and deploy key")
+    # The button is right on the application page; it adds the key and verifies at once.
     page.get_by_role("button", name="Add the key to the sandbox git host").click()
     expect(page.get_by_text("Deploy key added to the sandbox git host")).to_be_visible()
-    page.get_by_role("button", name="Verify access").click()
     access = page.locator("#repository-access")
     expect(access.locator(".badge")).to_have_text("verified", timeout=2 * MINUTE)
     screenshot(page, "application-verified")

@@ -64,6 +64,10 @@ def test_the_wizard_uses_the_configured_sandbox_name(app, client, monkeypatch):
                 "authorize_key": staticmethod(lambda key: None)})()})()
 
     monkeypatch.setattr(sandbox_pkg, "Sandbox", FakeSandbox)
+    # the view verifies access right after adding the key; no real git host here
+    import app.repositories as repositories
+    monkeypatch.setattr(repositories, "verify_access",
+                        lambda application: type("Result", (), {"ok": True, "message": "ok"})())
     app.config["SANDBOX_NAME"] = "ks-other"
     g = build_org()
     g.org.onboarding_state = {"sandbox": {"status": "ready",
@@ -75,6 +79,7 @@ def test_the_wizard_uses_the_configured_sandbox_name(app, client, monkeypatch):
     token = csrf_token_from(client.get("/onboarding/").get_data(as_text=True))
     resp = client.post(f"/onboarding/sandbox/authorize/{g.application.id}", data={"csrf_token": token})
     assert resp.status_code == 302 and names == ["ks-other"]
+    assert "access verified" in client.get(resp.headers["Location"]).get_data(as_text=True)
 
 
 def test_pages_after_a_step_name_the_next_one_until_onboarding_is_done(app, client, auth):
