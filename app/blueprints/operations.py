@@ -138,6 +138,14 @@ def row(operation_id: int):
     return render_template("operations/_row.html", op=op)
 
 
+@bp.route("/operations/<int:operation_id>/badge")
+@login_required
+def badge(operation_id: int):
+    """Status badge and age, polled where a page names one operation (e.g. the last deploy)."""
+    op = get_for_org_or_404(Operation, operation_id)
+    return render_template("operations/_badge.html", op=op)
+
+
 @bp.route("/operations/<int:operation_id>/cancel", methods=["POST"])
 @login_required
 def cancel(operation_id: int):

@@ -121,3 +121,15 @@ def test_rows_of_unfinished_operations_refresh_themselves_until_they_end(app, cl
     row = client.get(f"/operations/{op.id}/row").get_data(as_text=True)
     assert "status-succeeded" in row and "hx-trigger" not in row and "3.0s" in row
     assert "data-ago=" in row
+
+
+def test_the_environment_page_last_deploy_badge_refreshes_until_the_deploy_ends(app, client, auth):
+    g = build_org()
+    auth.login(email="b@example.com")
+    op_id = g.operation.id  # build_org's environment deploy, pending
+    page = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+    assert f'hx-get="/operations/{op_id}/badge"' in page
+    g.operation.status, g.operation.started_at, g.operation.finished_at = S.FAILED, NOW, NOW
+    db.session.commit()
+    badge = client.get(f"/operations/{op_id}/badge").get_data(as_text=True)
+    assert "status-failed" in badge and "hx-trigger" not in badge
