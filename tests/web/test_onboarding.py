@@ -8,6 +8,7 @@ def test_signup_leads_into_the_wizard_at_the_server_step(client, auth):
     assert resp.headers["Location"].endswith("/onboarding/")
     html = client.get("/onboarding/").get_data(as_text=True)
     assert 'aria-current="step"' in html
+    assert "Step 2 of 8" in html  # organisation done, servers now
     assert "Connect Hetzner" in html or "local sandbox" in html or "Servers" in html
 
 
