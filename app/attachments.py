@@ -43,7 +43,8 @@ __all__ = ["AttachmentError", "Recommendation", "attach_postgres", "attach_valke
 OVERRIDABLE = {"DB_CONNECTION": True, "DB_HOST": True, "DB_PORT": True, "DB_DATABASE": False,
                "DB_USERNAME": False, "DB_PASSWORD": False, "REDIS_CLIENT": True,
                "REDIS_HOST": True, "REDIS_PORT": True, "REDIS_USERNAME": False,
-               "REDIS_PASSWORD": False, "REDIS_PREFIX": False}
+               "REDIS_PASSWORD": False, "REDIS_PREFIX": False, "HORIZON_PREFIX": False,
+               "REVERB_SCALING_CHANNEL": False}
 SECRET_KEYS = {"DB_PASSWORD", "REDIS_PASSWORD"}
 RECOMMENDED_BY_ROLE = {
     AttachmentRole.CACHE: [("CACHE_STORE", "redis"), ("SESSION_DRIVER", "redis")],

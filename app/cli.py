@@ -72,18 +72,22 @@ def dev_command(host, port):
     from app import embedded_redis
     instance = Path(current_app.instance_path)
     env = dict(os.environ)
-    procs: list[subprocess.Popen] = []
+    redis_proc: subprocess.Popen | None = None
     if not os.environ.get("REDIS_URL"):
         sock = instance / "redis.sock"
-        procs.append(embedded_redis.start(sock, instance / "redis"))
+        redis_proc = embedded_redis.start(sock, instance / "redis", own_session=True)
         env["REDIS_URL"] = f"unix://{sock}"
         click.echo(f"embedded redis on {sock}")
     exe = Path(sys.executable).parent
     gunicorn = [str(exe / "gunicorn"), "--worker-class", "gthread", "--workers", "1",
                 "--threads", "32", "--bind", f"{host}:{port}", "--timeout", "120",
-                "--graceful-timeout", "3", "wsgi:app"]
-    procs.append(subprocess.Popen(gunicorn, env=env, cwd=str(Path(__file__).resolve().parent.parent)))
-    procs.append(subprocess.Popen([str(exe / "keystone"), "worker"], env=env))
+                "--graceful-timeout", "3", "--log-level", "warning", "wsgi:app"]
+    # Each child runs in its own session: Ctrl-C (SIGINT to the terminal's foreground
+    # group) reaches only this process, which then stops them in order.
+    web = subprocess.Popen(gunicorn, env=env, cwd=str(Path(__file__).resolve().parent.parent),
+                           start_new_session=True)
+    worker = subprocess.Popen([str(exe / "keystone"), "worker"], env=env, start_new_session=True)
+    procs = [p for p in (redis_proc, web, worker) if p is not None]
     click.echo(f"keystone on http://{host}:{port}  (Ctrl-C stops web, worker and redis)")
 
     stopping = False
@@ -93,18 +97,11 @@ def dev_command(host, port):
         if stopping:
             return
         stopping = True
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
+        click.echo("stopping web and worker, then redis")
+        _stop_processes([web, worker], redis_proc)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     try:
         while not stopping:
             for p in procs:
@@ -113,9 +110,46 @@ def dev_command(host, port):
                                err=True)
                     stop()
                     break
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         stop()
+
+
+def _wait_all(procs: list[subprocess.Popen], seconds: float) -> list[subprocess.Popen]:
+    """Wait up to ``seconds`` for every process; return those still running."""
+    deadline = time.monotonic() + seconds
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    return [p for p in procs if p.poll() is None]
+
+
+def _stop_processes(apps: list[subprocess.Popen], redis_proc: subprocess.Popen | None) -> None:
+    """Web and worker first, then Redis (so the worker never sees Redis vanish), in ~3 s.
+
+    gunicorn gets SIGINT (quick shutdown: open live-log streams are not waited for); the RQ
+    worker SIGTERM (warm shutdown: it stops at once when idle). A worker still busy after
+    1.5 s gets a second SIGTERM (cold shutdown: the job's work horse is stopped; the reaper
+    marks that operation interrupted at the next start). Anything left is killed.
+    """
+    web, worker = apps
+    if web.poll() is None:
+        web.send_signal(signal.SIGINT)
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+    left = _wait_all(apps, 1.5)
+    if worker in left:
+        worker.send_signal(signal.SIGTERM)
+    for p in _wait_all(left, 0.8):
+        p.kill()
+        p.wait(timeout=5)
+    if redis_proc is not None and redis_proc.poll() is None:
+        redis_proc.terminate()
+        for p in _wait_all([redis_proc], 0.6):
+            p.kill()
+            p.wait(timeout=5)
 
 
 def register_cli(app) -> None:

@@ -25,8 +25,12 @@ def redis_server_binary() -> str:
     return found
 
 
-def start(socket_path: Path, data_dir: Path, *, port: int = 0) -> subprocess.Popen:
-    """Start redis-server on a unix socket (and optionally a TCP port), wait until it answers."""
+def start(socket_path: Path, data_dir: Path, *, port: int = 0,
+          own_session: bool = False) -> subprocess.Popen:
+    """Start redis-server on a unix socket (and optionally a TCP port), wait until it answers.
+
+    ``own_session``: out of the caller's process group, so a terminal's Ctrl-C does not stop
+    it before the processes that use it (``keystone dev`` stops it last)."""
     import redis
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -40,7 +44,8 @@ def start(socket_path: Path, data_dir: Path, *, port: int = 0) -> subprocess.Pop
             "--unixsocket", str(socket_path), "--unixsocketperm", "700",
             "--dir", str(data_dir), "--save", "60", "1", "--appendonly", "no",
             "--daemonize", "no", "--loglevel", "warning"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=own_session)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -99,6 +99,26 @@ def skip(org: Organisation, key: str) -> None:
     db.session.commit()
 
 
+def route_url(route) -> str | None:
+    """The public address a caddy_route slice answers on: scheme, host and port."""
+    if route is None:
+        return None
+    config = route.config or {}
+    host = config.get("hostname") or (config.get("hostnames") or [None])[0] or route.name
+    port = config.get("public_port")
+    scheme = config.get("scheme", "http")
+    return f"{scheme}://{host}{':' + str(port) if port else ''}/"
+
+
+def environment_url(env: Environment) -> str | None:
+    """Where the environment answers: its gateway route, if it has one and something is live."""
+    if env.current_artifact_id is None:
+        return None
+    route = next((a.service_slice for a in env.attachments
+                  if a.role == AttachmentRole.GATEWAY and a.service_slice is not None), None)
+    return route_url(route)
+
+
 def live_url(org: Organisation) -> str | None:
     """Where the first deployed app answers (for the wizard's last page)."""
     from app.models import ServiceSlice
@@ -107,12 +127,7 @@ def live_url(org: Organisation) -> str | None:
         sa.select(ServiceSlice).join(Service, ServiceSlice.service_id == Service.id)
         .where(Service.organisation_id == org.id, ServiceSlice.type == SliceType.CADDY_ROUTE)
         .order_by(ServiceSlice.id)).scalars().first()
-    if route is None:
-        return None
-    host = (route.config or {}).get("hostname") or route.name
-    port = (route.config or {}).get("public_port")
-    scheme = (route.config or {}).get("scheme", "http")
-    return f"{scheme}://{host}{':' + str(port) if port else ''}/"
+    return route_url(route)
 
 
 def step_context(org: Organisation) -> dict:
@@ -137,5 +152,5 @@ def last_operation(org: Organisation, kind: OperationKind) -> Operation | None:
         .order_by(Operation.id.desc()).limit(1)).scalar_one_or_none()
 
 
-__all__ = ["Step", "steps_for", "current_step", "skip", "live_url", "last_operation",
-           "OperationStatus"]
+__all__ = ["Step", "steps_for", "current_step", "skip", "live_url", "route_url",
+           "environment_url", "last_operation", "OperationStatus"]

@@ -18,6 +18,14 @@ def _ago(value: dt.datetime | None) -> str:
     return f"{seconds // 86400}d ago"
 
 
+def _age_seconds(value: dt.datetime | None) -> int:
+    """Seconds since ``value`` (naive UTC), for the browser to keep counting from."""
+    if value is None:
+        return 0
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return max(int((now - value).total_seconds()), 0)
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -37,4 +45,5 @@ def _short_digest(value: str | None) -> str:
 def register_filters(app) -> None:
     app.jinja_env.filters["ago"] = _ago
     app.jinja_env.filters["duration"] = _duration
+    app.jinja_env.filters["age_seconds"] = _age_seconds
     app.jinja_env.filters["short_digest"] = _short_digest

@@ -142,10 +142,20 @@ def environment_servers(environment: Environment) -> list[Server]:
     return list(seen.values())
 
 
+def sandbox_repository_url() -> str | None:
+    """The local sandbox's sample repository, once the sandbox is ready for this organisation."""
+    state = (current_user.organisation.onboarding_state or {}).get("sandbox") or {}
+    return state.get("repository_url") if state.get("status") == "ready" else None
+
+
 def _access_context(application: Application, result=None) -> dict:
+    sandbox_repo = bool(application.repository_url) and \
+        application.repository_url == sandbox_repository_url()
     return {"application": application, "result": result,
             "host_keys": parse_known_hosts(application.repository_known_hosts),
-            "instructions": deploy_key_instructions(application)}
+            "sandbox_repository": sandbox_repo,
+            # GitHub/Gitea steps mean nothing for the sandbox's own git host
+            "instructions": [] if sandbox_repo else deploy_key_instructions(application)}
 
 
 @bp.route("/")
@@ -159,6 +169,14 @@ def index():
 @login_required
 def new():
     form = ApplicationForm()
+    sandbox_url = sandbox_repository_url()
+    if request.method == "GET" and sandbox_url:
+        # Trying Keystone on the local sandbox: its sample repository is the one to use.
+        form.repository_url.data = sandbox_url
+        taken = db.session.execute(sa.select(Application.id).where(
+            Application.organisation_id == current_org_id(), Application.name == "sample")).first()
+        if not taken:
+            form.name.data = "sample"
     if form.validate_on_submit():
         org_id = current_org_id()
         exists = db.session.execute(sa.select(Application.id).where(
@@ -172,7 +190,8 @@ def new():
             flash("Application created. Add the deploy key below to the repository (read-only), "
                   "then verify access.", "success")
             return redirect(url_for("applications.show", application_id=application.id))
-    return render_template("applications/new.html", form=form), (400 if form.errors else 200)
+    return render_template("applications/new.html", form=form, sandbox_url=sandbox_url), \
+        (400 if form.errors else 200)
 
 
 @bp.route("/<int:application_id>")

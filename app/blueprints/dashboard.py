@@ -7,7 +7,8 @@ from flask_login import current_user, login_required
 from sqlalchemy.orm import selectinload
 
 from app.extensions import db
-from app.models import Application, Environment, Operation, Server
+from app.models import Application, Environment, EnvironmentAttachment, Operation, Server
+from app.onboarding import environment_url
 from app.scoping import current_org_id
 
 bp = Blueprint("dashboard", __name__)
@@ -27,7 +28,9 @@ def _dashboard():
     environments = db.session.execute(
         sa.select(Environment).join(Application)
         .where(Application.organisation_id == org_id)
-        .options(selectinload(Environment.application))
+        .options(selectinload(Environment.application),
+                 selectinload(Environment.attachments)
+                 .selectinload(EnvironmentAttachment.service_slice))
         .order_by(Application.name, Environment.name)).scalars().all()
     servers = db.session.execute(
         sa.select(Server).where(Server.organisation_id == org_id).order_by(Server.name)
@@ -37,4 +40,5 @@ def _dashboard():
                                    Operation.parent_id.is_(None))
         .order_by(Operation.id.desc()).limit(10)).scalars().all()
     return render_template("dashboard/index.html", environments=environments,
+                           urls={env.id: environment_url(env) for env in environments},
                            servers=servers, operations=operations)

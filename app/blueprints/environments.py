@@ -90,7 +90,8 @@ def render_page(environment_id, *, attachments: dict | None = None,
                                    Operation.parent_id.is_(None))
         .order_by(Operation.id.desc()).limit(15)).scalars().all()
     last_deploy = next((op for op in operations if op.kind.value == "environment_deploy"), None)
-    return render_template("environments/show.html", env=env,
+    from app.onboarding import environment_url
+    return render_template("environments/show.html", env=env, live_url=environment_url(env),
                            operations=operations, last_deploy=last_deploy,
                            warnings=environment_warnings(env),
                            scheduler=scheduler_placement(env),

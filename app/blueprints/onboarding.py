@@ -3,7 +3,7 @@ provisioning -> application -> services -> first deploy -> live."""
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from rq import Queue
 
@@ -15,6 +15,23 @@ bp = Blueprint("onboarding", __name__, url_prefix="/onboarding")
 
 def _org():
     return current_user.organisation
+
+
+# Pages a person lands on after a wizard step (verify, provision, deploy, ...): while
+# onboarding is unfinished they name the next step and link back to the wizard.
+NEXT_STEP_PAGES = frozenset({"dashboard.index", "applications.show", "servers.show",
+                             "operations.show", "environments.show", "services.show",
+                             "applications.build_settings"})
+
+
+@bp.app_context_processor
+def _next_step():
+    def onboarding_next():
+        """The wizard's next step while onboarding is unfinished, else None."""
+        if not current_user.is_authenticated or request.endpoint not in NEXT_STEP_PAGES:
+            return None
+        return onboarding.current_step(onboarding.steps_for(_org()))
+    return {"onboarding_next": onboarding_next}
 
 
 @bp.route("/")
@@ -49,7 +66,16 @@ def authorize_sandbox_key(application_id):
         flash("Only the sandbox's sample repository can be authorised from here.", "error")
         return redirect(url_for("onboarding.start"))
     Sandbox(current_app.config["SANDBOX_NAME"]).status().git.authorize_key(application.deploy_key_public)
-    flash("Deploy key added to the sandbox git host (read-only). Now verify access.", "success")
+    # The key is there: verify at once instead of asking for another click.
+    from app.repositories import verify_access
+    result = verify_access(application)
+    db.session.commit()
+    if result.ok:
+        flash("Deploy key added to the sandbox git host (read-only) and access verified.",
+              "success")
+    else:
+        flash(f"Deploy key added to the sandbox git host (read-only), but verifying failed: "
+              f"{result.message}", "error")
     return redirect(url_for("applications.show", application_id=application.id))
 
 

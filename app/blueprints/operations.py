@@ -58,7 +58,61 @@ def _panel_context(op: Operation) -> dict:
             waiting_for = blocker
     held = sorted(k for k, holder in holders.items() if holder.id == op.id)
     return {"op": op, "held_keys": held, "waiting_for": waiting_for,
-            "describe_key": lifecycle.describe_key}
+            "describe_key": lifecycle.describe_key, **_progress(op), **_outcome(op)}
+
+
+def _previous_success(op: Operation) -> Operation | None:
+    """The last succeeded operation of the same kind on the same target, before this one."""
+    return db.session.execute(
+        sa.select(Operation).where(Operation.organisation_id == op.organisation_id,
+                                   Operation.kind == op.kind,
+                                   Operation.target_type == op.target_type,
+                                   Operation.target_id == op.target_id,
+                                   Operation.status == OperationStatus.SUCCEEDED,
+                                   Operation.id < op.id)
+        .order_by(Operation.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def _progress(op: Operation) -> dict:
+    """"Step n of m" and the steps still to come.
+
+    Steps are created as the handler reaches them, so the plan of a running
+    operation is read from the last successful run of the same kind on the same
+    target: its steps, past the ones already started, are listed greyed as
+    planned. A first run has no plan: the page says "step n" only.
+    """
+    started = [s for s in op.steps if not s.is_cleanup]
+    current = len(started)
+    planned: list[str] = []
+    if not op.is_terminal:
+        previous = _previous_success(op)
+        if previous is not None:
+            planned = [s.name for s in previous.steps if not s.is_cleanup][current:]
+    total = current + len(planned) if planned else None
+    return {"step_now": current, "step_total": total, "planned_steps": planned}
+
+
+def _outcome(op: Operation) -> dict:
+    """What the end of a deploy means: where the app answers, or what keeps serving."""
+    out = {"live_url": None, "kept_serving": None, "environment": None}
+    if op.kind != OperationKind.ENVIRONMENT_DEPLOY or op.target_type != "environment" \
+            or not op.is_terminal:
+        return out
+    from app.models import Environment
+    from app.onboarding import environment_url
+    env = db.session.get(Environment, op.target_id)
+    if env is None:
+        return out
+    out["environment"] = env
+    status = OperationStatus(op.status)
+    if status is OperationStatus.SUCCEEDED:
+        out["live_url"] = environment_url(env)
+        return out
+    previous = _previous_success(op)
+    sha = ((previous.result or {}).get("commit") if previous is not None else None) or \
+        (env.current_artifact.commit_sha if env.current_artifact is not None else None)
+    out["kept_serving"] = sha[:12] if sha else ""
+    return out
 
 
 @bp.route("/operations/<int:operation_id>")
@@ -74,6 +128,22 @@ def show(operation_id: int):
 def panel(operation_id: int):
     op = get_for_org_or_404(Operation, operation_id)
     return render_template("operations/_panel.html", **_panel_context(op))
+
+
+@bp.route("/operations/<int:operation_id>/row")
+@login_required
+def row(operation_id: int):
+    """One list row, polled by rows of operations that have not ended."""
+    op = get_for_org_or_404(Operation, operation_id)
+    return render_template("operations/_row.html", op=op)
+
+
+@bp.route("/operations/<int:operation_id>/badge")
+@login_required
+def badge(operation_id: int):
+    """Status badge and age, polled where a page names one operation (e.g. the last deploy)."""
+    op = get_for_org_or_404(Operation, operation_id)
+    return render_template("operations/_badge.html", op=op)
 
 
 @bp.route("/operations/<int:operation_id>/cancel", methods=["POST"])

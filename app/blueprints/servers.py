@@ -369,6 +369,35 @@ def provision(server_id: int):
     return redirect(url_for("servers.show", server_id=server.id))
 
 
+@bp.route("/provision-all", methods=["POST"])
+@login_required
+def provision_all():
+    """Provision every server of the organisation that is not provisioned yet, in one action
+    (the sandbox hands over several servers; each needs provisioning once)."""
+    form = ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    servers = db.session.execute(sa.select(Server).where(Server.organisation_id == _org().id)
+                                 .order_by(Server.name)).scalars().all()
+    todo = [s for s in servers
+            if s.status in (ServerStatus.NEW, ServerStatus.FAILED, ServerStatus.UNREACHABLE)]
+    started = []
+    for server in todo:
+        if not server.host_key_fingerprint:
+            flash(f"{server.name}: confirm its host key first.", "error")
+            continue
+        op = _provision_or_flash(server)
+        if op is not None:
+            started.append((server, op))
+    if not started:
+        if not todo:
+            flash("Every server is provisioned or being provisioned.", "success")
+        return redirect(url_for("servers.index"))
+    flash("Provisioning " + ", ".join(f"{s.name} (operation #{op.id})" for s, op in started)
+          + ".", "success")
+    return redirect(url_for("servers.show", server_id=started[0][0].id))
+
+
 @bp.route("/<int:server_id>/delete", methods=["POST"])
 @login_required
 def delete(server_id: int):

@@ -33,8 +33,8 @@ from app.extensions import db
 from app.forms import name_field
 from app.models import (Environment, EnvironmentVariable, Operation, Server, Service,
                         ServiceSlice)
-from app.models.enums import (AttachmentRole, OperationKind, ReplicaStatus, SliceStatus,
-                              SliceType, VariableSource)
+from app.models.enums import (AttachmentRole, OperationKind, ReplicaStatus, ServerStatus,
+                              SliceStatus, SliceType, VariableSource)
 from app.scoping import current_org_id, get_for_org_or_404, org_query
 
 bp = Blueprint("services", __name__)
@@ -101,6 +101,20 @@ def sandbox_image(server: Server | None, service_type: str) -> str | None:
     if server is None:
         return None
     return ((server.facts or {}).get("images") or {}).get(service_type)
+
+
+def stand_in_note(service_type: str, server: Server | None, image: str | None = None) -> str:
+    """" (sandbox stand-in: PostgreSQL 15)" when the sandbox's stand-in image is what runs."""
+    from app.sandbox.images import STAND_IN_RUNS
+    stand_in = sandbox_image(server, service_type)
+    if not stand_in or service_type not in STAND_IN_RUNS or (image and image != stand_in):
+        return ""
+    return f" (sandbox stand-in: {STAND_IN_RUNS[service_type]})"
+
+
+@bp.app_template_global()
+def service_stand_in(service: Service) -> str:
+    return stand_in_note(service.type, service.server, (service.config or {}).get("image"))
 
 
 def new_service(service_type: str, server: Server, name: str, image: str | None = None,
@@ -432,11 +446,14 @@ def _server_label(server: Server | None) -> str:
     return server.name if server is not None else "no server"
 
 
-def _choices(services: list[Service], servers: list[Server], label: str,
+def _choices(services: list[Service], servers: list[Server], label: str, service_type: str,
              skip_servers=frozenset()) -> list[tuple[str, str]]:
-    out = [(str(s.id), f"{s.name} on {_server_label(s.server)}") for s in services]
-    out += [(f"new:{srv.id}", f"New {label} on {srv.name}") for srv in servers
-            if srv.id not in skip_servers]
+    """Existing services, then "New ... on <server>" for each server that is provisioned
+    (a service cannot start on a server Keystone has not set up)."""
+    out = [(str(s.id), f"{s.name} on {_server_label(s.server)}{service_stand_in(s)}")
+           for s in services]
+    out += [(f"new:{srv.id}", f"New {label} on {srv.name}{stand_in_note(service_type, srv)}")
+            for srv in servers if srv.id not in skip_servers and srv.status == ServerStatus.ACTIVE]
     return out
 
 
@@ -446,11 +463,11 @@ def attachment_forms(env: Environment, formdata=None) -> dict:
     by_type = {t: [s for s in services if s.type == t] for t in MANAGED_TYPES}
     gateway_servers = {s.server_id for s in by_type["caddy"]}
     pg = AttachPostgresForm(formdata=formdata, prefix="pg")
-    pg.target.choices = _choices(by_type["postgres"], servers, "Postgres 18")
+    pg.target.choices = _choices(by_type["postgres"], servers, "Postgres 18", "postgres")
     vk = AttachValkeyForm(formdata=formdata, prefix="vk")
-    vk.target.choices = _choices(by_type["valkey"], servers, "Valkey 8")
+    vk.target.choices = _choices(by_type["valkey"], servers, "Valkey 8", "valkey")
     dom = AttachDomainForm(formdata=formdata, prefix="dom")
-    dom.target.choices = _choices(by_type["caddy"], servers, "Caddy gateway", gateway_servers)
+    dom.target.choices = _choices(by_type["caddy"], servers, "Caddy gateway", "caddy", gateway_servers)
     if formdata is None and not dom.hostname.data and env.application is not None:
         if any((s.facts or {}).get("sandbox") for s in servers):
             dom.hostname.data = f"{env.application.name}.localhost"
@@ -490,6 +507,10 @@ def _resolve_target(form: _AttachForm, service_type: str, env: Environment) -> S
             Server.id == int(value[4:]) if value[4:].isdigit() else sa.false())).scalar_one_or_none()
         if server is None:
             form.target.errors.append("Choose a server of this organisation.")
+            return None
+        if server.status != ServerStatus.ACTIVE:
+            form.target.errors.append(f"{server.name} is not provisioned yet: provision it "
+                                      "first, or choose a server that is ready.")
             return None
         base = {"postgres": "postgres", "valkey": "valkey", "caddy": "gateway"}[service_type]
         env_server = att._environment_server_id(env)

@@ -151,6 +151,8 @@ def run_worker(app, burst: bool = False, reaper_interval: float | None = None) -
     from app.operations.registry import load_handlers
     load_handlers()  # import handler modules once, before forking
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from app.remote.quiet import quiet_transport_errors
+    quiet_transport_errors()  # SSH retries while a server boots are in the step log already
     try:
         recovered = recover(app)
         if recovered:

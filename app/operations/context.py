@@ -24,7 +24,7 @@ from app.extensions import db
 from app.models import Operation, OperationStep, Server
 from app.models.base import utcnow
 from app.models.enums import OperationKind, OperationStatus, StepStatus
-from app.operations import lifecycle, logstream
+from app.operations import lifecycle, logstream, terminal
 from app.operations.errors import (ChildFailed, OperationCancelled, OperationError,
                                    OperationTimedOut, StepFailed)
 from app.operations.registry import handler_for, timeout_for
@@ -81,7 +81,10 @@ class LogRecorder:
         self._redis_warned = False
 
     def line(self, ctx: "OperationContext", step_id: int, text: str, stderr: bool = False) -> str:
-        text = self.runtime.redact(text.rstrip("\r\n"))
+        cleaned = terminal.clean(text.rstrip("\r\n"))
+        if cleaned is None:
+            return ""  # cursor movement or a known harmless warning: not a log line
+        text = self.runtime.redact(cleaned)
         try:
             ctx.stream.line(step_id, text, stderr)
         except Exception:  # Redis down: the database copy still gets the line
@@ -646,6 +649,12 @@ class StepHandle:
         recorder, ctx, step_id = self.ctx.runtime.recorder, self.ctx, self.id
 
         def on_line(stream: str, line: str) -> None:
+            if not check:
+                # a probe: "No such container" is one of its expected answers
+                expected = terminal.mark_expected(terminal.strip_ansi(line))
+                if expected is not None:
+                    recorder.line(ctx, step_id, expected)
+                    return
             recorder.line(ctx, step_id, line, stderr=(stream == "stderr"))
 
         result = conn.run(command, on_line=None if quiet else on_line, timeout=timeout,

@@ -132,7 +132,7 @@ def classify_git_error(output: str, repo: RepositoryURL | None = None) -> GitAcc
                               "not authorized", "unauthorized", "read-only key")):
         return GitAccessError(
             f"{where} refused Keystone's deploy key: the key is not authorised for this "
-            "repository. Add the public key shown below to the repository as a read-only deploy "
+            "repository. Add the public key shown above to the repository as a read-only deploy "
             "key (GitHub: Settings > Deploy keys; Gitea: Settings > Deploy Keys), then verify "
             "again.", "not_authorised", text)
     if any(s in low for s in ("repository not found", "no such repository",

@@ -287,6 +287,8 @@ SPECS: dict[str, ImageSpec] = {
 }
 INFRA_IMAGES = ("server", "bare", "registry", "githost")
 STAND_IN_IMAGES = ("caddy", "postgres", "valkey", "php-base")
+# What each stand-in really runs (see images/*/Dockerfile), for the UI to say so honestly.
+STAND_IN_RUNS = {"postgres": "PostgreSQL 15", "valkey": "redis-server 7"}
 
 
 def _recipe_hash(spec: ImageSpec, base_id: str | None) -> str:

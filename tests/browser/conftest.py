@@ -51,10 +51,11 @@ def live_server(tmp_path_factory, redis_url):
     worker = subprocess.Popen([str(bindir / "keystone"), "worker"], env=env, cwd=ROOT,
                               stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    # Generous: on a loaded shared machine importing the app alone can take ~20 s.
+    deadline = time.monotonic() + 120
     while True:
         try:
-            urllib.request.urlopen(url + "/signup", timeout=2)
+            urllib.request.urlopen(url + "/signup", timeout=10)
             break
         except OSError:
             if time.monotonic() > deadline or web.poll() is not None:

@@ -104,6 +104,9 @@ def test_first_deploy_serves_the_commit_with_database_and_cache(bed, sandbox):
     assert data["commit"] == op.result["commit"]
     assert data["database"]["reachable"] is True, data
     assert data["redis"]["reachable"] is True, data
+    # Keys go under REDIS_PREFIX, as in a Laravel app: no NOPERM from the slice's ACL user.
+    assert "error" not in data["redis"] and data["redis"]["hits"] >= 1, data
+    assert data["redis"]["prefix"], data
     assert data["database"]["migrations"] == 2
     # One replica, recorded with its container id, digest and health, and it runs the scheduler.
     web = next(s for s in env.services if s.id == bed.web_id)

@@ -72,6 +72,10 @@ def test_valkey_recommendations_apply_only_on_confirm(graph):
     m = managed(env)
     assert m["REDIS_HOST"].value == f"cache-{graph.valkey.id}.internal"
     assert m["REDIS_PREFIX"].value == "shop_staging:"
+    # Packages that replace the connection prefix stay inside the ACL pattern too.
+    assert m["HORIZON_PREFIX"].value == "shop_staging:horizon:"
+    assert m["REVERB_SCALING_CHANNEL"].value == "shop_staging:reverb"
+    assert not m["HORIZON_PREFIX"].overridable
     assert m["REDIS_USERNAME"].value == slice_.config["username"]
     assert "CACHE_STORE" not in effective_environment(env)
     recs = recommendations_for(env)

@@ -258,3 +258,29 @@ def test_build_settings_offer_to_build_on_another_server_when_a_registry_exists(
     db.session.commit()
     html = client.get(url).get_data(as_text=True)
     assert "low CPU priority" in html and "spare-2" in html and "web-1)" not in html
+
+
+def test_sandbox_repository_is_prefilled_and_its_page_offers_the_sandbox_key_button(client, auth):
+    from app.models import User
+    from app.repositories.git import classify_git_error
+    auth.signup()
+    url = "ssh://git@127.0.0.1:2299/sample.git"
+    org = db.session.execute(sa.select(User)).scalar_one().organisation
+    org.onboarding_state = {"sandbox": {"status": "ready", "repository_url": url}}
+    db.session.commit()
+    page = client.get("/applications/new").get_data(as_text=True)
+    assert f'value="{url}"' in page and 'value="sample"' in page
+    assert _create(client, name="sample", repository_url=url).status_code == 302
+    app_ = db.session.execute(sa.select(Application)).scalar_one()
+    page = client.get(f"/applications/{app_.id}").get_data(as_text=True)
+    assert "Add the key to the sandbox git host" in page
+    assert f'action="/onboarding/sandbox/authorize/{app_.id}"' in page
+    assert "github.com" not in page and "Gitea" not in page  # no meaningless instructions
+    # Another repository: the usual instructions, no sandbox button.
+    assert _create(client, name="shop").status_code == 302
+    other = db.session.execute(sa.select(Application).where(Application.name == "shop")).scalar_one()
+    page = client.get(f"/applications/{other.id}").get_data(as_text=True)
+    assert "sandbox git host" not in page and "github.com/acme/shop/settings/keys" in page
+    # The refusal message points at the key where it is: above the verify result.
+    message = str(classify_git_error("Permission denied (publickey)."))
+    assert "shown above" in message and "below" not in message

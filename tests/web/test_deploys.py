@@ -100,6 +100,8 @@ def test_rollback_page_warns_and_redeploys_the_chosen_build(app, client, db, aut
     html = client.get(f"/environments/{g.environment.id}/rollback").get_data(as_text=True)
     assert "Migrations are not reversed" in html or "migrations are not reversed" in html.lower()
     assert g.artifact.commit_sha[:12] in html
+    # Only the rollback: no unrelated "Deploy main" button nor the workers/scheduler section.
+    assert "Deploy main" not in html and "Workers, websockets" not in html
     resp = client.post(f"/environments/{g.environment.id}/rollback/{g.artifact.id}",
                        headers=htmx(auth))
     assert "not reversed" in resp.get_data(as_text=True)
@@ -140,7 +142,7 @@ def test_add_worker_creates_a_dedicated_worker_service(app, client, db, auth):
 def test_embedded_worker_is_a_not_for_production_option(app, client, db, auth):
     g = ready_org(db)
     login_as(client, g)
-    html = client.get(f"/environments/{g.environment.id}/rollback").get_data(as_text=True)
+    html = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
     assert "Not for production" in html
     rev = g.web.desired_revision
     client.post(f"/environments/{g.environment.id}/services/{g.web.id}/embedded-worker",

@@ -8,6 +8,7 @@ def test_signup_leads_into_the_wizard_at_the_server_step(client, auth):
     assert resp.headers["Location"].endswith("/onboarding/")
     html = client.get("/onboarding/").get_data(as_text=True)
     assert 'aria-current="step"' in html
+    assert "Step 2 of 8" in html  # organisation done, servers now
     assert "Connect Hetzner" in html or "local sandbox" in html or "Servers" in html
 
 
@@ -64,6 +65,10 @@ def test_the_wizard_uses_the_configured_sandbox_name(app, client, monkeypatch):
                 "authorize_key": staticmethod(lambda key: None)})()})()
 
     monkeypatch.setattr(sandbox_pkg, "Sandbox", FakeSandbox)
+    # the view verifies access right after adding the key; no real git host here
+    import app.repositories as repositories
+    monkeypatch.setattr(repositories, "verify_access",
+                        lambda application: type("Result", (), {"ok": True, "message": "ok"})())
     app.config["SANDBOX_NAME"] = "ks-other"
     g = build_org()
     g.org.onboarding_state = {"sandbox": {"status": "ready",
@@ -75,3 +80,30 @@ def test_the_wizard_uses_the_configured_sandbox_name(app, client, monkeypatch):
     token = csrf_token_from(client.get("/onboarding/").get_data(as_text=True))
     resp = client.post(f"/onboarding/sandbox/authorize/{g.application.id}", data={"csrf_token": token})
     assert resp.status_code == 302 and names == ["ks-other"]
+    assert "access verified" in client.get(resp.headers["Location"]).get_data(as_text=True)
+
+
+def test_pages_after_a_step_name_the_next_one_until_onboarding_is_done(app, client, auth):
+    import datetime as dt
+
+    from app.models.enums import EnvironmentStatus, ServerStatus
+    g = build_org()
+    auth.login(email="b@example.com")
+    for path in (f"/applications/{g.application.id}", f"/servers/{g.server.id}",
+                 f"/environments/{g.environment.id}", f"/operations/{g.operation.id}", "/"):
+        html = client.get(path).get_data(as_text=True)
+        assert 'Next: <a href="/onboarding/#wizard-step">Repository and deploy key</a>' in html, path
+    assert "Next:" not in client.get("/onboarding/").get_data(as_text=True)
+    # Verified: the next step is named instead.
+    g.application.deploy_key_installed_at = dt.datetime(2026, 12, 2)
+    db.session.commit()
+    html = client.get(f"/applications/{g.application.id}").get_data(as_text=True)
+    assert ">Provision the server</a>" in html
+    # Everything done: no banner.
+    g.server.status = ServerStatus.ACTIVE
+    g.environment.status = EnvironmentStatus.DEPLOYED
+    db.session.commit()
+    onboarding.skip(g.org, "services")
+    assert onboarding.current_step(onboarding.steps_for(g.org)) is None
+    for path in (f"/environments/{g.environment.id}", "/"):
+        assert "Next:" not in client.get(path).get_data(as_text=True)

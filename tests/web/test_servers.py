@@ -207,3 +207,30 @@ def test_host_key_confirmation_and_recorded_re_pin(client, auth, monkeypatch):
         AuditEvent.action == "server.host_key_repinned")).scalar_one()
     assert event.detail == {"previous": old, "new": presented["fp"]}
     assert db.session.execute(sa.select(sa.func.count()).select_from(Operation)).scalar() == 1
+
+
+def test_one_action_provisions_every_server_not_provisioned_yet(app, client, auth):
+    auth.signup()
+    org = _org()
+    fp = "SHA256:" + "A" * 43
+    for name, status in (("sandbox-1", ServerStatus.NEW), ("sandbox-2", ServerStatus.NEW),
+                         ("old", ServerStatus.ACTIVE)):
+        db.session.add(Server(organisation=org, name=name, public_ip="127.0.0.1", ssh_port=2201,
+                              host_key_fingerprint=fp, status=status))
+    db.session.commit()
+    from flask import current_app, render_template
+    servers = db.session.execute(sa.select(Server).order_by(Server.name)).scalars().all()
+    with current_app.test_request_context():
+        step = render_template("onboarding/steps/provision.html", servers=servers)
+    assert "Provision all 2 servers (sandbox-1, sandbox-2)" in step and step.count("<button") == 1
+    resp = _post(client, "/servers/provision-all", {}, auth.csrf())
+    assert resp.status_code == 302
+    ops = db.session.execute(sa.select(Operation).order_by(Operation.id)).scalars().all()
+    names = {db.session.get(Server, op.target_id).name for op in ops}
+    assert names == {"sandbox-1", "sandbox-2"}
+    assert all(op.kind == OperationKind.SERVER_PROVISION for op in ops)
+    page = client.get(resp.location).get_data(as_text=True)
+    assert f"operation #{ops[0].id}" in page and f"operation #{ops[1].id}" in page
+    # Nothing left to do: a second press starts nothing.
+    _post(client, "/servers/provision-all", {}, auth.csrf())
+    assert db.session.execute(sa.select(sa.func.count(Operation.id))).scalar() == 2

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 
 from app.models import (EnvironmentAttachment, EnvironmentVariable, Operation, Server, Service,
                         ServiceReplica, ServiceSlice)
-from app.models.enums import (DeployPolicy, EnvironmentStatus, OperationKind, ReplicaStatus,
+from app.models.enums import (DeployPolicy, EnvironmentStatus, OperationKind, OperationStatus,
+                              ReplicaStatus, ServerStatus,
                               ServiceCategory, ServiceStatus, SliceStatus, SliceType,
                               UpdateStatus, VariableSource)
 from tests.factories import SECRET_SENTINELS, build_org
@@ -31,6 +32,8 @@ def login_as(client, graph):
 @pytest.fixture()
 def g(app, client, db):
     graph = build_org()
+    graph.server.status = ServerStatus.ACTIVE  # provisioned: services can be placed on it
+    db.session.commit()
     login_as(client, graph)
     return graph
 
@@ -277,6 +280,26 @@ def test_environment_page_has_the_attachment_forms(client, g):
         assert text in html, text
 
 
+def test_attach_forms_offer_only_provisioned_servers_and_refuse_others(client, db, g, token):
+    from app.models import Server
+    fresh = Server(organisation=g.org, name="sandbox-2", public_ip="203.0.113.12")
+    db.session.add(fresh)
+    db.session.commit()
+    html = _env_html(client, g)
+    assert "New Postgres 18 on web-1" in html and "on sandbox-2" not in html
+    resp = post(client, f"/environments/{g.environment.id}/attachments/postgres", token,
+                {"pg-target": f"new:{fresh.id}"})
+    assert resp.status_code == 400  # not one of the offered choices: refused, nothing started
+    assert not ops(db, OperationKind.SLICE_PROVISION)
+
+
+def test_sandbox_stand_ins_are_named_honestly(client, db, g):
+    g.server.facts = {"sandbox": True, "images": {"postgres": "127.0.0.1:5000/keystone-sandbox/postgres:18"}}
+    db.session.commit()
+    html = _env_html(client, g)
+    assert "New Postgres 18 on web-1 (sandbox stand-in: PostgreSQL 15)" in html
+
+
 def test_attachments_poll_only_while_an_operation_works_on_a_slice(client, g):
     html = _env_html(client, g)  # g.slice is pending but no operation is running for it
     section = html.split('id="attachments"', 1)[1].split(">", 1)[0]
@@ -316,6 +339,16 @@ def test_attach_existing_postgres_creates_slice_variables_and_operation(client, 
         EnvironmentVariable.service_slice_id == sl.id)).scalars())
     assert {"DB_HOST", "DB_DATABASE", "DB_USERNAME", "DB_PASSWORD"} <= keys
     assert not ops(db, OperationKind.SERVICE_DEPLOY)  # already running: no redeploy
+    # The status says what is happening, in words, and which operation does it.
+    row = html.split("<code>" + sl.name + "</code>", 1)[1].split("</tr>", 1)[0]
+    assert "creating the database…" in row
+    assert f'operation #{op.id}</a>' in row and "pending" not in row
+    sl.status = SliceStatus.READY
+    op.status = OperationStatus.SUCCEEDED
+    db.session.commit()
+    page = client.get(f"/environments/{g.environment.id}/attachments").get_data(as_text=True)
+    row = page.split("<code>" + sl.name + "</code>", 1)[1].split("</tr>", 1)[0]
+    assert ">ready</span>" in row and "operation #" not in row and "creating" not in row
 
 
 def test_attach_postgres_on_a_new_service_deploys_it_first(client, db, g, token):

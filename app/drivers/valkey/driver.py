@@ -12,6 +12,27 @@ Why an ACL user with a key prefix, not a logical database
   applied by phpredis/predis to all keys, so cache, session and queue keys
   stay inside it), and supports ``REDIS_USERNAME`` for ACL users.
 
+Laravel's prefixes, checked against the ACL pattern
+---------------------------------------------------
+* ``REDIS_PREFIX`` (config/database.php ``redis.options.prefix``; default
+  ``<app_name>_database_``) is set by phpredis as ``OPT_PREFIX`` (predis: its
+  key-prefix processor) on every connection, including the ``cache``
+  connection. Keystone exports it as the slice's prefix, so every key
+  command, and the KEYS of the Lua scripts the queue and cache locks run
+  (EVAL/EVALSHA keys are prefixed too), lands under ``~<prefix>*``.
+* The cache prefix (config/cache.php ``CACHE_PREFIX``, default
+  ``<app_name>_cache_``) is added *after* the connection prefix: keys read
+  ``<prefix><app>_cache_<key>``, still inside. SELECT of ``REDIS_CACHE_DB``
+  is allowed (the pattern applies in every database).
+* Horizon replaces the connection prefix with ``HORIZON_PREFIX`` (default
+  ``<app_name>_horizon:``): outside the pattern, NOPERM. Keystone exports
+  ``HORIZON_PREFIX=<prefix>horizon:``.
+* Reverb's scaling uses its own Redis client, unprefixed, and pub/sub channel
+  ``REVERB_SCALING_CHANNEL`` (default ``reverb``): outside ``&<prefix>*``.
+  Keystone exports ``REVERB_SCALING_CHANNEL=<prefix>reverb``.
+* A client that ignores ``REDIS_PREFIX`` (raw ``new Redis()``) is refused:
+  that is the confinement working, not a setting to loosen.
+
 Costs, stated so nobody is surprised: ``-@dangerous`` refuses FLUSHDB,
 FLUSHALL and KEYS (they would reach other tenants' keys), so
 ``php artisan cache:clear`` on the redis store fails with NOPERM; SCAN is
@@ -155,7 +176,11 @@ class ValkeyDriver(Driver):
         return {"REDIS_CLIENT": "phpredis", "REDIS_HOST": host, "REDIS_PORT": str(PORT),
                 "REDIS_USERNAME": username,
                 "REDIS_PASSWORD": (slice_.credentials or {}).get("password", ""),
-                "REDIS_PREFIX": prefix}
+                "REDIS_PREFIX": prefix,
+                # Laravel packages that replace the connection prefix with their own must
+                # stay inside the ACL pattern too (see "Laravel's prefixes" above).
+                "HORIZON_PREFIX": f"{prefix}horizon:",
+                "REVERB_SCALING_CHANNEL": f"{prefix}reverb"}
 
     def slice_commands(self, service: "Service", slice_: "ServiceSlice", action: str,
                        container: str, **params: Any) -> list[Command]:

@@ -86,6 +86,12 @@ function sample_redis(): Redis
         $r->auth($user ? [$user, $password] : $password);
     }
     $r->select((int) sample_env('REDIS_DB', '0'));
+    // As Laravel's PhpRedisConnector does with config('database.redis.options.prefix'):
+    // every key is under REDIS_PREFIX (the ACL user may touch nothing else).
+    $prefix = sample_env('REDIS_PREFIX');
+    if ($prefix !== null && $prefix !== '') {
+        $r->setOption(Redis::OPT_PREFIX, $prefix);
+    }
     $r->ping();
     return $r;
 }

@@ -52,7 +52,8 @@ $result = [
     'env' => sample_env('APP_ENV', 'production'),
     'database' => ['connection' => sample_env('DB_CONNECTION', 'pgsql'), 'host' => sample_env('DB_HOST'),
                    'database' => sample_env('DB_DATABASE'), 'reachable' => false],
-    'redis' => ['host' => sample_env('REDIS_HOST'), 'port' => sample_env('REDIS_PORT', '6379'), 'reachable' => false],
+    'redis' => ['host' => sample_env('REDIS_HOST'), 'port' => sample_env('REDIS_PORT', '6379'),
+                'prefix' => sample_env('REDIS_PREFIX'), 'reachable' => false],
 ];
 
 try {
