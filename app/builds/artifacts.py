@@ -44,6 +44,7 @@ from app.models import BuildArtifact
 from app.models.base import utcnow
 from app.models.enums import ArtifactStatus, BuildStrategy
 from app.registries import auth_commands, repository_for
+from app.registries.references import ImageReferenceError, repository_name, same_repository
 from app.repositories import workdir_base
 from app.repositories.git import fetch_and_archive
 from app.repositories.validation import ValidationError, is_commit_sha
@@ -103,7 +104,8 @@ def find_reusable(environment, commit_sha: str, chash: str, *, pushed_to: str | 
             .order_by(BuildArtifact.id.desc()))
     found = db.session.execute(stmt).scalars().all()
     if pushed_to is not None:
-        found = [a for a in found if a.registry_ref and a.registry_ref.startswith(pushed_to + "@")]
+        found = [a for a in found
+                 if a.registry_ref and same_repository(a.registry_ref, pushed_to)]
     return found
 
 
@@ -362,8 +364,9 @@ def _repo_digest(step, ref: str, repository: str) -> str:
     except ValueError:
         digests = []
     for entry in digests or []:
-        name, _, digest = entry.partition("@")
-        if name == repository and digest.startswith("sha256:"):
+        name, _, digest = str(entry).partition("@")
+        # Docker reports the familiar name (``acme/app`` for docker.io/acme/app).
+        if same_repository(name, repository) and digest.startswith("sha256:"):
             return digest
     raise _fail(f"pushed {ref} but the registry digest is unknown ({text[:200]})")
 
@@ -376,10 +379,10 @@ def _ensure_external(ctx, environment, commit_sha: str, servers, plan: BuildPlan
     config: BuildConfig = plan.config
     image = config.image
     registry = environment.container_registry
-    repository = image.split("@", 1)[0]
-    last = repository.rsplit("/", 1)[-1]
-    if ":" in last:
-        repository = repository[: len(repository) - len(last)] + last.split(":", 1)[0]
+    try:
+        repository = repository_name(image)
+    except ImageReferenceError as exc:
+        raise _fail(str(exc)) from None
     first = servers[0]
     chash = config_hash(config, "")
     with ctx.step(f"Pull {image} on {first.name}", server=first) as step:
