@@ -137,8 +137,15 @@ def _image_id_on(step, ref: str) -> str | None:
 
 # --------------------------------------------------------------------------- registry login
 
-class _RegistrySession:
-    """``docker login`` for one step with a private DOCKER_CONFIG; logout + removal in finally."""
+class RegistrySession:
+    """``docker login`` for one step with a private DOCKER_CONFIG; logout + removal in finally.
+
+    Shared by builds (push, pull by digest) and the drivers' image pulls
+    (app.drivers.handlers.pull_image): the credential lives only in
+    ``config_dir`` inside the operation's directory, never in the server
+    user's ``~/.docker/config.json``. With ``registry=None`` (an open
+    registry) nothing logs in and the directory is still private and removed.
+    """
 
     def __init__(self, step, registry, config_dir: str):
         self.step = step
@@ -163,6 +170,9 @@ class _RegistrySession:
                 _run(self.step, self.auth.logout, check=False, timeout=60)
         finally:
             _run(self.step, dc.remove_dir(self.config_dir), check=False, timeout=60)
+
+
+_RegistrySession = RegistrySession
 
 
 # --------------------------------------------------------------------------- main entry

@@ -149,20 +149,30 @@ def _authorise(http: requests.Session, challenge: str, image: ImageRef,
 
 # --------------------------------------------------------------------------- org lookups
 
-def org_credentials(organisation_id: int) -> CredentialLookup:
-    """Look up a Registry row of the organisation whose host matches the image's registry."""
+def org_registry(organisation_id: int, host: str):
+    """The organisation's Registry row for an image's registry host (with a username), or None.
+
+    Hosts are compared in their normal form (``index.docker.io`` is ``docker.io``).
+    """
     from app.extensions import db
     from app.models import Registry
 
+    wanted = normalise_domain(host)
+    rows = db.session.execute(db.select(Registry).where(
+        Registry.organisation_id == organisation_id).order_by(Registry.id)).scalars().all()
+    for row in rows:
+        url = re.sub(r"^[a-z]+://", "", row.url or "", flags=re.I).rstrip("/").split("/")[0]
+        if normalise_domain(url) == wanted and row.username:
+            return row
+    return None
+
+
+def org_credentials(organisation_id: int) -> CredentialLookup:
+    """Look up a Registry row of the organisation whose host matches the image's registry."""
+
     def lookup(host: str) -> Credentials | None:
-        rows = db.session.execute(db.select(Registry).where(
-            Registry.organisation_id == organisation_id)).scalars().all()
-        wanted = normalise_domain(host)
-        for row in rows:
-            url = re.sub(r"^[a-z]+://", "", row.url or "", flags=re.I).rstrip("/").split("/")[0]
-            if normalise_domain(url) == wanted and row.username:
-                return Credentials(row.username, row.password or "")
-        return None
+        row = org_registry(organisation_id, host)
+        return Credentials(row.username, row.password or "") if row is not None else None
 
     return lookup
 
