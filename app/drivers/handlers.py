@@ -126,22 +126,36 @@ def ensure_network(ctx: OperationContext, server: "Server") -> None:
 def open_firewall(ctx: OperationContext, server: "Server", rules) -> None:
     """UFW rules for cross-server ports, from the private network only.
 
-    Docker-published ports bypass UFW's INPUT chain, so the real guard is
-    that such ports are bound to the private IP only; the rules keep UFW's
-    view (and non-Docker paths) consistent.
+    Runs as the management user through the sudo rule provisioning wrote
+    (``sudo -n /usr/sbin/ufw allow from ADDRESS to any port PORT proto tcp``;
+    the command is built from the same words as the rule, see
+    app.provisioning.commands.UFW_PRIVATE_ALLOW). Docker-published ports
+    bypass UFW's INPUT chain, so the real guard is that such ports are bound
+    to the private IP only; the rules keep UFW's view (and non-Docker paths)
+    consistent.
     """
+    from app.provisioning.commands import UFW_PATH, FirewallRuleError, ufw_allow_private
     if not rules or not server.private_ip:
         return
     cidr = (server.facts or {}).get("private_network") or \
         str(ipaddress.ip_network(f"{server.private_ip}/16", strict=False))
+    ufw = (server.facts or {}).get("ufw_path") or UFW_PATH
     with ctx.step("Open cross-server ports to the private network", server=server) as step:
-        have = step.run(cmd("test", "-x", "/usr/sbin/ufw"), check=False, pty=False)
+        have = step.run(cmd("test", "-x", ufw), check=False, pty=False)
         if have.exit_code != 0:
             step.unchanged("ufw is not installed on this server")
             return
         for rule in rules:
-            step.run(cmd("ufw", "allow", "proto", rule.protocol, "from", cidr, "to", "any",
-                         "port", str(rule.port), "comment", f"keystone {rule.comment}"[:60]))
+            if rule.protocol != "tcp":
+                raise StepFailed(f"{rule.comment or 'a service'}: only TCP ports can be opened to "
+                                 f"the private network (the sudo rule allows tcp), not "
+                                 f"{rule.protocol}")
+            try:
+                command = ufw_allow_private(cidr, int(rule.port), ufw)
+            except FirewallRuleError as exc:
+                raise StepFailed(str(exc)) from None
+            step.log(f"{rule.comment}: port {rule.port}/tcp from {cidr}")
+            step.run(command, pty=False, timeout=60)
 
 
 def _replica_for(service: Service) -> ServiceReplica:
