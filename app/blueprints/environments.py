@@ -57,10 +57,32 @@ def environment_warnings(env: Environment) -> list[str]:
     queue = queue_sync_warning(env)
     if queue:
         warnings.append(queue)
+    storage = shared_storage_warning(env)
+    if storage:
+        warnings.append(storage)
     if env.scheduler_enabled and env.scheduler_mode == SchedulerMode.EVERY_REPLICA:
         warnings.append("The scheduler runs on every replica: each scheduled task runs once "
                         "per replica unless it uses onOneServer().")
     return warnings
+
+
+def shared_storage_warning(env: Environment) -> str | None:
+    """Files in storage/ are per server (one volume each): say so for several servers.
+
+    Counted from where the application services are placed (the same rule the
+    deploy uses, app.deploys.service.service_server_ids), so it shows before the
+    first multi-server deploy; no query (the page's services are loaded).
+    """
+    from app.deploys.service import app_services, service_server_ids
+    from app.models.enums import DeployPolicy
+    ids = {i for s in app_services(env) if s.deploy_policy == DeployPolicy.WITH_ENVIRONMENT
+           for i in service_server_ids(s)}
+    if len(ids) < 2:
+        return None
+    return (f"This environment runs on {len(ids)} servers and each keeps its own storage/ "
+            "volume: a file uploaded through one server is not seen by the others. Store "
+            "shared files (uploads, anything under storage/app) in an object store: an S3 "
+            "disk (FILESYSTEM_DISK=s3).")
 
 
 def scheduler_placement(env: Environment) -> dict:
