@@ -130,9 +130,11 @@ def open_firewall(ctx: OperationContext, server: "Server", rules) -> None:
     (``sudo -n /usr/sbin/ufw allow from ADDRESS to any port PORT proto tcp``;
     the command is built from the same words as the rule, see
     app.provisioning.commands.UFW_PRIVATE_ALLOW). Docker-published ports
-    bypass UFW's INPUT chain, so the real guard is that such ports are bound
-    to the private IP only; the rules keep UFW's view (and non-Docker paths)
-    consistent.
+    bypass UFW's INPUT chain (verified: docs/firewall.md), so the real guard
+    is that such ports are bound to the private IP only; the rules keep UFW's
+    view (and non-Docker paths) consistent. Refusing a third server on the
+    same network needs DOCKER-USER rules matched on conntrack's original
+    destination (docs/firewall.md), not done yet.
     """
     from app.provisioning.commands import UFW_PATH, FirewallRuleError, ufw_allow_private
     if not rules or not server.private_ip:
