@@ -172,9 +172,6 @@ class RegistrySession:
             _run(self.step, dc.remove_dir(self.config_dir), check=False, timeout=60)
 
 
-_RegistrySession = RegistrySession
-
-
 # --------------------------------------------------------------------------- main entry
 
 def ensure_artifact(ctx, environment, commit_sha: str, servers) -> BuildArtifact:
@@ -239,7 +236,7 @@ def _make_present(ctx, artifact: BuildArtifact, servers, registry) -> None:
                 raise _fail(f"{ref} is not on {server.name} and was never pushed to a registry")
             else:
                 config_dir = posixpath.join(remote_workdir(ctx), f"docker-{artifact.id}")
-                with _RegistrySession(step, registry or artifact_registry(artifact),
+                with RegistrySession(step, registry or artifact_registry(artifact),
                                       config_dir) as docker_config:
                     _run(step, dc.pull(ref, docker_config), timeout=BUILD_TIMEOUT)
                 found = _image_id_on(step, ref)
@@ -320,7 +317,7 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
             if registry is not None:
                 # Logged in while building too: the base image may live in the same
                 # (private) registry.
-                with _RegistrySession(step, registry, posixpath.join(remote_dir, "docker")) as cfg:
+                with RegistrySession(step, registry, posixpath.join(remote_dir, "docker")) as cfg:
                     _run(step, shell.env(build, DOCKER_CONFIG=cfg), timeout=BUILD_TIMEOUT)
             else:
                 _run(step, build, timeout=BUILD_TIMEOUT)
@@ -335,7 +332,7 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
         if registry is not None:
             with ctx.step(f"Push image to {registry.name}", server=server) as step:
                 config_dir = posixpath.join(remote_dir, "docker")
-                with _RegistrySession(step, registry, config_dir) as docker_config:
+                with RegistrySession(step, registry, config_dir) as docker_config:
                     _run(step, dc.push(tag, docker_config), timeout=BUILD_TIMEOUT)
                 digest = _repo_digest(step, tag, repository)
                 artifact.image_digest = digest
@@ -397,7 +394,7 @@ def _ensure_external(ctx, environment, commit_sha: str, servers, plan: BuildPlan
     chash = config_hash(config, "")
     with ctx.step(f"Pull {image} on {first.name}", server=first) as step:
         config_dir = posixpath.join(remote_workdir(ctx), "docker-external")
-        with _RegistrySession(step, registry, config_dir) as docker_config:
+        with RegistrySession(step, registry, config_dir) as docker_config:
             _run(step, dc.pull(image, docker_config), timeout=BUILD_TIMEOUT)
         digest = _repo_digest(step, image, repository)
         image_id = _image_id_on(step, image)
