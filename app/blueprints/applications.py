@@ -114,6 +114,8 @@ def create_environment(application: Application, name: str, branch: str) -> Envi
     db.session.add_all([environment, web])
     db.session.flush()
     environment.scheduler_target_service = web
+    from app.app_key import ensure_app_key
+    ensure_app_key(environment)   # APP_KEY=base64:..., a secret system variable, made once
     return environment
 
 

@@ -7,8 +7,11 @@ variables (secret values masked, reveal recorded); operations.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from wtforms import StringField
+from wtforms.validators import Length
 from sqlalchemy.orm import selectinload
 
 from app.extensions import db
@@ -19,6 +22,17 @@ from app.models.enums import SchedulerMode
 from app.scoping import current_org_id, get_for_org_or_404, org_query
 
 bp = Blueprint("environments", __name__, url_prefix="/environments")
+
+
+class RotateAppKeyForm(FlaskForm):
+    confirm = StringField("Type the environment's name to confirm", validators=[Length(max=100)])
+
+
+def app_key_context(env: Environment, form: RotateAppKeyForm | None = None,
+                    error: str | None = None) -> dict:
+    from app.app_key import ROTATE_WARNING, app_key_variable
+    return {"variable": app_key_variable(env), "form": form or RotateAppKeyForm(formdata=None),
+            "warning": ROTATE_WARNING, "error": error}
 
 
 def load_environment(environment_id) -> Environment:
@@ -47,13 +61,35 @@ def environment_warnings(env: Environment) -> list[str]:
     for service in env.services:
         for r in service.replicas:
             problem = (r.config or {}).get("health_problem")
-            if problem and r.status.value not in ("removed", "stopped"):
+            if problem and r in service.present_replicas:
                 warnings.append(f"{service.name}: {r.container_name} on {r.server.name}: "
                                 f"{problem}.")
+    storage = shared_storage_warning(env)
+    if storage:
+        warnings.append(storage)
     if env.scheduler_enabled and env.scheduler_mode == SchedulerMode.EVERY_REPLICA:
         warnings.append("The scheduler runs on every replica: each scheduled task runs once "
                         "per replica unless it uses onOneServer().")
     return warnings
+
+
+def shared_storage_warning(env: Environment) -> str | None:
+    """Files in storage/ are per server (one volume each): say so for several servers.
+
+    Counted from where the application services are placed (the same rule the
+    deploy uses, app.deploys.service.service_server_ids), so it shows before the
+    first multi-server deploy; no query (the page's services are loaded).
+    """
+    from app.deploys.service import app_services, service_server_ids
+    from app.models.enums import DeployPolicy
+    ids = {i for s in app_services(env) if s.deploy_policy == DeployPolicy.WITH_ENVIRONMENT
+           for i in service_server_ids(s)}
+    if len(ids) < 2:
+        return None
+    return (f"This environment runs on {len(ids)} servers and each keeps its own storage/ "
+            "volume: a file uploaded through one server is not seen by the others. Store "
+            "shared files (uploads, anything under storage/app) in an object store: an S3 "
+            "disk (FILESYSTEM_DISK=s3).")
 
 
 def scheduler_placement(env: Environment) -> dict:
@@ -78,7 +114,7 @@ def show(environment_id):
 
 
 def render_page(environment_id, *, attachments: dict | None = None,
-                variables: dict | None = None, status: int = 200):
+                variables: dict | None = None, app_key: dict | None = None, status: int = 200):
     """The whole page; the services blueprint passes a component's context with its errors
     when a form was posted without HTMX (every page works on a full reload)."""
     from app.blueprints.services import attachments_context, variables_context
@@ -97,7 +133,31 @@ def render_page(environment_id, *, attachments: dict | None = None,
                            scheduler=scheduler_placement(env),
                            scheduler_targets=scheduler_targets(env),
                            attachments=attachments or attachments_context(env),
-                           variables=variables or variables_context(env)), status
+                           variables=variables or variables_context(env),
+                           app_key=app_key or app_key_context(env)), status
+
+
+@bp.route("/<int:environment_id>/app-key/rotate", methods=["POST"])
+@login_required
+def rotate_app_key(environment_id):
+    """Replace APP_KEY after the user typed the environment's name (sessions are lost)."""
+    from app.app_key import AppKeyError, rotate_app_key as rotate
+    env = get_for_org_or_404(Environment, environment_id)
+    form = RotateAppKeyForm()
+    if not form.validate_on_submit():
+        db.session.rollback()
+        return render_page(env.id, app_key=app_key_context(
+            env, form, "The form expired or was too long: nothing was changed."), status=400)
+    try:
+        rotate(env, confirm=form.confirm.data or "", user=current_user)
+    except AppKeyError as exc:
+        db.session.rollback()
+        form.confirm.data = ""
+        return render_page(env.id, app_key=app_key_context(env, form, str(exc)), status=422)
+    db.session.commit()
+    flash("APP_KEY rotated. Deploy to use it: users will be logged out and data encrypted "
+          "with the old key can no longer be decrypted.", "warning")
+    return redirect(url_for("environments.show", environment_id=env.id) + "#app-key")
 
 
 @bp.route("/<int:environment_id>/variables/<int:variable_id>/reveal", methods=["POST"])

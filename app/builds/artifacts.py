@@ -44,6 +44,7 @@ from app.models import BuildArtifact
 from app.models.base import utcnow
 from app.models.enums import ArtifactStatus, BuildStrategy
 from app.registries import auth_commands, repository_for
+from app.registries.references import ImageReferenceError, repository_name, same_repository
 from app.repositories import workdir_base
 from app.repositories.git import fetch_and_archive
 from app.repositories.validation import ValidationError, is_commit_sha
@@ -103,7 +104,8 @@ def find_reusable(environment, commit_sha: str, chash: str, *, pushed_to: str | 
             .order_by(BuildArtifact.id.desc()))
     found = db.session.execute(stmt).scalars().all()
     if pushed_to is not None:
-        found = [a for a in found if a.registry_ref and a.registry_ref.startswith(pushed_to + "@")]
+        found = [a for a in found
+                 if a.registry_ref and same_repository(a.registry_ref, pushed_to)]
     return found
 
 
@@ -135,8 +137,15 @@ def _image_id_on(step, ref: str) -> str | None:
 
 # --------------------------------------------------------------------------- registry login
 
-class _RegistrySession:
-    """``docker login`` for one step with a private DOCKER_CONFIG; logout + removal in finally."""
+class RegistrySession:
+    """``docker login`` for one step with a private DOCKER_CONFIG; logout + removal in finally.
+
+    Shared by builds (push, pull by digest) and the drivers' image pulls
+    (app.drivers.handlers.pull_image): the credential lives only in
+    ``config_dir`` inside the operation's directory, never in the server
+    user's ``~/.docker/config.json``. With ``registry=None`` (an open
+    registry) nothing logs in and the directory is still private and removed.
+    """
 
     def __init__(self, step, registry, config_dir: str):
         self.step = step
@@ -227,7 +236,7 @@ def _make_present(ctx, artifact: BuildArtifact, servers, registry) -> None:
                 raise _fail(f"{ref} is not on {server.name} and was never pushed to a registry")
             else:
                 config_dir = posixpath.join(remote_workdir(ctx), f"docker-{artifact.id}")
-                with _RegistrySession(step, registry or artifact_registry(artifact),
+                with RegistrySession(step, registry or artifact_registry(artifact),
                                       config_dir) as docker_config:
                     _run(step, dc.pull(ref, docker_config), timeout=BUILD_TIMEOUT)
                 found = _image_id_on(step, ref)
@@ -308,7 +317,7 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
             if registry is not None:
                 # Logged in while building too: the base image may live in the same
                 # (private) registry.
-                with _RegistrySession(step, registry, posixpath.join(remote_dir, "docker")) as cfg:
+                with RegistrySession(step, registry, posixpath.join(remote_dir, "docker")) as cfg:
                     _run(step, shell.env(build, DOCKER_CONFIG=cfg), timeout=BUILD_TIMEOUT)
             else:
                 _run(step, build, timeout=BUILD_TIMEOUT)
@@ -323,7 +332,7 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
         if registry is not None:
             with ctx.step(f"Push image to {registry.name}", server=server) as step:
                 config_dir = posixpath.join(remote_dir, "docker")
-                with _RegistrySession(step, registry, config_dir) as docker_config:
+                with RegistrySession(step, registry, config_dir) as docker_config:
                     _run(step, dc.push(tag, docker_config), timeout=BUILD_TIMEOUT)
                 digest = _repo_digest(step, tag, repository)
                 artifact.image_digest = digest
@@ -362,8 +371,9 @@ def _repo_digest(step, ref: str, repository: str) -> str:
     except ValueError:
         digests = []
     for entry in digests or []:
-        name, _, digest = entry.partition("@")
-        if name == repository and digest.startswith("sha256:"):
+        name, _, digest = str(entry).partition("@")
+        # Docker reports the familiar name (``acme/app`` for docker.io/acme/app).
+        if same_repository(name, repository) and digest.startswith("sha256:"):
             return digest
     raise _fail(f"pushed {ref} but the registry digest is unknown ({text[:200]})")
 
@@ -376,15 +386,15 @@ def _ensure_external(ctx, environment, commit_sha: str, servers, plan: BuildPlan
     config: BuildConfig = plan.config
     image = config.image
     registry = environment.container_registry
-    repository = image.split("@", 1)[0]
-    last = repository.rsplit("/", 1)[-1]
-    if ":" in last:
-        repository = repository[: len(repository) - len(last)] + last.split(":", 1)[0]
+    try:
+        repository = repository_name(image)
+    except ImageReferenceError as exc:
+        raise _fail(str(exc)) from None
     first = servers[0]
     chash = config_hash(config, "")
     with ctx.step(f"Pull {image} on {first.name}", server=first) as step:
         config_dir = posixpath.join(remote_workdir(ctx), "docker-external")
-        with _RegistrySession(step, registry, config_dir) as docker_config:
+        with RegistrySession(step, registry, config_dir) as docker_config:
             _run(step, dc.pull(image, docker_config), timeout=BUILD_TIMEOUT)
         digest = _repo_digest(step, image, repository)
         image_id = _image_id_on(step, image)

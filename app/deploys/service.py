@@ -117,6 +117,10 @@ def start_deploy(env: Environment, user=None, *, artifact: BuildArtifact | None 
     if artifact is not None and len(servers) > 1 and not artifact.registry_ref:
         raise DeployBlocked("That build was never pushed to a registry, so the other servers "
                             "cannot pull it: deploy a new build instead.")
+    # An environment created before Keystone generated APP_KEY gets one now, once
+    # (never replaced; rotating is an explicit action): app.app_key.
+    from app.app_key import ensure_app_key
+    ensure_app_key(env)
     params: dict = {"force": bool(force)}
     if artifact is not None:
         params.update(artifact_id=artifact.id, rollback=True)

@@ -258,6 +258,9 @@ class Testbed:
                 s.exec("docker", "rm", "-f", *doomed, check=False)
             vols = s.exec("docker", "volume", "ls", "-q", check=False).stdout.split()
             mine = [v for v in vols if any(v.startswith(f"keystone_service_{i}_") for i in ids)]
+            if getattr(self, "env_id", None) is not None:
+                # The environment's storage/ volume (app.drivers.laravel.storage_volume_name).
+                mine += [v for v in vols if v == f"keystone_env_{self.env_id}_storage"]
             if mine:
                 s.exec("docker", "volume", "rm", "-f", *mine, check=False)
             s.exec("rm", "-rf", *[f"/home/keystone/services/{i}" for i in ids], check=False)

@@ -148,11 +148,9 @@ class ImageRef:
 
     @property
     def name(self) -> str:
-        """The reference without tag or digest, as ``docker pull`` understands it."""
-        if self.registry == "docker.io":
-            repo = self.repository
-            return repo[len("library/"):] if repo.startswith("library/") else repo
-        return f"{self.registry}/{self.repository}"
+        """The reference without tag or digest, normalised as Docker reports it in RepoDigests."""
+        from app.registries.references import Reference
+        return Reference(domain=self.registry, path=self.repository).name
 
     def with_digest(self, digest: str) -> str:
         return f"{self.name}@{digest}"

@@ -12,13 +12,14 @@ Reusable pieces for the deploy/cutover flow:
   container's health check;
 * :func:`install_gateway_config` -- validate, install atomically (last good
   kept), reload Caddy gracefully, roll back on failure;
-* :func:`registry_login` -- log the server's engine into the registry that
-  serves an image.
+* :func:`pull_image` -- pull an image, logged in to its registry with an
+  operation-private ``DOCKER_CONFIG`` (logout in ``finally``).
 """
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import posixpath
 import time
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,9 @@ from app.drivers.caddy.caddyfile import CaddyfileError, caddy_binary, check_cadd
 from app.drivers.caddy.driver import (CADDYFILE, CADDYFILE_NEXT, CONFIG_DIR_IN_CONTAINER,
                                       assert_single_gateway)
 from app.drivers.compose import INTERPOLATION_ENV_TEXT, compose_cmd, ensure_network_cmd
-from app.drivers.images import DIGEST_RE, ImageError, org_credentials, parse_image, resolve_digest
+from app.builds.commands import pull as pull_cmd
+from app.drivers.images import (DIGEST_RE, ImageError, org_credentials, org_registry, parse_image,
+                                resolve_digest)
 from app.drivers.valkey.driver import ACL_FILE, acl_dir
 from app.extensions import db
 from app.models import Endpoint, EnvironmentAttachment, Service, ServiceReplica, ServiceSlice
@@ -48,18 +51,22 @@ POLL_INTERVAL = 2.0
 
 # --------------------------------------------------------------------------- building blocks
 
-def registry_login(ctx: OperationContext, server: "Server", image: str,
-                   organisation_id: int) -> bool:
-    """``docker login`` on the server for the image's registry, if the org has credentials."""
-    ref = parse_image(image)
-    creds = org_credentials(organisation_id)(ref.registry)
-    if creds is None:
-        return False
-    with ctx.step(f"Log in to registry {ref.registry}", server=server) as step:
-        step.secret(creds.password, "registry_password")
-        step.run(cmd("docker", "login", "--username", creds.username, "--password-stdin",
-                     ref.registry), stdin=creds.password.encode(), pty=False, timeout=120)
-    return True
+def pull_image(ctx: OperationContext, server: "Server", image: str, organisation_id: int,
+               *, timeout: int = 900) -> None:
+    """``docker pull`` on the server, logged in to the image's registry if the org has credentials.
+
+    The login uses the build's :class:`app.builds.artifacts.RegistrySession`:
+    an operation-private ``DOCKER_CONFIG`` directory, ``docker logout`` and
+    its removal in a ``finally``, so no credential stays in the server user's
+    ``~/.docker/config.json``.
+    """
+    from app.builds.artifacts import RegistrySession
+    registry = org_registry(organisation_id, parse_image(image).registry)
+    config_dir = posixpath.join(ctx.workdir(), "docker-pull-" +
+                                hashlib.sha256(image.encode()).hexdigest()[:12])
+    with ctx.step(f"Pull {image}", server=server) as step:
+        with RegistrySession(step, registry, config_dir) as docker_config:
+            step.run(pull_cmd(image, docker_config), timeout=timeout)
 
 
 def write_project(ctx: OperationContext, server: "Server", rendered: RenderedCompose,
@@ -119,22 +126,38 @@ def ensure_network(ctx: OperationContext, server: "Server") -> None:
 def open_firewall(ctx: OperationContext, server: "Server", rules) -> None:
     """UFW rules for cross-server ports, from the private network only.
 
-    Docker-published ports bypass UFW's INPUT chain, so the real guard is
-    that such ports are bound to the private IP only; the rules keep UFW's
-    view (and non-Docker paths) consistent.
+    Runs as the management user through the sudo rule provisioning wrote
+    (``sudo -n /usr/sbin/ufw allow from ADDRESS to any port PORT proto tcp``;
+    the command is built from the same words as the rule, see
+    app.provisioning.commands.UFW_PRIVATE_ALLOW). Docker-published ports
+    bypass UFW's INPUT chain (verified: docs/firewall.md), so the real guard
+    is that such ports are bound to the private IP only; the rules keep UFW's
+    view (and non-Docker paths) consistent. Refusing a third server on the
+    same network needs DOCKER-USER rules matched on conntrack's original
+    destination (docs/firewall.md), not done yet.
     """
+    from app.provisioning.commands import UFW_PATH, FirewallRuleError, ufw_allow_private
     if not rules or not server.private_ip:
         return
     cidr = (server.facts or {}).get("private_network") or \
         str(ipaddress.ip_network(f"{server.private_ip}/16", strict=False))
+    ufw = (server.facts or {}).get("ufw_path") or UFW_PATH
     with ctx.step("Open cross-server ports to the private network", server=server) as step:
-        have = step.run(cmd("test", "-x", "/usr/sbin/ufw"), check=False, pty=False)
+        have = step.run(cmd("test", "-x", ufw), check=False, pty=False)
         if have.exit_code != 0:
             step.unchanged("ufw is not installed on this server")
             return
         for rule in rules:
-            step.run(cmd("ufw", "allow", "proto", rule.protocol, "from", cidr, "to", "any",
-                         "port", str(rule.port), "comment", f"keystone {rule.comment}"[:60]))
+            if rule.protocol != "tcp":
+                raise StepFailed(f"{rule.comment or 'a service'}: only TCP ports can be opened to "
+                                 f"the private network (the sudo rule allows tcp), not "
+                                 f"{rule.protocol}")
+            try:
+                command = ufw_allow_private(cidr, int(rule.port), ufw)
+            except FirewallRuleError as exc:
+                raise StepFailed(str(exc)) from None
+            step.log(f"{rule.comment}: port {rule.port}/tcp from {cidr}")
+            step.run(command, pty=False, timeout=60)
 
 
 def _replica_for(service: Service) -> ServiceReplica:
@@ -315,9 +338,7 @@ def _deploy_service(ctx: OperationContext, service: Service) -> None:
         if rctx.environment.get(key):
             ctx.secret(rctx.environment[key])
     ensure_network(ctx, server)
-    registry_login(ctx, server, image, service.organisation_id)
-    with ctx.step(f"Pull {image}", server=server) as step:
-        step.run(cmd("docker", "pull", image), timeout=900)
+    pull_image(ctx, server, image, service.organisation_id)
     if service.type == "valkey":
         with ctx.step("Write Valkey ACL file", server=server) as step:
             step.mkdir(acl_dir(service.id))
@@ -547,5 +568,5 @@ def configure_slice(ctx: OperationContext) -> None:
 
 
 __all__ = ["deploy_service", "provision_slice", "configure_slice", "install_gateway_config",
-           "write_project", "compose_up", "wait_healthy", "registry_login", "ensure_network",
+           "write_project", "compose_up", "wait_healthy", "pull_image", "ensure_network",
            "start_service_deploy", "update_warning", "CaddyfileError"]

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Callable
 import requests
 
 from app.drivers.base import ImageRef
+from app.registries.references import (DIGEST_RE, ImageReferenceError, normalise_domain,
+                                       split_reference)
 
 if TYPE_CHECKING:  # pragma: no cover
     from app.models import Service
@@ -33,9 +35,6 @@ MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
 ])
 DOCKER_HUB_API = "registry-1.docker.io"
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 
 
 class ImageError(ValueError):
@@ -52,30 +51,17 @@ CredentialLookup = Callable[[str], "Credentials | None"]
 
 
 def parse_image(ref: str) -> ImageRef:
-    """Split ``[registry/]repo[:tag][@digest]`` the way Docker does; validate every part."""
-    if not isinstance(ref, str) or not ref or any(c.isspace() for c in ref):
-        raise ImageError(f"image {ref!r}: must be a reference like postgres:18")
-    rest, digest = (ref.split("@", 1) + [None])[:2] if "@" in ref else (ref, None)
-    if digest is not None and not DIGEST_RE.match(digest):
-        raise ImageError(f"image {ref!r}: digest must be sha256:<64 hex>")
-    first, _, remainder = rest.partition("/")
-    if remainder and ("." in first or ":" in first or first == "localhost"):
-        registry, path = first, remainder
-    else:
-        registry, path = "docker.io", rest
-    tag = None
-    last = path.rsplit("/", 1)[-1]
-    if ":" in last:
-        path, tag = path.rsplit(":", 1)
-        if not _TAG_RE.match(tag):
-            raise ImageError(f"image {ref!r}: invalid tag {tag!r}")
-    if registry == "docker.io" and "/" not in path:
-        path = f"library/{path}"
-    if not _REPO_RE.match(path):
-        raise ImageError(f"image {ref!r}: invalid repository name {path!r}")
-    if tag is None and digest is None:
-        tag = "latest"
-    return ImageRef(registry=registry, repository=path, tag=tag, digest=digest)
+    """Split ``[registry/]repo[:tag][@digest]`` the way Docker does; validate every part.
+
+    The split and the registry host's normal form (``index.docker.io`` ->
+    ``docker.io``) are :func:`app.registries.references.split_reference`'s.
+    """
+    try:
+        parsed = split_reference(ref, default_tag="latest")
+    except ImageReferenceError as exc:
+        raise ImageError(str(exc)) from None
+    return ImageRef(registry=parsed.domain, repository=parsed.path, tag=parsed.tag,
+                    digest=parsed.digest)
 
 
 def _is_loopback(host: str) -> bool:
@@ -163,19 +149,30 @@ def _authorise(http: requests.Session, challenge: str, image: ImageRef,
 
 # --------------------------------------------------------------------------- org lookups
 
-def org_credentials(organisation_id: int) -> CredentialLookup:
-    """Look up a Registry row of the organisation whose host matches the image's registry."""
+def org_registry(organisation_id: int, host: str):
+    """The organisation's Registry row for an image's registry host (with a username), or None.
+
+    Hosts are compared in their normal form (``index.docker.io`` is ``docker.io``).
+    """
     from app.extensions import db
     from app.models import Registry
 
+    wanted = normalise_domain(host)
+    rows = db.session.execute(db.select(Registry).where(
+        Registry.organisation_id == organisation_id).order_by(Registry.id)).scalars().all()
+    for row in rows:
+        url = re.sub(r"^[a-z]+://", "", row.url or "", flags=re.I).rstrip("/").split("/")[0]
+        if normalise_domain(url) == wanted and row.username:
+            return row
+    return None
+
+
+def org_credentials(organisation_id: int) -> CredentialLookup:
+    """Look up a Registry row of the organisation whose host matches the image's registry."""
+
     def lookup(host: str) -> Credentials | None:
-        rows = db.session.execute(db.select(Registry).where(
-            Registry.organisation_id == organisation_id)).scalars().all()
-        for row in rows:
-            url = re.sub(r"^[a-z]+://", "", row.url or "").rstrip("/").split("/")[0]
-            if url == host and row.username:
-                return Credentials(row.username, row.password or "")
-        return None
+        row = org_registry(organisation_id, host)
+        return Credentials(row.username, row.password or "") if row is not None else None
 
     return lookup
 

@@ -7,6 +7,7 @@ Python values that the plan compares with the desired state.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -318,6 +319,51 @@ def parse_ufw(status: str, added: str) -> UfwState:
 
 def ufw_rule_for(port: int) -> str:
     return f"ufw allow {int(port)}/tcp"
+
+
+# Cross-server rules: a port on this server opened to the private network (or one
+# server's private address), run by the management user through the sudo rule
+# provisioning wrote. The words below are the ONE source of both: files.sudoers
+# renders each placeholder as sudo's ``*`` wildcard, ufw_private_rule fills them
+# in, so the command matches the rule byte for byte (sudo compares argv words;
+# a reordered ``proto``, an extra ``comment`` or a missing ``sudo`` is refused).
+UFW_PATH = "/usr/sbin/ufw"
+ADDRESS = "<ADDRESS>"
+PORT = "<PORT>"
+UFW_PRIVATE_ALLOW = ("allow", "from", ADDRESS, "to", "any", "port", PORT, "proto", "tcp")
+UFW_PRIVATE_DELETE = ("delete", *UFW_PRIVATE_ALLOW)
+UFW_STATUS_VARIANTS = (("status",), ("status", "verbose"), ("status", "numbered"))
+
+
+class FirewallRuleError(ValueError):
+    """An address or port that cannot be part of a cross-server rule."""
+
+
+def sudoers_command(program: str, words: tuple[str, ...]) -> str:
+    """One sudoers command entry: ``program`` and its words, placeholders as ``*``."""
+    return " ".join([program, *("*" if w in (ADDRESS, PORT) else w for w in words)])
+
+
+def ufw_private_rule(words: tuple[str, ...], address: str, port: int,
+                     ufw: str = UFW_PATH) -> Command:
+    """``sudo -n UFW <words>`` with the address (an IP or CIDR) and port filled in."""
+    try:
+        network = ipaddress.ip_network(str(address), strict=False)
+    except ValueError:
+        raise FirewallRuleError(f"{address!r} is not an IP address or network") from None
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise FirewallRuleError(f"{port!r} is not a TCP port")
+    text = str(network.network_address) if network.num_addresses == 1 else str(network)
+    values = {ADDRESS: text, PORT: str(port)}
+    return cmd("sudo", "-n", ufw, *(values.get(w, w) for w in words))
+
+
+def ufw_allow_private(address: str, port: int, ufw: str = UFW_PATH) -> Command:
+    return ufw_private_rule(UFW_PRIVATE_ALLOW, address, port, ufw)
+
+
+def ufw_delete_private(address: str, port: int, ufw: str = UFW_PATH) -> Command:
+    return ufw_private_rule(UFW_PRIVATE_DELETE, address, port, ufw)
 
 
 # ----------------------------------------------------------------- fail2ban

@@ -5,6 +5,8 @@ what is on the server and leave an identical file alone.
 """
 from __future__ import annotations
 
+from app.provisioning import commands as c
+
 HEADER = "# Managed by Keystone (server provisioning). Re-provisioning rewrites this file.\n"
 
 
@@ -33,9 +35,11 @@ def sudoers(user: str, ufw: str = "/usr/sbin/ufw",
         "#  - ufw allow/delete allow from ADDRESS to any port PORT proto tcp: open a service\n",
         "#    port (Postgres, Valkey) to one other server's private address, and close it;\n",
         "#  - fail2ban-client status sshd: health checks read the SSH jail.\n",
-        f"Cmnd_Alias KEYSTONE_FIREWALL = {ufw} status, {ufw} status verbose, {ufw} status numbered, \\\n",
-        f"    {ufw} allow from * to any port * proto tcp, \\\n",
-        f"    {ufw} delete allow from * to any port * proto tcp\n",
+        "Cmnd_Alias KEYSTONE_FIREWALL = "
+        + ", ".join(c.sudoers_command(ufw, words) for words in c.UFW_STATUS_VARIANTS)
+        + ", \\\n",
+        f"    {c.sudoers_command(ufw, c.UFW_PRIVATE_ALLOW)}, \\\n",
+        f"    {c.sudoers_command(ufw, c.UFW_PRIVATE_DELETE)}\n",
         f"Cmnd_Alias KEYSTONE_HEALTH = {fail2ban_client} status sshd\n",
         f"{user} ALL=(root) NOPASSWD: KEYSTONE_FIREWALL, KEYSTONE_HEALTH\n",
     ]

@@ -197,7 +197,8 @@ def provision_server(ctx) -> None:
             server.facts = dict(server.facts or {}, os=state.facts.get("pretty"),
                                 arch=state.facts.get("arch"), systemd=state.systemd,
                                 sshd_ports=state.facts.get("sshd_ports"),
-                                compose=results.get("compose"))
+                                compose=results.get("compose"),
+                                ufw_path=state.facts.get("ufw_path"))
             # The one-time login is spent: later runs use root + the management key.
             had_bootstrap = bool(server.bootstrap_private_key or server.bootstrap_password)
             server.bootstrap_private_key = None

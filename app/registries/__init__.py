@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from app import shell
 from app.models.enums import RegistryType
+from app.registries.references import normalise_reference
 
 HOST_RE = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*)"
@@ -79,7 +80,12 @@ def validate_username(value: str | None) -> str | None:
 
 
 def repository_for(registry, application_name: str, environment_name: str) -> str:
-    """``host[:port]/namespace/app-env``: where an environment's images are pushed."""
+    """``host[:port]/namespace/app-env``: where an environment's images are pushed.
+
+    Normalised (:func:`app.registries.references.normalise_reference`) to the
+    name Docker reports in RepoDigests: ``acme/shop-prod`` on Docker Hub, not
+    ``docker.io/acme/shop-prod``.
+    """
     name = f"{application_name}-{environment_name}".lower()
     if not PATH_COMPONENT_RE.match(name):
         raise RegistryError(f"{name!r} cannot be an image name")
@@ -87,7 +93,7 @@ def repository_for(registry, application_name: str, environment_name: str) -> st
     if registry.namespace:
         parts.append(registry.namespace)
     parts.append(name)
-    return "/".join(parts)
+    return normalise_reference("/".join(parts))
 
 
 def login_server(registry) -> str:

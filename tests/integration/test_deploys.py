@@ -38,7 +38,7 @@ class SchedulerWatch:
 
     def _run(self):
         script = ('for c in $(docker ps -q --filter label=dev.keystone.role=web); do '
-                  'if docker exec "$c" test -e /tmp/keystone-scheduler 2>/dev/null; then '
+                  'if docker exec "$c" test -e /tmp/keystone-scheduler >/dev/null 2>&1; then '
                   'docker inspect --format "{{.Name}}" "$c"; fi; done')
         deadline = time.monotonic() + 600
         while not self._stop.is_set() and time.monotonic() < deadline:
@@ -234,3 +234,57 @@ def test_add_worker_deploys_a_queue_worker_stopped_gracefully(bed, sandbox):
              if s.name.startswith(f"Stop ks-worker-{worker.id}-")]
     assert len(stops) == 1 and "up to 70s" in stops[0].name
     assert stops[0].duration_seconds < 60, stops[0].logs
+
+
+def test_storage_persists_across_deploys_and_is_shared_by_web_and_worker(bed, sandbox):
+    """Issue 13, defect 3: storage/ is a named volume per environment per server.
+
+    A file written under storage/app/public by the web replica is seen by the
+    worker replica on the same server, and is still there in the new replicas
+    of the next deploy (different containers, same volume). Laravel's
+    directories exist in the volume, owned by the user the app runs as.
+    """
+    import secrets
+    from app.drivers.laravel.driver import STORAGE_PATH, storage_volume_name
+    from app.sandbox.sample import push_new_commit
+    server = bed.sandbox_servers[0]
+    env = bed.env
+    volume = storage_volume_name(env.id)
+    worker_id = next(s.id for s in env.services if s.process_roles == ["worker"])
+
+    def live():
+        (web,) = bed.containers()
+        (worker,) = bed.containers(service_id=worker_id)
+        return web, worker
+
+    def mounts(container):
+        info = json.loads(server.exec("docker", "inspect", container).stdout)[0]
+        return {m.get("Name"): m["Destination"] for m in info["Mounts"] if m["Type"] == "volume"}
+
+    def read(container, path):
+        return server.exec("docker", "exec", container, "cat", path, check=False).stdout
+
+    token = secrets.token_hex(8)
+    probe = f"{STORAGE_PATH}/app/public/keystone-probe-{token}.txt"
+    web, worker = live()
+    for container in (web, worker):
+        assert mounts(container).get(volume) == STORAGE_PATH, mounts(container)
+    server.exec("docker", "exec", web, "sh", "-c", 'printf %s "$1" > "$2"', "sh", token, probe)
+    assert read(worker, probe) == token               # shared by web and worker
+    # Laravel's directories, owned by the app's user (not root), in the volume.
+    user = server.exec("docker", "exec", web, "id", "-un").stdout.strip()
+    owners = server.exec("docker", "exec", web, "stat", "-c", "%U %n",
+                         *[f"{STORAGE_PATH}/{d}" for d in
+                           ("app/public", "framework/cache", "framework/sessions",
+                            "framework/views", "logs")]).stdout.split("\n")
+    assert [line.split()[0] for line in owners if line] == [user] * 5, owners
+
+    push_new_commit(sandbox.git)
+    op = bed.deploy()
+    assert sorted(op.result["changed_services"]) == ["web", "worker"]
+    new_web, new_worker = live()
+    assert new_web != web and new_worker != worker    # new containers ...
+    assert read(new_web, probe) == token               # ... the same files
+    assert read(new_worker, probe) == token
+    assert mounts(new_web).get(volume) == STORAGE_PATH
+    server.exec("docker", "exec", new_web, "rm", "-f", probe, check=False)

@@ -78,6 +78,9 @@ def world(sandbox, tmp_path_factory, migrated_db_template, redis_url):
     pg_tag = "keystone-drivers-test/postgres:18"
     push_image(reg, "keystone-sandbox/postgres:18", pg_tag)  # the host's stand-in build
 
+    # Runs before issue 13's defect 6 was fixed logged the server's engine in with the
+    # default config; start from a clean one so the credential check below is about this run.
+    srv.exec("docker", "logout", reg.url, check=False)
     tmp = tmp_path_factory.mktemp("drivers")
     app = make_app(tmp, migrated_db_template, redis_url)
     ctx = app.app_context()
@@ -136,6 +139,7 @@ def _cleanup(w: World, base: int) -> None:
     s.exec("docker", "rm", "-f", w.probe, check=False)
     vols = s.exec("docker", "volume", "ls", "-q", check=False).stdout.split()
     mine = [v for v in vols if any(v.startswith(f"keystone_service_{i}_") for i in ids)]
+    mine += [v for v in vols if v == f"keystone_env_{w.env.id}_storage"]   # the probe's
     if mine:
         s.exec("docker", "volume", "rm", "-f", *mine, check=False)
     s.exec("rm", "-rf", *[f"/home/keystone/services/{i}" for i in ids], "/tmp/ks-probe",
@@ -178,6 +182,44 @@ def test_deploy_postgres_valkey_and_caddy(world):
     # The gateway owns 80 on the server; unknown hosts get our catch-all.
     body = _http(w.srv.http_port, "unknown.keystone.test")
     assert body == (404, "Keystone: no route for this host")
+
+
+def test_driver_image_pulls_leave_no_registry_credentials_on_the_server(world):
+    """Issue 13, defect 6: the pull logs in with an operation-private DOCKER_CONFIG and logs out.
+
+    The stand-in images live in the sandbox registry, which needs a password,
+    so the deploys above had to log in. Afterwards neither the management
+    user's ~/.docker/config.json nor any file under /home/keystone holds the
+    password or the ``auth`` Docker would write for it.
+    """
+    import base64
+    from app.models import Operation
+    from app.extensions import db
+    w = world
+    reg = w.reg
+    pulls = [s for op in db.session.execute(db.select(Operation).where(
+        Operation.target_type == "service", Operation.target_id == w.pg.id)).scalars()
+        for s in op.steps if s.name.startswith("Pull ")]
+    assert pulls, "the Postgres deploy recorded no pull step"
+    logs = "\n".join(s.logs or "" for s in pulls)
+    assert f"docker login {reg.url} as {reg.username}" in logs      # it did log in
+    assert reg.password not in logs
+
+    home = w.srv.exec("getent", "passwd", w.server.management_user).stdout.split(":")[5]
+    config = w.srv.exec("cat", f"{home}/.docker/config.json", check=False)
+    if config.returncode == 0:
+        auths = json.loads(config.stdout or "{}").get("auths", {})
+        assert reg.url not in auths, config.stdout
+        assert not any(entry.get("auth") for entry in auths.values()), config.stdout
+    auth = base64.b64encode(f"{reg.username}:{reg.password}".encode()).decode()
+    for needle in (reg.password, auth):
+        found = w.srv.exec("grep", "-rlsF", "--", needle, "/home/keystone", f"{home}/.docker",
+                           check=False)
+        assert found.returncode != 0 and found.stdout.strip() == "", found.stdout
+    # No operation-private config directory is left behind either.
+    left = w.srv.exec("find", "/home/keystone/operations", "-maxdepth", "2", "-name",
+                      "docker-pull-*", check=False).stdout.strip()
+    assert left == ""
 
 
 def test_second_gateway_on_the_same_server_is_refused(world):
@@ -240,6 +282,16 @@ catch (RedisException $e) { echo 'outside:denied', "\n"; }
     assert keys == [f"{vk_slice.config['prefix']}greeting"]
 
 
+def _pull_privately(w, image):
+    """Pull from the sandbox registry the way Keystone does: a throw-away DOCKER_CONFIG,
+    logout after. (The server's own engine is not logged in: issue 13, defect 6.)"""
+    script = ('d=$(mktemp -d) && DOCKER_CONFIG=$d docker login -u "$1" --password-stdin "$2" '
+              '>/dev/null && DOCKER_CONFIG=$d docker pull -q "$3"; rc=$?; '
+              'DOCKER_CONFIG=$d docker logout "$2" >/dev/null 2>&1; rm -rf "$d"; exit $rc')
+    w.srv.exec("sh", "-c", script, "sh", w.reg.username, w.reg.url, image,
+               input=w.reg.password + "\n")
+
+
 def _start_probe(w, env):
     from app.drivers import get_driver
     lv = get_driver("laravel")
@@ -254,6 +306,7 @@ def _start_probe(w, env):
     base = ["docker", "compose", "--project-name", w.probe, "--project-directory", d, "-f",
             f"{d}/compose.yml", "--env-file", f"{d}/compose.env"]
     w.srv.exec(*base, "config", "-q")
+    _pull_privately(w, w.php_image)
     w.srv.exec(*base, "up", "-d")
     w.rendered_probe = rendered
     for _ in range(60):

@@ -65,3 +65,23 @@ def test_environment_and_service_pages_list_only_replicas_that_exist(app, client
         failed, removed, running = rows[svc]
         assert running in html, url
         assert failed not in html and removed not in html, url
+
+
+def test_multi_server_environment_says_shared_files_need_an_object_store(app, client, db):
+    """Issue 13, defect 3: storage/ is one volume per server; say so before the first
+    multi-server deploy (placement, not deployed replicas, decides)."""
+    from app.models import Server
+    g = build_org()
+    login_as(client, g)
+    html = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+    assert "S3 disk" not in html                  # one server: nothing to say
+    other = Server(organisation=g.org, name="web-2", public_ip="203.0.113.11",
+                   private_ip="10.0.0.3")
+    db.session.add(other)
+    db.session.flush()
+    g.web.config = {"server_ids": [g.server.id, other.id]}
+    db.session.commit()
+    assert [r.server_id for r in g.web.replicas] == [g.server.id]
+    html = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+    assert "runs on 2 servers" in html and "its own storage/" in html
+    assert "object store" in html and "S3 disk" in html

@@ -5,6 +5,11 @@
 # the base image's own entrypoint (serversideup/php) or to the command.
 # One-off containers (migrations) set KEYSTONE_SCHEDULER_LOOP=0. Without arguments
 # (the FrankenPHP base runs it from /etc/entrypoint.d) it only starts the loops.
+# storage/ is the environment's persistent volume (app.drivers.laravel): create any
+# Laravel directory an existing volume lacks, as the app's user (so with its owner).
+( cd "${KEYSTONE_APP_DIR:-/var/www/html}" 2>/dev/null && mkdir -p storage/app/public \
+    storage/framework/cache/data storage/framework/sessions storage/framework/views \
+    storage/logs ) 2>/dev/null || true
 if [ -x /opt/keystone/scheduler.sh ]; then
   /opt/keystone/scheduler.sh &
 fi

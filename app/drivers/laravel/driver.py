@@ -16,6 +16,20 @@ Roles differ only by command:
 ``scheduler=True`` adds a ``scheduler`` container (``php artisan
 schedule:work``) to *that* replica's project: the environment's single
 scheduler runner moves with the replica chosen by the deploy.
+
+Persistent ``storage/``: every container of every replica of the
+environment on a server mounts one named volume,
+``keystone_env_<environment id>_storage``, at the app's storage path
+(:data:`STORAGE_PATH`), so uploads (``storage/app``), sessions on the file
+driver and logs survive a deploy and are shared by web, worker and scheduler
+containers on that server. The name is explicit (no project prefix), so the
+blue and the green replica, which are different Compose projects, get the
+same volume. On first use Docker copies the image's ``storage/`` (owned by
+www-data) into the empty volume; the image's entry script creates any
+missing Laravel directory, and the managed Dockerfile runs ``storage:link``
+(the ``public/storage`` link lives in the image). Each server has its own
+volume: an environment on several servers needs an object store (an S3
+disk) for files every replica must see.
 """
 from __future__ import annotations
 
@@ -33,8 +47,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from app.models import Service
 
 HTTP_PORT = 8080
+APP_DIR = "/var/www/html"          # WORKDIR of the managed Dockerfile (app/builds/templates)
+STORAGE_PATH = f"{APP_DIR}/storage"
 ROLES = ("web", "worker", "websocket")
 DEFAULT_BASE_IMAGE = "serversideup/php:8.3-frankenphp"
+
+
+def storage_volume_name(environment_id: int) -> str:
+    """The named volume holding an environment's ``storage/`` on each server."""
+    return f"keystone_env_{int(environment_id)}_storage"
+
+
+def storage_mount(service: "Service") -> str | None:
+    """``<volume>:<storage path>`` for the service's environment (None outside one)."""
+    if service.environment_id is None:
+        return None
+    return f"{storage_volume_name(service.environment_id)}:{STORAGE_PATH}"
 
 
 def _worker_command(cfg: Mapping[str, Any]) -> list[str]:
@@ -184,7 +212,12 @@ class LaravelDriver(Driver):
                                                shell_form=True, interval="10s", timeout="3s",
                                                retries=3, start_period="5s").compose()
             services["scheduler"] = sched
-        doc = compose_document(services)
+        mount = storage_mount(service)
+        if mount:
+            for entry in services.values():
+                entry["volumes"] = [mount]
+        doc = compose_document(services, [storage_volume_name(service.environment_id)]
+                               if mount else None)
         file_env, _ = split_environment(ctx.environment)
         return RenderedCompose(
             project_name=project_name, compose=doc, compose_yaml=dump_yaml(doc),
