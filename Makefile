@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The fast tiers run in parallel (pytest-xdist); the sandbox tiers share one sandbox, in order.
+FAST_TIERS := tests/unit tests/web tests/db $(wildcard tests/security)
 
 .PHONY: install run test unit integration browser bench clean-sandbox
 
@@ -25,11 +27,12 @@ test: install
 	scripts/ensure-postgres.sh >/dev/null
 	scripts/ensure-docker.sh
 	scripts/ensure-browser.sh
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(FAST_TIERS)
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration tests/browser
 
-## make unit: the fast tier (no Docker, no browser)
+## make unit: the fast tier (no Docker, no browser), on both cores
 unit: install
-	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/web tests/db
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(FAST_TIERS)
 
 integration: install
 	scripts/ensure-docker.sh
