@@ -36,6 +36,7 @@ Prints the usual JSON plus ``achieved_rps``, ``latency_p99_ms``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -50,6 +51,45 @@ def _pct(values: list[float], q: float) -> float | None:
     values = sorted(values)
     k = max(0, min(len(values) - 1, int(round(q * (len(values) - 1)))))
     return round(values[k], 2)
+
+
+@contextlib.contextmanager
+def _testbed(args, queue: str, **options):
+    """A Keystone world on the bench sandbox, inside an app context; torn down after.
+
+    Its own SQLite file and embedded Redis in a temp dir, the sandbox ``args.sandbox``
+    (left up with ``--keep``), and a set-up :class:`app.deploys.testbed.Testbed`.
+    """
+    from cryptography.fernet import Fernet
+    from flask_migrate import upgrade
+
+    from app import create_app, embedded_redis
+    from app.deploys.testbed import Testbed
+    from app.extensions import db
+    from app.sandbox import Sandbox
+
+    root = Path(__file__).resolve().parents[1]
+    work = Path(tempfile.mkdtemp(prefix=f"keystone-{queue}-"))
+    redis_proc = embedded_redis.start(work / "redis.sock", work / "redis")
+    sb = Sandbox(name=args.sandbox, state_dir=root / "instance" / "sandbox" / args.sandbox)
+    info = sb.up(servers=max(2, args.servers), bare=False, stand_ins=True)
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{work / 'keystone.db'}",
+                      "ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
+                      "SECRET_KEY": "bench", "REDIS_URL": f"unix://{work / 'redis.sock'}",
+                      "RQ_QUEUE": queue}, instance_path=str(work / "instance"))
+    with app.app_context():
+        upgrade()
+        bed = Testbed(info, **options)
+        try:
+            bed.setup()
+            yield bed, info
+        finally:
+            bed.cleanup()
+            db.session.remove()
+            if not args.keep:
+                sb.down()
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,191 +114,138 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.deploys <= 100 or not 0 < args.rps <= 2000:
         parser.error("--deploys 1..100, --rps 1..2000")
 
-    from cryptography.fernet import Fernet
-    from flask_migrate import upgrade
-
-    from app import create_app, embedded_redis
-    from app.deploys.testbed import Testbed
-    from app.extensions import db
-    from app.sandbox import Sandbox
     from app.sandbox.sample import push_new_commit
     from bench.loadgen import LoadGenerator
 
-    root = Path(__file__).resolve().parents[1]
-    work = Path(tempfile.mkdtemp(prefix="keystone-bench-cutover-"))
-    redis_proc = embedded_redis.start(work / "redis.sock", work / "redis")
-    sb = Sandbox(name=args.sandbox, state_dir=root / "instance" / "sandbox" / args.sandbox)
-    info = sb.up(servers=max(2, args.servers), bare=False, stand_ins=True)
-    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{work / 'keystone.db'}",
-                      "ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
-                      "SECRET_KEY": "bench", "REDIS_URL": f"unix://{work / 'redis.sock'}",
-                      "RQ_QUEUE": "bench-cutover"}, instance_path=str(work / "instance"))
     result: dict = {}
     started = time.monotonic()
-    with app.app_context():
-        upgrade()
-        bed = Testbed(info, server_count=args.servers)
-        try:
-            bed.setup()
-            push_new_commit(info.git)  # a good head, whatever an earlier run left there
-            bed.deploy()  # the first deploy routes the slots; it is not measured
-            load = LoadGenerator(bed.http_port(), bed.hostname, rps=args.rps, path=args.path,
-                                 connections=args.connections, max_seconds=args.max_seconds)
-            load_started = time.monotonic()
-            durations: list[float] = []
-            cutovers: list[float] = []
-            failed: list[str] = []
-            with load:
-                time.sleep(2)
-                for i in range(args.deploys):
-                    if time.monotonic() - started > args.max_seconds:
-                        break
-                    push_new_commit(info.git)
-                    t0 = time.monotonic()
-                    op = bed.deploy(expect=None)
-                    durations.append(time.monotonic() - t0)
-                    if op.status.value != "succeeded":
-                        failed.append(f"#{op.id}: {op.error}")
-                    for child in op.children:
-                        if child.kind.value == "gateway_cutover" and child.duration_seconds:
-                            cutovers.append(child.duration_seconds)
-                    print(f"deploy {i + 1}/{args.deploys}: {op.status.value} in "
-                          f"{durations[-1]:.1f}s; {load.stats.requests} requests so far",
-                          file=sys.stderr)
-                time.sleep(2)
-            load_seconds = time.monotonic() - load_started
-            stats = load.stats
-            result = {**stats.as_dict(), "deploys": len(durations) - len(failed),
-                      "deploys_failed": len(failed),
-                      "deploy_p50_s": _pct(durations, 0.5), "deploy_p95_s": _pct(durations, 0.95),
-                      "cutover_p50_s": _pct(cutovers, 0.5), "cutover_p95_s": _pct(cutovers, 0.95),
-                      "rps_target": args.rps,
-                      "rps_achieved": round(stats.requests / max(load_seconds, 1e-9), 1),
-                      "load_seconds": round(load_seconds, 1), "connections": args.connections,
-                      "path": args.path,
-                      "servers": args.servers}
-            if stats.errors:
-                result["error_kinds"] = dict(stats.errors)
-            if failed:
-                result["failures"] = failed[:5]
-            if set(stats.statuses) - {200}:
-                result["statuses"] = {str(k): v for k, v in stats.statuses.items()}
-        finally:
-            bed.cleanup()
-            db.session.remove()
-            if not args.keep:
-                sb.down()
-            redis_proc.terminate()
-            redis_proc.wait(timeout=10)
+    with _testbed(args, "bench-cutover", server_count=args.servers) as (bed, info):
+        push_new_commit(info.git)  # a good head, whatever an earlier run left there
+        bed.deploy()  # the first deploy routes the slots; it is not measured
+        load = LoadGenerator(bed.http_port(), bed.hostname, rps=args.rps, path=args.path,
+                             connections=args.connections, max_seconds=args.max_seconds)
+        load_started = time.monotonic()
+        durations: list[float] = []
+        cutovers: list[float] = []
+        failed: list[str] = []
+        with load:
+            time.sleep(2)
+            for i in range(args.deploys):
+                if time.monotonic() - started > args.max_seconds:
+                    break
+                push_new_commit(info.git)
+                t0 = time.monotonic()
+                op = bed.deploy(expect=None)
+                durations.append(time.monotonic() - t0)
+                if op.status.value != "succeeded":
+                    failed.append(f"#{op.id}: {op.error}")
+                for child in op.children:
+                    if child.kind.value == "gateway_cutover" and child.duration_seconds:
+                        cutovers.append(child.duration_seconds)
+                print(f"deploy {i + 1}/{args.deploys}: {op.status.value} in "
+                      f"{durations[-1]:.1f}s; {load.stats.requests} requests so far",
+                      file=sys.stderr)
+            time.sleep(2)
+        load_seconds = time.monotonic() - load_started
+        stats = load.stats
+        result = {**stats.as_dict(), "deploys": len(durations) - len(failed),
+                  "deploys_failed": len(failed),
+                  "deploy_p50_s": _pct(durations, 0.5), "deploy_p95_s": _pct(durations, 0.95),
+                  "cutover_p50_s": _pct(cutovers, 0.5), "cutover_p95_s": _pct(cutovers, 0.95),
+                  "rps_target": args.rps,
+                  "rps_achieved": round(stats.requests / max(load_seconds, 1e-9), 1),
+                  "load_seconds": round(load_seconds, 1), "connections": args.connections,
+                  "path": args.path,
+                  "servers": args.servers}
+        if stats.errors:
+            result["error_kinds"] = dict(stats.errors)
+        if failed:
+            result["failures"] = failed[:5]
+        if set(stats.statuses) - {200}:
+            result["statuses"] = {str(k): v for k, v in stats.statuses.items()}
     print(json.dumps(result))
     return 0 if result and not result.get("deploys_failed") else 1
 
 
 def saturate(args) -> int:
     """``--saturate``: see the module docstring."""
-    from cryptography.fernet import Fernet
-    from flask_migrate import upgrade
-
-    from app import create_app, embedded_redis
     from app.deploys.gateway_health import no_upstream_lines
-    from app.deploys.testbed import Testbed
-    from app.extensions import db
-    from app.sandbox import Sandbox
     from app.sandbox.sample import push_broken_commit, push_new_commit
     from bench.loadgen import LoadGenerator
 
     good_deploys = 5 if args.deploys == 10 else args.deploys  # 10 is the throttled default
-    root = Path(__file__).resolve().parents[1]
-    work = Path(tempfile.mkdtemp(prefix="keystone-bench-saturate-"))
-    redis_proc = embedded_redis.start(work / "redis.sock", work / "redis")
-    sb = Sandbox(name=args.sandbox, state_dir=root / "instance" / "sandbox" / args.sandbox)
-    info = sb.up(servers=2, bare=False, stand_ins=True)
-    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{work / 'keystone.db'}",
-                      "ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
-                      "SECRET_KEY": "bench", "REDIS_URL": f"unix://{work / 'redis.sock'}",
-                      "RQ_QUEUE": "bench-saturate"}, instance_path=str(work / "instance"))
+    args.servers = 1
     result: dict = {}
-    with app.app_context():
-        upgrade()
-        bed = Testbed(info, server_count=1, worker=True)
-        try:
-            bed.setup()
-            push_new_commit(info.git)
-            bed.deploy()  # routes the slots; not measured
-            since = time.time()
-            gets = LoadGenerator(bed.http_port(), bed.hostname, rps=0, path="/",
-                                 connections=args.connections, post_ratio=0.0,
-                                 max_seconds=args.max_seconds, timeout=30)
-            posts = LoadGenerator(bed.http_port(), bed.hostname, rps=0, path="/",
-                                  post_path="/items", connections=4, post_ratio=1.0,
-                                  max_seconds=args.max_seconds, timeout=30)
-            durations: list[float] = []
-            unexpected: list[str] = []
-            expected_failed = 0
-            load_started = time.monotonic()
-            with gets, posts:
-                time.sleep(5)
-                plan = ["good"] * good_deploys + ["broken"]
-                for i, kind in enumerate(plan):
-                    (push_broken_commit if kind == "broken" else push_new_commit)(info.git)
-                    t0 = time.monotonic()
-                    op = bed.deploy(expect=None)
-                    durations.append(time.monotonic() - t0)
-                    ok = op.status.value == "succeeded"
-                    if kind == "broken" and not ok:
-                        expected_failed += 1
-                    elif kind == "broken" or not ok:
-                        unexpected.append(f"{kind} #{op.id}: {op.status.value}: {op.error}")
-                    print(f"deploy {i + 1}/{len(plan)} ({kind}): {op.status.value} in "
-                          f"{durations[-1]:.1f}s; {gets.stats.requests} GETs, "
-                          f"{posts.stats.requests} POSTs", file=sys.stderr)
-                time.sleep(5)
-            load_seconds = time.monotonic() - load_started
-            push_new_commit(info.git)  # leave a good head behind
-            g, p = gets.stats, posts.stats
-            stored = bed.psql("SELECT name, count(*) FROM sample_items WHERE name LIKE 'w%' "
-                              "GROUP BY name")
-            counts = {}
-            for line in stored.splitlines():
-                name, _, n = line.partition("|")
-                counts[name] = int(n or 0)
-            lost = [n for n in p.accepted_posts if counts.get(n, 0) == 0]
-            duplicated = [n for n, c in counts.items() if c > 1]
-            no_upstream = no_upstream_lines(bed.gateway_log(0, since))
-            latencies = g.latencies + p.latencies
-            p99 = None
-            if latencies:
-                latencies.sort()
-                p99 = round(latencies[min(len(latencies) - 1,
-                                          int(round(0.99 * (len(latencies) - 1))))] * 1000, 1)
-            statuses = g.statuses + p.statuses
-            result = {
-                "requests": g.requests + p.requests, "gets": g.requests, "posts": p.requests,
-                "non_2xx": g.non_2xx + p.non_2xx,
-                "connection_errors": g.connection_errors + p.connection_errors,
-                "raw_resets": g.raw_resets + p.raw_resets, "post_failures": p.post_failures,
-                "lost_posts": len(lost), "duplicated_posts": len(duplicated),
-                "gateway_no_upstream": len(no_upstream),
-                "deploys": len(durations), "failed_deploys_expected": expected_failed,
-                "failed_deploys_unexpected": len(unexpected),
-                "deploy_p50_s": _pct(durations, 0.5), "deploy_p95_s": _pct(durations, 0.95),
-                "achieved_rps": round((g.requests + p.requests) / max(load_seconds, 1e-9), 1),
-                "latency_p99_ms": p99, "load_seconds": round(load_seconds, 1),
-                "connections": args.connections, "post_connections": 4, "path": "/",
-                "post_path": "/items", "servers": 1, "builds_on_serving_server": True}
-            if set(statuses) - {200, 201}:
-                result["statuses"] = {str(k): v for k, v in statuses.items()}
-            if g.errors or p.errors:
-                result["error_kinds"] = dict(g.errors + p.errors)
-            if unexpected:
-                result["failures"] = unexpected[:5]
-        finally:
-            bed.cleanup()
-            db.session.remove()
-            if not args.keep:
-                sb.down()
-            redis_proc.terminate()
-            redis_proc.wait(timeout=10)
+    with _testbed(args, "bench-saturate", server_count=1, worker=True) as (bed, info):
+        push_new_commit(info.git)
+        bed.deploy()  # routes the slots; not measured
+        since = time.time()
+        gets = LoadGenerator(bed.http_port(), bed.hostname, rps=0, path="/",
+                             connections=args.connections, post_ratio=0.0,
+                             max_seconds=args.max_seconds, timeout=30)
+        posts = LoadGenerator(bed.http_port(), bed.hostname, rps=0, path="/",
+                              post_path="/items", connections=4, post_ratio=1.0,
+                              max_seconds=args.max_seconds, timeout=30)
+        durations: list[float] = []
+        unexpected: list[str] = []
+        expected_failed = 0
+        load_started = time.monotonic()
+        with gets, posts:
+            time.sleep(5)
+            plan = ["good"] * good_deploys + ["broken"]
+            for i, kind in enumerate(plan):
+                (push_broken_commit if kind == "broken" else push_new_commit)(info.git)
+                t0 = time.monotonic()
+                op = bed.deploy(expect=None)
+                durations.append(time.monotonic() - t0)
+                ok = op.status.value == "succeeded"
+                if kind == "broken" and not ok:
+                    expected_failed += 1
+                elif kind == "broken" or not ok:
+                    unexpected.append(f"{kind} #{op.id}: {op.status.value}: {op.error}")
+                print(f"deploy {i + 1}/{len(plan)} ({kind}): {op.status.value} in "
+                      f"{durations[-1]:.1f}s; {gets.stats.requests} GETs, "
+                      f"{posts.stats.requests} POSTs", file=sys.stderr)
+            time.sleep(5)
+        load_seconds = time.monotonic() - load_started
+        push_new_commit(info.git)  # leave a good head behind
+        g, p = gets.stats, posts.stats
+        stored = bed.psql("SELECT name, count(*) FROM sample_items WHERE name LIKE 'w%' "
+                          "GROUP BY name")
+        counts = {}
+        for line in stored.splitlines():
+            name, _, n = line.partition("|")
+            counts[name] = int(n or 0)
+        lost = [n for n in p.accepted_posts if counts.get(n, 0) == 0]
+        duplicated = [n for n, c in counts.items() if c > 1]
+        no_upstream = no_upstream_lines(bed.gateway_log(0, since))
+        latencies = g.latencies + p.latencies
+        p99 = None
+        if latencies:
+            latencies.sort()
+            p99 = round(latencies[min(len(latencies) - 1,
+                                      int(round(0.99 * (len(latencies) - 1))))] * 1000, 1)
+        statuses = g.statuses + p.statuses
+        result = {
+            "requests": g.requests + p.requests, "gets": g.requests, "posts": p.requests,
+            "non_2xx": g.non_2xx + p.non_2xx,
+            "connection_errors": g.connection_errors + p.connection_errors,
+            "raw_resets": g.raw_resets + p.raw_resets, "post_failures": p.post_failures,
+            "lost_posts": len(lost), "duplicated_posts": len(duplicated),
+            "gateway_no_upstream": len(no_upstream),
+            "deploys": len(durations), "failed_deploys_expected": expected_failed,
+            "failed_deploys_unexpected": len(unexpected),
+            "deploy_p50_s": _pct(durations, 0.5), "deploy_p95_s": _pct(durations, 0.95),
+            "achieved_rps": round((g.requests + p.requests) / max(load_seconds, 1e-9), 1),
+            "latency_p99_ms": p99, "load_seconds": round(load_seconds, 1),
+            "connections": args.connections, "post_connections": 4, "path": "/",
+            "post_path": "/items", "servers": 1, "builds_on_serving_server": True}
+        if set(statuses) - {200, 201}:
+            result["statuses"] = {str(k): v for k, v in statuses.items()}
+        if g.errors or p.errors:
+            result["error_kinds"] = dict(g.errors + p.errors)
+        if unexpected:
+            result["failures"] = unexpected[:5]
     print(json.dumps(result))
     bad = [k for k in ("non_2xx", "connection_errors", "post_failures", "lost_posts",
                        "duplicated_posts", "gateway_no_upstream", "failed_deploys_unexpected")
