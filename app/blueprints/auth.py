@@ -1,6 +1,9 @@
 """Sign up, sign in, sign out."""
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
@@ -14,10 +17,31 @@ from app.models import User
 bp = Blueprint("auth", __name__)
 
 
-def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//"):
-        return target
-    return url_for("dashboard.index")
+_UNSAFE_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
+
+
+def _same_origin_path(location: str) -> bool:
+    """True for a relative path on this site: "/x", never "//x", "/\\x" or "http://x"."""
+    if not location.startswith("/") or location.startswith("//") or _UNSAFE_CHARS.search(location):
+        return False
+    parts = urlsplit(location)
+    return not parts.scheme and not parts.netloc
+
+
+def _safe_next(target: str | None):
+    """A redirect to ``next`` when the Location header it yields stays on this site.
+
+    Judged twice: on the decoded value (control characters, whitespace and
+    backslashes are refused outright, since browsers strip or rewrite them) and
+    on the Location header Werkzeug actually builds from it.
+    """
+    fallback = url_for("dashboard.index")
+    if not target or len(target) > 2000 or not _same_origin_path(target):
+        return redirect(fallback)
+    response = redirect(target)
+    if not _same_origin_path(response.headers.get("Location", "")):
+        return redirect(fallback)
+    return response
 
 
 @bp.route("/signup", methods=["GET", "POST"])
@@ -50,7 +74,7 @@ def login():
             sa.select(User).where(User.email == form.email.data.strip().lower())).scalar_one_or_none()
         if user and user.check_password(form.password.data):
             login_user(user)
-            return redirect(_safe_next(request.args.get("next")))
+            return _safe_next(request.args.get("next"))
         form.password.errors.append("Email or password is wrong.")
     status = 422 if request.method == "POST" else 200
     return render_template("auth/login.html", form=form), status
