@@ -46,9 +46,8 @@ def create_app(config: dict | None = None, instance_path: str | None = None) -> 
 
     from app import models  # noqa: F401  (register the tables)
 
-    @login_manager.user_loader
-    def load_user(user_id: str):
-        return db.session.get(models.User, int(user_id))
+    from app.security import init_security
+    init_security(app)
 
     from app.blueprints import register_blueprints
     register_blueprints(app)

@@ -83,6 +83,9 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
+    # Server-side: every session of this user ends, including cookies saved earlier.
+    current_user.end_sessions()
+    db.session.commit()
     logout_user()
     flash("Signed out.", "info")
     return redirect(url_for("auth.login"))

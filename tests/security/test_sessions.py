@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-import pytest
-
 from tests.conftest import csrf_token_from
 
 HOSTILE_NEXT = [
@@ -24,23 +22,100 @@ def _login_with_next(client, auth, target: str):
         "password": "correct horse battery"})
 
 
-@pytest.mark.parametrize("target", HOSTILE_NEXT)
-def test_login_never_redirects_off_site(client, auth, target):
+def test_login_never_redirects_off_site(client, auth):
     auth.signup()
-    auth.logout()
-    resp = _login_with_next(client, auth, target)
-    assert resp.status_code == 302, resp.status_code
-    location = resp.headers["Location"]
-    parts = urlsplit(location)
-    assert not parts.netloc and not parts.scheme, location
-    assert location.startswith("/") and not location.startswith("//")
-    assert "\\" not in location
+    for target in HOSTILE_NEXT:
+        auth.logout()
+        resp = _login_with_next(client, auth, target)
+        assert resp.status_code == 302, (target, resp.status_code)
+        location = resp.headers["Location"]
+        parts = urlsplit(location)
+        assert not parts.netloc and not parts.scheme, (target, location)
+        assert location.startswith("/") and not location.startswith("//"), (target, location)
+        assert "\\" not in location, (target, location)
 
 
-@pytest.mark.parametrize("target", ["/servers/", "/operations?kind=deploy", "/servers/new#x"])
-def test_login_follows_a_same_site_next(client, auth, target):
+def test_login_follows_a_same_site_next(client, auth):
     auth.signup()
+    for target in ["/servers/", "/operations?kind=deploy", "/servers/new#x"]:
+        auth.logout()
+        resp = _login_with_next(client, auth, target.replace("?", "%3F").replace("#", "%23"))
+        assert resp.status_code == 302
+        assert resp.headers["Location"] == target
+
+
+def _cookie(client) -> str:
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    return cookie.value
+
+
+def test_a_cookie_saved_before_logout_is_dead_after_it(app, client, auth):
+    auth.signup()
+    token = auth.csrf()
+    saved = _cookie(client)
     auth.logout()
-    resp = _login_with_next(client, auth, target.replace("?", "%3F").replace("#", "%23"))
-    assert resp.status_code == 302
-    assert resp.headers["Location"] == target
+    replay = app.test_client()
+    replay.set_cookie("session", saved)
+    resp = replay.get("/")
+    assert resp.status_code == 302 and resp.headers["Location"].split("?")[0] in ("/login", "/signup")
+    before = client.application.test_client()  # a POST with the old cookie and its token
+    before.set_cookie("session", saved)
+    resp = before.post("/servers/custom/new", data={"csrf_token": token, "name": "x"})
+    assert resp.status_code in (302, 400, 401)
+    assert resp.status_code != 200
+    from app.models import Server
+    from app.extensions import db
+    assert db.session.query(Server).count() == 0
+
+
+def test_logout_ends_every_session_of_the_user(app, client, auth):
+    auth.signup()
+    other = app.test_client()
+    with app.app_context():  # its own g: the CSRF token of the page it fetched
+        assert type(auth)(other).login().status_code == 302
+        assert other.get("/").status_code == 200
+    auth.logout()
+    assert other.get("/").status_code == 302
+
+
+def test_a_password_change_ends_sessions(app, client, auth, db):
+    from app.models import User
+    auth.signup()
+    assert client.get("/").status_code == 200
+    user = db.session.query(User).one()
+    user.set_password("another long password")
+    db.session.commit()
+    assert client.get("/").status_code == 302
+
+
+def test_a_session_without_generation_is_refused(app, client, auth, db):
+    from app.models import User
+    auth.signup()
+    user = db.session.query(User).one()
+    with client.session_transaction() as sess:
+        sess["_user_id"] = str(user.id)  # the pre-generation form of the id
+    assert client.get("/").status_code == 302
+
+
+def _age_session(client, key: str, seconds: int) -> None:
+    with client.session_transaction() as sess:
+        sess[key] = sess[key] - seconds
+
+
+def test_idle_sessions_end(app, client, auth):
+    from app.security import LAST_SEEN_AT
+    auth.signup()
+    assert client.get("/").status_code == 200
+    _age_session(client, LAST_SEEN_AT, app.config["SESSION_IDLE_MINUTES"] * 60 - 30)
+    assert client.get("/").status_code == 200  # still inside the idle window
+    _age_session(client, LAST_SEEN_AT, app.config["SESSION_IDLE_MINUTES"] * 60 + 30)
+    assert client.get("/").status_code == 302
+
+
+def test_sessions_end_after_the_absolute_lifetime_even_when_active(app, client, auth):
+    from app.security import SIGNED_IN_AT
+    auth.signup()
+    _age_session(client, SIGNED_IN_AT, app.config["SESSION_MAX_HOURS"] * 3600 + 1)
+    resp = client.get("/")
+    assert resp.status_code == 302 and resp.headers["Location"].split("?")[0] in ("/login", "/signup")

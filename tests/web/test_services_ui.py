@@ -17,15 +17,14 @@ from app.models.enums import (DeployPolicy, EnvironmentStatus, OperationKind, Re
                               ServiceCategory, ServiceStatus, SliceStatus, SliceType,
                               UpdateStatus, VariableSource)
 from tests.factories import SECRET_SENTINELS, build_org
+from tests.conftest import sign_in
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
 
 
 def login_as(client, graph):
-    with client.session_transaction() as sess:
-        sess["_user_id"] = str(graph.user.id)
-        sess["_fresh"] = True
+    sign_in(client, graph.user)
 
 
 @pytest.fixture()
