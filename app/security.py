@@ -1,4 +1,5 @@
-"""Web-tier protections set up once in create_app: session revocation and lifetime.
+"""Web-tier protections set up once in create_app: session revocation and lifetime,
+rate limits.
 
 Sessions: the id flask-login stores is ``"<user id>:<session generation>"``; the
 user loader refuses a session whose generation is stale, so bumping
@@ -6,16 +7,29 @@ user loader refuses a session whose generation is stale, so bumping
 cookie of that user at once. Each session also carries its sign-in time and
 last-seen time (inside the signed cookie) and ends after SESSION_IDLE_MINUTES
 without a request or SESSION_MAX_HOURS after sign-in.
+
+Rate limits (Flask-Limiter, counted in Keystone's Redis under the queue's name):
+sign-in and sign-up per client address and per account (the email posted),
+the custom-server check per user. Only failed sign-ins count against sign-in.
 """
 from __future__ import annotations
 
 import time
 from datetime import timedelta
 
-from flask import Flask, flash, g, session
-from flask_login import logout_user, user_logged_in
+from flask import Flask, current_app, flash, g, render_template, request, session
+from flask_login import current_user, logout_user, user_logged_in
+from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.extensions import db, login_manager
+from app.extensions import db, limiter, login_manager
+
+# Failed sign-ins per client address and per account; sign-ups per address and account;
+# custom-server checks (a TCP/SSH probe of an address the user names) per user.
+LOGIN_PER_ADDRESS = "20 per minute;200 per hour"
+LOGIN_PER_ACCOUNT = "10 per minute;50 per hour"
+SIGNUP_PER_ADDRESS = "10 per minute;30 per hour"
+SIGNUP_PER_ACCOUNT = "5 per hour"
+SERVER_CHECK_PER_USER = "10 per minute;60 per hour"
 
 SIGNED_IN_AT = "ks_signed_in_at"
 LAST_SEEN_AT = "ks_last_seen_at"
@@ -64,8 +78,64 @@ def _enforce_lifetime(app: Flask):
     return check
 
 
+def _scoped(key: str) -> str:
+    # The prefix is per application (the limiter object is one per process; tests build
+    # many applications in one process, each with its own queue name).
+    return f"{current_app.config['RATELIMIT_KEY_PREFIX']}:{key}"
+
+
+def client_address() -> str:
+    """The rate-limit key of the client's address (as ProxyFix, if enabled, reports it)."""
+    return _scoped(f"address:{request.remote_addr or '?'}")
+
+
+def posted_account() -> str:
+    """The rate-limit key of the account a sign-in/sign-up names (normalised email)."""
+    email = (request.form.get("email") or "").strip().lower()[:254]
+    return _scoped(f"account:{email}")
+
+
+def current_user_key() -> str:
+    if current_user.is_authenticated:
+        return _scoped(f"user:{current_user.id}")
+    return client_address()
+
+
+def failed_form(response) -> bool:
+    """Count an attempt against the limit only when it did not succeed."""
+    return response.status_code != 302
+
+
+_DUMMY_HASH: list[str] = []
+
+
+def burn_password_check(password: str) -> None:
+    """Spend the time a real check takes, for an email with no account (no timing oracle)."""
+    if not _DUMMY_HASH:
+        _DUMMY_HASH.append(generate_password_hash("keystone-no-such-user", method="scrypt"))
+    check_password_hash(_DUMMY_HASH[0], password or "")
+
+
+def storage_uri(redis_url: str) -> str:
+    """REDIS_URL in the form the limits library reads (a unix socket is redis+unix)."""
+    if redis_url.startswith("unix://"):
+        return "redis+unix://" + redis_url[len("unix://"):]
+    return redis_url
+
+
+def _too_many(_e):
+    return render_template("errors/429.html"), 429
+
+
 def init_security(app: Flask) -> None:
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=app.config["SESSION_MAX_HOURS"])
     login_manager.user_loader(load_user)
     user_logged_in.connect(_mark_signed_in, app)
     app.before_request(_enforce_lifetime(app))
+    app.config.setdefault("RATELIMIT_STORAGE_URI", storage_uri(app.config["REDIS_URL"]))
+    app.config.setdefault("RATELIMIT_KEY_PREFIX", f"{app.config['RQ_QUEUE']}:limits")
+    # Redis away for a moment: count in memory rather than refuse every sign-in.
+    app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
+    limiter.init_app(app)
+    app.register_error_handler(429, _too_many)

@@ -9,8 +9,9 @@ from flask_login import current_user, login_required, login_user, logout_user
 
 import sqlalchemy as sa
 
+from app import security
 from app.accounts import SignupError, create_account
-from app.extensions import db
+from app.extensions import db, limiter
 from app.forms import LoginForm, SignupForm
 from app.models import User
 
@@ -45,6 +46,8 @@ def _safe_next(target: str | None):
 
 
 @bp.route("/signup", methods=["GET", "POST"])
+@limiter.limit(security.SIGNUP_PER_ADDRESS, methods=["POST"], key_func=security.client_address)
+@limiter.limit(security.SIGNUP_PER_ACCOUNT, methods=["POST"], key_func=security.posted_account)
 def signup():
     if current_user.is_authenticated:
         return redirect(url_for("dashboard.index"))
@@ -65,6 +68,10 @@ def signup():
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(security.LOGIN_PER_ADDRESS, methods=["POST"], key_func=security.client_address,
+               deduct_when=security.failed_form)
+@limiter.limit(security.LOGIN_PER_ACCOUNT, methods=["POST"], key_func=security.posted_account,
+               deduct_when=security.failed_form)
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("dashboard.index"))
@@ -72,7 +79,9 @@ def login():
     if form.validate_on_submit():
         user = db.session.execute(
             sa.select(User).where(User.email == form.email.data.strip().lower())).scalar_one_or_none()
-        if user and user.check_password(form.password.data):
+        if user is None:
+            security.burn_password_check(form.password.data)
+        elif user.check_password(form.password.data):
             login_user(user)
             return _safe_next(request.args.get("next"))
         form.password.errors.append("Email or password is wrong.")

@@ -21,7 +21,7 @@ from wtforms import (HiddenField, IntegerField, PasswordField, SelectField, Stri
 from wtforms.validators import (DataRequired, Length, NumberRange, Optional, Regexp,
                                 ValidationError)
 
-from app.extensions import db
+from app.extensions import db, limiter
 from app.forms import name_field
 from app.models import (AuditEvent, Operation, Organisation, Provider, Server, Service,
                         ServiceReplica)
@@ -29,6 +29,7 @@ from app.models.enums import OperationKind, ProviderType, ServerStatus
 from app.providers import ProviderError, cloud_provider
 from app.providers.keys import ensure_management_key
 from app.scoping import current_org_id, get_for_org_or_404
+from app.security import SERVER_CHECK_PER_USER, current_user_key
 
 bp = Blueprint("servers", __name__, url_prefix="/servers")
 
@@ -249,6 +250,7 @@ def delete_provider(provider_id: int):
 
 @bp.route("/custom/new", methods=["GET", "POST"])
 @login_required
+@limiter.limit(SERVER_CHECK_PER_USER, methods=["POST"], key_func=current_user_key)
 def new_custom():
     from app.providers.custom import check_private_key, probe_host_key
     org = _org()

@@ -119,3 +119,67 @@ def test_sessions_end_after_the_absolute_lifetime_even_when_active(app, client, 
     _age_session(client, SIGNED_IN_AT, app.config["SESSION_MAX_HOURS"] * 3600 + 1)
     resp = client.get("/")
     assert resp.status_code == 302 and resp.headers["Location"].split("?")[0] in ("/login", "/signup")
+
+
+def _post_login(client, email: str, password: str):
+    page = client.get("/login").get_data(as_text=True)
+    return client.post("/login", data={"csrf_token": csrf_token_from(page), "email": email,
+                                       "password": password})
+
+
+def test_failed_sign_ins_to_one_account_are_throttled(app, client, auth):
+    from app.security import LOGIN_PER_ACCOUNT
+    per_minute = int(LOGIN_PER_ACCOUNT.split()[0])
+    auth.signup()
+    auth.logout()
+    for _ in range(per_minute):
+        assert _post_login(client, "owner@example.com", "wrong password!").status_code == 422
+    resp = _post_login(client, "Owner@Example.com ", "correct horse battery")
+    assert resp.status_code == 429
+    assert "Too many attempts" in resp.get_data(as_text=True)
+    assert client.get("/").status_code == 302  # not signed in
+
+
+def test_sign_ins_from_one_address_are_throttled_across_accounts(app, client):
+    from app.security import LOGIN_PER_ADDRESS
+    per_minute = int(LOGIN_PER_ADDRESS.split()[0])
+    codes = [_post_login(client, f"nobody{n}@example.com", "some password").status_code
+             for n in range(per_minute + 1)]
+    assert codes[:per_minute] == [422] * per_minute and codes[-1] == 429
+
+
+def test_successful_sign_ins_do_not_use_up_the_limit(app, client, auth):
+    from app.security import LOGIN_PER_ACCOUNT
+    auth.signup()
+    for _ in range(int(LOGIN_PER_ACCOUNT.split()[0]) + 2):
+        auth.logout()
+        assert auth.login().status_code == 302
+
+
+def test_signups_from_one_address_are_throttled(app, client, auth, db):
+    from app.models import User
+    from app.security import SIGNUP_PER_ACCOUNT
+    app.config["OPEN_SIGNUP"] = True
+    codes = [auth.signup(email="same@example.com", password="short").status_code
+             for _ in range(int(SIGNUP_PER_ACCOUNT.split()[0]) + 1)]
+    assert codes[-1] == 429 and set(codes[:-1]) == {422}
+    assert db.session.query(User).count() == 0
+
+
+def test_an_unknown_email_costs_a_password_hash_too(app, client, auth, monkeypatch):
+    """No timing oracle: the hash runs whether or not the account exists."""
+    import app.models.organisation as users
+    import app.security as security
+    calls = []
+    real = security.check_password_hash
+
+    def counting(hash_, password):
+        calls.append(hash_.split("$")[0])
+        return real(hash_, password)
+    monkeypatch.setattr(security, "check_password_hash", counting)
+    monkeypatch.setattr(users, "check_password_hash", counting)
+    auth.signup()
+    auth.logout()
+    _post_login(client, "owner@example.com", "wrong password!")
+    _post_login(client, "nobody@example.com", "wrong password!")
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same scrypt method both times
