@@ -62,7 +62,9 @@ class HetznerServerForm(FlaskForm):
     server_type = SelectField("Server type", validators=[DataRequired()], choices=[])
     image = SelectField("Image", validators=[DataRequired()], choices=[])
     location = SelectField("Location", validators=[DataRequired()], choices=[])
-    network = SelectField("Private network", validators=[Optional()], choices=[])
+    # "" is a listed choice ("No private network"); anything else must be listed too,
+    # so whitespace is refused rather than sent to Hetzner.
+    network = SelectField("Private network", choices=[])
 
 
 class CustomServerForm(FlaskForm):

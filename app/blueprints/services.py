@@ -35,7 +35,7 @@ from app.models import (Environment, EnvironmentVariable, Operation, Server, Ser
                         ServiceSlice)
 from app.models.enums import (AttachmentRole, OperationKind, ReplicaStatus, SliceStatus,
                               SliceType, VariableSource)
-from app.scoping import current_org_id, get_for_org_or_404, org_query
+from app.scoping import current_org_id, get_for_org_or_404, org_query, parse_id
 
 bp = Blueprint("services", __name__)
 
@@ -486,7 +486,8 @@ def _resolve_target(form: _AttachForm, service_type: str, env: Environment) -> S
     value = form.target.data or ""
     if value.startswith("new:"):
         server = db.session.execute(org_query(Server).where(
-            Server.id == int(value[4:]) if value[4:].isdigit() else sa.false())).scalar_one_or_none()
+            Server.id == parse_id(value[4:]) if parse_id(value[4:]) is not None else sa.false())
+        ).scalar_one_or_none()
         if server is None:
             form.target.errors.append("Choose a server of this organisation.")
             return None
@@ -499,7 +500,7 @@ def _resolve_target(form: _AttachForm, service_type: str, env: Environment) -> S
             form.target.errors.append(str(exc))
             return None
     service = db.session.execute(org_query(Service).where(
-        Service.id == int(value) if value.isdigit() else sa.false(),
+        Service.id == parse_id(value) if parse_id(value) is not None else sa.false(),
         Service.type == service_type)).scalar_one_or_none()
     if service is None:
         form.target.errors.append("Choose a service from the list.")
