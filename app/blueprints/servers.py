@@ -15,14 +15,13 @@ import sqlalchemy as sa
 from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
                    url_for)
 from flask_login import current_user, login_required
-from flask_wtf import FlaskForm
 from wtforms import (HiddenField, IntegerField, PasswordField, SelectField, StringField,
                      TextAreaField)
-from wtforms.validators import (DataRequired, Length, NumberRange, Optional, Regexp,
+from wtforms.validators import (DataRequired, Length, NumberRange, Optional,
                                 ValidationError)
 
 from app.extensions import db, limiter
-from app.forms import name_field
+from app.forms import FullMatch, KeystoneForm, name_field
 from app.models import (AuditEvent, Operation, Organisation, Provider, Server, Service,
                         ServiceReplica)
 from app.models.enums import OperationKind, ProviderType, ServerStatus
@@ -48,16 +47,16 @@ def _host(form, field):
         return
     except ValueError:
         pass
-    if not HOST_RE.match(value):
+    if not HOST_RE.fullmatch(value):
         raise ValidationError("Enter an IP address or a host name (letters, digits, dots, hyphens).")
 
 
-class HetznerProviderForm(FlaskForm):
+class HetznerProviderForm(KeystoneForm):
     name = name_field("Name")
     token = PasswordField("API token", validators=[DataRequired(), Length(max=200)])
 
 
-class HetznerServerForm(FlaskForm):
+class HetznerServerForm(KeystoneForm):
     name = name_field("Server name")
     server_type = SelectField("Server type", validators=[DataRequired()], choices=[])
     image = SelectField("Image", validators=[DataRequired()], choices=[])
@@ -67,22 +66,22 @@ class HetznerServerForm(FlaskForm):
     network = SelectField("Private network", choices=[])
 
 
-class CustomServerForm(FlaskForm):
+class CustomServerForm(KeystoneForm):
     name = name_field("Server name")
     host = StringField("Address", validators=[DataRequired(), Length(max=253), _host])
     port = IntegerField("SSH port", default=22,
                         validators=[DataRequired(), NumberRange(min=1, max=65535)])
     user = StringField("Login", default="root", validators=[
-        DataRequired(), Regexp(r"^[a-z_][a-z0-9_-]{0,31}$",
+        DataRequired(), FullMatch(r"[a-z_][a-z0-9_-]{0,31}",
                                message="A Unix user name: lower-case letters, digits, _ and -.")])
     private_key = TextAreaField("Private key", validators=[DataRequired(), Length(max=20000)])
 
 
-class ConfirmHostKeyForm(FlaskForm):
+class ConfirmHostKeyForm(KeystoneForm):
     fingerprint = HiddenField(validators=[DataRequired()])
 
 
-class ActionForm(FlaskForm):
+class ActionForm(KeystoneForm):
     """CSRF only (re-run provisioning, delete)."""
 
 

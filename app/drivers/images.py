@@ -56,7 +56,7 @@ def parse_image(ref: str) -> ImageRef:
     if not isinstance(ref, str) or not ref or any(c.isspace() for c in ref):
         raise ImageError(f"image {ref!r}: must be a reference like postgres:18")
     rest, digest = (ref.split("@", 1) + [None])[:2] if "@" in ref else (ref, None)
-    if digest is not None and not DIGEST_RE.match(digest):
+    if digest is not None and not DIGEST_RE.fullmatch(digest):
         raise ImageError(f"image {ref!r}: digest must be sha256:<64 hex>")
     first, _, remainder = rest.partition("/")
     if remainder and ("." in first or ":" in first or first == "localhost"):
@@ -67,11 +67,11 @@ def parse_image(ref: str) -> ImageRef:
     last = path.rsplit("/", 1)[-1]
     if ":" in last:
         path, tag = path.rsplit(":", 1)
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise ImageError(f"image {ref!r}: invalid tag {tag!r}")
     if registry == "docker.io" and "/" not in path:
         path = f"library/{path}"
-    if not _REPO_RE.match(path):
+    if not _REPO_RE.fullmatch(path):
         raise ImageError(f"image {ref!r}: invalid repository name {path!r}")
     if tag is None and digest is None:
         tag = "latest"
@@ -117,7 +117,7 @@ def resolve_digest(ref: "str | ImageRef", credentials: CredentialLookup | None =
             auth = _authorise(http, resp.headers.get("WWW-Authenticate", ""), image, creds, timeout)
             headers.update(auth)
             resp = http.head(url, headers=headers, timeout=timeout)
-        if resp.status_code == 200 and DIGEST_RE.match(resp.headers.get("Docker-Content-Digest", "")):
+        if resp.status_code == 200 and DIGEST_RE.fullmatch(resp.headers.get("Docker-Content-Digest", "")):
             return resp.headers["Docker-Content-Digest"]
         if resp.status_code in (200, 405):  # no digest header, or HEAD refused: hash the body
             body = http.get(url, headers=headers, timeout=timeout)

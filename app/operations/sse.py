@@ -26,7 +26,7 @@ from app.remote.terminal import overstrike, split_lines
 KEEPALIVE = 10.0
 MAX_SECONDS = 300.0
 RETRY_MS = 2000
-_STREAM_ID = re.compile(r"^\d+-\d+$")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 TERMINAL = {"succeeded", "failed", "cancelled", "interrupted"}
 
 

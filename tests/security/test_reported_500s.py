@@ -61,3 +61,15 @@ def test_a_whitespace_only_hetzner_network_is_refused(client, auth, hetzner):  #
     assert db.session.execute(sa.select(Server)).first() is None
     assert hetzner.servers == {}
 
+
+
+def test_an_application_name_ending_in_a_newline_is_refused(client, auth):
+    auth.signup()
+    csrf = auth.csrf()
+    for name in ("shop\n", "shop\r\n", "shop\x00", "\nshop"):
+        resp = client.post("/applications/new", data={
+            "csrf_token": csrf, "name": name, "repository_url": "git@github.com:acme/shop.git",
+            "repository_type": "auto", "default_branch": "main"})
+        assert resp.status_code in (200, 400, 422), (name, resp.status_code)
+        assert "lower-case letters" in resp.get_data(as_text=True)
+    assert db.session.execute(sa.select(Application)).first() is None

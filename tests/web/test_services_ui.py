@@ -383,7 +383,8 @@ def test_add_domain_validates_the_hostname_and_routes_on_the_gateway(client, db,
     resp = post(client, url, token, {"dom-hostname": "a.com {\nrespond x\n}",
                                      "dom-target": str(gw.id)}, htmx=True)
     assert resp.status_code == 200
-    assert "whitespace or a line break" in resp.get_data(as_text=True)
+    # Refused by the shared control-character check every form has (KeystoneForm).
+    assert "a line break" in resp.get_data(as_text=True)
     assert not ops(db)
     resp = post(client, url, token, {"dom-hostname": "Shop.Example.com",
                                      "dom-target": str(gw.id)}, htmx=True)

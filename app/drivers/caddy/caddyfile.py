@@ -79,7 +79,7 @@ def validate_hostname(value: object, *, allow_wildcard: bool = True) -> str:
         raise CaddyfileError(f"domain {shown!r}: an IP address is not a domain")
     if host.startswith("*.") and not allow_wildcard:
         raise CaddyfileError(f"domain {shown!r}: wildcards are not allowed here")
-    if not _HOSTNAME_RE.match(host):
+    if not _HOSTNAME_RE.fullmatch(host):
         raise CaddyfileError(f"domain {shown!r}: each dot-separated label must be 1-63 "
                              "letters, digits or '-', not starting or ending with '-'")
     return host
