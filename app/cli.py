@@ -81,7 +81,7 @@ def dev_command(host, port):
     exe = Path(sys.executable).parent
     gunicorn = [str(exe / "gunicorn"), "--worker-class", "gthread", "--workers", "1",
                 "--threads", "32", "--bind", f"{host}:{port}", "--timeout", "120",
-                "--graceful-timeout", "3", "wsgi:app"]
+                "--graceful-timeout", "3", "--config", "python:app.gunicorn_conf", "wsgi:app"]
     procs.append(subprocess.Popen(gunicorn, env=env, cwd=str(Path(__file__).resolve().parent.parent)))
     procs.append(subprocess.Popen([str(exe / "keystone"), "worker"], env=env))
     click.echo(f"keystone on http://{host}:{port}  (Ctrl-C stops web, worker and redis)")

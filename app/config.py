@@ -83,6 +83,9 @@ class Config:
         self.HTTPS = flag_setting("KEYSTONE_HTTPS")
         self.SESSION_COOKIE_SECURE = self.HTTPS
         self.REMEMBER_COOKIE_SECURE = self.HTTPS
+        # How many reverse proxies in front of Keystone to trust for X-Forwarded-For/
+        # -Proto/-Host (0: none; the client address is the TCP peer's).
+        self.TRUSTED_PROXIES = int_setting("KEYSTONE_TRUSTED_PROXIES", 0, minimum=0, maximum=10)
         # A session ends after this long without a request, and this long after sign-in
         # whatever happens; logout and a password change end it at once (server-side).
         self.SESSION_IDLE_MINUTES = int_setting("KEYSTONE_SESSION_IDLE_MINUTES", 120, minimum=1)

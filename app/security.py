@@ -8,6 +8,10 @@ cookie of that user at once. Each session also carries its sign-in time and
 last-seen time (inside the signed cookie) and ends after SESSION_IDLE_MINUTES
 without a request or SESSION_MAX_HOURS after sign-in.
 
+Response headers: a Content-Security-Policy without inline script or style,
+frame-ancestors 'none', nosniff, Referrer-Policy, HSTS when KEYSTONE_HTTPS=1.
+ProxyFix only when KEYSTONE_TRUSTED_PROXIES names how many proxies to trust.
+
 Rate limits (Flask-Limiter, counted in Keystone's Redis under the queue's name):
 sign-in and sign-up per client address and per account (the email posted),
 the custom-server check per user. Only failed sign-ins count against sign-in.
@@ -127,6 +131,34 @@ def _too_many(_e):
     return render_template("errors/429.html"), 429
 
 
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",            # the vendored htmx, its SSE extension and app.js
+    "style-src 'self'",             # app.css only (htmx's inline indicator style is off)
+    "img-src 'self' data:",
+    "connect-src 'self'",           # htmx requests and the live-log event streams
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+    "object-src 'none'",
+])
+HSTS = "max-age=31536000"
+
+
+def _security_headers(app: Flask):
+    def add(response):
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        if app.config.get("HTTPS"):
+            headers.setdefault("Strict-Transport-Security", HSTS)
+        headers.pop("Server", None)
+        return response
+    return add
+
+
 def init_security(app: Flask) -> None:
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=app.config["SESSION_MAX_HOURS"])
     login_manager.user_loader(load_user)
@@ -139,3 +171,8 @@ def init_security(app: Flask) -> None:
     app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     limiter.init_app(app)
     app.register_error_handler(429, _too_many)
+    app.after_request(_security_headers(app))
+    if app.config.get("TRUSTED_PROXIES"):
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        n = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
