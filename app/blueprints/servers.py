@@ -279,6 +279,11 @@ def new_custom():
                     db.session.add(server)
                     db.session.commit()
                     return _redirect(url_for("servers.confirm_host_key", server_id=server.id))
+    if request.method == "POST":
+        # Never send a submitted private key back to the browser (as the variables form
+        # does with secret values): the user pastes it again.
+        form.private_key.data = ""
+        form.private_key.raw_data = []
     template = "servers/_custom_form.html" if _is_htmx() else "servers/new_custom.html"
     return render_template(template, form=form, public_key=public_key, org=org)
 
