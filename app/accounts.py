@@ -4,12 +4,17 @@ from __future__ import annotations
 import re
 
 import sqlalchemy as sa
+from flask import current_app
 
 from app.extensions import db
 from app.models import Membership, MembershipRole, Organisation, User
 
 
 class SignupError(ValueError):
+    pass
+
+
+class SignupClosed(SignupError):
     pass
 
 
@@ -27,7 +32,16 @@ def unique_slug(name: str) -> str:
     return slug
 
 
+def signup_open() -> bool:
+    """Sign-up is open for the instance's first account, then only with KEYSTONE_OPEN_SIGNUP=1."""
+    if current_app.config.get("OPEN_SIGNUP"):
+        return True
+    return db.session.execute(sa.select(User.id).limit(1)).first() is None
+
+
 def create_account(*, organisation: str, email: str, password: str, name: str = "") -> User:
+    if not signup_open():
+        raise SignupClosed("Sign-up is closed on this Keystone. Ask its owner for an account.")
     email = email.strip().lower()
     if db.session.execute(sa.select(User.id).where(User.email == email)).first():
         raise SignupError("An account with this email already exists. Sign in instead.")

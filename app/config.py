@@ -85,6 +85,9 @@ class Config:
         self.REMEMBER_COOKIE_SECURE = self.HTTPS
         # How many reverse proxies in front of Keystone to trust for X-Forwarded-For/
         # -Proto/-Host (0: none; the client address is the TCP peer's).
+        # The first account owns the instance; after it, sign-up is closed unless this is
+        # on (Keystone has no invitations yet).
+        self.OPEN_SIGNUP = flag_setting("KEYSTONE_OPEN_SIGNUP")
         self.TRUSTED_PROXIES = int_setting("KEYSTONE_TRUSTED_PROXIES", 0, minimum=0, maximum=10)
         # A session ends after this long without a request, and this long after sign-in
         # whatever happens; logout and a password change end it at once (server-side).

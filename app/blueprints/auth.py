@@ -10,7 +10,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 import sqlalchemy as sa
 
 from app import security
-from app.accounts import SignupError, create_account
+from app.accounts import SignupError, create_account, signup_open
 from app.extensions import db, limiter
 from app.forms import LoginForm, SignupForm
 from app.models import User
@@ -51,6 +51,8 @@ def _safe_next(target: str | None):
 def signup():
     if current_user.is_authenticated:
         return redirect(url_for("dashboard.index"))
+    if not signup_open():
+        return render_template("auth/signup_closed.html"), 403
     form = SignupForm()
     if form.validate_on_submit():
         try:
@@ -86,7 +88,7 @@ def login():
             return _safe_next(request.args.get("next"))
         form.password.errors.append("Email or password is wrong.")
     status = 422 if request.method == "POST" else 200
-    return render_template("auth/login.html", form=form), status
+    return render_template("auth/login.html", form=form, signup_open=signup_open()), status
 
 
 @bp.route("/logout", methods=["POST"])
