@@ -14,10 +14,6 @@ class SignupError(ValueError):
     pass
 
 
-class SignupClosed(SignupError):
-    pass
-
-
 def slugify(name: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60]
     return slug or "org"
@@ -33,15 +29,14 @@ def unique_slug(name: str) -> str:
 
 
 def signup_open() -> bool:
-    """Sign-up is open for the instance's first account, then only with KEYSTONE_OPEN_SIGNUP=1."""
+    """Web sign-up is open for the instance's first account, then only with
+    KEYSTONE_OPEN_SIGNUP=1. (``keystone create-user`` is the operator's and not limited.)"""
     if current_app.config.get("OPEN_SIGNUP"):
         return True
     return db.session.execute(sa.select(User.id).limit(1)).first() is None
 
 
 def create_account(*, organisation: str, email: str, password: str, name: str = "") -> User:
-    if not signup_open():
-        raise SignupClosed("Sign-up is closed on this Keystone. Ask its owner for an account.")
     email = email.strip().lower()
     if db.session.execute(sa.select(User.id).where(User.email == email)).first():
         raise SignupError("An account with this email already exists. Sign in instead.")
