@@ -29,7 +29,7 @@ test: install
 
 ## make unit: the fast tier (no Docker, no browser)
 unit: install
-	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/web tests/db
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/web tests/db tests/security
 
 integration: install
 	scripts/ensure-docker.sh
