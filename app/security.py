@@ -42,10 +42,11 @@ SEEN_GRANULARITY = 60  # seconds: rewrite the cookie at most once a minute
 
 def load_user(user_id: str):
     from app.models import User
+    from app.scoping import parse_id
     uid, sep, generation = (user_id or "").partition(":")
-    if not sep or not uid.isdigit() or not generation.isdigit() or len(uid) > 18:
+    if not sep or parse_id(uid) is None or parse_id(generation) is None:
         return None  # a session from before generations, or tampered: sign in again
-    user = db.session.get(User, int(uid))
+    user = db.session.get(User, parse_id(uid))
     if user is None or str(user.session_generation or 0) != generation:
         return None
     return user
