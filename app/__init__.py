@@ -7,12 +7,20 @@ from flask import Flask, render_template
 from htmx_flask import Htmx
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.routing import IntegerConverter
 
 from app.config import Config
 from app.crypto import keyring
 from app.extensions import csrf, db, login_manager, migrate
 
 htmx = Htmx()
+
+
+class BoundedIntConverter(IntegerConverter):
+    """``<int:...>`` limited to 0..2**63-1 (a signed 64-bit id)."""
+
+    def __init__(self, map, fixed_digits=0, min=0, max=2**63 - 1, signed=False):
+        super().__init__(map, fixed_digits=fixed_digits, min=min, max=max, signed=signed)
 
 
 @event.listens_for(Engine, "connect")
@@ -34,6 +42,10 @@ def create_app(config: dict | None = None, instance_path: str | None = None) -> 
         app.config.update(config)
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
+    # Ids in URLs stop at the largest id the database stores: /servers/99999999999999999999
+    # is a 404 (no route matches), not an integer overflow in the database driver.
+    app.url_map.converters["int"] = BoundedIntConverter
+
     keyring.configure(app.config["ENCRYPTION_KEYS"])
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent.parent / "migrations"),
@@ -46,9 +58,8 @@ def create_app(config: dict | None = None, instance_path: str | None = None) -> 
 
     from app import models  # noqa: F401  (register the tables)
 
-    @login_manager.user_loader
-    def load_user(user_id: str):
-        return db.session.get(models.User, int(user_id))
+    from app.security import init_security
+    init_security(app)
 
     from app.blueprints import register_blueprints
     register_blueprints(app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 import sqlalchemy as sa
+from flask import current_app
 
 from app.extensions import db
 from app.models import Membership, MembershipRole, Organisation, User
@@ -25,6 +26,14 @@ def unique_slug(name: str) -> str:
         n += 1
         slug = f"{base}-{n}"
     return slug
+
+
+def signup_open() -> bool:
+    """Web sign-up is open for the instance's first account, then only with
+    KEYSTONE_OPEN_SIGNUP=1. (``keystone create-user`` is the operator's and not limited.)"""
+    if current_app.config.get("OPEN_SIGNUP"):
+        return True
+    return db.session.execute(sa.select(User.id).limit(1)).first() is None
 
 
 def create_account(*, organisation: str, email: str, password: str, name: str = "") -> User:

@@ -81,7 +81,8 @@ def dev_command(host, port):
     exe = Path(sys.executable).parent
     gunicorn = [str(exe / "gunicorn"), "--worker-class", "gthread", "--workers", "1",
                 "--threads", "32", "--bind", f"{host}:{port}", "--timeout", "120",
-                "--graceful-timeout", "3", "--log-level", "warning", "wsgi:app"]
+                "--graceful-timeout", "3", "--log-level", "warning",
+                "--config", "python:app.gunicorn_conf", "wsgi:app"]
     # Each child runs in its own session: Ctrl-C (SIGINT to the terminal's foreground
     # group) reaches only this process, which then stops them in order.
     web = subprocess.Popen(gunicorn, env=env, cwd=str(Path(__file__).resolve().parent.parent),

@@ -34,6 +34,30 @@ def _generated_secret(instance: Path, filename: str, make) -> str:
     return value
 
 
+class SettingError(ValueError):
+    """A setting from the environment has a value Keystone cannot use."""
+
+
+def int_setting(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer setting from the environment, checked at start-up rather than at use."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        limit = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise SettingError(f"{name} must be {limit}, not {value}")
+    return value
+
+
+def flag_setting(name: str) -> bool:
+    """An on/off setting: "1" means on; anything else (or unset) means off."""
+    return os.environ.get(name, "").strip() == "1"
+
+
 def default_redis_socket(instance: Path) -> Path:
     return instance / "redis.sock"
 
@@ -56,7 +80,19 @@ class Config:
         self.SQLALCHEMY_TRACK_MODIFICATIONS = False
         self.SESSION_COOKIE_HTTPONLY = True
         self.SESSION_COOKIE_SAMESITE = "Lax"
-        self.SESSION_COOKIE_SECURE = os.environ.get("KEYSTONE_HTTPS", "") == "1"
+        self.HTTPS = flag_setting("KEYSTONE_HTTPS")
+        self.SESSION_COOKIE_SECURE = self.HTTPS
+        self.REMEMBER_COOKIE_SECURE = self.HTTPS
+        # How many reverse proxies in front of Keystone to trust for X-Forwarded-For/
+        # -Proto/-Host (0: none; the client address is the TCP peer's).
+        # The first account owns the instance; after it, sign-up is closed unless this is
+        # on (Keystone has no invitations yet).
+        self.OPEN_SIGNUP = flag_setting("KEYSTONE_OPEN_SIGNUP")
+        self.TRUSTED_PROXIES = int_setting("KEYSTONE_TRUSTED_PROXIES", 0, minimum=0, maximum=10)
+        # A session ends after this long without a request, and this long after sign-in
+        # whatever happens; logout and a password change end it at once (server-side).
+        self.SESSION_IDLE_MINUTES = int_setting("KEYSTONE_SESSION_IDLE_MINUTES", 120, minimum=1)
+        self.SESSION_MAX_HOURS = int_setting("KEYSTONE_SESSION_MAX_HOURS", 24, minimum=1)
         self.REMEMBER_COOKIE_HTTPONLY = True
         self.REMEMBER_COOKIE_SAMESITE = "Lax"
         self.WTF_CSRF_TIME_LIMIT = None

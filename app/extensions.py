@@ -1,4 +1,5 @@
 """Flask extensions, created unbound and attached in create_app (app factory)."""
+from flask_limiter import Limiter
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -23,3 +24,11 @@ db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()
+# Storage (the Redis Keystone already runs) is set in create_app; every limit names its
+# key function from app.security (which adds the application's own key prefix).
+def _client_address() -> str:
+    from app.security import client_address
+    return client_address()
+
+
+limiter = Limiter(key_func=_client_address)

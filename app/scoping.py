@@ -7,6 +7,8 @@ read another's objects by guessing ids.
 """
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 from flask import abort
 from flask_login import current_user
@@ -35,10 +37,23 @@ def org_query(model, org_id: int | None = None):
     return stmt.where(current.organisation_id == org_id)
 
 
+MAX_ID = 2**63 - 1  # the largest id the databases store (BIGINT / SQLite INTEGER)
+_ID = re.compile(r"[0-9]{1,19}")
+
+
+def parse_id(value) -> int | None:
+    """An id from a URL, query or form value: ASCII digits within range, or None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if 0 <= value <= MAX_ID else None
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        return None
+    number = int(value)
+    return number if number <= MAX_ID else None
+
+
 def get_for_org_or_404(model, object_id, org_id: int | None = None):
-    try:
-        object_id = int(object_id)
-    except (TypeError, ValueError):
+    object_id = parse_id(object_id)
+    if object_id is None:
         abort(404)
     obj = db.session.execute(org_query(model, org_id).where(model.id == object_id)).scalar_one_or_none()
     if obj is None:

@@ -142,9 +142,16 @@ def measure(runs: int = 50, scale: float = 1.0) -> dict:
         pages = {"dashboard": "/", "environment": f"/environments/{env_id}",
                  "operations": "/operations"}
         client = app.test_client()
+        import time as _time
+
+        from app.models import User
+        from app.security import LAST_SEEN_AT, SIGNED_IN_AT
+        with app.app_context():
+            session_user_id = db.session.get(User, user_id).get_id()  # "<id>:<generation>"
         with client.session_transaction() as sess:
-            sess["_user_id"] = str(user_id)
+            sess["_user_id"] = session_user_id
             sess["_fresh"] = True
+            sess[SIGNED_IN_AT] = sess[LAST_SEEN_AT] = int(_time.time())
         result = {"environments": int(ENVS * scale), "services": int(SERVICES * scale),
                   "operations": int(OPERATIONS * scale),
                   "attachments_on_page": max(1, int(50 * scale)),

@@ -49,7 +49,10 @@ def make_app(tmp_path: Path, template: Path, redis_url: str, **overrides):
     shutil.copy(template, path)
     config = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}", "TESTING": True,
               "ENCRYPTION_KEYS": KEYS, "SECRET_KEY": "test-secret", "REDIS_URL": redis_url,
-              "RQ_QUEUE": f"test-{tmp_path.name}"}
+              "RQ_QUEUE": f"test-{tmp_path.name}",
+              # Tests sign up several organisations; the closed default is tested in
+              # tests/security/test_signup_policy.py.
+              "OPEN_SIGNUP": True}
     config.update(overrides)
     return create_app(config, instance_path=str(tmp_path / "instance"))
 
@@ -106,3 +109,16 @@ class AuthActions:
 @pytest.fixture()
 def auth(client):
     return AuthActions(client)
+
+
+def sign_in(client, user) -> None:
+    """Put a signed-in session for ``user`` in the test client's cookie (as login does)."""
+    import time
+
+    from app.security import LAST_SEEN_AT, SIGNED_IN_AT
+    now = int(time.time())
+    with client.session_transaction() as sess:
+        sess["_user_id"] = user.get_id()
+        sess["_fresh"] = True
+        sess[SIGNED_IN_AT] = now
+        sess[LAST_SEEN_AT] = now

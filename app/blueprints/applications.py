@@ -15,14 +15,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import (Blueprint, abort, flash, redirect, render_template, request, url_for)
 from flask_login import current_user, login_required
-from flask_wtf import FlaskForm
 from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional, ValidationError as FormError
 
 from app.builds import check_build_plan, image_ref, parse_build_config, render_dockerfile
 from app.builds.config import BuildConfigError, JS_TOOLS
 from app.extensions import db
-from app.forms import name_field
+from app.forms import KeystoneForm, name_field
 from app.models import Application, BuildArtifact, Environment, Registry, Server, Service
 from app.models.enums import (BuildStrategy, DeployPolicy, RepositoryType, SchedulerMode,
                               ServerStatus, ServiceCategory)
@@ -48,7 +47,7 @@ def _branch(form, field):
         raise FormError(str(exc)) from None
 
 
-class ApplicationForm(FlaskForm):
+class ApplicationForm(KeystoneForm):
     name = name_field("Name")
     repository_url = StringField("Repository SSH URL", validators=[
         DataRequired(), Length(max=rv.MAX_URL_LENGTH), _repository_url])
@@ -60,13 +59,13 @@ class ApplicationForm(FlaskForm):
         DataRequired(), Length(max=rv.MAX_BRANCH_LENGTH), _branch])
 
 
-class EnvironmentForm(FlaskForm):
+class EnvironmentForm(KeystoneForm):
     name = name_field("Environment name")
     branch = StringField("Branch", validators=[DataRequired(), Length(max=rv.MAX_BRANCH_LENGTH),
                                                _branch])
 
 
-class BuildSettingsForm(FlaskForm):
+class BuildSettingsForm(KeystoneForm):
     branch = StringField("Branch", validators=[DataRequired(), Length(max=rv.MAX_BRANCH_LENGTH),
                                                _branch])
     strategy = SelectField("Build strategy", choices=[

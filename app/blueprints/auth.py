@@ -1,29 +1,58 @@
 """Sign up, sign in, sign out."""
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
 import sqlalchemy as sa
 
-from app.accounts import SignupError, create_account
-from app.extensions import db
+from app import security
+from app.accounts import SignupError, create_account, signup_open
+from app.extensions import db, limiter
 from app.forms import LoginForm, SignupForm
 from app.models import User
 
 bp = Blueprint("auth", __name__)
 
 
-def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//"):
-        return target
-    return url_for("dashboard.index")
+_UNSAFE_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
+
+
+def _same_origin_path(location: str) -> bool:
+    """True for a relative path on this site: "/x", never "//x", "/\\x" or "http://x"."""
+    if not location.startswith("/") or location.startswith("//") or _UNSAFE_CHARS.search(location):
+        return False
+    parts = urlsplit(location)
+    return not parts.scheme and not parts.netloc
+
+
+def _safe_next(target: str | None):
+    """A redirect to ``next`` when the Location header it yields stays on this site.
+
+    Judged twice: on the decoded value (control characters, whitespace and
+    backslashes are refused outright, since browsers strip or rewrite them) and
+    on the Location header Werkzeug actually builds from it.
+    """
+    fallback = url_for("dashboard.index")
+    if not target or len(target) > 2000 or not _same_origin_path(target):
+        return redirect(fallback)
+    response = redirect(target)
+    if not _same_origin_path(response.headers.get("Location", "")):
+        return redirect(fallback)
+    return response
 
 
 @bp.route("/signup", methods=["GET", "POST"])
+@limiter.limit(security.SIGNUP_PER_ADDRESS, methods=["POST"], key_func=security.client_address)
+@limiter.limit(security.SIGNUP_PER_ACCOUNT, methods=["POST"], key_func=security.posted_account)
 def signup():
     if current_user.is_authenticated:
         return redirect(url_for("dashboard.index"))
+    if not signup_open():
+        return render_template("auth/signup_closed.html"), 403
     form = SignupForm()
     if form.validate_on_submit():
         try:
@@ -41,6 +70,10 @@ def signup():
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(security.LOGIN_PER_ADDRESS, methods=["POST"], key_func=security.client_address,
+               deduct_when=security.failed_form)
+@limiter.limit(security.LOGIN_PER_ACCOUNT, methods=["POST"], key_func=security.posted_account,
+               deduct_when=security.failed_form)
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("dashboard.index"))
@@ -48,17 +81,22 @@ def login():
     if form.validate_on_submit():
         user = db.session.execute(
             sa.select(User).where(User.email == form.email.data.strip().lower())).scalar_one_or_none()
-        if user and user.check_password(form.password.data):
+        if user is None:
+            security.burn_password_check(form.password.data)
+        elif user.check_password(form.password.data):
             login_user(user)
-            return redirect(_safe_next(request.args.get("next")))
+            return _safe_next(request.args.get("next"))
         form.password.errors.append("Email or password is wrong.")
     status = 422 if request.method == "POST" else 200
-    return render_template("auth/login.html", form=form), status
+    return render_template("auth/login.html", form=form, signup_open=signup_open()), status
 
 
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
+    # Server-side: every session of this user ends, including cookies saved earlier.
+    current_user.end_sessions()
+    db.session.commit()
     logout_user()
     flash("Signed out.", "info")
     return redirect(url_for("auth.login"))

@@ -18,7 +18,9 @@ bp = Blueprint("dashboard", __name__)
 def index():
     if not current_user.is_authenticated:
         from flask import redirect, url_for
-        return redirect(url_for("auth.signup"))
+
+        from app.accounts import signup_open
+        return redirect(url_for("auth.signup" if signup_open() else "auth.login"))
     return _dashboard()
 
 

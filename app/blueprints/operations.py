@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import (Blueprint, Response, flash, redirect, render_template, request,
+from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
                    url_for)
 from flask_login import login_required
 
@@ -10,12 +10,13 @@ from app.extensions import db
 from app.models import Operation
 from app.models.enums import OperationKind, OperationStatus
 from app.operations import lifecycle, logstream, sse
-from app.scoping import current_org_id, get_for_org_or_404
+from app.scoping import current_org_id, get_for_org_or_404, parse_id
 
 # cli_group=None: the commands below are top level (`keystone reap`).
 bp = Blueprint("operations", __name__, cli_group=None)
 
 PAGE_SIZE = 50
+MAX_PAGE = 10**9  # far past any real history; keeps OFFSET inside 64 bits
 
 
 @bp.route("/operations")
@@ -33,11 +34,15 @@ def index():
     if target:
         target_type, _, target_id = target.partition(":")
         stmt = stmt.where(Operation.target_type == target_type)
-        if target_id.isdigit():
-            stmt = stmt.where(Operation.target_id == int(target_id))
+        if parse_id(target_id) is not None:
+            stmt = stmt.where(Operation.target_id == parse_id(target_id))
+        elif target_id:
+            stmt = stmt.where(sa.false())  # no object has that id
     if not (kind or status or target or request.args.get("children")):
         stmt = stmt.where(Operation.parent_id.is_(None))  # children show inside their parent
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = parse_id(request.args.get("page", "1")) or 1
+    if page > MAX_PAGE:
+        abort(404)
     rows = db.session.execute(stmt.order_by(Operation.id.desc())
                               .limit(PAGE_SIZE + 1).offset((page - 1) * PAGE_SIZE)).scalars().all()
     targets = db.session.execute(

@@ -8,13 +8,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import login_required
-from flask_wtf import FlaskForm
 from wtforms import PasswordField, SelectField, StringField
 from wtforms.validators import Length, Optional
 
 from app import registries as reg
 from app.extensions import db
-from app.forms import name_field
+from app.forms import KeystoneForm, name_field
 from app.models import Environment, Registry
 from app.models.enums import RegistryType
 from app.scoping import current_org_id, get_for_org_or_404, org_query
@@ -29,7 +28,7 @@ TYPE_LABELS = {
 }
 
 
-class RegistryForm(FlaskForm):
+class RegistryForm(KeystoneForm):
     name = name_field("Name")
     type = SelectField("Type", choices=list(TYPE_LABELS.items()), default=RegistryType.GENERIC.value)
     url = StringField("Address", validators=[Optional(), Length(max=255)])

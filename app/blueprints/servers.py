@@ -15,20 +15,20 @@ import sqlalchemy as sa
 from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
                    url_for)
 from flask_login import current_user, login_required
-from flask_wtf import FlaskForm
 from wtforms import (HiddenField, IntegerField, PasswordField, SelectField, StringField,
                      TextAreaField)
-from wtforms.validators import (DataRequired, Length, NumberRange, Optional, Regexp,
+from wtforms.validators import (DataRequired, Length, NumberRange, Optional,
                                 ValidationError)
 
-from app.extensions import db
-from app.forms import name_field
+from app.extensions import db, limiter
+from app.forms import FullMatch, KeystoneForm, name_field
 from app.models import (AuditEvent, Operation, Organisation, Provider, Server, Service,
                         ServiceReplica)
 from app.models.enums import OperationKind, ProviderType, ServerStatus
 from app.providers import ProviderError, cloud_provider
 from app.providers.keys import ensure_management_key
 from app.scoping import current_org_id, get_for_org_or_404
+from app.security import SERVER_CHECK_PER_USER, current_user_key
 
 bp = Blueprint("servers", __name__, url_prefix="/servers")
 
@@ -47,39 +47,41 @@ def _host(form, field):
         return
     except ValueError:
         pass
-    if not HOST_RE.match(value):
+    if not HOST_RE.fullmatch(value):
         raise ValidationError("Enter an IP address or a host name (letters, digits, dots, hyphens).")
 
 
-class HetznerProviderForm(FlaskForm):
+class HetznerProviderForm(KeystoneForm):
     name = name_field("Name")
     token = PasswordField("API token", validators=[DataRequired(), Length(max=200)])
 
 
-class HetznerServerForm(FlaskForm):
+class HetznerServerForm(KeystoneForm):
     name = name_field("Server name")
     server_type = SelectField("Server type", validators=[DataRequired()], choices=[])
     image = SelectField("Image", validators=[DataRequired()], choices=[])
     location = SelectField("Location", validators=[DataRequired()], choices=[])
-    network = SelectField("Private network", validators=[Optional()], choices=[])
+    # "" is a listed choice ("No private network"); anything else must be listed too,
+    # so whitespace is refused rather than sent to Hetzner.
+    network = SelectField("Private network", choices=[])
 
 
-class CustomServerForm(FlaskForm):
+class CustomServerForm(KeystoneForm):
     name = name_field("Server name")
     host = StringField("Address", validators=[DataRequired(), Length(max=253), _host])
     port = IntegerField("SSH port", default=22,
                         validators=[DataRequired(), NumberRange(min=1, max=65535)])
     user = StringField("Login", default="root", validators=[
-        DataRequired(), Regexp(r"^[a-z_][a-z0-9_-]{0,31}$",
+        DataRequired(), FullMatch(r"[a-z_][a-z0-9_-]{0,31}",
                                message="A Unix user name: lower-case letters, digits, _ and -.")])
     private_key = TextAreaField("Private key", validators=[DataRequired(), Length(max=20000)])
 
 
-class ConfirmHostKeyForm(FlaskForm):
+class ConfirmHostKeyForm(KeystoneForm):
     fingerprint = HiddenField(validators=[DataRequired()])
 
 
-class ActionForm(FlaskForm):
+class ActionForm(KeystoneForm):
     """CSRF only (re-run provisioning, delete)."""
 
 
@@ -249,6 +251,7 @@ def delete_provider(provider_id: int):
 
 @bp.route("/custom/new", methods=["GET", "POST"])
 @login_required
+@limiter.limit(SERVER_CHECK_PER_USER, methods=["POST"], key_func=current_user_key)
 def new_custom():
     from app.providers.custom import check_private_key, probe_host_key
     org = _org()
@@ -276,6 +279,11 @@ def new_custom():
                     db.session.add(server)
                     db.session.commit()
                     return _redirect(url_for("servers.confirm_host_key", server_id=server.id))
+    if request.method == "POST":
+        # Never send a submitted private key back to the browser (as the variables form
+        # does with secret values): the user pastes it again.
+        form.private_key.data = ""
+        form.private_key.raw_data = []
     template = "servers/_custom_form.html" if _is_htmx() else "servers/new_custom.html"
     return render_template(template, form=form, public_key=public_key, org=org)
 

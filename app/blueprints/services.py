@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
                    url_for)
 from flask_login import current_user, login_required
-from flask_wtf import FlaskForm
 from wtforms import (BooleanField, HiddenField, SelectField, SelectMultipleField, StringField,
                      TextAreaField, widgets)
 from wtforms.validators import DataRequired, Length, Optional
@@ -30,12 +29,12 @@ from app.drivers import get_driver
 from app.drivers.base import DriverError
 from app.drivers.images import ImageError, check_for_update, parse_image
 from app.extensions import db
-from app.forms import name_field
+from app.forms import KeystoneForm, name_field
 from app.models import (Environment, EnvironmentVariable, Operation, Server, Service,
                         ServiceSlice)
 from app.models.enums import (AttachmentRole, OperationKind, ReplicaStatus, ServerStatus,
                               SliceStatus, SliceType, VariableSource)
-from app.scoping import current_org_id, get_for_org_or_404, org_query
+from app.scoping import current_org_id, get_for_org_or_404, org_query, parse_id
 
 bp = Blueprint("services", __name__)
 
@@ -162,7 +161,7 @@ def _latest_ops(target_type: str, ids) -> dict[int, Operation]:
 
 # --------------------------------------------------------------------------- forms
 
-class NewServiceForm(FlaskForm):
+class NewServiceForm(KeystoneForm):
     type = SelectField("Service", choices=list(MANAGED_TYPES.items()), default="postgres")
     name = name_field("Name")
     server_id = SelectField("Server", coerce=str, choices=[], validators=[DataRequired()])
@@ -171,25 +170,25 @@ class NewServiceForm(FlaskForm):
                                   "other servers)")
 
 
-class ActionForm(FlaskForm):
+class ActionForm(KeystoneForm):
     """CSRF only."""
 
 
-class DeployForm(FlaskForm):
+class DeployForm(KeystoneForm):
     use_available = BooleanField("Update to the available image")
     confirm_downtime = BooleanField("I understand the downtime and the risk to data")
 
 
-class SliceForm(FlaskForm):
+class SliceForm(KeystoneForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=50)])
 
 
-class DeleteSliceForm(FlaskForm):
+class DeleteSliceForm(KeystoneForm):
     confirm = StringField("Type the slice's name to confirm", validators=[DataRequired()])
     drop_data = BooleanField("Also drop the data (cannot be undone)")
 
 
-class _AttachForm(FlaskForm):
+class _AttachForm(KeystoneForm):
     next = HiddenField()
     target = SelectField("Service", coerce=str, choices=[], validators=[DataRequired()])
 
@@ -215,20 +214,20 @@ class MultiCheckboxField(SelectMultipleField):
     option_widget = widgets.CheckboxInput()
 
 
-class RecommendationsForm(FlaskForm):
+class RecommendationsForm(KeystoneForm):
     next = HiddenField()
     keys = MultiCheckboxField("Apply", choices=[])
     confirm = BooleanField("I understand this changes how the application behaves")
 
 
-class VariableForm(FlaskForm):
+class VariableForm(KeystoneForm):
     key = StringField("Name", validators=[DataRequired(message="Give the variable a name."),
                                          Length(max=255)])
     value = TextAreaField("Value", validators=[Length(max=65536)])
     is_secret = BooleanField("Secret (masked on this page)")
 
 
-class EditVariableForm(FlaskForm):
+class EditVariableForm(KeystoneForm):
     value = TextAreaField("Value", validators=[Length(max=65536)])
     is_secret = BooleanField("Secret")
 
@@ -504,7 +503,8 @@ def _resolve_target(form: _AttachForm, service_type: str, env: Environment) -> S
     value = form.target.data or ""
     if value.startswith("new:"):
         server = db.session.execute(org_query(Server).where(
-            Server.id == int(value[4:]) if value[4:].isdigit() else sa.false())).scalar_one_or_none()
+            Server.id == parse_id(value[4:]) if parse_id(value[4:]) is not None else sa.false())
+        ).scalar_one_or_none()
         if server is None:
             form.target.errors.append("Choose a server of this organisation.")
             return None
@@ -521,7 +521,7 @@ def _resolve_target(form: _AttachForm, service_type: str, env: Environment) -> S
             form.target.errors.append(str(exc))
             return None
     service = db.session.execute(org_query(Service).where(
-        Service.id == int(value) if value.isdigit() else sa.false(),
+        Service.id == parse_id(value) if parse_id(value) is not None else sa.false(),
         Service.type == service_type)).scalar_one_or_none()
     if service is None:
         form.target.errors.append("Choose a service from the list.")

@@ -42,7 +42,7 @@ class BuildConfigError(ValueError):
 
 
 def validate_image_ref(value: object, path: str = "image") -> str:
-    if not isinstance(value, str) or not value or len(value) > 255 or not IMAGE_REF_RE.match(value):
+    if not isinstance(value, str) or not value or len(value) > 255 or not IMAGE_REF_RE.fullmatch(value):
         raise BuildConfigError(f"{path}: {value!r} is not a Docker image reference "
                                "(registry/name:tag or name@sha256:...)")
     return value
@@ -108,16 +108,16 @@ def parse_build_config(raw: dict | None) -> BuildConfig:
         raise BuildConfigError(f"{p}strategy: must be one of "
                                f"{', '.join(s.value for s in BuildStrategy)}") from None
     php_version = str(_get(raw, "php_version", DEFAULT_PHP_VERSION))
-    if not PHP_VERSION_RE.match(php_version):
+    if not PHP_VERSION_RE.fullmatch(php_version):
         raise BuildConfigError(f"{p}php_version: must look like 8.3")
     base_image = _get(raw, "base_image", None)
     if base_image is not None:
         validate_image_ref(base_image, f"{p}base_image")
     document_root = str(_get(raw, "document_root", "public")).strip("/")
-    if not DOC_ROOT_RE.match(document_root) or ".." in document_root.split("/"):
+    if not DOC_ROOT_RE.fullmatch(document_root) or ".." in document_root.split("/"):
         raise BuildConfigError(f"{p}document_root: a relative directory such as public")
     health_path = str(_get(raw, "health_path", "/up"))
-    if not HEALTH_PATH_RE.match(health_path) or len(health_path) > 200:
+    if not HEALTH_PATH_RE.fullmatch(health_path) or len(health_path) > 200:
         raise BuildConfigError(f"{p}health_path: a path such as /up")
     js_tool = str(_get(raw, "js_tool", "none"))
     if js_tool not in JS_TOOLS:
@@ -130,7 +130,7 @@ def parse_build_config(raw: dict | None) -> BuildConfig:
     if js_image is not None:
         validate_image_ref(js_image, f"{p}js_image")
     js_output = str(_get(raw, "js_output", "public/build")).strip("/")
-    if not DOC_ROOT_RE.match(js_output) or ".." in js_output.split("/"):
+    if not DOC_ROOT_RE.fullmatch(js_output) or ".." in js_output.split("/"):
         raise BuildConfigError(f"{p}js_output: a relative directory such as public/build")
     builder_service_id = _get(raw, "builder_service_id", None)
     if builder_service_id is not None:

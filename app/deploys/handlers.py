@@ -123,6 +123,24 @@ def environment_values(env: Environment) -> dict[str, str]:
     return {v.key: v.value for v in env.variables}
 
 
+# Values that are secret whatever their flag says (Laravel's encryption key).
+ALWAYS_SECRET_KEYS = frozenset({"APP_KEY"})
+
+
+def environment_secrets(env: Environment) -> list[str]:
+    """Every secret a deploy of ``env`` can see, for redaction: the variables marked
+    secret, the managed credentials (DB_PASSWORD, REDIS_PASSWORD, prefixed or not),
+    APP_KEY, and the password of the environment's registry."""
+    from app.attachments import SECRET_KEYS, _base_key
+    values = [v.value for v in env.variables
+              if v.value and (v.is_secret or _base_key(v.key) in SECRET_KEYS
+                              or v.key in ALWAYS_SECRET_KEYS)]
+    registry = getattr(env, "container_registry", None)
+    if registry is not None and getattr(registry, "password", None):
+        values.append(registry.password)
+    return values
+
+
 def snapshot(env: Environment, values: dict[str, str]) -> EnvironmentSnapshot:
     services = []
     for s in app_services(env):
@@ -189,6 +207,8 @@ class EnvironmentDeploy:
         from app.builds.artifacts import image_ref
         self.image = image_ref(self.artifact)
         self.values = environment_values(env)
+        for value in environment_secrets(env):
+            ctx.runtime.add_secret(value)
         snap = snapshot(env, self.values)
         self.facts = {s.id: s for s in snap.services}
         if env.scheduler_target_service_id is None and snap.scheduler.target_service_id:

@@ -73,7 +73,7 @@ def validate_env_key(key: object) -> str:
     if len(key) > MAX_KEY_LENGTH:
         raise EnvKeyError(f"Variable name is too long ({len(key)} characters; at most "
                           f"{MAX_KEY_LENGTH}).")
-    if ENV_KEY_RE.match(key):
+    if ENV_KEY_RE.fullmatch(key):
         return key
     shown = key if len(key) <= 40 else key[:37] + "..."
     if key[0].isdigit():

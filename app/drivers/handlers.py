@@ -306,7 +306,7 @@ def _deploy_service(ctx: OperationContext, service: Service) -> None:
     tag_ref = driver.image(service)
     with ctx.step(f"Resolve {tag_ref} to a digest") as step:
         digest = ctx.params.get("image_digest")
-        if digest and not DIGEST_RE.match(str(digest)):
+        if digest and not DIGEST_RE.fullmatch(str(digest)):
             raise StepFailed(f"{digest!r} is not a sha256 digest")
         if digest:
             step.log(f"pinned by the request: {digest}")

@@ -103,7 +103,7 @@ def resolve_digest(ref: "str | ImageRef", credentials: CredentialLookup | None =
             auth = _authorise(http, resp.headers.get("WWW-Authenticate", ""), image, creds, timeout)
             headers.update(auth)
             resp = http.head(url, headers=headers, timeout=timeout)
-        if resp.status_code == 200 and DIGEST_RE.match(resp.headers.get("Docker-Content-Digest", "")):
+        if resp.status_code == 200 and DIGEST_RE.fullmatch(resp.headers.get("Docker-Content-Digest", "")):
             return resp.headers["Docker-Content-Digest"]
         if resp.status_code in (200, 405):  # no digest header, or HEAD refused: hash the body
             body = http.get(url, headers=headers, timeout=timeout)

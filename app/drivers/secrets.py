@@ -54,7 +54,7 @@ def sql_identifier_name(text: str, max_len: int = 63) -> str:
 
 
 def validate_identifier(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _IDENT_RE.match(name):
+    if not isinstance(name, str) or not _IDENT_RE.fullmatch(name):
         raise ValueError(f"{kind} {name!r}: use 1-63 lowercase letters, digits and "
                          "underscores, starting with a letter or underscore")
     return name

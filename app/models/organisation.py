@@ -35,11 +35,23 @@ class User(UserMixin, TimestampMixin, db.Model):
     name: Mapped[str] = mapped_column(sa.String(120), nullable=False, default="")
     password_hash: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     is_active_flag: Mapped[bool] = mapped_column(default=True, nullable=False)
+    # Part of every session's user id: bumping it (logout, password change) ends every
+    # session of this user at once, including cookies copied before the logout.
+    session_generation: Mapped[int] = mapped_column(default=0, server_default="0",
+                                                    nullable=False)
 
     memberships = relationship("Membership", back_populates="user", cascade="all, delete-orphan")
 
     def set_password(self, password: str) -> None:
         self.password_hash = generate_password_hash(password, method="scrypt")
+        self.end_sessions()
+
+    def end_sessions(self) -> None:
+        """Invalidate every existing session of this user (the caller commits)."""
+        self.session_generation = (self.session_generation or 0) + 1
+
+    def get_id(self) -> str:  # flask-login: stored in the session, checked by the loader
+        return f"{self.id}:{self.session_generation or 0}"
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)

@@ -294,6 +294,11 @@ class OperationContext:
             model = _target_models().get(self.operation.target_type)
             if model is not None:
                 self._target = db.session.get(model, self.operation.target_id)
+                if self._target is not None and self.operation.target_type == "environment":
+                    # Whatever this operation prints, the environment's secrets stay masked.
+                    from app.deploys.handlers import environment_secrets
+                    for value in environment_secrets(self._target):
+                        self.runtime.add_secret(value)
         return self._target
 
     def workdir(self) -> str:

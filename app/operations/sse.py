@@ -21,11 +21,12 @@ import sqlalchemy as sa
 from markupsafe import escape
 
 from app.operations import logstream
+from app.remote.terminal import overstrike, split_lines
 
 KEEPALIVE = 10.0
 MAX_SECONDS = 300.0
 RETRY_MS = 2000
-_STREAM_ID = re.compile(r"^\d+-\d+$")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 TERMINAL = {"succeeded", "failed", "cancelled", "interrupted"}
 
 
@@ -34,13 +35,18 @@ def format_event(event: str, data: str, event_id: str | None = None) -> str:
     if event_id:
         out.append(f"id: {event_id}")
     out.append(f"event: {event}")
-    for line in (data.split("\n") if data else [""]):
+    # CR, LF and CRLF all end an SSE line: split on all three, so no text inside
+    # ``data`` can start a field (``event: end``) of its own.
+    for line in (split_lines(data) if data else [""]):
         out.append(f"data: {line}")
     return "\n".join(out) + "\n\n"
 
 
 def line_html(text: str, op_id: str | int | None = None, stderr: bool = False,
               step_id: str | int | None = None) -> str:
+    # One log line on screen: CRs as a terminal shows them; any stray line break
+    # (a line recorded by other means) becomes a visible space.
+    text = " ".join(overstrike(part) for part in text.split("\n"))
     cls = "ln err" if stderr else "ln"
     if text.startswith("==> "):
         cls += " step-head"
@@ -70,7 +76,7 @@ def stream_events(client, operation_id: int, last_event_id: str | None, engine=N
                   keepalive: float = KEEPALIVE, max_seconds: float = MAX_SECONDS) -> Iterator[str]:
     """Follow the operation's Redis stream from ``last_event_id`` until its end entry."""
     key = logstream.stream_key(operation_id)
-    cursor = last_event_id if last_event_id and _STREAM_ID.match(last_event_id) else "0-0"
+    cursor = last_event_id if last_event_id and _STREAM_ID.fullmatch(last_event_id) else "0-0"
     started = time.monotonic()
     yield f"retry: {RETRY_MS}\n: stream of operation {int(operation_id)}\n\n"
     while True:

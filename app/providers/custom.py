@@ -32,8 +32,9 @@ class ProbeResult:
 def probe_host_key(host: str, port: int, timeout: float = 10) -> ProbeResult:
     """The SHA256 fingerprint of the host key ``host:port`` presents (no login attempted).
 
-    Raises ProviderError with the remote layer's message (unreachable, refused,
-    not an SSH server) so the form can show which.
+    Raises ProviderError with one message whatever went wrong (no answer, refused,
+    something other than SSH on the port): a form anyone signed up can submit must not
+    tell a closed port from an open one, or it is a port scanner.
     """
     from app.remote import Connection, ConnectError, HostKeyMismatch
 
@@ -43,11 +44,16 @@ def probe_host_key(host: str, port: int, timeout: float = 10) -> ProbeResult:
         conn.connect()
     except HostKeyMismatch as exc:
         return ProbeResult(exc.presented)
-    except ConnectError as exc:
-        raise ProviderError(str(exc), "unreachable") from None
+    except ConnectError:
+        raise ProviderError(no_ssh_message(host, port), "unreachable") from None
     finally:
         conn.close()
-    raise ProviderError(f"{host}:{port} did not present a host key.", "unreachable")
+    raise ProviderError(no_ssh_message(host, port), "unreachable")
+
+
+def no_ssh_message(host: str, port: int) -> str:
+    return (f"Keystone could not read an SSH host key from {host}:{port}. Check the address, "
+            f"the SSH port and that the firewall lets Keystone in, then try again.")
 
 
 def check_private_key(pem: str) -> str:

@@ -43,7 +43,7 @@ def normalise_url(value: str, registry_type: RegistryType | str = RegistryType.G
     if not text:
         raise RegistryError("url: the registry's address is required (host or host:port)")
     text = re.sub(r"^https?://", "", text, flags=re.I).rstrip("/")
-    if text.startswith("-") or not HOST_RE.match(text) or len(text) > 255:
+    if text.startswith("-") or not HOST_RE.fullmatch(text) or len(text) > 255:
         raise RegistryError(f"url: {value!r} is not a registry address (host or host:port)")
     if ":" in text and not 1 <= int(text.rsplit(":", 1)[1]) <= 65535:
         raise RegistryError("url: the port must be between 1 and 65535")
@@ -64,7 +64,7 @@ def normalise_namespace(value: str | None, registry_type: RegistryType | str,
     if not text:
         return None
     for part in text.split("/"):
-        if not PATH_COMPONENT_RE.match(part):
+        if not PATH_COMPONENT_RE.fullmatch(part):
             raise RegistryError(f"namespace: {value!r} may only contain lower-case letters, digits "
                                 "and . _ - separated by /")
     return text
@@ -74,7 +74,7 @@ def validate_username(value: str | None) -> str | None:
     text = (value or "").strip()
     if not text:
         return None
-    if text.startswith("-") or not USERNAME_RE.match(text):
+    if text.startswith("-") or not USERNAME_RE.fullmatch(text):
         raise RegistryError("username: letters, digits and . _ @ + - only")
     return text
 
@@ -87,7 +87,7 @@ def repository_for(registry, application_name: str, environment_name: str) -> st
     ``docker.io/acme/shop-prod``.
     """
     name = f"{application_name}-{environment_name}".lower()
-    if not PATH_COMPONENT_RE.match(name):
+    if not PATH_COMPONENT_RE.fullmatch(name):
         raise RegistryError(f"{name!r} cannot be an image name")
     parts = [registry.url]
     if registry.namespace:

@@ -47,6 +47,7 @@ from typing import Callable
 import paramiko
 
 from app import shell
+from app.remote.terminal import overstrike
 
 from .errors import (
     AuthenticationFailed,
@@ -106,11 +107,21 @@ def _has_exit_status(chan: paramiko.Channel) -> bool:
 
 
 class _LineSplitter:
-    """Bytes in, decoded lines out; a partial line waits for its newline."""
+    """Bytes in, decoded lines out; a partial line waits for its newline.
+
+    LF and CRLF end a line. A lone CR inside a line is rendered as a terminal does
+    (what follows overwrites the line from column 0), so a progress bar yields its
+    last state and no emitted line ever carries a CR or LF.
+    """
 
     def __init__(self, emit: Callable[[str], None]):
         self._emit = emit
         self._buf = b""
+
+    def _send(self, raw: bytes) -> None:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]  # CRLF: the CR is part of the line end
+        self._emit(overstrike(raw.decode("utf-8", "replace")))
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -119,15 +130,15 @@ class _LineSplitter:
             if nl < 0:
                 break
             line, self._buf = self._buf[:nl], self._buf[nl + 1 :]
-            self._emit(line.rstrip(b"\r").decode("utf-8", "replace"))
+            self._send(line)
         while len(self._buf) > MAX_LINE_BYTES:
             chunk, self._buf = self._buf[:MAX_LINE_BYTES], self._buf[MAX_LINE_BYTES:]
-            self._emit(chunk.decode("utf-8", "replace"))
+            self._emit(overstrike(chunk.decode("utf-8", "replace")))
 
     def flush(self) -> None:
         if self._buf:
             line, self._buf = self._buf, b""
-            self._emit(line.rstrip(b"\r").decode("utf-8", "replace"))
+            self._send(line)
 
 
 class _Capture:

@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import struct
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -85,13 +86,16 @@ def generate_ed25519(comment: str = "keystone") -> tuple[str, str, str]:
 
 def public_key_of_private(private_pem: str, comment: str = "") -> str:
     """The OpenSSH public line for a private key (OpenSSH or PEM format)."""
-    data = private_pem.encode("ascii") if isinstance(private_pem, str) else private_pem
+    try:
+        data = private_pem.encode("ascii") if isinstance(private_pem, str) else private_pem
+    except UnicodeEncodeError:
+        raise InvalidKey("cannot read private key: it contains characters that are not ASCII") from None
     try:
         if b"OPENSSH PRIVATE KEY" in data:
             key = serialization.load_ssh_private_key(data, password=None)
         else:
             key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise InvalidKey(f"cannot read private key: {exc}") from None
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode(
         "ascii"

@@ -35,7 +35,7 @@ class ValidationError(ValueError):
 # One DNS label: letters, digits, hyphens; never starts or ends with a hyphen.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_IPV4_RE = re.compile(r"^(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
+_IPV4_RE = re.compile(r"^(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 # Path segments: no leading '-' or '.', nothing a shell or ssh would interpret.
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_~][A-Za-z0-9._~-]*$")
@@ -82,7 +82,7 @@ def _check_text(value: object, what: str, max_length: int) -> str:
 def _check_host(host: str) -> str:
     if host.startswith("-"):
         raise ValidationError("The host name must not start with '-'.")
-    if not (_IPV4_RE.match(host) or (_HOST_RE.match(host) and not host.replace(".", "").isdigit())):
+    if not (_IPV4_RE.fullmatch(host) or (_HOST_RE.fullmatch(host) and not host.replace(".", "").isdigit())):
         raise ValidationError(f"{host!r} is not a valid host name.")
     return host.lower()
 
@@ -92,7 +92,7 @@ def _check_path(path: str) -> str:
     if not path.strip("/"):
         raise ValidationError("The URL names no repository path.")
     for segment in segments:
-        if segment in ("", ".", "..") or not _SEGMENT_RE.match(segment):
+        if segment in ("", ".", "..") or not _SEGMENT_RE.fullmatch(segment):
             raise ValidationError(
                 "The repository path may only contain letters, digits, '.', '_', '~', '-' and '/' "
                 "(no segment starting with '-' or '.').")
@@ -112,12 +112,12 @@ def parse_repository_url(value: object) -> RepositoryURL:
         raise ValidationError("Only SSH repository URLs are supported "
                               "(git@host:owner/repo.git or ssh://git@host[:port]/owner/repo.git); "
                               "Keystone reads repositories with a deploy key.")
-    match = _SSH_RE.match(url) if lowered.startswith("ssh://") else _SCP_RE.match(url)
+    match = _SSH_RE.fullmatch(url) if lowered.startswith("ssh://") else _SCP_RE.fullmatch(url)
     if not match:
         raise ValidationError("Use an SSH URL: git@host:owner/repo.git or "
                               "ssh://git@host[:port]/owner/repo.git.")
     user = match.group("user")
-    if user is not None and not _USER_RE.match(user):
+    if user is not None and not _USER_RE.fullmatch(user):
         raise ValidationError(f"{user!r} is not a valid SSH user name.")
     host = _check_host(match.group("host"))
     port = 22
@@ -151,7 +151,7 @@ def validate_branch(value: object) -> str:
                        MAX_BRANCH_LENGTH)
     if name.startswith("refs/heads/"):
         name = name[len("refs/heads/"):]
-    if not _BRANCH_CHARS_RE.match(name):
+    if not _BRANCH_CHARS_RE.fullmatch(name):
         raise ValidationError("A branch may only contain letters, digits and . _ / + @ # -.")
     problems = [
         (name.startswith("-"), "must not start with '-'"),

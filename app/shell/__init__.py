@@ -209,7 +209,7 @@ class _Assign:
     __slots__ = ("name", "value")
 
     def __init__(self, name: str, value: "str | Secret"):
-        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
             raise ValueError(f"invalid environment variable name {name!r}: must match {ENV_NAME_RE.pattern}")
         self.name = name
         self.value = _coerce_scalar(value)

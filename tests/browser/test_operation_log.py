@@ -49,7 +49,7 @@ def test_live_log_follows_pauses_and_ends(page, live_server, screenshot):
         assert page.get_by_role("button", name="Cancel").is_visible()
         for n in range(40):
             stream.line(step_id, f"output line {n} <b>not bold</b>")
-        page.wait_for_function("document.querySelectorAll('#op-log .ln').length >= 40")
+        page.locator("#op-log .ln").nth(40 - 1).wait_for(state="attached")  # no eval: the CSP forbids it
         assert "<b>not bold</b>" in page.locator("#op-log .ln").nth(3).inner_text()  # escaped
         at_bottom = page.evaluate(
             "(() => { const l = document.getElementById('op-log');"
@@ -59,7 +59,7 @@ def test_live_log_follows_pauses_and_ends(page, live_server, screenshot):
         page.get_by_role("button", name="Pause").click()
         for n in range(40, 45):
             stream.line(step_id, f"output line {n}")
-        page.wait_for_function("document.querySelectorAll('#op-log .ln').length >= 45")
+        page.locator("#op-log .ln").nth(45 - 1).wait_for(state="attached")  # no eval: the CSP forbids it
         assert page.get_by_text("paused, 5 new lines").is_visible()
         page.get_by_role("button", name="Follow").click()
         screenshot(page, "operation-live-log")

@@ -109,3 +109,48 @@ def test_str_of_a_secret_in_a_log_line_is_masked(app, clean_streams, handlers):
         assert run_operation(op.id) == "succeeded"
     logs = db.session.execute(sa.select(OperationStep.logs)).scalars().all()
     assert any("value *** and raw ***" in text for text in logs)
+
+
+def test_environment_secrets_are_masked_in_every_environment_operation(app, clean_streams,
+                                                                        handlers):
+    """Secret variables, managed credentials and APP_KEY are registered for redaction as
+    soon as an operation on the environment loads it, and by the deploy itself."""
+    from app.deploys.handlers import environment_secrets
+    from app.models import EnvironmentVariable
+    from app.models.enums import VariableSource
+    g = build_org()
+    values = {"USER_TOKEN": ("SENTINEL-user-secret-5151", VariableSource.USER, True),
+              "DB_PASSWORD": ("SENTINEL-managed-db-6262", VariableSource.MANAGED_ATTACHMENT, False),
+              "CACHE_REDIS_PASSWORD": ("SENTINEL-redis-7373", VariableSource.MANAGED_ATTACHMENT,
+                                       False),
+              "APP_KEY": ("base64:SENTINEL-app-key-8484", VariableSource.SYSTEM, False),
+              "APP_NAME": ("visible-app-name", VariableSource.USER, False)}
+    for key, (value, source, secret) in values.items():
+        db.session.add(EnvironmentVariable(environment_id=g.environment.id, key=key, value=value,
+                                           source=source, is_secret=secret))
+    db.session.commit()
+    secret_values = [v for v, _s, _f in values.values() if "SENTINEL" in v]
+    registered = environment_secrets(g.environment)
+    assert set(secret_values) <= set(registered) and "visible-app-name" not in registered
+
+    @handlers(K)
+    def handler(ctx):
+        env = ctx.target
+        with ctx.step("print the environment", server=g.server) as step:
+            step.run(cmd("printenv"))
+            for v in env.variables:
+                step.log(f"{v.key}={v.value}")
+
+    with fake_servers() as fake:
+        fake.script("printenv", output="".join(f"{k}={v[0]}\n" for k, v in values.items()))
+        op = start_operation(K, target_type="environment", target_id=g.environment.id,
+                             organisation_id=g.org.id, enqueue=False)
+        assert run_operation(op.id) == "succeeded"
+    logs = "\n".join(db.session.execute(sa.select(OperationStep.logs)).scalars().all())
+    assert "APP_NAME=visible-app-name" in logs and "DB_PASSWORD=***" in logs
+    for value in secret_values:
+        assert value not in logs
+    for key in clean_streams.scan_iter("*"):
+        if clean_streams.type(key) == b"stream":
+            blob = repr(clean_streams.xrange(key))
+            assert not any(value in blob for value in secret_values), key

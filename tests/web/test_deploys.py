@@ -6,12 +6,11 @@ import sqlalchemy as sa
 from app.models import Operation, Server, Service
 from app.models.enums import ArtifactStatus, DeployPolicy, OperationStatus
 from tests.factories import build_org
+from tests.conftest import sign_in
 
 
 def login_as(client, graph):
-    with client.session_transaction() as sess:
-        sess["_user_id"] = str(graph.user.id)
-        sess["_fresh"] = True
+    sign_in(client, graph.user)
 
 
 def ready_org(db):

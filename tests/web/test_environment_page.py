@@ -2,12 +2,11 @@ import sqlalchemy as sa
 
 from app.models import AuditEvent
 from tests.factories import SECRET_SENTINELS, build_org
+from tests.conftest import sign_in
 
 
 def login_as(client, graph):
-    with client.session_transaction() as sess:
-        sess["_user_id"] = str(graph.user.id)
-        sess["_fresh"] = True
+    sign_in(client, graph.user)
 
 
 def test_environment_page_shows_services_attachments_and_masks_secrets(app, client, db):

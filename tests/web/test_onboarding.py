@@ -1,5 +1,6 @@
 from app import onboarding
 from app.extensions import db
+from tests.conftest import sign_in
 from tests.factories import build_org
 
 
@@ -42,9 +43,7 @@ def test_registry_is_skippable_for_one_server_only(app):
 
 def test_wizard_renders_the_repository_step_with_the_unverified_app(app, client):
     g = build_org()
-    with client.session_transaction() as sess:
-        sess["_user_id"] = str(g.user.id)
-        sess["_fresh"] = True
+    sign_in(client, g.user)
     html = client.get("/onboarding/").get_data(as_text=True)
     assert "Repository and deploy key" in html
     assert "key not verified yet" in html and "shop" in html
@@ -74,9 +73,7 @@ def test_the_wizard_uses_the_configured_sandbox_name(app, client, monkeypatch):
     g.org.onboarding_state = {"sandbox": {"status": "ready",
                                           "repository_url": g.application.repository_url}}
     db.session.commit()
-    with client.session_transaction() as sess:
-        sess["_user_id"] = str(g.user.id)
-        sess["_fresh"] = True
+    sign_in(client, g.user)
     token = csrf_token_from(client.get("/onboarding/").get_data(as_text=True))
     resp = client.post(f"/onboarding/sandbox/authorize/{g.application.id}", data={"csrf_token": token})
     assert resp.status_code == 302 and names == ["ks-other"]

@@ -153,7 +153,7 @@ def test_custom_server_form_says_which_input_is_wrong(client, auth):
     port = _closed_port()
     html = _post(client, "/servers/custom/new", {**base, "private_key": key, "port": str(port)},
                  csrf, htmx=True).get_data(as_text=True)
-    assert f"127.0.0.1:{port} refused the connection" in html
+    assert f"could not read an SSH host key from 127.0.0.1:{port}" in html
     html = _post(client, "/servers/custom/new", {**base, "private_key": key, "host": "bad host;id",
                                                  "name": "Bad Name"}, csrf).get_data(as_text=True)
     assert "Enter an IP address or a host name" in html

@@ -50,3 +50,19 @@
     else if (paused && atBottom(log)) setPaused(pane, false);
   }, true);
 })();
+
+// Confirmations and select-on-click, in place of inline handlers (the CSP allows no
+// inline script): <form data-confirm="..."> or <button data-confirm="...">, and
+// <textarea data-select-on-click>.
+(function () {
+  document.addEventListener("submit", function (evt) {
+    var form = evt.target;
+    var submitter = evt.submitter;
+    var text = (submitter && submitter.getAttribute("data-confirm")) || form.getAttribute("data-confirm");
+    if (text && !window.confirm(text)) { evt.preventDefault(); evt.stopImmediatePropagation(); }
+  }, true);
+  document.addEventListener("click", function (evt) {
+    var el = evt.target.closest ? evt.target.closest("[data-select-on-click]") : null;
+    if (el && el.select) el.select();
+  });
+})();
