@@ -4,6 +4,7 @@ import datetime as dt
 
 import pytest
 import sqlalchemy as sa
+from playwright.sync_api import expect
 
 from tests.browser.test_operation_log import _app
 from tests.browser.test_signup import signup
@@ -55,10 +56,9 @@ def test_finished_operation_page_and_rows_update_live(page, browser, live_server
         # The running duration counts: its text changes while nothing else happens.
         page.wait_for_selector("#op-panel [data-elapsed]")
         first = page.locator("#op-panel dd [data-elapsed]").inner_text()
-        page.wait_for_function(
-            "t => document.querySelector('#op-panel dd [data-elapsed]').textContent !== t", arg=first)
-        rows.wait_for_function(
-            f"() => document.querySelector('#op-row-{op_id}').textContent.includes('running')")
+        # Locator assertions, not wait_for_function: the CSP forbids string eval in the page.
+        expect(page.locator("#op-panel dd [data-elapsed]")).not_to_have_text(first, timeout=15000)
+        expect(rows.locator(f"#op-row-{op_id}")).to_contain_text("running", timeout=15000)
 
         db.session.execute(sa.update(OperationStep).where(OperationStep.id == step_id)
                            .values(status=StepStatus.SUCCEEDED.value,
@@ -67,7 +67,7 @@ def test_finished_operation_page_and_rows_update_live(page, browser, live_server
         lifecycle.finish(op_id, OperationStatus.SUCCEEDED)
 
         page.wait_for_selector('#op-panel [data-op-status="succeeded"]')
-        page.wait_for_function("() => !document.body.innerText.includes('following live output')")
+        expect(page.get_by_text("following live output")).to_have_count(0, timeout=15000)
         text = page.locator("main").inner_text()
         assert "pending" not in text and "following" not in text
         assert "complete log (succeeded)" in text
@@ -79,8 +79,7 @@ def test_finished_operation_page_and_rows_update_live(page, browser, live_server
         assert page.locator("#op-panel dl.facts").inner_text() == duration
         screenshot(page, "operation-finished")
 
-        rows.wait_for_function(
-            f"() => document.querySelector('#op-row-{op_id}').textContent.includes('succeeded')")
+        expect(rows.locator(f"#op-row-{op_id}")).to_contain_text("succeeded", timeout=15000)
         assert rows.locator(f"#op-row-{op_id}[hx-trigger]").count() == 0  # polling stopped
         assert "pending" not in rows.locator(f"#op-row-{op_id}").inner_text()
         rows.close()

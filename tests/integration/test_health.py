@@ -31,9 +31,12 @@ def web_replica(bed):
 
 def env_page(bed) -> str:
     from flask import current_app
+
+    from app.extensions import db
+    from app.models import User
     client = current_app.test_client()
     with client.session_transaction() as sess:
-        sess["_user_id"] = str(bed.user_id)
+        sess["_user_id"] = db.session.get(User, bed.user_id).get_id()
         sess["_fresh"] = True
     resp = client.get(f"/environments/{bed.env_id}")
     assert resp.status_code == 200

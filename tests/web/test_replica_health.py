@@ -9,7 +9,7 @@ from tests.factories import build_org
 
 def login_as(client, graph):
     with client.session_transaction() as sess:
-        sess["_user_id"] = str(graph.user.id)
+        sess["_user_id"] = graph.user.get_id()
         sess["_fresh"] = True
 
 
