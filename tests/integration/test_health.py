@@ -34,10 +34,9 @@ def env_page(bed) -> str:
 
     from app.extensions import db
     from app.models import User
+    from tests.conftest import sign_in
     client = current_app.test_client()
-    with client.session_transaction() as sess:
-        sess["_user_id"] = db.session.get(User, bed.user_id).get_id()
-        sess["_fresh"] = True
+    sign_in(client, db.session.get(User, bed.user_id))
     resp = client.get(f"/environments/{bed.env_id}")
     assert resp.status_code == 200
     return resp.get_data(as_text=True)

@@ -10,12 +10,11 @@ from app.models import Application, AuditEvent, Environment, EnvironmentVariable
 from app.models.enums import OperationStatus, VariableSource
 from tests.conftest import csrf_token_from
 from tests.factories import build_org
+from tests.conftest import sign_in
 
 
 def login_as(client, graph):
-    with client.session_transaction() as sess:
-        sess["_user_id"] = graph.user.get_id()
-        sess["_fresh"] = True
+    sign_in(client, graph.user)
 
 
 def _key_bytes(value: str) -> bytes:

@@ -5,12 +5,11 @@ import datetime as dt
 from app.models import ServiceReplica
 from app.models.enums import HealthStatus, ReplicaStatus
 from tests.factories import build_org
+from tests.conftest import sign_in
 
 
 def login_as(client, graph):
-    with client.session_transaction() as sess:
-        sess["_user_id"] = graph.user.get_id()
-        sess["_fresh"] = True
+    sign_in(client, graph.user)
 
 
 def test_a_dead_or_crash_looping_replica_is_shown_on_both_pages(app, client, db):
