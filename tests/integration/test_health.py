@@ -48,6 +48,11 @@ def test_a_killed_replica_is_reflected_after_one_check(hbed, sandbox):
     push_new_commit(sandbox.git)
     hbed.deploy()
 
+    # Docker's own HEALTHCHECK of the new replica (10 s interval, 30 s start period) may
+    # still say "starting" right after the deploy on a loaded machine: check until it ran.
+    from app.deploys.testbed import wait_until
+    wait_until(lambda: (check_health() and web_replica(hbed).health_status.value == "healthy"),
+               timeout=180, interval=5)
     counts = check_health()
     # web, Postgres, Valkey and the gateway: all on one server, one SSH connection.
     assert counts["servers"] == 1 and counts["handshakes"] == 1, counts
