@@ -13,6 +13,8 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
+from app.sandbox.cli import sandbox
+
 
 def _create_app():
     from app import create_app
@@ -156,8 +158,4 @@ def _stop_processes(apps: list[subprocess.Popen], redis_proc: subprocess.Popen |
 def register_cli(app) -> None:
     for command in (create_user_command, rotate_keys_command, worker_command, dev_command):
         app.cli.add_command(command)
-    try:
-        from app.sandbox.cli import sandbox
-    except ImportError:
-        return
     app.cli.add_command(sandbox)

@@ -56,6 +56,7 @@ from app.remote import CommandCancelled, CommandTimeout, Result  # noqa: E402
 @pytest.fixture()
 def handlers():
     """Register handlers for a test only: ``handlers(kind)(fn)``; restored afterwards."""
+    registry.load_handlers()  # the real ones first: a module imported mid-test is not lost
     saved = dict(registry._HANDLERS)
     yield registry.operation_handler
     registry._HANDLERS.clear()

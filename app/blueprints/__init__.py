@@ -3,17 +3,9 @@ from __future__ import annotations
 
 
 def register_blueprints(app) -> None:
-    from app.blueprints import auth, dashboard
+    from app.blueprints import (applications, auth, dashboard, deploys, environments,
+                                onboarding, operations, registries, servers, services)
 
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(dashboard.bp)
-    # Areas added by later work register themselves here.
-    for name in ("operations", "servers", "applications", "environments", "services",
-                 "registries", "onboarding", "deploys"):
-        try:
-            module = __import__(f"app.blueprints.{name}", fromlist=["bp"])
-        except ModuleNotFoundError as exc:
-            if exc.name == f"app.blueprints.{name}":
-                continue
-            raise
+    for module in (auth, dashboard, operations, servers, applications, environments, services,
+                   registries, onboarding, deploys):
         app.register_blueprint(module.bp)

@@ -43,6 +43,7 @@ from app.extensions import db
 from app.models import BuildArtifact
 from app.models.base import utcnow
 from app.models.enums import ArtifactStatus, BuildStrategy
+from app.operations.errors import StepFailed
 from app.registries import auth_commands, repository_for
 from app.registries.references import ImageReferenceError, repository_name, same_repository
 from app.repositories import workdir_base
@@ -62,11 +63,7 @@ class BuildError(RuntimeError):
 
 
 def _fail(message: str) -> Exception:
-    try:
-        from app.operations.errors import StepFailed
-        return StepFailed(message)
-    except ImportError:  # pragma: no cover - engine not present
-        return BuildError(message)
+    return StepFailed(message)
 
 
 def _operation(ctx):

@@ -23,7 +23,13 @@ import time
 
 import sqlalchemy as sa
 
+from app.attachments import SECRET_KEYS, _base_key, consumer_host, effective_environment
+from app.builds.artifacts import (BuildError, artifact_registry, ensure_artifact, image_ref,
+                                  make_present)
+from app.builds.plan import BuildPlanError
 from app.deploys import commands as dc
+from app.drivers import get_driver
+from app.drivers.base import service_alias
 from app.deploys.gateway_health import health_events, parse_stamp
 from app.deploys.planning import (DeployPlan, EnvironmentSnapshot, PlanError, ReplicaFact,
                                   SchedulerFact, ServiceChange, ServiceFact, config_hash,
@@ -38,8 +44,10 @@ from app.models import (BuildArtifact, Environment, EnvironmentAttachment, Serve
 from app.models.service import REMOVED_BY_KEYSTONE
 from app.models.enums import (ArtifactStatus, DeployPolicy, EnvironmentStatus, HealthStatus,
                               OperationKind, ReplicaStatus, SchedulerMode, ServiceStatus,
-                              SliceStatus, SliceType)
+                              SliceStatus, SliceType, VariableSource)
 from app.operations import OperationContext, StepFailed, operation_handler
+from app.repositories import resolve_commit
+from app.repositories.validation import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +78,6 @@ def server_overrides(environment: Environment, server_id: int,
     server gets the private IP instead (the service must be exposed on the
     private network). A value the user set themselves is left alone.
     """
-    try:
-        from app.attachments import consumer_host
-        from app.drivers import get_driver
-        from app.drivers.base import service_alias
-        from app.models.enums import VariableSource
-    except ImportError:  # pragma: no cover
-        return {}
     user_keys = {v.key for v in environment.variables if v.source == VariableSource.USER}
     out: dict[str, str] = {}
     for att in environment.attachments:
@@ -114,13 +115,7 @@ def replica_environment(service: Service, values: dict[str, str],
 
 
 def environment_values(env: Environment) -> dict[str, str]:
-    try:
-        from app.attachments import effective_environment
-    except ImportError:  # pragma: no cover - attachments area not installed
-        effective_environment = None
-    if effective_environment is not None:
-        return dict(effective_environment(env))
-    return {v.key: v.value for v in env.variables}
+    return dict(effective_environment(env))
 
 
 # Values that are secret whatever their flag says (Laravel's encryption key).
@@ -131,7 +126,6 @@ def environment_secrets(env: Environment) -> list[str]:
     """Every secret a deploy of ``env`` can see, for redaction: the variables marked
     secret, the managed credentials (DB_PASSWORD, REDIS_PASSWORD, prefixed or not),
     APP_KEY, and the password of the environment's registry."""
-    from app.attachments import SECRET_KEYS, _base_key
     values = [v.value for v in env.variables
               if v.value and (v.is_secret or _base_key(v.key) in SECRET_KEYS
                               or v.key in ALWAYS_SECRET_KEYS)]
@@ -204,7 +198,6 @@ class EnvironmentDeploy:
         if not servers:
             raise StepFailed("The environment has no application service placed on a server.")
         self.artifact = self._artifact(servers)
-        from app.builds.artifacts import image_ref
         self.image = image_ref(self.artifact)
         self.values = environment_values(env)
         for value in environment_secrets(env):
@@ -266,7 +259,6 @@ class EnvironmentDeploy:
             if artifact is None or artifact.environment_id != env.id or \
                     artifact.status != ArtifactStatus.READY or not artifact.image_digest:
                 raise StepFailed("The build to roll back to is missing or unfinished.")
-            from app.builds.artifacts import artifact_registry, make_present
             with ctx.step(f"Roll back to build #{artifact.id}") as step:
                 step.log(f"redeploying commit {artifact.commit_sha} ({artifact.image_digest}) "
                          "through the same cutover")
@@ -277,21 +269,17 @@ class EnvironmentDeploy:
             return artifact
         sha = ctx.params.get("commit_sha")
         if not sha:
-            from app.repositories import resolve_commit
             with ctx.step(f"Resolve {env.branch}") as step:
                 try:
                     sha = resolve_commit(env, on_line=step.log)
                 except Exception as exc:  # GitAccessError / ValidationError: a user message
                     raise StepFailed(f"Could not resolve {env.branch}: {exc}") from None
-        from app.builds.artifacts import ensure_artifact
         try:
             return ensure_artifact(ctx, env, sha, servers)
         except StepFailed:
             raise
-        except Exception as exc:
-            if type(exc).__name__ in ("BuildPlanError", "BuildError", "ValidationError"):
-                raise StepFailed(str(exc)) from None
-            raise
+        except (BuildPlanError, BuildError, ValidationError) as exc:
+            raise StepFailed(str(exc)) from None
 
     def _run_phases(self, plan: DeployPlan) -> None:
         kinds = [p.kind for p in plan.phases]

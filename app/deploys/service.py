@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from app.builds.plan import check_build_plan
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Operation, Server, Service
 from app.models.enums import DeployPolicy, OperationKind, ServiceCategory
@@ -61,20 +62,12 @@ def environment_servers(env: Environment) -> list[Server]:
 
 def build_problems(env: Environment, servers: list[Server], artifact: BuildArtifact | None):
     """Problems that block the deploy before anything runs (app.builds.plan's check)."""
-    try:
-        from app.builds.plan import check_build_plan
-    except ImportError:  # pragma: no cover - the builds area not installed
-        check_build_plan = None
-    if check_build_plan is not None:
-        problems = check_build_plan(env, servers)
-        if artifact is not None:
-            # A rollback reuses a built image: repository access is not needed again.
-            problems = [p for p in problems
-                        if p.code not in ("repository", "deploy_key", "repository_unverified")]
-        return problems
-    if len(servers) > 1 and env.registry_id is None:
-        return [f"This environment runs on {len(servers)} servers and has no registry: set one up."]
-    return []
+    problems = check_build_plan(env, servers)
+    if artifact is not None:
+        # A rollback reuses a built image: repository access is not needed again.
+        problems = [p for p in problems
+                    if p.code not in ("repository", "deploy_key", "repository_unverified")]
+    return problems
 
 
 def place_unplaced_services(env: Environment) -> list[Server]:

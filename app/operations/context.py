@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
+from rq.timeouts import JobTimeoutException
 
 from app import shell
 from app.extensions import db
@@ -28,6 +29,8 @@ from app.operations import lifecycle, logstream, terminal
 from app.operations.errors import (ChildFailed, OperationCancelled, OperationError,
                                    OperationTimedOut, StepFailed)
 from app.operations.registry import handler_for, timeout_for
+from app.remote import (CommandCancelled, CommandTimeout, ConnectionLost, HostKeyMismatch,
+                        RemoteError)
 
 log = logging.getLogger(__name__)
 S = OperationStatus
@@ -398,12 +401,6 @@ class OperationContext:
             handle._finish(StepStatus.SKIPPED if handle.skipped else StepStatus.SUCCEEDED, None)
 
     def _classify(self, exc: BaseException, step_name: str):
-        from app.remote import (CommandCancelled, CommandTimeout, ConnectionLost,
-                                HostKeyMismatch, RemoteError)
-        try:
-            from rq.timeouts import JobTimeoutException
-        except ImportError:  # pragma: no cover
-            JobTimeoutException = ()  # type: ignore
         red = self.runtime.redact
         if isinstance(exc, (OperationCancelled, CommandCancelled)) or (
                 isinstance(exc, OperationTimedOut)):

@@ -263,9 +263,26 @@ def test_duplicate_job_does_nothing(app, clean_streams, handlers):
     assert calls == [op.id]
 
 
-def test_worker_imports_every_handler_module(app, handlers):
+def test_every_top_level_operation_kind_has_a_handler(app):
+    """What the worker loads covers every kind a view or handler can start; the kinds run only
+    inline by a parent (ctx.run_child with the parent's function) are never started alone."""
+    import pathlib
+    import re
     from app.operations import registry
-    registry.load_handlers()  # a module that exists but fails to import must fail loudly here
+    registry.load_handlers()  # a listed module that is missing or broken fails loudly here
+    top_level = set(OperationKind) - registry.CHILD_KINDS - registry.RESERVED_KINDS
+    assert top_level, "no operation kind left to check"
+    missing = sorted(k.value for k in top_level if registry.handler_for(k) is None)
+    assert missing == []
+    assert "scheduler" in registry._CONFIG_CHANGES  # config_change dispatches by params
+    started = set()
+    for path in pathlib.Path("app").rglob("*.py"):
+        started |= set(re.findall(r"start_operation\(\s*OperationKind\.([A-Z_]+)",
+                                  path.read_text()))
+    assert started, "no start_operation call found in app/"
+    started_kinds = {OperationKind[name] for name in started}
+    assert started_kinds <= top_level
+    assert not started_kinds & (registry.CHILD_KINDS | registry.RESERVED_KINDS)
 
 
 def test_keystone_reap_command(app, clean_streams):
