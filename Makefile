@@ -7,13 +7,25 @@ STAMP := $(VENV)/.installed-stamp
 # The fast tiers run in parallel (pytest-xdist); the sandbox tiers share one sandbox, in order.
 FAST_TIERS := tests/unit tests/web tests/db $(wildcard tests/security)
 
-.PHONY: install run test unit integration browser bench clean-sandbox
+# requirements.lock pins every package of a working install (pip constraints, so a
+# dependency added to pyproject.toml but not yet locked still installs). `make lock`
+# rewrites it from a fresh venv.
+LOCK := requirements.lock
 
-$(STAMP): pyproject.toml
+.PHONY: install lock run test unit integration browser bench clean-sandbox
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[dev,test]'
 	touch $(STAMP)
+
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q -e '.[dev,test]'
+	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e ' > $(LOCK)
+	rm -rf .venv-lock
 
 install: $(STAMP)
 

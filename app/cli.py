@@ -1,19 +1,44 @@
-"""The `keystone` command: a FlaskGroup over create_app plus Keystone's commands."""
+"""The `keystone` command: a FlaskGroup over create_app plus Keystone's commands.
+
+``keystone --help`` lists the operator's commands only and builds no app (so it
+writes nothing: no instance folder, no generated secret). Developer commands
+(Flask's ``run``, ``shell`` and ``routes``; Alembic's authoring commands under
+``db``) still work but are hidden from that help; the epilog names them.
+"""
 from __future__ import annotations
 
+import copy
 import getpass
 import os
 import signal
 import subprocess
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 
 import click
 from flask import current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import FlaskGroup, routes_command, run_command, shell_command, with_appcontext
+from flask_migrate.cli import db as migrate_db_group
 
 from app.sandbox.cli import sandbox
+
+# `keystone db ...` subcommands an operator uses; the rest (revision, migrate, merge, edit,
+# init, list-templates, check) write or compare migration files: developer commands.
+OPERATOR_DB_COMMANDS = frozenset({"upgrade", "downgrade", "current", "history", "heads",
+                                  "branches", "show", "stamp"})
+DEVELOPER_COMMANDS = ("run", "shell", "routes")
+DEVELOPER_EPILOG = ("Developer commands (hidden above): keystone run | shell | routes, and "
+                    "keystone db revision | migrate | merge | edit | check | init | "
+                    "list-templates.")
+
+
+def keystone_version() -> str:
+    try:
+        return package_version("keystone")
+    except PackageNotFoundError:  # running from a checkout that was never pip-installed
+        return "unknown"
 
 
 def _create_app():
@@ -21,7 +46,34 @@ def _create_app():
     return create_app()
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app)
+class KeystoneGroup(FlaskGroup):
+    """Lists its own commands without building the app; any other name (a developer
+    command, a plugin's) is still looked up on the app's CLI as Flask does."""
+
+    def list_commands(self, ctx):
+        return sorted(self.commands)
+
+
+def _hidden(command: click.Command) -> click.Command:
+    hidden = copy.copy(command)
+    hidden.hidden = True
+    return hidden
+
+
+def _db_group() -> click.Group:
+    """Flask-Migrate's ``db`` group with the authoring commands hidden from its help."""
+    group = copy.copy(migrate_db_group)
+    group.commands = {name: (cmd if name in OPERATOR_DB_COMMANDS else _hidden(cmd))
+                      for name, cmd in migrate_db_group.commands.items()}
+    return group
+
+
+# load_dotenv=False: only the file named with `keystone -e FILE` is read, never a stray
+# .env in the current directory.
+@click.group(cls=KeystoneGroup, create_app=_create_app, add_default_commands=False,
+             add_version_option=False, load_dotenv=False, epilog=DEVELOPER_EPILOG)
+@click.version_option(keystone_version(), "--version", prog_name="keystone",
+                      message="%(prog)s %(version)s")
 def main():
     """Keystone: deploy Laravel apps to your own servers."""
 
@@ -155,7 +207,26 @@ def _stop_processes(apps: list[subprocess.Popen], redis_proc: subprocess.Popen |
             p.wait(timeout=5)
 
 
+@click.command("reap")
+@with_appcontext
+def reap_command():
+    """End operations whose worker died (interrupted), free their locks, start queued ones."""
+    from app.operations.reaper import reap
+    reaped = reap()
+    click.echo(f"interrupted {len(reaped)} operation(s)" + (f": {reaped}" if reaped else ""))
+
+
+OPERATOR_COMMANDS = (create_user_command, rotate_keys_command, worker_command, dev_command,
+                     reap_command, sandbox)
+
+for _command in OPERATOR_COMMANDS:
+    main.add_command(_command)
+main.add_command(_db_group(), "db")
+for _command in (run_command, shell_command, routes_command):
+    main.add_command(_hidden(_command))
+
+
 def register_cli(app) -> None:
-    for command in (create_user_command, rotate_keys_command, worker_command, dev_command):
+    """The same commands on the app's own CLI (``app.test_cli_runner()``, ``flask``)."""
+    for command in OPERATOR_COMMANDS:
         app.cli.add_command(command)
-    app.cli.add_command(sandbox)

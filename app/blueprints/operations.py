@@ -12,8 +12,7 @@ from app.models.enums import OperationKind, OperationStatus
 from app.operations import lifecycle, logstream, sse
 from app.scoping import current_org_id, get_for_org_or_404, parse_id
 
-# cli_group=None: the commands below are top level (`keystone reap`).
-bp = Blueprint("operations", __name__, cli_group=None)
+bp = Blueprint("operations", __name__)
 
 PAGE_SIZE = 50
 MAX_PAGE = 10**9  # far past any real history; keeps OFFSET inside 64 bits
@@ -178,15 +177,5 @@ def events(operation_id: int):
         gen = sse.stream_events(client, op.id, last_id, engine=db.engine)
     db.session.remove()  # the generator never uses the session; free its connection now
     return Response(gen, mimetype="text/event-stream", headers=headers)
-
-
-@bp.cli.command("reap")
-def reap_command():
-    """End operations whose worker died (interrupted), free their locks, start queued ones."""
-    import click
-
-    from app.operations.reaper import reap
-    reaped = reap()
-    click.echo(f"interrupted {len(reaped)} operation(s)" + (f": {reaped}" if reaped else ""))
 
 

@@ -20,6 +20,7 @@ import redis
 from rq import Queue, Worker
 
 from app.jobs import set_app
+from app.logsetup import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def run_worker(app, burst: bool = False, reaper_interval: float | None = None) -
     set_app(app)
     from app.operations.registry import load_handlers
     load_handlers()  # import handler modules once, before forking
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     from app.remote.quiet import quiet_transport_errors
     quiet_transport_errors()  # SSH retries while a server boots are in the step log already
     try:
