@@ -80,3 +80,7 @@ NAME_MESSAGE = ("Use 1-63 lower-case letters, digits and hyphens, starting and e
 def name_field(label: str = "Name") -> StringField:
     """A resource name that is safe in container, volume, host and file names."""
     return StringField(label, validators=[DataRequired(), FullMatch(NAME_RE, message=NAME_MESSAGE)])
+
+
+class ActionForm(KeystoneForm):
+    """CSRF only: the form of a button that changes something."""

@@ -59,3 +59,16 @@ def get_for_org_or_404(model, object_id, org_id: int | None = None):
     if obj is None:
         abort(404)
     return obj
+
+
+def get_child_or_404(parent, model, object_id, parent_key: str, org_id: int | None = None):
+    """The ``model`` row ``object_id`` of the organisation that belongs to ``parent`` (loaded
+    with :func:`get_for_org_or_404`): 404 unless ``row.<parent_key> == parent.id``.
+
+    ``/environments/1/variables/7`` must not reach variable 7 of environment 2, even in the
+    same organisation.
+    """
+    obj = get_for_org_or_404(model, object_id, org_id)
+    if getattr(obj, parent_key) != parent.id:
+        abort(404)
+    return obj

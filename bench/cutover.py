@@ -4,7 +4,7 @@
 
 Brings up a sandbox (default name ``keystone-bench``: servers with their own
 Docker Engine over SSH, a registry, a git host), builds a Keystone world on
-it through Keystone's own code (app.deploys.testbed: the sample Laravel-shaped
+it through Keystone's own code (app.sandbox.testbed: the sample Laravel-shaped
 app, Postgres and Valkey attached, a Caddy gateway routing a domain), deploys
 once, then sends constant load to the gateway on 127.0.0.1 (the server's
 published port 80, the route's Host header; HTTP/1.1 keep-alive connections,
@@ -58,13 +58,13 @@ def _testbed(args, queue: str, **options):
     """A Keystone world on the bench sandbox, inside an app context; torn down after.
 
     Its own SQLite file and embedded Redis in a temp dir, the sandbox ``args.sandbox``
-    (left up with ``--keep``), and a set-up :class:`app.deploys.testbed.Testbed`.
+    (left up with ``--keep``), and a set-up :class:`app.sandbox.testbed.Testbed`.
     """
     from cryptography.fernet import Fernet
     from flask_migrate import upgrade
 
     from app import create_app, embedded_redis
-    from app.deploys.testbed import Testbed
+    from app.sandbox.testbed import Testbed
     from app.extensions import db
     from app.sandbox import Sandbox
 

@@ -1,9 +1,9 @@
 """Applications: create from a repository SSH URL, deploy key + instructions, verify access,
 environments and their build settings.
 
-Creating an application generates its ed25519 deploy key and a ``production``
-environment on the default branch with the default web service (Laravel,
-deployed with the environment, scheduler on it: SPEC 2 and 8).
+Creating an application (:mod:`app.applications`) generates its ed25519 deploy key
+and a ``production`` environment on the default branch with the default web service
+(Laravel, deployed with the environment, scheduler on it: SPEC 2 and 8).
 
 "Verify access" runs ``git ls-remote`` with the deploy key synchronously in
 the request (bounded by a timeout): it reads a git host and changes no server,
@@ -13,22 +13,22 @@ It answers with the access component only (HTMX swaps it in place).
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import (Blueprint, abort, flash, redirect, render_template, request, url_for)
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional, ValidationError as FormError
 
+from app.applications import create_application, create_environment
 from app.builds import check_build_plan, image_ref, parse_build_config, render_dockerfile
 from app.builds.config import BuildConfigError, JS_TOOLS
 from app.extensions import db
 from app.forms import KeystoneForm, name_field
-from app.models import Application, BuildArtifact, Environment, Registry, Server, Service
-from app.models.enums import (BuildStrategy, DeployPolicy, RepositoryType, SchedulerMode,
-                              ServerStatus, ServiceCategory)
+from app.models import Application, BuildArtifact, Environment, Registry, Server
+from app.models.enums import BuildStrategy, RepositoryType, ServerStatus, ServiceCategory
 from app.repositories import (assign_deploy_key, deploy_key_instructions, forget_host_key,
                               parse_known_hosts, verify_access)
 from app.repositories import validation as rv
-from app.scoping import current_org_id, get_for_org_or_404, org_query
+from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query
 
 bp = Blueprint("applications", __name__, url_prefix="/applications")
 
@@ -83,50 +83,12 @@ class BuildSettingsForm(KeystoneForm):
     image = StringField("Prebuilt image (external registry)", validators=[Optional(), Length(max=255)])
 
 
-def _apply_repository_type(application: Application, choice: str) -> None:
-    if choice and choice != "auto":
-        application.repository_type = RepositoryType(choice)
-    else:
-        application.repository_type = rv.parse_repository_url(application.repository_url).repository_type
-
-
-def create_application(org_id: int, name: str, repository_url: str, default_branch: str,
-                       repository_type: str = "auto") -> Application:
-    """The application, its deploy key, and a production environment with the web service."""
-    application = Application(organisation_id=org_id, name=name, repository_url=repository_url,
-                              default_branch=default_branch)
-    _apply_repository_type(application, repository_type)
-    assign_deploy_key(application)
-    db.session.add(application)
-    create_environment(application, "production", default_branch)
-    return application
-
-
-def create_environment(application: Application, name: str, branch: str) -> Environment:
-    environment = Environment(application=application, name=name, branch=branch,
-                              build_config={}, scheduler_enabled=True,
-                              scheduler_mode=SchedulerMode.SINGLE)
-    web = Service(organisation_id=application.organisation_id, environment=environment, name="web",
-                  category=ServiceCategory.APPLICATION, type="laravel", driver_name="laravel",
-                  deploy_policy=DeployPolicy.WITH_ENVIRONMENT, process_roles=["web"],
-                  desired_replicas=1)
-    db.session.add_all([environment, web])
-    db.session.flush()
-    environment.scheduler_target_service = web
-    from app.app_key import ensure_app_key
-    ensure_app_key(environment)   # APP_KEY=base64:..., a secret system variable, made once
-    return environment
-
-
 def _load(application_id) -> Application:
     return get_for_org_or_404(Application, application_id)
 
 
 def _load_env(application: Application, environment_id) -> Environment:
-    environment = get_for_org_or_404(Environment, environment_id)
-    if environment.application_id != application.id:
-        abort(404)
-    return environment
+    return get_child_or_404(application, Environment, environment_id, "application_id")
 
 
 def environment_servers(environment: Environment) -> list[Server]:
@@ -219,7 +181,7 @@ def verify(application_id):
     result = verify_access(application)
     db.session.commit()
     context = _access_context(application, result)
-    if request.headers.get("HX-Request"):
+    if request.htmx:
         return render_template("applications/_access.html", **context)
     flash(result.message, "success" if result.ok else "error")
     return redirect(url_for("applications.show", application_id=application.id))
@@ -231,7 +193,7 @@ def forget_host(application_id):
     application = _load(application_id)
     forget_host_key(application)
     db.session.commit()
-    if request.headers.get("HX-Request"):
+    if request.htmx:
         return render_template("applications/_access.html", **_access_context(application))
     flash("The stored host key was forgotten; the next verification trusts the key the host "
           "presents then.", "success")

@@ -7,7 +7,7 @@ with the deploy-button component (HTMX) or a redirect to the environment.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from app.deploys import service as deploy_service
@@ -17,13 +17,9 @@ from app.models.enums import ArtifactStatus, OperationKind
 from app.operations import OperationLocked
 from app.operations.lifecycle import blocking_operation, describe_operation
 from app.operations.state import ACTIVE
-from app.scoping import current_org_id, get_for_org_or_404
+from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404
 
 bp = Blueprint("deploys", __name__, url_prefix="/environments")
-
-
-def _is_htmx() -> bool:
-    return request.headers.get("HX-Request") == "true"
 
 
 def _active_deploy(env: Environment) -> Operation | None:
@@ -64,7 +60,7 @@ def _component(env: Environment, status: int = 200, **kw):
 
 
 def _done(env: Environment, message: str | None = None, error: str | None = None, **kw):
-    if _is_htmx():
+    if request.htmx:
         return _component(env, message=message, error=error, **kw)
     if error:
         flash(error, "error")
@@ -93,7 +89,7 @@ def deploy(environment_id):
         return _done(env, error=f"Deploy refused: {exc}")
     except deploy_service.DeployBlocked as exc:
         return _done(env, error=str(exc), problems=exc.problems)
-    if request.form.get("follow") == "1" and not _is_htmx():
+    if request.form.get("follow") == "1" and not request.htmx:
         # The wizard's deploy button: go straight to the live log.
         return redirect(url_for("operations.show", operation_id=op.id))
     if op.status.value == "queued":
@@ -120,9 +116,7 @@ def rollback_choices(environment_id):
 @login_required
 def rollback(environment_id, artifact_id):
     env = get_for_org_or_404(Environment, environment_id)
-    artifact = get_for_org_or_404(BuildArtifact, artifact_id)
-    if artifact.environment_id != env.id:
-        abort(404)
+    artifact = get_child_or_404(env, BuildArtifact, artifact_id, "environment_id")
     if artifact.status != ArtifactStatus.READY or not artifact.image_digest:
         return _done(env, error="That build is not usable: only finished builds can be "
                                 "redeployed.")
@@ -173,9 +167,7 @@ def add_websocket(environment_id):
 @login_required
 def embedded_worker(environment_id, service_id):
     env = get_for_org_or_404(Environment, environment_id)
-    service = get_for_org_or_404(Service, service_id)
-    if service.environment_id != env.id:
-        abort(404)
+    service = get_child_or_404(env, Service, service_id, "environment_id")
     enabled = request.form.get("enabled") == "1"
     try:
         deploy_service.set_embedded_worker(service, enabled)
@@ -211,7 +203,7 @@ def scheduler(environment_id):
 
 def _refused(env: Environment, error: str):
     """Bad input: 422 with the message, nothing stored."""
-    if _is_htmx():
+    if request.htmx:
         return _component(env, status=422, error=error)
     from app.blueprints.environments import render_page
     flash(error, "error")

@@ -44,8 +44,8 @@ def start():
     sandbox_state = (org.onboarding_state or {}).get("sandbox")
     context = onboarding.step_context(org)
     if current is not None and current.key == "services" and context["environments"]:
-        from app.blueprints.services import _environment, attachments_context
-        env = _environment(context["environments"][0].id)
+        from app.blueprints.environments import attachments_context, load_environment
+        env = load_environment(context["environments"][0].id)
         context["attachments"] = attachments_context(env, next_target="onboarding")
     return render_template("onboarding/wizard.html", steps=steps, current=current,
                            sandbox_available=docker_available(), sandbox=sandbox_state,

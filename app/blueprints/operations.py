@@ -155,7 +155,7 @@ def badge(operation_id: int):
 def cancel(operation_id: int):
     op = get_for_org_or_404(Operation, operation_id)
     message = lifecycle.cancel_operation(op)
-    if request.headers.get("HX-Request"):
+    if request.htmx:
         db.session.refresh(op)
         return render_template("operations/_panel.html", flash_message=message,
                                **_panel_context(op))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 import sqlalchemy as sa
-from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
+from flask import (Blueprint, abort, flash, redirect, render_template, request,
                    url_for)
 from flask_login import current_user, login_required
 from wtforms import (HiddenField, IntegerField, PasswordField, SelectField, StringField,
@@ -20,6 +20,7 @@ from wtforms import (HiddenField, IntegerField, PasswordField, SelectField, Stri
 from wtforms.validators import (DataRequired, Length, NumberRange, Optional,
                                 ValidationError)
 
+from app.blueprints.helpers import hx_redirect
 from app.extensions import db, limiter
 from app.forms import FullMatch, KeystoneForm, name_field
 from app.models import (AuditEvent, Operation, Organisation, Provider, Server, Service,
@@ -91,16 +92,6 @@ def _org() -> Organisation:
     return db.session.get(Organisation, current_org_id())
 
 
-def _is_htmx() -> bool:
-    return bool(request.headers.get("HX-Request"))
-
-
-def _redirect(url: str):
-    if _is_htmx():
-        return Response(status=204, headers={"HX-Redirect": url})
-    return redirect(url)
-
-
 def _name_taken(model, name: str, org_id: int) -> bool:
     return db.session.execute(sa.select(model.id).where(model.organisation_id == org_id,
                                                         model.name == name)).first() is not None
@@ -168,8 +159,8 @@ def new_hetzner():
                 db.session.add(provider)
                 db.session.commit()
                 flash(f"Hetzner project connected as {provider.name}.", "success")
-                return _redirect(url_for("servers.create_hetzner", provider_id=provider.id))
-    template = "servers/_hetzner_provider_form.html" if _is_htmx() else "servers/new_hetzner.html"
+                return hx_redirect(url_for("servers.create_hetzner", provider_id=provider.id))
+    template = "servers/_hetzner_provider_form.html" if request.htmx else "servers/new_hetzner.html"
     return render_template(template, form=form)
 
 
@@ -226,8 +217,8 @@ def create_hetzner(provider_id: int):
                 if op is not None:
                     flash(f"Hetzner is creating {server.name}; Keystone provisions it as soon "
                           f"as it answers over SSH.", "success")
-                return _redirect(url_for("servers.show", server_id=server.id))
-    template = "servers/_hetzner_server_form.html" if _is_htmx() else "servers/create_hetzner.html"
+                return hx_redirect(url_for("servers.show", server_id=server.id))
+    template = "servers/_hetzner_server_form.html" if request.htmx else "servers/create_hetzner.html"
     return render_template(template, form=form, provider=provider, api_error=api_error)
 
 
@@ -278,13 +269,13 @@ def new_custom():
                                     facts={"presented_host_key": probe.fingerprint})
                     db.session.add(server)
                     db.session.commit()
-                    return _redirect(url_for("servers.confirm_host_key", server_id=server.id))
+                    return hx_redirect(url_for("servers.confirm_host_key", server_id=server.id))
     if request.method == "POST":
         # Never send a submitted private key back to the browser (as the variables form
         # does with secret values): the user pastes it again.
         form.private_key.data = ""
         form.private_key.raw_data = []
-    template = "servers/_custom_form.html" if _is_htmx() else "servers/new_custom.html"
+    template = "servers/_custom_form.html" if request.htmx else "servers/new_custom.html"
     return render_template(template, form=form, public_key=public_key, org=org)
 
 
@@ -330,7 +321,7 @@ def confirm_host_key(server_id: int):
                     flash(f"Host key pinned. Provisioning {server.name}.", "success")
             else:
                 flash(f"Host key of {server.name} re-pinned to {presented}.", "success")
-            return _redirect(url_for("servers.show", server_id=server.id))
+            return hx_redirect(url_for("servers.show", server_id=server.id))
     if presented:
         form.fingerprint.data = presented
     return render_template("servers/host_key.html", server=server, form=form,

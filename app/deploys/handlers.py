@@ -29,7 +29,9 @@ from app.builds.artifacts import (BuildError, artifact_registry, ensure_artifact
 from app.builds.plan import BuildPlanError
 from app.deploys import commands as dc
 from app.drivers import get_driver
-from app.drivers.base import service_alias
+from app.drivers.base import FirewallRule, service_alias
+from app.drivers.compose import compose_cmd, dump_yaml, ensure_network_cmd, upload_project
+from app.drivers.handlers import _running_container, install_gateway_config, open_firewall
 from app.deploys.gateway_health import health_events, parse_stamp
 from app.deploys.planning import (DeployPlan, EnvironmentSnapshot, PlanError, ReplicaFact,
                                   SchedulerFact, ServiceChange, ServiceFact, config_hash,
@@ -39,8 +41,7 @@ from app.deploys.slots import (APP_PORT, HEALTH_FAILS, HEALTH_INTERVAL_MS, HEALT
                                HEALTH_TIMEOUT, READY_PATH, WEBSOCKET_MATCHER, WEBSOCKET_PATHS,
                                container_name, project_name, slot_alias, slot_port, upstreams)
 from app.extensions import db
-from app.models import (BuildArtifact, Environment, EnvironmentAttachment, Server, Service,
-                        ServiceReplica, ServiceSlice)
+from app.models import BuildArtifact, Environment, Server, Service, ServiceReplica, ServiceSlice
 from app.models.service import REMOVED_BY_KEYSTONE
 from app.models.enums import (ArtifactStatus, DeployPolicy, EnvironmentStatus, HealthStatus,
                               OperationKind, ReplicaStatus, SchedulerMode, ServiceStatus,
@@ -48,6 +49,7 @@ from app.models.enums import (ArtifactStatus, DeployPolicy, EnvironmentStatus, H
 from app.operations import OperationContext, StepFailed, operation_handler
 from app.repositories import resolve_commit
 from app.repositories.validation import ValidationError
+from app.shell import cmd
 
 log = logging.getLogger(__name__)
 
@@ -398,8 +400,6 @@ class EnvironmentDeploy:
         self.ctx.result["migrations_ran"] = self.ctx.result.get("migrations_ran", 0) + 1
 
     def _one_off(self, svc: Service, server_id: int, command: str, title: str, tag: str) -> None:
-        from app.drivers import get_driver
-        from app.drivers.compose import INTERPOLATION_ENV_TEXT, compose_cmd, ensure_network_cmd
         server = db.session.get(Server, server_id)
         driver = get_driver(svc)
         name = f"ks-{tag}-{svc.id}-op{self.ctx.id}"
@@ -416,17 +416,13 @@ class EnvironmentDeploy:
             raise StepFailed(f"{svc.name}: {exc}") from None
         with self.ctx.step(title, server=server) as step:
             step.run(ensure_network_cmd(), timeout=60)
-            step.mkdir(directory)
-            step.put_file(rendered.compose_path, rendered.compose_yaml, mode=0o600)
-            step.put_file(rendered.env_path, rendered.env_file, mode=0o600)
-            step.put_file(rendered.interpolation_env_path, INTERPOLATION_ENV_TEXT, mode=0o600)
+            upload_project(step, rendered)
             try:
                 step.run(dc.one_off_run(directory, name, "worker", name, argv), timeout=1800)
             finally:
                 step.run(compose_cmd(directory, name, "down", "--remove-orphans"), check=False,
                          timeout=120)
                 step.run(dc.remove(name), check=False, timeout=60)
-                from app.shell import cmd
                 step.run(cmd("rm", "-rf", "--", directory), check=False, timeout=60)
 
     # ---------------------------------------------------------------- new replicas
@@ -441,9 +437,6 @@ class EnvironmentDeploy:
                            summary=f"{service.name}: {placement.slot} slot on {server.name}")
 
     def _replica_deploy(self, rctx: OperationContext, change: ServiceChange, placement) -> None:
-        from app.drivers import get_driver
-        from app.drivers.compose import (INTERPOLATION_ENV_TEXT, compose_cmd, dump_yaml,
-                                         ensure_network_cmd)
         service = db.session.get(Service, change.service_id)
         server = db.session.get(Server, placement.server_id)
         fact = self.facts[service.id]
@@ -497,16 +490,11 @@ class EnvironmentDeploy:
                                                        pty=False, timeout=30)))
                 replica.config = {**(replica.config or {}), "started_at": started}
                 db.session.commit()
-                step.mkdir(rendered.directory)
-                step.put_file(rendered.compose_path, rendered.compose_yaml, mode=0o600)
-                step.put_file(rendered.env_path, rendered.env_file, mode=0o600)
-                step.put_file(rendered.interpolation_env_path, INTERPOLATION_ENV_TEXT, mode=0o600)
+                upload_project(step, rendered)
                 step.run(compose_cmd(rendered.directory, project, "up", "-d", "--no-build"),
                          timeout=600)
             if published:
                 # Other servers' gateways reach this slot on the private network only.
-                from app.drivers.base import FirewallRule
-                from app.drivers.handlers import open_firewall
                 open_firewall(rctx, server, [FirewallRule(published, "tcp",
                                                           f"laravel {service.id} {slot}")])
             self._health_check(rctx, service, change, replica, server, role)
@@ -658,8 +646,6 @@ class EnvironmentDeploy:
         db.session.commit()
 
     def _teardown(self, step, replica: ServiceReplica, timeout: int, drain_first: bool) -> None:
-        from app.drivers.compose import compose_cmd
-        from app.shell import cmd
         name = replica.container_name
         if drain_first:
             res = step.run(dc.drain(name), check=False, pty=False, timeout=30)
@@ -744,7 +730,6 @@ class EnvironmentDeploy:
                         "list the blue/green slots")
 
     def _configure_route(self, cctx: OperationContext, route: ServiceSlice, desired: dict) -> None:
-        from app.drivers.handlers import install_gateway_config
         with cctx.step("Route the environment's slots") as step:
             step.log("upstreams: " + " ".join(desired["upstreams"]))
             for pr in desired.get("path_routes") or []:
@@ -759,7 +744,6 @@ class EnvironmentDeploy:
     # ---------------------------------------------------------------- gateway confirmation
     def _gateways(self) -> list[tuple[Service, Server, str]]:
         """(gateway service, its server, its container) of every route of this environment."""
-        from app.drivers.handlers import _running_container
         out: dict[int, tuple[Service, Server, str]] = {}
         for route in self._route_slices():
             gateway = route.service

@@ -168,3 +168,13 @@ def ensure_network_cmd() -> Command:
                  DOCKER_NETWORK, Raw(">/dev/null"))
     return or_else(inspect, create, cmd("docker", "network", "inspect", DOCKER_NETWORK,
                                         Raw(">/dev/null")))
+
+
+def upload_project(step, rendered: RenderedCompose) -> None:
+    """Create the project's directory and write compose.yml, its .env and the empty
+    interpolation env, all 0600 (``step`` is an operation step: ``step.mkdir``,
+    ``step.put_file``)."""
+    step.mkdir(rendered.directory)
+    step.put_file(rendered.compose_path, rendered.compose_yaml, mode=0o600)
+    step.put_file(rendered.env_path, rendered.env_file, mode=0o600)
+    step.put_file(rendered.interpolation_env_path, INTERPOLATION_ENV_TEXT, mode=0o600)

@@ -29,7 +29,7 @@ from app.drivers.base import (DOCKER_NETWORK, RenderContext, RenderedCompose,
 from app.drivers.caddy.caddyfile import CaddyfileError, caddy_binary, check_caddyfile
 from app.drivers.caddy.driver import (CADDYFILE, CADDYFILE_NEXT, CONFIG_DIR_IN_CONTAINER,
                                       assert_single_gateway)
-from app.drivers.compose import INTERPOLATION_ENV_TEXT, compose_cmd, ensure_network_cmd
+from app.drivers.compose import compose_cmd, ensure_network_cmd, upload_project
 from app.builds.commands import pull as pull_cmd
 from app.drivers.images import (DIGEST_RE, ImageError, org_credentials, org_registry, parse_image,
                                 resolve_digest)
@@ -73,10 +73,7 @@ def write_project(ctx: OperationContext, server: "Server", rendered: RenderedCom
                   *, name: str = "Write compose project") -> None:
     """Upload compose.yml, .env and the empty interpolation env; all 0600, atomic."""
     with ctx.step(name, server=server) as step:
-        step.mkdir(rendered.directory)
-        step.put_file(rendered.compose_path, rendered.compose_yaml, mode=0o600)
-        step.put_file(rendered.env_path, rendered.env_file, mode=0o600)
-        step.put_file(rendered.interpolation_env_path, INTERPOLATION_ENV_TEXT, mode=0o600)
+        upload_project(step, rendered)
         step.run(compose_cmd(rendered.directory, rendered.project_name, "config", "-q"),
                  timeout=120)
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app.accounts import create_account
-from app.blueprints.applications import create_application
+from app.applications import create_application
 from app.builds import BUILD_STEP, BuildPlanError, ensure_artifact, image_ref
 from app.extensions import db
 from app.models import BuildArtifact, Operation, OperationStep, Registry, Server, Service

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from app.deploys.testbed import wait_until
+from app.sandbox.testbed import wait_until
 from tests.integration.testbeds import commit_of, running_testbed
 from bench.loadgen import LoadGenerator
 

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from app.deploys.testbed import wait_until
+from app.sandbox.testbed import wait_until
 from tests.integration.testbeds import running_testbed
 
 pytestmark = pytest.mark.integration

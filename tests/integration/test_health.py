@@ -50,7 +50,7 @@ def test_a_killed_replica_is_reflected_after_one_check(hbed, sandbox):
 
     # Docker's own HEALTHCHECK of the new replica (10 s interval, 30 s start period) may
     # still say "starting" right after the deploy on a loaded machine: check until it ran.
-    from app.deploys.testbed import wait_until
+    from app.sandbox.testbed import wait_until
     wait_until(lambda: (check_health() and web_replica(hbed).health_status.value == "healthy"),
                timeout=180, interval=5)
     counts = check_health()

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from app.deploys.testbed import wait_until
+from app.sandbox.testbed import wait_until
 from tests.integration.test_deploys import assert_never_two_runners, schedule_runs
 from tests.integration.testbeds import running_testbed
 

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from app.deploys.testbed import describe, wait_until
+from app.sandbox.testbed import describe, wait_until
 from bench.loadgen import LoadGenerator
 from tests.integration.testbeds import commit_of, running_testbed
 

@@ -10,9 +10,9 @@ from app.sandbox import SandboxInfo
 @contextlib.contextmanager
 def running_testbed(sandbox: SandboxInfo, tmp_path_factory, migrated_db_template, redis_url,
             name: str, **options):
-    """A set-up :class:`app.deploys.testbed.Testbed` inside its own app context, cleaned up
+    """A set-up :class:`app.sandbox.testbed.Testbed` inside its own app context, cleaned up
     after. Module fixtures wrap it: ``with running_testbed(..., "deploys", server_count=1) as tb``."""
-    from app.deploys.testbed import Testbed
+    from app.sandbox.testbed import Testbed
     from app.extensions import db
     from tests.conftest import make_app
     app = make_app(tmp_path_factory.mktemp(name), migrated_db_template, redis_url)

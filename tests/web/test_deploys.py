@@ -245,7 +245,8 @@ def test_scheduler_form_refuses_bad_input_and_stores_nothing(app, client, db, au
 def test_first_deploy_places_a_new_web_service_on_the_active_server(app, client, db, auth):
     """The wizard's new environment has a web service on no server: the first deploy puts it
     on the organisation's active server instead of refusing ("Nothing to deploy")."""
-    from app.blueprints.applications import create_environment, environment_servers
+    from app.applications import create_environment
+    from app.blueprints.applications import environment_servers
     from app.models.enums import ServerStatus
     g = ready_org(db)
     g.server.status = ServerStatus.ACTIVE

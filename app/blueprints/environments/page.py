@@ -7,21 +7,26 @@ variables (secret values masked, reveal recorded); operations.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
+from sqlalchemy.orm import selectinload
 from wtforms import StringField
 from wtforms.validators import Length
-from sqlalchemy.orm import selectinload
 
+from app.app_key import ROTATE_WARNING, AppKeyError, app_key_variable
+from app.app_key import rotate_app_key as rotate
+from app.attachments import queue_sync_warning
+from app.blueprints.environments.blueprint import bp
+from app.blueprints.environments.components import attachments_context, variables_context
+from app.deploys.scheduler import scheduler_targets
+from app.deploys.service import app_services, service_server_ids
 from app.extensions import db
 from app.models import (AuditEvent, Environment, EnvironmentAttachment, EnvironmentVariable,
                         Operation, Service, ServiceReplica)
-from app.deploys.scheduler import scheduler_targets
-from app.models.enums import SchedulerMode
-from app.scoping import current_org_id, get_for_org_or_404, org_query
-
-bp = Blueprint("environments", __name__, url_prefix="/environments")
+from app.models.enums import DeployPolicy, SchedulerMode
+from app.onboarding import environment_url
+from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query
 
 
 class RotateAppKeyForm(FlaskForm):
@@ -30,7 +35,6 @@ class RotateAppKeyForm(FlaskForm):
 
 def app_key_context(env: Environment, form: RotateAppKeyForm | None = None,
                     error: str | None = None) -> dict:
-    from app.app_key import ROTATE_WARNING, app_key_variable
     return {"variable": app_key_variable(env), "form": form or RotateAppKeyForm(formdata=None),
             "warning": ROTATE_WARNING, "error": error}
 
@@ -53,7 +57,6 @@ def load_environment(environment_id) -> Environment:
 
 def environment_warnings(env: Environment) -> list[str]:
     """The page's warnings; the queue one is app.attachments' (one source of truth)."""
-    from app.attachments import queue_sync_warning
     warnings = []
     queue = queue_sync_warning(env)
     if queue:
@@ -80,8 +83,6 @@ def shared_storage_warning(env: Environment) -> str | None:
     deploy uses, app.deploys.service.service_server_ids), so it shows before the
     first multi-server deploy; no query (the page's services are loaded).
     """
-    from app.deploys.service import app_services, service_server_ids
-    from app.models.enums import DeployPolicy
     ids = {i for s in app_services(env) if s.deploy_policy == DeployPolicy.WITH_ENVIRONMENT
            for i in service_server_ids(s)}
     if len(ids) < 2:
@@ -115,9 +116,8 @@ def show(environment_id):
 
 def render_page(environment_id, *, attachments: dict | None = None,
                 variables: dict | None = None, app_key: dict | None = None, status: int = 200):
-    """The whole page; the services blueprint passes a component's context with its errors
-    when a form was posted without HTMX (every page works on a full reload)."""
-    from app.blueprints.services import attachments_context, variables_context
+    """The whole page; a component's view passes its context with its errors when a form
+    was posted without HTMX (every page works on a full reload)."""
     env = load_environment(environment_id)
     operations = db.session.execute(
         sa.select(Operation).where(Operation.organisation_id == current_org_id(),
@@ -126,7 +126,6 @@ def render_page(environment_id, *, attachments: dict | None = None,
                                    Operation.parent_id.is_(None))
         .order_by(Operation.id.desc()).limit(15)).scalars().all()
     last_deploy = next((op for op in operations if op.kind.value == "environment_deploy"), None)
-    from app.onboarding import environment_url
     return render_template("environments/show.html", env=env, live_url=environment_url(env),
                            operations=operations, last_deploy=last_deploy,
                            warnings=environment_warnings(env),
@@ -141,7 +140,6 @@ def render_page(environment_id, *, attachments: dict | None = None,
 @login_required
 def rotate_app_key(environment_id):
     """Replace APP_KEY after the user typed the environment's name (sessions are lost)."""
-    from app.app_key import AppKeyError, rotate_app_key as rotate
     env = get_for_org_or_404(Environment, environment_id)
     form = RotateAppKeyForm()
     if not form.validate_on_submit():
@@ -164,9 +162,7 @@ def rotate_app_key(environment_id):
 @login_required
 def reveal_variable(environment_id, variable_id):
     env = get_for_org_or_404(Environment, environment_id)
-    var = get_for_org_or_404(EnvironmentVariable, variable_id)
-    if var.environment_id != env.id:
-        abort(404)
+    var = get_child_or_404(env, EnvironmentVariable, variable_id, "environment_id")
     db.session.add(AuditEvent(organisation_id=current_org_id(), user_id=current_user.id,
                               action="variable.reveal", target_type="environment_variable",
                               target_id=var.id, detail={"key": var.key,

@@ -1,0 +1,164 @@
+"""The environment page's attachments and variables components: their forms and the
+context each template renders (``environments/_attachments.html``,
+``environments/_variables.html``). No routes here: :mod:`.attachments` and
+:mod:`.variables` are the views; :mod:`.page` renders both on the whole page.
+"""
+from __future__ import annotations
+
+from flask import request
+from wtforms import (BooleanField, HiddenField, SelectField, SelectMultipleField, StringField,
+                     TextAreaField, widgets)
+from wtforms.validators import DataRequired, Length
+
+from app import attachments as att
+from app.blueprints.helpers import latest_operations
+from app.forms import ActionForm, KeystoneForm
+from app.managed_services import (MANAGED_TYPES, org_managed_services, org_servers,
+                                  service_stand_in, stand_in_note)
+from app.models import Environment, Server, Service
+from app.models.enums import ServerStatus, SliceStatus, VariableSource
+
+TLS_CHOICES = [("auto", "Automatic HTTPS (Let's Encrypt)"),
+               ("internal", "HTTPS with Caddy's internal CA"),
+               ("off", "Plain HTTP only")]
+# Where a full-reload form post of the attachments component returns to (the wizard).
+NEXT_TARGETS = {"onboarding": "onboarding.start"}
+
+
+def posted_next_target() -> str | None:
+    """Where a full-reload form post returns to: only a known name (no open redirect)."""
+    for name in ("next", "pg-next", "vk-next", "dom-next", "rec-next"):
+        value = request.values.get(name)
+        if value in NEXT_TARGETS:
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------- forms
+
+class _AttachForm(KeystoneForm):
+    next = HiddenField()
+    target = SelectField("Service", coerce=str, choices=[], validators=[DataRequired()])
+
+
+class AttachPostgresForm(_AttachForm):
+    pass
+
+
+class AttachValkeyForm(_AttachForm):
+    role = SelectField("Use it for", choices=[("cache", "Cache and sessions"),
+                                               ("queue", "Queues")], default="cache")
+
+
+class AttachDomainForm(_AttachForm):
+    hostname = StringField("Domain", validators=[DataRequired(), Length(max=253)])
+    target = SelectField("Gateway", coerce=str, choices=[], validators=[DataRequired()])
+    tls = SelectField("TLS", choices=[("", "Default for the server")] + TLS_CHOICES, default="")
+    www_redirect = BooleanField("Also answer www. of this domain with a permanent redirect to it")
+
+
+class MultiCheckboxField(SelectMultipleField):
+    widget = widgets.ListWidget(prefix_label=False)
+    option_widget = widgets.CheckboxInput()
+
+
+class RecommendationsForm(KeystoneForm):
+    next = HiddenField()
+    keys = MultiCheckboxField("Apply", choices=[])
+    confirm = BooleanField("I understand this changes how the application behaves")
+
+
+class VariableForm(KeystoneForm):
+    key = StringField("Name", validators=[DataRequired(message="Give the variable a name."),
+                                         Length(max=255)])
+    value = TextAreaField("Value", validators=[Length(max=65536)])
+    is_secret = BooleanField("Secret (masked on this page)")
+
+
+class EditVariableForm(KeystoneForm):
+    value = TextAreaField("Value", validators=[Length(max=65536)])
+    is_secret = BooleanField("Secret")
+
+
+# --------------------------------------------------------------------------- attachments
+
+def _server_label(server: Server | None) -> str:
+    return server.name if server is not None else "no server"
+
+
+def _choices(services: list[Service], servers: list[Server], label: str, service_type: str,
+             skip_servers=frozenset()) -> list[tuple[str, str]]:
+    """Existing services, then "New ... on <server>" for each server that is provisioned
+    (a service cannot start on a server Keystone has not set up)."""
+    out = [(str(s.id), f"{s.name} on {_server_label(s.server)}{service_stand_in(s)}")
+           for s in services]
+    out += [(f"new:{srv.id}", f"New {label} on {srv.name}{stand_in_note(service_type, srv)}")
+            for srv in servers if srv.id not in skip_servers and srv.status == ServerStatus.ACTIVE]
+    return out
+
+
+def attachment_forms(env: Environment, formdata=None) -> dict:
+    services = org_managed_services()
+    servers = org_servers()
+    by_type = {t: [s for s in services if s.type == t] for t in MANAGED_TYPES}
+    gateway_servers = {s.server_id for s in by_type["caddy"]}
+    pg = AttachPostgresForm(formdata=formdata, prefix="pg")
+    pg.target.choices = _choices(by_type["postgres"], servers, "Postgres 18", "postgres")
+    vk = AttachValkeyForm(formdata=formdata, prefix="vk")
+    vk.target.choices = _choices(by_type["valkey"], servers, "Valkey 8", "valkey")
+    dom = AttachDomainForm(formdata=formdata, prefix="dom")
+    dom.target.choices = _choices(by_type["caddy"], servers, "Caddy gateway", "caddy", gateway_servers)
+    if formdata is None and not dom.hostname.data and env.application is not None:
+        if any((s.facts or {}).get("sandbox") for s in servers):
+            dom.hostname.data = f"{env.application.name}.localhost"
+    rec = RecommendationsForm(formdata=formdata, prefix="rec")
+    return {"pg_form": pg, "vk_form": vk, "dom_form": dom, "rec_form": rec}
+
+
+def attachments_context(env: Environment, forms: dict | None = None,
+                        next_target: str | None = None, **kw) -> dict:
+    """The attachments component's context; ``next_target="onboarding"`` sends full-reload
+    form posts back to the wizard."""
+    forms = forms or attachment_forms(env)
+    recs = att.recommendations_for(env)
+    forms["rec_form"].keys.choices = [(r.key, f"{r.key}={r.value}") for r in recs]
+    slice_ids = [a.service_slice_id for a in env.attachments]
+    ops = latest_operations("service_slice", slice_ids)
+    busy = any(a.service_slice is not None and a.service_slice.status in
+               (SliceStatus.PENDING, SliceStatus.PROVISIONING, SliceStatus.DELETING)
+               and a.service_slice_id in ops and not ops[a.service_slice_id].is_terminal
+               for a in env.attachments)
+    nxt = next_target or posted_next_target()
+    for f in forms.values():
+        f.next.data = nxt if nxt in NEXT_TARGETS else ""
+    ctx = {"env": env, "recommendations": recs, "slice_ops": ops, "busy": busy,
+           "attach_message": None, "attach_error": None,
+           "next": nxt if nxt in NEXT_TARGETS else None}
+    ctx.update(forms)
+    ctx.update(kw)
+    return ctx
+
+
+# --------------------------------------------------------------------------- variables
+
+def variables_context(env: Environment, form: VariableForm | None = None, **kw) -> dict:
+    slices = {a.service_slice_id: a for a in env.attachments if a.service_slice_id}
+    rows = att.variable_rows(env)
+    override = request.args.get("override") if request.method == "GET" else None
+    if form is None:
+        form = VariableForm(formdata=None)
+        if override:
+            form.key.data = override
+    edit_forms = kw.pop("edit_forms", {})
+    for row in rows:
+        var = row.variable
+        if var.source == VariableSource.USER and var.id not in edit_forms:
+            edit_forms[var.id] = EditVariableForm(
+                formdata=None, prefix=f"v{var.id}", is_secret=var.is_secret,
+                value="" if var.is_secret else var.value)
+    ctx = {"env": env, "rows": rows, "var_form": form, "slice_attachments": slices,
+           "var_message": None, "var_error": None, "edit_forms": edit_forms,
+           "action_form": ActionForm(formdata=None)}
+    ctx.update(kw)
+    return ctx
+

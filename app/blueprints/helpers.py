@@ -1,0 +1,31 @@
+"""Small helpers the views share. Whether a request came from HTMX is htmx-flask's
+``request.htmx`` (true when ``HX-Request: true``); nothing else asks the header."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Response, redirect, request
+
+from app.extensions import db
+from app.models import Operation
+from app.scoping import current_org_id
+
+
+def hx_redirect(url: str):
+    """Send the browser to ``url``: an ``HX-Redirect`` for HTMX, else a plain redirect."""
+    if request.htmx:
+        return Response(status=204, headers={"HX-Redirect": url})
+    return redirect(url)
+
+
+def latest_operations(target_type: str, ids) -> dict[int, Operation]:
+    """The newest top-level operation per target id, for the organisation."""
+    ids = [i for i in ids if i]
+    if not ids:
+        return {}
+    rows = db.session.execute(
+        sa.select(Operation).where(Operation.organisation_id == current_org_id(),
+                                   Operation.target_type == target_type,
+                                   Operation.target_id.in_(ids),
+                                   Operation.parent_id.is_(None))
+        .order_by(Operation.id)).scalars().all()
+    return {op.target_id: op for op in rows}  # the last one per target wins

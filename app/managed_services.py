@@ -1,0 +1,97 @@
+"""Managed services (Postgres 18, Valkey 8, the Caddy gateway, SPEC 9-13): creating one
+on a server. The services views, the attachments component (a "New ... on <server>"
+choice) and the sandbox testbed share it; it never commits or starts an operation.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from app.drivers import get_driver
+from app.drivers.base import DriverError
+from app.drivers.caddy.driver import assert_single_gateway
+from app.drivers.images import parse_image
+from app.extensions import db
+from app.models import Server, Service
+from app.sandbox.images import STAND_IN_RUNS
+from app.scoping import current_org_id, org_query
+
+MANAGED_TYPES = {
+    "postgres": "Postgres 18 (database)",
+    "valkey": "Valkey 8 (cache, sessions, queues)",
+    "caddy": "Caddy 2 gateway (ports 80/443, one per server)",
+}
+
+
+def sandbox_image(server: Server | None, service_type: str) -> str | None:
+    """Sandbox servers pull the stand-in images from the sandbox registry when it has them."""
+    if server is None:
+        return None
+    return ((server.facts or {}).get("images") or {}).get(service_type)
+
+
+def stand_in_note(service_type: str, server: Server | None, image: str | None = None) -> str:
+    """" (sandbox stand-in: PostgreSQL 15)" when the sandbox's stand-in image is what runs."""
+    stand_in = sandbox_image(server, service_type)
+    if not stand_in or service_type not in STAND_IN_RUNS or (image and image != stand_in):
+        return ""
+    return f" (sandbox stand-in: {STAND_IN_RUNS[service_type]})"
+
+
+def name_taken(name: str) -> bool:
+    """An organisation-level service (no environment) of this name exists already."""
+    return db.session.execute(sa.select(Service.id).where(
+        Service.organisation_id == current_org_id(), Service.environment_id.is_(None),
+        Service.name == name)).first() is not None
+
+
+def free_name(base: str) -> str:
+    """``base``, else ``base-2``, ``base-3``, ... whichever is free."""
+    name, n = base, 2
+    while name_taken(name):
+        name = f"{base[:58]}-{n}"
+        n += 1
+    return name
+
+
+def new_service(service_type: str, server: Server, name: str, image: str | None = None,
+                expose_private: bool = False) -> Service:
+    """A Postgres, Valkey or Caddy service row placed on ``server`` (flushed, not committed).
+
+    Raises DriverError (GatewayConflict: a second gateway on one server) or ImageError.
+    """
+    if service_type not in MANAGED_TYPES:
+        raise DriverError(f"type: choose one of {', '.join(MANAGED_TYPES)}")
+    driver = get_driver(service_type)
+    image = (image or "").strip() or sandbox_image(server, service_type)
+    if image:
+        parse_image(image)
+    config = {}
+    if image:
+        config["image"] = image
+    if expose_private:
+        config["expose_private"] = True
+    service = Service(organisation_id=current_org_id(), server=server, name=name,
+                      category=driver.category, type=driver.type,
+                      version_track=driver.version_track, driver_name=driver.type,
+                      deploy_policy=driver.deploy_policy, config=config)
+    if service_type == "caddy":
+        with db.session.no_autoflush:
+            assert_single_gateway(service)
+    db.session.add(service)
+    db.session.flush()
+    return service
+
+
+def service_stand_in(service: Service) -> str:
+    """:func:`stand_in_note` of a service (a template global: ``service_stand_in(s)``)."""
+    return stand_in_note(service.type, service.server, (service.config or {}).get("image"))
+
+
+def org_servers() -> list[Server]:
+    return db.session.execute(org_query(Server).order_by(Server.name)).scalars().all()
+
+
+def org_managed_services(types=tuple(MANAGED_TYPES)) -> list[Service]:
+    return db.session.execute(
+        org_query(Service).where(Service.type.in_(list(types))).order_by(Service.name)
+    ).scalars().all()
