@@ -22,6 +22,12 @@ from flask import current_app
 from flask.cli import FlaskGroup, routes_command, run_command, shell_command, with_appcontext
 from flask_migrate.cli import db as migrate_db_group
 
+from app import create_app, embedded_redis
+from app.accounts import SignupError, create_account
+from app.crypto import rotate_all
+from app.extensions import db
+from app.jobs.worker import run_worker
+from app.operations.reaper import reap
 from app.sandbox.cli import sandbox
 
 # `keystone db ...` subcommands an operator uses; the rest (revision, migrate, merge, edit,
@@ -42,7 +48,6 @@ def keystone_version() -> str:
 
 
 def _create_app():
-    from app import create_app
     return create_app()
 
 
@@ -85,7 +90,6 @@ def main():
 @with_appcontext
 def create_user_command(email, organisation, password):
     """Create an organisation and its owner."""
-    from app.accounts import SignupError, create_account
     if password is None:
         password = getpass.getpass("Password: ")
     try:
@@ -99,8 +103,6 @@ def create_user_command(email, organisation, password):
 @with_appcontext
 def rotate_keys_command():
     """Re-encrypt every stored secret under the newest KEYSTONE_ENCRYPTION_KEYS key."""
-    from app.crypto import rotate_all
-    from app.extensions import db
     count = rotate_all(db.session, db.metadata)
     click.echo(f"re-encrypted {count} secret values under the newest key")
 
@@ -110,7 +112,6 @@ def rotate_keys_command():
 @with_appcontext
 def worker_command(burst):
     """Run an RQ worker for Keystone's operations (and the reaper)."""
-    from app.jobs.worker import run_worker
     run_worker(current_app._get_current_object(), burst=burst)
 
 
@@ -123,7 +124,6 @@ def dev_command(host, port):
 
     One Ctrl-C stops them all.
     """
-    from app import embedded_redis
     instance = Path(current_app.instance_path)
     env = dict(os.environ)
     redis_proc: subprocess.Popen | None = None
@@ -211,7 +211,6 @@ def _stop_processes(apps: list[subprocess.Popen], redis_proc: subprocess.Popen |
 @with_appcontext
 def reap_command():
     """End operations whose worker died (interrupted), free their locks, start queued ones."""
-    from app.operations.reaper import reap
     reaped = reap()
     click.echo(f"interrupted {len(reaped)} operation(s)" + (f": {reaped}" if reaped else ""))
 

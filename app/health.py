@@ -26,6 +26,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from app.extensions import db
+from app.models import Server, ServiceReplica
+from app.models.base import utcnow
+from app.models.enums import ReplicaStatus
+from app.models.service import REMOVED_BY_KEYSTONE
+from app.remote import Connection, ConnectionPool, RemoteError
 from app.shell import Command, cmd
 
 log = logging.getLogger(__name__)
@@ -146,7 +152,6 @@ def replica_problem(replica) -> str | None:
 
 def check_server(server, replicas, pool, *, timeout: float = 60) -> dict[int, Assessment]:
     """One SSH connection and one command for ``server``; an assessment per replica."""
-    from app.remote import RemoteError
     host = server.public_ip or server.private_ip
     key = server.organisation.management_key_private if server.organisation else None
     if not host or not key or not server.host_key_fingerprint:
@@ -169,12 +174,6 @@ def check_health(app=None) -> dict:
     """One pass over every server with live replicas. Returns counts (for logs and tests)."""
     import sqlalchemy as sa
 
-    from app.extensions import db
-    from app.models import Server, ServiceReplica
-    from app.models.base import utcnow
-    from app.models.enums import ReplicaStatus
-    from app.models.service import REMOVED_BY_KEYSTONE
-    from app.remote import Connection, ConnectionPool
 
     watched = (ReplicaStatus.RUNNING, ReplicaStatus.FAILED)
     rows = db.session.execute(sa.select(ServiceReplica).where(

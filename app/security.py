@@ -26,6 +26,8 @@ from flask_login import current_user, logout_user, user_logged_in
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.extensions import db, limiter, login_manager
+from app.models import User
+from app.scoping import parse_id
 
 # Failed sign-ins per client address and per account; sign-ups per address and account;
 # custom-server checks (a TCP/SSH probe of an address the user names) per user.
@@ -41,8 +43,6 @@ SEEN_GRANULARITY = 60  # seconds: rewrite the cookie at most once a minute
 
 
 def load_user(user_id: str):
-    from app.models import User
-    from app.scoping import parse_id
     uid, sep, generation = (user_id or "").partition(":")
     if not sep or parse_id(uid) is None or parse_id(generation) is None:
         return None  # a session from before generations, or tampered: sign in again

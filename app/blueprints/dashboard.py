@@ -6,6 +6,7 @@ from flask import Blueprint, render_template
 from flask_login import current_user, login_required
 from sqlalchemy.orm import selectinload
 
+from app.accounts import signup_open
 from app.extensions import db
 from app.models import Application, Environment, EnvironmentAttachment, Operation, Server
 from app.onboarding import environment_url
@@ -19,7 +20,6 @@ def index():
     if not current_user.is_authenticated:
         from flask import redirect, url_for
 
-        from app.accounts import signup_open
         return redirect(url_for("auth.signup" if signup_open() else "auth.login"))
     return _dashboard()
 

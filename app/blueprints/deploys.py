@@ -10,7 +10,9 @@ import sqlalchemy as sa
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
+from app.blueprints.environments import render_page
 from app.deploys import service as deploy_service
+from app.deploys.scheduler import scheduler_choice_error, start_scheduler_change
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Operation, Service
 from app.models.enums import ArtifactStatus, OperationKind
@@ -185,7 +187,6 @@ def scheduler(environment_id):
     """Mode (disabled / single / every_replica, the last confirmed) and target (web or a
     worker service): stored on the environment and applied at once by a config_change
     operation (app.deploys.scheduler), queued behind a running deploy."""
-    from app.deploys.scheduler import scheduler_choice_error, start_scheduler_change
     env = get_for_org_or_404(Environment, environment_id)
     mode = request.form.get("mode", "single")
     if request.form.get("enabled") == "0":
@@ -205,7 +206,6 @@ def _refused(env: Environment, error: str):
     """Bad input: 422 with the message, nothing stored."""
     if request.htmx:
         return _component(env, status=422, error=error)
-    from app.blueprints.environments import render_page
     flash(error, "error")
     return render_page(env.id, status=422)
 

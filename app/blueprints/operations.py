@@ -7,8 +7,9 @@ from flask import (Blueprint, Response, abort, flash, redirect, render_template,
 from flask_login import login_required
 
 from app.extensions import db
-from app.models import Operation
+from app.models import Environment, Operation
 from app.models.enums import OperationKind, OperationStatus
+from app.onboarding import environment_url
 from app.operations import lifecycle, logstream, sse
 from app.scoping import current_org_id, get_for_org_or_404, parse_id
 
@@ -102,8 +103,6 @@ def _outcome(op: Operation) -> dict:
     if op.kind != OperationKind.ENVIRONMENT_DEPLOY or op.target_type != "environment" \
             or not op.is_terminal:
         return out
-    from app.models import Environment
-    from app.onboarding import environment_url
     env = db.session.get(Environment, op.target_id)
     if env is None:
         return out

@@ -39,7 +39,7 @@ from app.builds.config import BuildConfig, config_hash
 from app.builds.dockerfile import render_dockerfile
 from app.builds.plan import BuildPlan, plan_build
 from app.extensions import db
-from app.models import BuildArtifact
+from app.models import BuildArtifact, Registry
 from app.models.base import utcnow
 from app.models.enums import ArtifactStatus, BuildStrategy
 from app.operations.errors import StepFailed
@@ -251,7 +251,6 @@ make_present = _make_present   # public name (the deploy flow's rollback uses it
 
 
 def artifact_registry(artifact: BuildArtifact):
-    from app.models import Registry
     registry_id = (artifact.meta or {}).get("registry_id")
     return db.session.get(Registry, registry_id) if registry_id else None
 

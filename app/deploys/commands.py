@@ -10,6 +10,7 @@ import shlex
 
 from app.deploys.slots import (ARMED_MARKER, DRAIN_MARKER, READY_PATH, SCHEDULER_BUSY,
                                SCHEDULER_FLAG)
+from app.drivers.compose import compose_cmd
 from app.shell import Command, cmd
 
 # Prints the HTTP status of GET http://127.0.0.1:<port><path> from inside a container
@@ -130,7 +131,6 @@ def one_off_run(directory: str, project: str, service_key: str, name: str,
     replicas (``docker run --env-file`` would keep the quotes), and the
     command is argv, never a shell line.
     """
-    from app.drivers.compose import compose_cmd
     return compose_cmd(directory, project, "run", "--rm", "--no-deps", "-T", "--name", name,
                        "-e", "KEYSTONE_SCHEDULER_LOOP=0", service_key, *argv)
 

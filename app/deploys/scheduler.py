@@ -27,7 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from app.models.enums import SchedulerMode
+from app.deploys import commands as dc
+from app.deploys.service import app_services
+from app.extensions import db
+from app.models import Server
+from app.models.enums import OperationKind, ReplicaStatus, SchedulerMode
+from app.operations import StepFailed, start_operation
+from app.operations.registry import config_change_handler
 
 SCHEDULER_RELEASE_WAIT = 300
 CHANGE = "scheduler"
@@ -85,7 +91,6 @@ def scheduler_choice_error(env, mode: str, target_id: str | None, confirm: bool)
     ``mode`` is one of disabled / single / every_replica (allowlist); the target
     is one of the environment's application services with a web or worker role.
     """
-    from app.deploys.service import app_services
     if mode not in ("disabled", SchedulerMode.SINGLE.value, SchedulerMode.EVERY_REPLICA.value):
         return "Scheduler mode must be disabled, single or every_replica.", None
     targets = scheduler_targets(env)
@@ -111,7 +116,6 @@ def scheduler_choice_error(env, mode: str, target_id: str | None, confirm: bool)
 
 def scheduler_targets(env) -> list:
     """Services that may run the scheduler: the environment's web and worker services."""
-    from app.deploys.service import app_services
     return [s for s in app_services(env)
             if any(r in TARGET_ROLES for r in (s.process_roles or []))]
 
@@ -119,9 +123,6 @@ def scheduler_targets(env) -> list:
 def start_scheduler_change(env, user=None, *, enabled: bool, mode: str, target,
                            enqueue: bool = True):
     """Store the choice on the environment and start the operation that applies it."""
-    from app.extensions import db
-    from app.models.enums import OperationKind
-    from app.operations import start_operation
     env.scheduler_enabled = bool(enabled)
     if mode != "disabled":
         env.scheduler_mode = SchedulerMode(mode)
@@ -140,8 +141,6 @@ def start_scheduler_change(env, user=None, *, enabled: bool, mode: str, target,
 # --------------------------------------------------------------------------- the operation
 
 def live_replicas(env) -> list[LiveReplica]:
-    from app.deploys.service import app_services
-    from app.models.enums import ReplicaStatus
     return [LiveReplica(r.id, s.id, r.server_id, r.container_name)
             for s in app_services(env) for r in s.replicas
             if r.status == ReplicaStatus.RUNNING]
@@ -149,10 +148,6 @@ def live_replicas(env) -> list[LiveReplica]:
 
 def apply_scheduler(ctx, env) -> None:
     """Converge the running replicas to the environment's scheduler settings."""
-    from app.deploys import commands as dc
-    from app.extensions import db
-    from app.models import Server
-    from app.operations import StepFailed
 
     replicas = live_replicas(env)
     change = plan_scheduler_change(
@@ -206,7 +201,6 @@ def apply_scheduler(ctx, env) -> None:
 
 
 def _scheduler_change(ctx) -> None:
-    from app.operations import StepFailed
     env = ctx.target
     if env is None:
         raise StepFailed("The environment no longer exists.")
@@ -214,7 +208,6 @@ def _scheduler_change(ctx) -> None:
 
 
 def _register() -> None:
-    from app.operations.registry import config_change_handler
     config_change_handler(CHANGE)(_scheduler_change)
 
 

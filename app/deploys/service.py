@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from app.app_key import ensure_app_key
 from app.builds.plan import check_build_plan
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Operation, Server, Service
-from app.models.enums import DeployPolicy, OperationKind, ServiceCategory
+from app.models.enums import DeployPolicy, OperationKind, ServerStatus, ServiceCategory
+from app.operations import start_operation
+from app.sandbox_servers import apply_sandbox_build_defaults
 
 
 class DeployBlocked(Exception):
@@ -74,7 +77,6 @@ def place_unplaced_services(env: Environment) -> list[Server]:
     """A new environment's web service is on no server yet (nothing in the UI places it): at
     its first deploy put its application services on the server of its gateway, else on the
     organisation's first active server. Returns the servers now used (none: still blocked)."""
-    from app.models.enums import ServerStatus
     gateways = [a.service.server for a in env.attachments
                 if a.service is not None and a.service.type == "caddy" and a.service.server is not None
                 and a.service.server.status == ServerStatus.ACTIVE]
@@ -95,14 +97,12 @@ def place_unplaced_services(env: Environment) -> list[Server]:
 def start_deploy(env: Environment, user=None, *, artifact: BuildArtifact | None = None,
                  on_conflict: str = "queue", force: bool = False, enqueue: bool = True,
                  commit_sha: str | None = None) -> Operation:
-    from app.operations import start_operation
 
     servers = environment_servers(env) or place_unplaced_services(env)
     if not servers:
         raise DeployBlocked("Nothing to deploy: the environment has no application service "
                             "placed on a server.")
     if artifact is None:
-        from app.sandbox_servers import apply_sandbox_build_defaults
         apply_sandbox_build_defaults(env, servers)
     problems = build_problems(env, servers, artifact)
     if problems:
@@ -112,7 +112,6 @@ def start_deploy(env: Environment, user=None, *, artifact: BuildArtifact | None 
                             "cannot pull it: deploy a new build instead.")
     # An environment created before Keystone generated APP_KEY gets one now, once
     # (never replaced; rotating is an explicit action): app.app_key.
-    from app.app_key import ensure_app_key
     ensure_app_key(env)
     params: dict = {"force": bool(force)}
     if artifact is not None:

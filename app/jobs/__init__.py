@@ -8,6 +8,10 @@ claimed with a compare-and-set, records what runs).
 from __future__ import annotations
 
 import logging
+from app import create_app
+from app.extensions import db
+from app.health import HEALTH_INTERVAL, LOCK_KEY, check_health as run_check
+from app.operations.runner import execute_operation
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +27,6 @@ def set_app(app) -> None:
 def get_app():
     global _app
     if _app is None:
-        from app import create_app
         _app = create_app()
     return _app
 
@@ -37,8 +40,6 @@ def run_operation(operation_id: int) -> str:
     """
     from flask import has_app_context
 
-    from app.extensions import db
-    from app.operations.runner import execute_operation
 
     if has_app_context():
         return execute_operation(int(operation_id))
@@ -57,8 +58,6 @@ def check_health() -> dict:
     """The periodic health job (app.health): one pass, never two at once, never raises."""
     from flask import has_app_context
 
-    from app.extensions import db
-    from app.health import HEALTH_INTERVAL, LOCK_KEY, check_health as run_check
 
     def once() -> dict:
         import redis

@@ -19,8 +19,15 @@ import threading
 import redis
 from rq import Queue, Worker
 
+from app.extensions import db
+from app.health import HEALTH_INTERVAL, SCHEDULE_KEY
 from app.jobs import set_app
 from app.logsetup import configure_logging
+from app.operations import logstream
+from app.operations.lifecycle import dispatch_queued
+from app.operations.reaper import REAP_INTERVAL, interrupt, reap
+from app.operations.registry import load_handlers
+from app.remote.quiet import quiet_transport_errors
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +62,6 @@ class KeystoneWorker(Worker):
         _die_with_parent(getattr(self, "_keystone_parent_pid", os.getppid()))
         app = self.flask_app
         if app is not None:
-            from app.extensions import db
-            from app.operations import logstream
             with app.app_context():
                 for engine in db.engines.values():
                     engine.dispose(close=False)
@@ -70,20 +75,15 @@ class KeystoneWorker(Worker):
             return
         sig = os.WTERMSIG(ret_val) if ret_val and os.WIFSIGNALED(ret_val) else None
         why = f"signal {signal.Signals(sig).name}" if sig else f"exit status {ret_val}"
-        from app.extensions import db
-        from app.operations.reaper import interrupt
         with app.app_context():
             try:
                 interrupt(int(job.args[0]), f"Interrupted: the process running it died ({why}).")
-                from app.operations.lifecycle import dispatch_queued
                 dispatch_queued()
             finally:
                 db.session.remove()
 
 
 def _reaper_loop(app, stop: threading.Event, interval: float) -> None:
-    from app.extensions import db
-    from app.operations.reaper import reap
     while not stop.wait(interval):
         with app.app_context():
             try:
@@ -96,7 +96,6 @@ def _reaper_loop(app, stop: threading.Event, interval: float) -> None:
 
 def start_reaper(app, interval: float | None = None) -> threading.Event:
     """Run the reaper every ``interval`` seconds in a daemon thread; set the event to stop."""
-    from app.operations.reaper import REAP_INTERVAL
     stop = threading.Event()
     thread = threading.Thread(target=_reaper_loop, args=(app, stop, interval or REAP_INTERVAL),
                               name="keystone-reaper", daemon=True)
@@ -108,7 +107,6 @@ def schedule_health_check(app, conn, queue) -> bool:
     """Enqueue the periodic health job unless one was enqueued in the last interval (by this
     or another worker: a Redis key with a TTL). The job runs in a work horse, which may open
     SSH connections; this process never does."""
-    from app.health import HEALTH_INTERVAL, SCHEDULE_KEY
     if not conn.set(SCHEDULE_KEY, "1", nx=True, ex=max(1, HEALTH_INTERVAL - 5)):
         return False
     queue.enqueue("app.jobs.check_health", job_timeout=HEALTH_INTERVAL * 4,
@@ -127,7 +125,6 @@ def _health_loop(app, conn, queue, stop: threading.Event, interval: float) -> No
 
 def start_health_scheduler(app, conn, queue, interval: float | None = None) -> threading.Event:
     """Every HEALTH_INTERVAL seconds, enqueue app.jobs.check_health (app.health)."""
-    from app.health import HEALTH_INTERVAL
     stop = threading.Event()
     thread = threading.Thread(target=_health_loop,
                               args=(app, conn, queue, stop, interval or HEALTH_INTERVAL),
@@ -138,8 +135,6 @@ def start_health_scheduler(app, conn, queue, interval: float | None = None) -> t
 
 def recover(app) -> list[int]:
     """Start-up recovery: end what died with the previous worker, restart the queue."""
-    from app.extensions import db
-    from app.operations.reaper import reap
     with app.app_context():
         try:
             return reap()
@@ -149,10 +144,8 @@ def recover(app) -> list[int]:
 
 def run_worker(app, burst: bool = False, reaper_interval: float | None = None) -> None:
     set_app(app)
-    from app.operations.registry import load_handlers
     load_handlers()  # import handler modules once, before forking
     configure_logging()
-    from app.remote.quiet import quiet_transport_errors
     quiet_transport_errors()  # SSH retries while a server boots are in the step log already
     try:
         recovered = recover(app)

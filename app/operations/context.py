@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import sqlalchemy as sa
 from rq.timeouts import JobTimeoutException
 
-from app import shell
+from app import models as m, shell
 from app.extensions import db
 from app.models import Operation, OperationStep, Server
 from app.models.base import utcnow
@@ -29,8 +29,8 @@ from app.operations import lifecycle, logstream, terminal
 from app.operations.errors import (ChildFailed, OperationCancelled, OperationError,
                                    OperationTimedOut, StepFailed)
 from app.operations.registry import handler_for, timeout_for
-from app.remote import (CommandCancelled, CommandTimeout, ConnectionLost, HostKeyMismatch,
-                        RemoteError)
+from app.remote import (NO_EXIT_STATUS, CommandCancelled, CommandTimeout, Connection,
+                        ConnectionLost, ConnectionPool, HostKeyMismatch, RemoteError)
 
 log = logging.getLogger(__name__)
 S = OperationStatus
@@ -46,7 +46,6 @@ connection_factory: Callable[..., Any] | None = None
 
 
 def _target_models() -> dict[str, type]:
-    from app import models as m
     return {"server": m.Server, "environment": m.Environment, "service": m.Service,
             "service_slice": m.ServiceSlice, "slice": m.ServiceSlice,
             "replica": m.ServiceReplica, "service_replica": m.ServiceReplica,
@@ -162,7 +161,6 @@ class Runtime:
     @property
     def pool(self):
         if self._pool is None:
-            from app.remote import Connection, ConnectionPool
             cfg = self.app.config
             self._pool = ConnectionPool(
                 factory=connection_factory or Connection,
@@ -299,6 +297,7 @@ class OperationContext:
                 self._target = db.session.get(model, self.operation.target_id)
                 if self._target is not None and self.operation.target_type == "environment":
                     # Whatever this operation prints, the environment's secrets stay masked.
+                    # (Imported here: app.deploys.handlers imports the engine.)
                     from app.deploys.handlers import environment_secrets
                     for value in environment_secrets(self._target):
                         self.runtime.add_secret(value)
@@ -663,7 +662,6 @@ class StepHandle:
                           cancel=self.ctx.active_cancel_event, pty=pty, stdin=stdin)
         self.exit_code = result.exit_code
         if check and result.exit_code != 0:
-            from app.remote import NO_EXIT_STATUS
             how = ("was killed by a signal" if result.exit_code == NO_EXIT_STATUS
                    else f"exited with {result.exit_code}")
             raise StepFailed(self.ctx.redact(f"`{masked}` {how}"), result.exit_code)

@@ -20,6 +20,7 @@ from typing import Iterator
 import sqlalchemy as sa
 from markupsafe import escape
 
+from app.models import Operation
 from app.operations import logstream
 from app.remote.terminal import overstrike, split_lines
 
@@ -108,7 +109,6 @@ def stream_events(client, operation_id: int, last_event_id: str | None, engine=N
 
 
 def _terminal_status(engine, operation_id: int) -> str | None:
-    from app.models import Operation
     table = Operation.__table__
     with engine.connect() as conn:
         status = conn.execute(sa.select(table.c.status).where(table.c.id == operation_id)).scalar()

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from app.shell import Command, Raw, cmd, env, sh_c
+from app.shell import Command, Raw, and_then, cmd, env, sh_c
 
 APT_LOCK_TIMEOUT = "300"  # fresh cloud servers run unattended-upgrades at boot
 
@@ -391,5 +391,4 @@ def whoami() -> Command:
 
 
 def and_then_all(*commands: Command) -> Command:
-    from app.shell import and_then
     return and_then(*commands)

@@ -20,11 +20,14 @@ from app.extensions import db
 from app.models import Organisation, Server
 from app.models.base import utcnow
 from app.models.enums import OperationKind, ProviderType, ServerStatus
-from app.operations import StepFailed, operation_handler
+from app.operations import StepFailed, context as engine_context, operation_handler
+from app.providers import cloud_provider
+from app.providers.base import ProviderError
+from app.providers.keys import ensure_management_key
 from app.provisioning import commands as c
 from app.provisioning.host import HostIO, ProvisioningError
 from app.provisioning.plan import PLAN, Desired, PlanState
-from app.providers.keys import ensure_management_key
+from app.remote import AuthenticationFailed, ConnectError, Connection, HostKeyMismatch, InvalidKey
 
 # How long to keep trying SSH: a server Hetzner just created boots for a while;
 # a server that should already be up fails fast, so a wrong address or port
@@ -40,7 +43,6 @@ def _set_status(server: Server, status: ServerStatus) -> None:
 
 def _wait_for_provider(ctx, server: Server) -> bool:
     """Hetzner: wait until the server runs; record its addresses. True if it just came up."""
-    from app.providers import cloud_provider
 
     provider = server.provider
     with ctx.step("Wait for the server at Hetzner") as step:
@@ -57,7 +59,6 @@ def _wait_for_provider(ctx, server: Server) -> bool:
                 step.log(f"Hetzner reports the server {current.status}; waiting for it to run")
                 current = api.wait_until_running(server.provider_server_id, timeout=600)
         except Exception as exc:
-            from app.providers.base import ProviderError
             if isinstance(exc, ProviderError):
                 raise StepFailed(str(exc)) from None
             raise
@@ -75,7 +76,6 @@ def _wait_for_provider(ctx, server: Server) -> bool:
 
 def _connect(ctx, server: Server, wait: float):
     """Connect with the bootstrap login, retrying until ``wait`` s passed; return (step, sudo)."""
-    from app.remote import AuthenticationFailed, ConnectError, HostKeyMismatch, InvalidKey
 
     with ctx.step("Connect over SSH", server=server, login="bootstrap") as step:
         pinned_before = server.host_key_fingerprint
@@ -130,8 +130,6 @@ def _connect(ctx, server: Server, wait: float):
 
 def _fresh_connection_factory(ctx, server: Server, org: Organisation):
     """Opens NEW connections (not pooled) as a user with the management key, host key pinned."""
-    from app.operations import context as engine_context
-    from app.remote import Connection
 
     factory = engine_context.connection_factory or Connection
     host, port = server.public_ip or server.private_ip, int(server.ssh_port or 22)

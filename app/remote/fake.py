@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Pattern, Union
 
 from app import shell
-
 from .connection import make_mkdir_p
-from .errors import CommandCancelled, TransferFailed
+from .errors import CommandCancelled, HostKeyMismatch, TransferFailed
 from .result import Result
+
 
 Matcher = Union[str, Pattern[str], Callable[[str], bool]]
 
@@ -137,7 +137,6 @@ class RecordingConnection:
 
     def connect(self) -> str:
         if not self.is_connected:
-            from .errors import HostKeyMismatch
 
             if self.expected_fingerprint is not None and self.expected_fingerprint != self._presented:
                 raise HostKeyMismatch(self.host, self.port, self.expected_fingerprint, self._presented)

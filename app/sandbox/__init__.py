@@ -5,9 +5,9 @@ from .images import (
     ensure_base_image, ensure_image, ensure_images,
 )
 from .sample import push_broken_commit, push_initial_commit, push_new_commit, push_sample_commit, remote_head
+from .results import GitHost, Registry, SandboxInfo, Server, ssh_command
 from .sandbox import (
-    DEFAULT_NAME, GitHost, Registry, Sandbox, SandboxInfo, Server, info_as_dict, load_images, push_image,
-    push_stand_ins, ssh_command,
+    DEFAULT_NAME, Sandbox, info_as_dict, load_images, push_image, push_stand_ins,
 )
 
 __all__ = [

@@ -13,12 +13,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from .docker import SandboxError, run
-
-if TYPE_CHECKING:
-    from .sandbox import GitHost
+from .results import GitHost
 
 SAMPLE_APP_DIR = Path(__file__).parent / "sample_app"
 KINDS = ("initial", "update", "broken")

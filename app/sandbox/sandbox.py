@@ -23,22 +23,22 @@ import json
 import os
 import secrets
 import socket
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import images as img
 from .docker import SandboxError, docker, docker_available, docker_out, pipe, run
+from .results import GitHost, Registry, SandboxInfo, Server
+from .sample import push_sample_commit
 
 DEFAULT_NAME = "keystone-sandbox"
 LABEL = "keystone.sandbox"
 ROLE_LABEL = "keystone.sandbox.role"
 CONFIG_LABEL = "keystone.sandbox.config"
 HOST = "127.0.0.1"
-SAMPLE_REPO = "sample.git"
 
 # The inner engines must not use the outer engine's subnets, or attaching a
 # server to the private network fails ("conflicts with existing route").
@@ -90,153 +90,6 @@ def host_capabilities() -> list[str]:
         bnd = (1 << 41) - 1
     caps = [name for i, name in enumerate(_CAPS) if bnd & (1 << i)]
     return [c for c in caps if c != "SYS_RESOURCE"]
-
-
-# --------------------------------------------------------------------------- results
-
-@dataclass
-class Server:
-    """A sandbox server as Keystone sees a real one: an SSH endpoint and a root key."""
-
-    name: str
-    host: str
-    ssh_port: int
-    http_port: int
-    https_port: int
-    private_ip: str
-    root_key_path: Path
-    host_key: str  # "ssh-ed25519 AAAA..." (the server's public host key)
-    host_key_fingerprint: str  # "SHA256:..." as `ssh-keygen -lf` prints it
-    user: str = "root"
-    has_docker: bool = True
-    root_password: str | None = None  # only the bare server has one
-
-    @property
-    def container(self) -> str:
-        return self.name
-
-    def exec(self, *args: str, input: bytes | str | None = None, check: bool = True,
-             timeout: float | None = 300) -> subprocess.CompletedProcess:
-        """Run a command in the server out of band (`docker exec`), e.g. to inspect it in a test."""
-        flags = ["-i"] if input is not None else []
-        return docker("exec", *flags, self.name, *args, input=input, check=check, timeout=timeout)
-
-
-@dataclass
-class Registry:
-    """The sandbox registry; `url` works from the host and from inside every server."""
-
-    host: str
-    port: int
-    username: str
-    password: str
-    private_ip: str
-    container: str
-
-    @property
-    def url(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def private_url(self) -> str:
-        return f"{self.private_ip}:5000"
-
-    def ref(self, repository: str, tag: str = "latest") -> str:
-        return f"{self.url}/{repository}:{tag}"
-
-    def login(self) -> None:
-        """`docker login` on the host (credentials go to ~/.docker/config.json)."""
-        docker("login", "--username", self.username, "--password-stdin", self.url, input=self.password)
-
-
-@dataclass
-class GitHost:
-    """A git host over SSH where deploy keys are authorised read-only per repository."""
-
-    host: str
-    port: int
-    private_ip: str
-    container: str
-    admin_key_path: Path
-    known_hosts_path: Path
-    host_key: str
-    host_key_fingerprint: str
-    sample_repo: str = SAMPLE_REPO
-
-    def repo_url(self, repo: str = SAMPLE_REPO) -> str:
-        return f"ssh://git@{self.host}:{self.port}/{_repo_name(repo)}"
-
-    @property
-    def sample_repo_url(self) -> str:
-        return self.repo_url(self.sample_repo)
-
-    def authorize_key(self, public_key: str, repo: str = SAMPLE_REPO, read_only: bool = True) -> None:
-        """Allow `public_key` to fetch (only) `repo`: a forced-command authorized_keys entry."""
-        docker("exec", "-i", self.container, "/usr/local/sbin/keystone-authorize", _repo_name(repo),
-               "ro" if read_only else "rw", input=public_key.strip() + "\n")
-
-    def revoke_key(self, public_key: str) -> None:
-        """Remove every entry for `public_key` (matched on its base64 blob)."""
-        parts = public_key.split()
-        if len(parts) < 2:
-            raise SandboxError("not an OpenSSH public key")
-        blob = parts[1]
-        current = docker_out("exec", self.container, "cat", "/srv/git/.ssh/authorized_keys")
-        kept = [line for line in current.splitlines() if blob not in line.split()]
-        docker("exec", "-i", self.container, "sh", "-c",
-               'cat > /srv/git/.ssh/authorized_keys.new && mv /srv/git/.ssh/authorized_keys.new '
-               '/srv/git/.ssh/authorized_keys && chown git:git /srv/git/.ssh/authorized_keys && '
-               'chmod 600 /srv/git/.ssh/authorized_keys',
-               input="\n".join(kept) + ("\n" if kept else ""))
-
-    def create_repo(self, repo: str) -> str:
-        """Create an empty bare repository (no-op when it exists); return its URL."""
-        name = _repo_name(repo)
-        docker("exec", "-u", "git", self.container, "sh", "-c",
-               'test -d "/srv/git/$1" || git init -q --bare -b main "/srv/git/$1"', "sh", name)
-        return self.repo_url(name)
-
-    def git_env(self, key_path: Path | None = None) -> dict[str, str]:
-        """Environment for `git` on the host authenticating with `key_path` (default: the admin key)."""
-        return {**os.environ, "GIT_SSH_COMMAND": ssh_command(key_path or self.admin_key_path, self.known_hosts_path)}
-
-
-@dataclass
-class SandboxInfo:
-    """Everything `keystone sandbox up` reports: what onboarding asks for."""
-
-    name: str
-    state_dir: Path
-    network: str
-    subnet: str
-    servers: list[Server]
-    bare: Server | None
-    registry: Registry
-    git: GitHost
-    known_hosts_path: Path
-    sample_commit: str | None = None
-    running: bool = True
-    images: dict[str, str] = field(default_factory=dict)  # stand-in key -> registry ref
-
-
-def _repo_name(repo: str) -> str:
-    name = repo.strip("/")
-    if not name.endswith(".git"):
-        name += ".git"
-    if not name or any(not (c.isalnum() or c in "._-") for c in name) or name.startswith("."):
-        raise SandboxError(f"invalid repository name: {repo!r}")
-    return name
-
-
-def ssh_command(key_path: Path, known_hosts: Path) -> str:
-    """A GIT_SSH_COMMAND pinned to one key and one known_hosts file (git runs it via sh)."""
-    import shlex
-
-    return " ".join([
-        "ssh", "-i", shlex.quote(str(key_path)), "-o", "IdentitiesOnly=yes",
-        "-o", f"UserKnownHostsFile={shlex.quote(str(known_hosts))}",
-        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-    ])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -666,8 +519,6 @@ class Sandbox:
         self._wait_ready(state, servers, bare, timeout)
         info = self.status()
         if info.sample_commit is None:
-            from .sample import push_sample_commit
-
             state = self._load_state()
             state["sample_commit"] = push_sample_commit(info.git, kind="initial")
             self._save_state(state)

@@ -22,6 +22,18 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from app.accounts import create_account
+from app.applications import create_application
+from app.attachments import (attach_domain, attach_postgres, attach_valkey, effective_environment,
+                             start_slice_provision)
+from app.deploys.service import add_role_service, start_deploy
+from app.drivers.handlers import start_service_deploy
+from app.extensions import db
+from app.models import Environment, EnvironmentVariable, Operation, Registry, Server, Service
+from app.models.enums import DeployPolicy, ServerStatus, ServiceCategory, VariableSource
+from app.operations.runner import execute_operation
+from app.repositories import verify_access
+from app.sandbox import load_images
 
 PHP_BASE = "keystone-sandbox/php-base:8.3-fpm"
 
@@ -49,17 +61,6 @@ class Testbed:
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> "Testbed":
-        from app.accounts import create_account
-        from app.attachments import (attach_domain, attach_postgres, attach_valkey,
-                                     start_slice_provision)
-        from app.applications import create_application
-        from app.drivers.handlers import start_service_deploy
-        from app.extensions import db
-        from app.models import EnvironmentVariable, Registry, Server, Service
-        from app.models.enums import (DeployPolicy, ServerStatus, ServiceCategory,
-                                      VariableSource)
-        from app.repositories import verify_access
-        from app.sandbox import load_images
 
         sb = self.sandbox
         chosen = sb.servers[:self.server_count]
@@ -98,14 +99,12 @@ class Testbed:
                       "scheduler_interval": self.scheduler_interval, "drain_seconds": 1.5,
                       "stop_grace_seconds": 10}
         if self.websocket:
-            from app.deploys.service import add_role_service
             ws = add_role_service(env, "websocket")  # placed like the web (its server_ids)
             ws.config = {**(ws.config or {}), "health": dict(self.health),
                          "stop_grace_seconds": 10}
             db.session.commit()
             self.ws_id = ws.id
         if self.worker:
-            from app.deploys.service import add_role_service
             wk = add_role_service(env, "worker")
             wk.config = {**(wk.config or {}), "stop_grace_seconds": 10}
             db.session.commit()
@@ -157,9 +156,6 @@ class Testbed:
 
     # ------------------------------------------------------------------ running
     def run(self, operation_id: int, expect: str | None = "succeeded"):
-        from app.extensions import db
-        from app.models import Operation
-        from app.operations.runner import execute_operation
         status = execute_operation(operation_id)
         db.session.expire_all()
         op = db.session.get(Operation, operation_id)
@@ -169,12 +165,9 @@ class Testbed:
 
     @property
     def env(self):
-        from app.extensions import db
-        from app.models import Environment
         return db.session.get(Environment, self.env_id)
 
     def start_deploy(self, **kw):
-        from app.deploys.service import start_deploy
         return start_deploy(self.env, None, enqueue=False, **kw)
 
     def deploy(self, expect: str | None = "succeeded", **kw):
@@ -206,9 +199,6 @@ class Testbed:
 
     def psql(self, sql: str) -> str:
         """Run SQL as the environment's database user (from its managed variables)."""
-        from app.attachments import effective_environment
-        from app.extensions import db
-        from app.models import Service
         values = effective_environment(self.env)
         pg = db.session.get(Service, self.service_ids[0])
         container = next(r.container_name for r in pg.replicas if r.status.value == "running")
@@ -221,8 +211,6 @@ class Testbed:
         return proc.stdout
 
     def gateway_container(self, server_index: int = 0) -> str:
-        from app.extensions import db
-        from app.models import Service
         gw = db.session.get(Service, self.gateway_ids[server_index])
         return next(r.container_name for r in gw.replicas if r.status.value == "running")
 
