@@ -23,6 +23,8 @@ import posixpath
 import time
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
+
 from app.drivers import get_driver
 from app.drivers.base import (DOCKER_NETWORK, RenderContext, RenderedCompose,
                               default_container_name, default_project_name, service_alias)
@@ -123,41 +125,71 @@ def ensure_network(ctx: OperationContext, server: "Server") -> None:
         step.run(ensure_network_cmd(), timeout=60)
 
 
-def open_firewall(ctx: OperationContext, server: "Server", rules) -> None:
-    """UFW rules for cross-server ports, from the private network only.
+def open_firewall(ctx: OperationContext, server: "Server", rules,
+                  sources: list[str] | None = None) -> None:
+    """Cross-server ports: reachable from the organisation's own servers only.
 
-    Runs as the management user through the sudo rule provisioning wrote
-    (``sudo -n /usr/sbin/ufw allow from ADDRESS to any port PORT proto tcp``;
-    the command is built from the same words as the rule, see
-    app.provisioning.commands.UFW_PRIVATE_ALLOW). Docker-published ports
-    bypass UFW's INPUT chain (verified: docs/firewall.md), so the real guard
-    is that such ports are bound to the private IP only; the rules keep UFW's
-    view (and non-Docker paths) consistent. Refusing a third server on the
-    same network needs DOCKER-USER rules matched on conntrack's original
-    destination (docs/firewall.md), not done yet.
+    Such a port is published by Docker on the server's private address only. Docker's
+    published ports bypass UFW (DNAT, then FORWARD: docs/firewall.md), so who may
+    connect is kept by ``keystone-firewall`` in DOCKER-USER, through the sudo rule
+    provisioning wrote: the private addresses of the organisation's servers, and
+    nobody else on the private network. The UFW rule (``sudo -n ufw allow from
+    NETWORK to any port PORT proto tcp``, the same words as the sudoers entry, see
+    app.provisioning.commands.UFW_PRIVATE_ALLOW) keeps UFW's own view consistent.
     """
-    from app.provisioning.commands import UFW_PATH, FirewallRuleError, ufw_allow_private
+    from app.provisioning.commands import (UFW_PATH, FirewallRuleError, firewall_allow,
+                                           firewall_installed, ufw_allow_private)
     if not rules or not server.private_ip:
         return
     cidr = (server.facts or {}).get("private_network") or \
         str(ipaddress.ip_network(f"{server.private_ip}/16", strict=False))
     ufw = (server.facts or {}).get("ufw_path") or UFW_PATH
-    with ctx.step("Open cross-server ports to the private network", server=server) as step:
-        have = step.run(cmd("test", "-x", ufw), check=False, pty=False)
-        if have.exit_code != 0:
-            step.unchanged("ufw is not installed on this server")
-            return
+    if sources is None:
+        sources = _organisation_private_addresses(server)
+    with ctx.step("Open cross-server ports to the organisation's servers", server=server) as step:
         for rule in rules:
             if rule.protocol != "tcp":
                 raise StepFailed(f"{rule.comment or 'a service'}: only TCP ports can be opened to "
                                  f"the private network (the sudo rule allows tcp), not "
                                  f"{rule.protocol}")
+        have_ufw = step.run(cmd("test", "-x", ufw), check=False, pty=False).exit_code == 0
+        have_helper = step.run(firewall_installed(), check=False, pty=False).exit_code == 0
+        if not have_helper:
+            step.log("keystone-firewall is not installed on this server (provisioned before it "
+                     "existed): re-provision it, or any machine on the private network can "
+                     "reach these ports")
+        for rule in rules:
             try:
-                command = ufw_allow_private(cidr, int(rule.port), ufw)
+                commands = []
+                if have_ufw:
+                    commands.append(ufw_allow_private(cidr, int(rule.port), ufw))
+                if have_helper:
+                    commands.append(firewall_allow(server.private_ip, int(rule.port), sources))
             except FirewallRuleError as exc:
                 raise StepFailed(str(exc)) from None
-            step.log(f"{rule.comment}: port {rule.port}/tcp from {cidr}")
-            step.run(command, pty=False, timeout=60)
+            step.log(f"{rule.comment}: {server.private_ip}:{rule.port}/tcp from "
+                     f"{', '.join(sources)}")
+            for command in commands:
+                step.run(command, pty=False, timeout=60)
+        if not have_ufw and not have_helper:
+            step.unchanged("neither ufw nor keystone-firewall is installed on this server")
+
+
+def _organisation_private_addresses(server: "Server") -> list[str]:
+    """The private addresses of the organisation's servers (this one included)."""
+    from app.models import Server
+    rows = db.session.execute(sa.select(Server.private_ip).where(
+        Server.organisation_id == server.organisation_id,
+        Server.private_ip.is_not(None))).scalars()
+    addresses = set()
+    for value in rows:
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            continue
+        if address.version == 4:
+            addresses.add(str(address))
+    return sorted(addresses, key=ipaddress.ip_address)
 
 
 def _replica_for(service: Service) -> ServiceReplica:
