@@ -88,6 +88,10 @@ class LaravelDriver(Driver):
     deploy_policy = DeployPolicy.WITH_ENVIRONMENT
     ports = (PortSpec("http", HTTP_PORT, cross_server=True),)
     restart_policy = "unless-stopped"
+    label = "Laravel application"
+    offered = False  # web, worker and websocket services come with their environment
+    form_fields = ()
+    deploy_refusal = "Laravel services are deployed with their environment."
     update_behaviour = UpdateBehaviour(stateful=False, downtime=False,
                                        warning="Zero-downtime: new replicas start before old "
                                                "ones are drained at the gateway.")
