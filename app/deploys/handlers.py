@@ -102,7 +102,7 @@ def replica_environment(service: Service, values: dict[str, str],
     env = dict(values)
     if server_id is not None and service.environment is not None:
         env.update(server_overrides(service.environment, server_id, values))
-    health = health_settings(service.config)
+    health = health_settings(service.config, service.name)
     env["KEYSTONE_HEALTH_PATH"] = health["path"]
     cfg = service.config or {}
     if cfg.get("embedded_worker") and "web" in (service.process_roles or []):
@@ -735,7 +735,7 @@ class EnvironmentDeploy:
             # Reverb answers GET /up; it has no Keystone ready handler, see _health_check).
             cfg["path_routes"] = [{"name": WEBSOCKET_MATCHER, "paths": list(WEBSOCKET_PATHS),
                                    "upstreams": self._slot_addresses(ws, gateway.server_id),
-                                   "health_path": health_settings(ws.config)["path"],
+                                   "health_path": health_settings(ws.config, ws.name)["path"],
                                    "service_id": ws.id}]
         else:
             cfg.pop("path_routes", None)
