@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def bed2(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+def bed2(sandbox, provisioned_servers, tmp_path_factory, migrated_db_template, redis_url):
     with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "deploys-multi",
                  server_count=2) as tb:
         yield tb
