@@ -108,7 +108,7 @@ class Testbed:
         from app.attachments import (attach_domain, attach_postgres, attach_valkey,
                                      start_slice_provision)
         from app.blueprints.applications import create_application
-        from app.drivers.handlers import start_service_deploy
+        from app.services_ops.deploy import start_service_deploy
         from app.extensions import db
         from app.models import EnvironmentVariable, Registry, Server, Service
         from app.models.enums import (DeployPolicy, ServerStatus, ServiceCategory,

@@ -152,7 +152,7 @@ def _cleanup(w: World, base: int) -> None:
 # --------------------------------------------------------------------------- tests
 
 def test_deploy_postgres_valkey_and_caddy(world):
-    from app.drivers.handlers import start_service_deploy
+    from app.services_ops.deploy import start_service_deploy
     from app.extensions import db
     from app.models.enums import ReplicaStatus, ServiceStatus, UpdateStatus
     w = world
@@ -373,8 +373,8 @@ def _http(port: int, host: str):
 
 
 def test_postgres_update_to_a_new_digest_keeps_the_volume_and_data(world, tmp_path):
-    from app.drivers.handlers import start_service_deploy
-    from app.drivers.images import check_for_update
+    from app.services_ops.deploy import start_service_deploy
+    from app.services_ops.updates import check_for_update
     from app.extensions import db
     from app.models.enums import UpdateStatus
     from app.operations import StepFailed

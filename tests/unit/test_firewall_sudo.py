@@ -113,7 +113,7 @@ class _Ctx:
 
 
 def test_open_firewall_runs_the_sudo_command_the_rule_allows():
-    from app.drivers.handlers import open_firewall
+    from app.services_ops.steps import open_firewall
     server = SimpleNamespace(private_ip="10.0.0.5", facts={"private_network": "10.0.0.0/24"})
     ctx = _Ctx()
     open_firewall(ctx, server, [FirewallRule(5432, "tcp", "postgres 7"),
@@ -132,7 +132,7 @@ def test_open_firewall_runs_the_sudo_command_the_rule_allows():
 
 
 def test_open_firewall_uses_the_ufw_path_provisioning_found():
-    from app.drivers.handlers import open_firewall
+    from app.services_ops.steps import open_firewall
     server = SimpleNamespace(private_ip="10.0.0.5",
                              facts={"private_network": "10.0.0.0/24", "ufw_path": "/sbin/ufw"})
     ctx = _Ctx()
@@ -141,7 +141,7 @@ def test_open_firewall_uses_the_ufw_path_provisioning_found():
 
 
 def test_open_firewall_refuses_udp_rather_than_running_a_command_sudo_denies():
-    from app.drivers.handlers import open_firewall
+    from app.services_ops.steps import open_firewall
     from app.operations import StepFailed
     server = SimpleNamespace(private_ip="10.0.0.5", facts={})
     with pytest.raises(StepFailed, match="only TCP"):
