@@ -300,10 +300,24 @@ class Testbed:
         return sorted(out.split())
 
     # ------------------------------------------------------------------ clean-up
+    def _environment_service_ids(self) -> list[int]:
+        if getattr(self, "env_id", None) is None:
+            return []
+        try:
+            from app.extensions import db
+            db.session.rollback()
+            env = self.env
+            return [svc.id for svc in env.services] if env is not None else []
+        except Exception:  # cleanup must go on whatever state the test left
+            return []
+
     def cleanup(self) -> None:
         ids = {str(i) for i in [*getattr(self, "service_ids", []), getattr(self, "web_id", -1),
                                 *([self.ws_id] if self.ws_id else []),
                                 *([self.worker_id] if self.worker_id else [])]}
+        # Services a test added itself (e.g. a worker for the scheduler-mode test): every
+        # service of the environment, so nothing keeps running into the next module.
+        ids |= {str(i) for i in self._environment_service_ids()}
         for s in getattr(self, "sandbox_servers", []):
             out = s.exec("docker", "ps", "-aq", "--filter", "label=dev.keystone.managed=true",
                          "--format", "{{.ID}} {{.Label \"dev.keystone.service\"}}",
