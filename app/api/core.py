@@ -61,6 +61,8 @@ def is_api_request() -> bool:
 def http_error(e: HTTPException):
     """An HTTP error on an /api/v1 path as JSON (the app's HTML handlers call this)."""
     status = e.code or 500
+    if status == 405 and _no_such_object(e):
+        return error_response(404, "not_found", "No such object.")
     code = getattr(e, "api_code", None) or CODES.get(status, "error")
     headers = {}
     if status == 429:
@@ -78,6 +80,22 @@ def http_error(e: HTTPException):
     else:
         message = e.description if status < 500 else "Internal error."
     return error_response(status, code, message, headers=headers)
+
+
+def _no_such_object(e) -> bool:
+    """Werkzeug answers 405 when another method's rule has the same shape, even if an id in
+    the path is out of range for every rule: that is a 404."""
+    from werkzeug.exceptions import NotFound
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    for method in (e.valid_methods or []):
+        try:
+            adapter.match(request.path, method=method)
+        except NotFound:
+            return True
+        except HTTPException:
+            continue
+        return False
+    return False
 
 
 def _retry_after() -> int:
@@ -194,6 +212,8 @@ def route(rule: str, method: str = "GET", *, summary: str, tag: str, scope: str 
 
     ``ok`` is (status, description, schema or schema name, media type = application/json).
     """
+    q = list(query) + (PAGINATION_QUERY if paginated else [])
+
     def deco(fn):
         endpoint = fn.__name__
 
@@ -201,6 +221,7 @@ def route(rule: str, method: str = "GET", *, summary: str, tag: str, scope: str 
         def view(*args, **kwargs):
             if scope is not None:
                 require_scope(scope)
+            check_query(q)
             return fn(*args, **kwargs)
 
         bp.add_url_rule(rule, endpoint, view, methods=[method])
@@ -208,7 +229,6 @@ def route(rule: str, method: str = "GET", *, summary: str, tag: str, scope: str 
         responses = {status: (desc, schema, mime[0] if mime else "application/json")}
         for code in (400, 401, 403, 404, 429, *errors):
             responses.setdefault(code, None)
-        q = list(query) + (PAGINATION_QUERY if paginated else [])
         DOCS.append(Doc(rule, method, endpoint, summary, tag, scope, responses, q, body,
                         description or (fn.__doc__ or "").strip()))
         return fn
@@ -216,6 +236,35 @@ def route(rule: str, method: str = "GET", *, summary: str, tag: str, scope: str 
 
 
 # --------------------------------------------------------------------------- inputs
+
+def check_query(declared) -> None:
+    """Refuse (400) a declared query parameter whose value breaks its documented schema:
+    the document is the contract, so what it says is invalid is never served. An unknown
+    parameter is refused too (a typo such as per-page would otherwise be ignored)."""
+    unknown = sorted(set(request.args) - {name for name, _s, _d in declared})
+    if unknown:
+        raise ApiError(400, "invalid_request", "Unknown query parameter(s): "
+                                               f"{', '.join(n[:40] for n in unknown[:5])}.",
+                       {"parameters": [n[:40] for n in unknown[:5]]})
+    for name, schema, _desc in declared:
+        raw = request.args.get(name)
+        if raw is None:
+            continue
+        problem = None
+        if schema.get("type") == "integer":
+            value = parse_id(raw)
+            if value is None or value < schema.get("minimum", 0) \
+                    or value > schema.get("maximum", 2**63 - 1):
+                problem = (f"{name} must be a whole number from {schema.get('minimum', 0)} to "
+                           f"{schema.get('maximum', 2**63 - 1)}.")
+        elif "enum" in schema:
+            if raw not in schema["enum"]:
+                problem = f"{name} must be one of: {', '.join(schema['enum'])}."
+        elif len(raw) > schema.get("maxLength", 255) or "\x00" in raw:
+            problem = f"{name} is too long (at most {schema.get('maxLength', 255)} characters)."
+        if problem:
+            raise ApiError(400, "invalid_request", problem, {"parameter": name})
+
 
 def _int_arg(name: str, default: int, maximum: int) -> int:
     raw = request.args.get(name)

@@ -186,8 +186,7 @@ def _recorded_lines(op: Operation):
 
 
 @route("/operations/<int:operation_id>/log", summary="The log as JSON lines", tag="operations",
-       ok=(200, "One JSON object per line: id, operation_id, step_id, stderr, text",
-           {"type": "string"}, "application/x-ndjson"),
+       ok=(200, "One LogLine object per line", "LogLine", "application/x-ndjson"),
        description="What has been recorded so far (the live stream while it lasts, then the "
                    "database). Secrets were redacted when the lines were recorded.")
 def get_log(operation_id):
@@ -267,7 +266,7 @@ def _replay(op: Operation, last_id: str | None):
 
 @route("/operations/<int:operation_id>/events", summary="The live log as server-sent events",
        tag="operations", ok=(200, "Events line, step, status and end; data is JSON",
-                             {"type": "string"}, "text/event-stream"),
+                             "Event", "text/event-stream"),
        query=[("last_event_id", {"type": "string", "maxLength": 64},
                "Resume after this event id (or send the Last-Event-ID header).")],
        description="Follows the operation until its end event (data: {operation_id, status}). "

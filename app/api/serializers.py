@@ -255,6 +255,22 @@ def token(t: ApiToken, effective: set[str]) -> dict:
             "organisation": {"id": org.id, "name": org.name, "slug": org.slug}}
 
 
+SCHEMAS["LogLine"] = _object({
+    "id": {"type": "string", "description": "The stream entry id (db-<n> when replayed from "
+                                            "the database)."},
+    "operation_id": _nullable("integer"), "step_id": _nullable("integer"),
+    "stderr": {"type": "boolean"}, "text": STR})
+
+SCHEMAS["Event"] = {
+    "type": "object", "required": ["event", "data"],
+    "description": "One server-sent event. data is JSON: a LogLine for line; {operation_id, "
+                   "step_id, status, name, order, cleanup} for step; {operation_id, status} "
+                   "for status and end (the last event).",
+    "properties": {"event": {"enum": ["line", "step", "status", "end"]},
+                   "data": {"type": "string", "contentMediaType": "application/json"},
+                   "id": STR}}
+
+
 def page_schema(item: str) -> dict:
     return _object({"items": {"type": "array", "items": {"$ref": f"#/components/schemas/{item}"}},
                     "page": {"type": "integer", "minimum": 1},
