@@ -67,7 +67,7 @@ def http_error(e: HTTPException):
     headers = {}
     if status == 429:
         headers["Retry-After"] = str(_retry_after())
-        message = "Too many requests with this token: slow down and retry after Retry-After seconds."
+        message = "Too many requests with this token: retry after Retry-After seconds."
     elif status == 405:
         message = "This method is not allowed on this path."
         headers["Allow"] = ", ".join(sorted(e.valid_methods or [])) if getattr(

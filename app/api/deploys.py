@@ -75,7 +75,8 @@ def list_deploys(environment_id):
                        "description": "When another operation holds the environment: queue "
                                       "behind it, or answer 409."}}},
        description="The same deploy as the environment page's button: build (or reuse) the "
-                   "commit, then the zero-downtime cutover. Follow it with /operations/{id}/events.")
+                   "commit, then the zero-downtime cutover. Follow it with "
+                   "/operations/{id}/events.")
 def start_deploy(environment_id):
     env = get_for_org_or_404(Environment, environment_id)
     data = json_body({"commit": str, "if_busy": str})

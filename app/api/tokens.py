@@ -56,7 +56,8 @@ def allowed_scopes(user: User) -> tuple[str, ...]:
     return SCOPES if m.role in ADMIN_ROLES else ("read", "deploy")
 
 
-def create_token(user: User, name: str, scopes, expires_in_days: int | None) -> tuple[ApiToken, str]:
+def create_token(user: User, name: str, scopes,
+                 expires_in_days: int | None) -> tuple[ApiToken, str]:
     """(row, the token itself). The caller shows the token once; only its hash is kept."""
     name = (name or "").strip()
     if not NAME_RE.fullmatch(name):

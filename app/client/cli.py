@@ -1,4 +1,4 @@
-"""``keystone login``, ``keystone deploy``, ``keystone status``: the API from a terminal
+"""``keystone login``, ``deploy``, ``rollback``, ``builds``, ``status``: the API from a terminal
 or a CI job. Exit codes: 0 success; 1 the deploy failed (or was cancelled/interrupted);
 2 a usage or API error; 130 interrupted (the deploy goes on on the server)."""
 from __future__ import annotations
@@ -68,6 +68,30 @@ def follow(client: Client, op: dict, out=click.echo) -> str:
     return status
 
 
+def _finish(client: Client, op: dict, what: str, wait: bool) -> None:
+    """Follow ``op`` when asked and exit with its result."""
+    if not wait:
+        click.echo(f"Follow it with --wait next time, or {client.url}/operations/{op['id']}")
+        return
+    try:
+        status = follow(client, op)
+    except KeyboardInterrupt:
+        click.echo(f"\nStopped following: {what} #{op['id']} goes on on the server.", err=True)
+        sys.exit(INTERRUPTED)
+    except ClientError as exc:
+        _fail(exc)
+    if status == "succeeded":
+        click.echo(f"{what.capitalize()} #{op['id']} succeeded.")
+        return
+    try:
+        error = client.get(f"/api/v1/operations/{op['id']}").get("error")
+    except ClientError:
+        error = None
+    click.echo(f"{what.capitalize()} #{op['id']} {status}{': ' + error if error else ''}.",
+               err=True)
+    sys.exit(FAILED)
+
+
 @click.command("deploy")
 @click.argument("target", metavar="APP/ENV")
 @click.option("--commit", "commit", default=None, help="A full commit sha (default: the "
@@ -84,26 +108,44 @@ def deploy_command(target, commit, wait):
         _fail(exc)
     click.echo(f"Deploy #{op['id']} of {target} {op['status']}"
                f"{' (commit ' + op['commit'][:12] + ')' if op.get('commit') else ''}.")
-    if not wait:
-        click.echo(f"Follow it with `keystone deploy ... --wait` next time, or "
-                   f"{client.url}/operations/{op['id']}")
-        return
+    _finish(client, op, "deploy", wait)
+
+
+@click.command("rollback")
+@click.argument("target", metavar="APP/ENV")
+@click.option("--to", "build_id", type=click.IntRange(min=1), default=None,
+              help="The build to roll back to (see `keystone builds APP/ENV`); default: the "
+                   "newest finished build before the live one.")
+@click.option("--wait", is_flag=True, help="Stream the steps and log; exit with the result.")
+def rollback_command(target, build_id, wait):
+    """Redeploy an earlier build through the same cutover (migrations are not reversed)."""
     try:
-        status = follow(client, op)
-    except KeyboardInterrupt:
-        click.echo(f"\nStopped following: deploy #{op['id']} goes on on the server.", err=True)
-        sys.exit(INTERRUPTED)
+        client = Client.from_config()
+        env = client.environment(target)
+        op = client.post(f"/api/v1/environments/{env['id']}/rollback",
+                         {"build_id": build_id} if build_id else {})
     except ClientError as exc:
         _fail(exc)
-    if status == "succeeded":
-        click.echo(f"Deploy #{op['id']} succeeded.")
-        return
+    click.echo(f"Rollback #{op['id']} of {target} to build #{op.get('artifact_id')} "
+               f"{op['status']}.")
+    _finish(client, op, "rollback", wait)
+
+
+@click.command("builds")
+@click.argument("target", metavar="APP/ENV")
+def builds_command(target):
+    """The finished builds of an environment, newest first (for rollback --to)."""
     try:
-        error = client.get(f"/api/v1/operations/{op['id']}").get("error")
-    except ClientError:
-        error = None
-    click.echo(f"Deploy #{op['id']} {status}{': ' + error if error else ''}.", err=True)
-    sys.exit(FAILED)
+        client = Client.from_config()
+        env = client.environment(target)
+        builds = client.get(f"/api/v1/environments/{env['id']}/builds", per_page=20)["items"]
+    except ClientError as exc:
+        _fail(exc)
+    if not builds:
+        click.echo("No finished build yet.")
+    for b in builds:
+        click.echo(f"#{b['id']:<6} {b['commit'][:12]}  {b['created_at']}"
+                   f"{'  (live)' if b['current'] else ''}")
 
 
 @click.command("status")
@@ -129,4 +171,4 @@ def status_command():
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-COMMANDS = (login_command, deploy_command, status_command)
+COMMANDS = (login_command, deploy_command, rollback_command, builds_command, status_command)

@@ -157,3 +157,37 @@ def test_cli_errors_are_messages_with_exit_code_2(live, tmp_path):
                                                        "KEYSTONE_URL": None,
                                                        "KEYSTONE_TOKEN": None})
     assert result.exit_code == 2 and "keystone login" in result.output
+
+
+def test_builds_and_rollback(live):
+    from app.models import BuildArtifact
+    from app.models.enums import ArtifactStatus
+    token, env_id, _previous = _seed(live)
+    with live.app.app_context():
+        from app.models import Environment
+        env = db.session.get(Environment, env_id)
+        ids = []
+        for sha in ("1" * 40, "2" * 40):
+            artifact = BuildArtifact(environment=env, commit_sha=sha, image_tag=f"shop:{sha[:4]}",
+                                     status=ArtifactStatus.READY, image_digest="sha256:" + sha * 1)
+            db.session.add(artifact)
+            db.session.flush()
+            ids.append(artifact.id)
+        env.current_artifact_id = ids[-1]
+        db.session.commit()
+    env = {"KEYSTONE_URL": live.url, "KEYSTONE_TOKEN": token}
+    listed = CliRunner().invoke(main, ["builds", "shop/production"], env=env)
+    assert listed.exit_code == 0
+    assert listed.output.splitlines()[0].startswith(f"#{ids[1]}") and "(live)" in listed.output
+    back = CliRunner().invoke(main, ["rollback", "shop/production"], env=env)
+    assert back.exit_code == 0, back.output
+    assert f"Rollback #" in back.output and f"to build #{ids[0]}" in back.output
+    chosen = CliRunner().invoke(main, ["rollback", "shop/production", "--to", str(ids[1])],
+                                env=env)
+    assert chosen.exit_code == 0 and f"to build #{ids[1]} queued" in chosen.output
+    with live.app.app_context():
+        ops = db.session.execute(sa.select(Operation).where(
+            Operation.target_id == env_id, Operation.created_by_id.is_not(None))
+            .order_by(Operation.id)).scalars().all()
+        assert [op.params.get("artifact_id") for op in ops] == ids
+        assert all(op.params.get("rollback") for op in ops)
