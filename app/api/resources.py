@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from flask import jsonify, request
 from flask_login import current_user
+from sqlalchemy.orm import selectinload
 
 from app.api import serializers as ser
 from app.api.core import (ApiError, current_scopes, current_token, paginate, query_choice,
                           route)
 from app.extensions import db
-from app.models import (Application, AuditEvent, Environment, EnvironmentVariable, Server,
-                        Service)
+from app.models import (Application, AuditEvent, Environment, EnvironmentAttachment,
+                        EnvironmentVariable, Server, Service)
 from app.models.enums import ServerStatus
 from app.scoping import current_org_id, get_for_org_or_404, org_query, parse_id
 
@@ -36,7 +37,7 @@ def me():
        query=[NAME_QUERY], ok=(200, "A page of applications", "Page_Application"))
 def list_applications():
     stmt = _name_filter(org_query(Application), Application.name).order_by(Application.id)
-    return paginate(stmt, ser.application)
+    return paginate(stmt.options(selectinload(Application.environments)), ser.application)
 
 
 @route("/applications/<int:application_id>", summary="One application", tag="applications",
@@ -63,6 +64,12 @@ def list_environments():
             raise ApiError(400, "invalid_request", "application_id must be a whole number.",
                            {"parameter": "application_id"})
         stmt = stmt.where(Environment.application_id == app_id)
+    # What each item shows, loaded per page in a fixed number of queries.
+    stmt = stmt.options(selectinload(Environment.application),
+                        selectinload(Environment.current_artifact),
+                        selectinload(Environment.services),
+                        selectinload(Environment.attachments)
+                        .selectinload(EnvironmentAttachment.service_slice))
     return paginate(stmt.order_by(Environment.id), ser.environment)
 
 
@@ -115,7 +122,7 @@ def list_servers():
     status = query_choice("status", [s.value for s in ServerStatus])
     if status:
         stmt = stmt.where(Server.status == status)
-    return paginate(stmt.order_by(Server.id), ser.server)
+    return paginate(stmt.options(selectinload(Server.provider)).order_by(Server.id), ser.server)
 
 
 @route("/servers/<int:server_id>", summary="One server", tag="servers",
@@ -136,7 +143,8 @@ def list_services():
             raise ApiError(400, "invalid_request", "environment_id must be a whole number.",
                            {"parameter": "environment_id"})
         stmt = stmt.where(Service.environment_id == env_id)
-    return paginate(stmt.order_by(Service.id), ser.service)
+    return paginate(stmt.options(selectinload(Service.replicas)).order_by(Service.id),
+                    ser.service)
 
 
 @route("/services/<int:service_id>", summary="One service", tag="services",

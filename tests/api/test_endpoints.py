@@ -208,3 +208,43 @@ def test_no_secret_in_any_read_response(app, client, org):
     for name, value in SECRET_SENTINELS.items():
         assert value not in text, name
     assert org.token not in text
+
+
+def _queries_for(app, client, url, headers) -> int:
+    from sqlalchemy import event
+    count = [0]
+
+    def before(*_args, **_kw):
+        count[0] += 1
+
+    db.session.remove()  # nothing cached from an earlier request (the test keeps one context)
+    event.listen(db.engine, "before_cursor_execute", before)
+    try:
+        assert client.get(url, headers=headers).status_code == 200
+    finally:
+        event.remove(db.engine, "before_cursor_execute", before)
+    return count[0]
+
+
+def test_list_queries_do_not_grow_with_the_page(app, client, org):
+    """A page of 1 and a page of many cost the same number of queries."""
+    from app.models import Application, Environment, Service, ServiceReplica
+    from app.models.enums import ServiceCategory
+    client.get("/api/v1/me", headers=org.bearer)  # the token's last use is recorded now
+    for n in range(6):
+        application = Application(organisation=org.org, name=f"app-{n}",
+                                  repository_url="git@github.com:acme/x.git")
+        env = Environment(application=application, name="production", branch="main")
+        web = Service(organisation=org.org, environment=env, name="web",
+                      category=ServiceCategory.APPLICATION, type="laravel",
+                      driver_name="laravel", server=org.server)
+        db.session.add_all([application, env, web,
+                            ServiceReplica(service=web, server=org.server,
+                                           container_name=f"ks-app-{n}-web-1")])
+    db.session.commit()
+    bearer = org.bearer
+    for path in ("/api/v1/applications", "/api/v1/environments", "/api/v1/services",
+                 "/api/v1/servers", "/api/v1/operations"):
+        one = _queries_for(app, client, f"{path}?per_page=1", bearer)
+        many = _queries_for(app, client, f"{path}?per_page=100", bearer)
+        assert one == many, (path, one, many)
