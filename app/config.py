@@ -72,6 +72,17 @@ def rate_limit_setting(name: str, default: str) -> str:
     return raw
 
 
+def redis_prefix_setting() -> str:
+    from app.redis_keys import DEFAULT_PREFIX, PREFIX_PATTERN
+    raw = os.environ.get("KEYSTONE_REDIS_PREFIX", "")
+    if not raw:
+        return DEFAULT_PREFIX
+    if not PREFIX_PATTERN.fullmatch(raw):
+        raise SettingError("KEYSTONE_REDIS_PREFIX must be letters, digits, '_', '.' or '-' "
+                           f"(up to 64, starting with a letter or digit), not {raw!r}")
+    return raw
+
+
 def default_redis_socket(instance: Path) -> Path:
     return instance / "redis.sock"
 
@@ -114,6 +125,9 @@ class Config:
         # Requests per API token (Flask-Limiter syntax, several limits separated by ";").
         self.API_RATE_LIMIT = rate_limit_setting("KEYSTONE_API_RATE_LIMIT",
                                                  "600 per minute;10000 per hour")
+        # Every Redis key Keystone writes starts with this (app/redis_keys.py): two
+        # installations sharing one Redis need different prefixes.
+        self.REDIS_PREFIX = redis_prefix_setting()
         # The local sandbox the onboarding wizard brings up: a different name keeps a
         # second Keystone (e.g. the browser tests) off a developer's own sandbox.
         self.SANDBOX_NAME = os.environ.get("KEYSTONE_SANDBOX_NAME", "keystone-sandbox")

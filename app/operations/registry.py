@@ -39,7 +39,8 @@ HANDLER_MODULES: list[str] = [
     "app.provisioning.handlers",
     "app.deploy.handlers",
     "app.slices.handlers",
-    "app.drivers.handlers",
+    "app.services_ops.deploy",
+    "app.services_ops.slices",
     "app.deploys.handlers",
     "app.deploys.scheduler",
 ]

@@ -25,17 +25,6 @@ def deployable(graph):
     return graph
 
 
-@pytest.fixture(autouse=True)
-def no_log_streams(redis_url):
-    """Operation ids restart at 1 in every test's database while the Redis is the session's:
-    drop the live-log streams a previous test left, so none is mistaken for this test's."""
-    from app.operations import logstream
-    client = logstream.redis_client(redis_url)
-    for key in client.scan_iter(match="keystone:op:*:log", count=1000):
-        client.delete(key)
-    yield
-
-
 @pytest.fixture()
 def org(app):
     return deployable(build_org())
