@@ -106,9 +106,9 @@ SCHEMAS["Variable"] = _object({
 
 def is_secret(v: EnvironmentVariable) -> bool:
     """Secret by its flag, or by what it is (the same rule the deploy log redaction uses)."""
-    from app.attachments import SECRET_KEYS, _base_key
+    from app.attachments import is_managed_secret
     from app.deploys.handlers import ALWAYS_SECRET_KEYS
-    return bool(v.is_secret or _base_key(v.key) in SECRET_KEYS or v.key in ALWAYS_SECRET_KEYS)
+    return bool(v.is_secret or is_managed_secret(v.key) or v.key in ALWAYS_SECRET_KEYS)
 
 
 def variable(v: EnvironmentVariable, *, reveal: bool = False) -> dict:
