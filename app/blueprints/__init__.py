@@ -9,7 +9,7 @@ def register_blueprints(app) -> None:
     app.register_blueprint(dashboard.bp)
     # Areas added by later work register themselves here.
     for name in ("operations", "servers", "applications", "environments", "services",
-                 "registries", "onboarding", "deploys"):
+                 "registries", "onboarding", "deploys", "tokens"):
         try:
             module = __import__(f"app.blueprints.{name}", fromlist=["bp"])
         except ModuleNotFoundError as exc:

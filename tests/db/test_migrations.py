@@ -21,6 +21,7 @@ EXPECTED_TABLES = {
     "environments", "services", "service_replicas", "service_slices",
     "environment_attachments", "environment_variables", "endpoints", "operations",
     "operation_steps", "operation_locks", "registries", "build_artifacts", "audit_events",
+    "api_tokens",
 }
 
 
