@@ -1,7 +1,7 @@
 """the health path has one owner: the web service's health.path (moved from build_config)
 
 Revision ID: 7c2f9a1d4e60
-Revises: 5e7c1a9d3b20
+Revises: 3f9a2c7e1b44
 Create Date: 2026-12-02 11:00:00
 
 An environment's build settings carried ``health_path`` (baked into the image) while the
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision = '7c2f9a1d4e60'
-down_revision = '5e7c1a9d3b20'
+down_revision = '3f9a2c7e1b44'
 branch_labels = None
 depends_on = None
 

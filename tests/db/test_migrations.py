@@ -93,7 +93,7 @@ def test_the_build_page_health_path_moves_to_the_web_service(tmp_path):
                       "ENCRYPTION_KEYS": KEYS, "SECRET_KEY": "t", "TESTING": True},
                      instance_path=str(tmp_path / "i"))
     with app.app_context():
-        upgrade(revision="5e7c1a9d3b20")
+        upgrade(revision="3f9a2c7e1b44")
         from tests.factories import build_org
         cases = {"/healthz": "{}", "/up": "{}", "/mine": '{"health": {"path": "/own"}}'}
         env_ids = []
