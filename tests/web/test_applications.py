@@ -128,6 +128,9 @@ def test_verify_access_to_an_unreachable_host_answers_a_clear_message(client, au
     assert f'hx-get="/applications/{application.id}/access"' in html
     assert f"/operations/{op.id}" in html
     assert "Could not read the SSH host key" not in html
+    # The component's one .badge stays "not verified"/"verified" (the browser test reads it);
+    # the running check's statuses are chips.
+    assert html.count('class="badge') == 1 and 'class="chip status-pending"' in html
     # A second click joins the running verification instead of starting another.
     client.post(f"/applications/{application.id}/verify",
                 headers={"HX-Request": "true", "X-CSRFToken": auth.csrf()})
