@@ -70,10 +70,11 @@ def handlers():
 
 @pytest.fixture()
 def clean_streams(app):
-    """Operation ids restart at 1 in every test database: drop old streams from Redis."""
+    """Drop this test app's operation streams from Redis (its keys have their own prefix)."""
+    from app import redis_keys
     from app.operations import logstream
     client = logstream.redis_client()
-    for key in client.scan_iter("keystone:op:*"):
+    for key in client.scan_iter(redis_keys.key("op", "*")):
         client.delete(key)
     yield client
 

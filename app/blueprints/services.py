@@ -12,7 +12,8 @@ attachment and variable components (SPEC 9-13, phase 6 of 20).
   recommendations) and ``services/_variables.html`` (user variables).
 
 Views stay thin: every change goes through :mod:`app.attachments` or
-:mod:`app.drivers.handlers`; every object through :mod:`app.scoping`.
+:mod:`app.services_ops`; every object through :mod:`app.scoping`. Which
+service types exist, their labels and slices are the drivers' (:mod:`app.drivers`).
 """
 from __future__ import annotations
 
@@ -25,25 +26,21 @@ from wtforms import (BooleanField, HiddenField, SelectField, SelectMultipleField
 from wtforms.validators import DataRequired, Length, Optional
 
 from app import attachments as att
-from app.drivers import get_driver
+from app.drivers import drivers, get_driver
 from app.drivers.base import DriverError
-from app.drivers.images import ImageError, parse_image
+from app.registries.images import ImageError
+from app.services_ops.create import build_service
+from app.services_ops.deploy import start_service_deploy, update_warning
 from app.extensions import db
 from app.forms import KeystoneForm, name_field
 from app.models import (Environment, EnvironmentVariable, Operation, Server, Service,
                         ServiceSlice)
 from app.models.enums import (AttachmentRole, OperationKind, OperationStatus, ReplicaStatus,
-                              ServerStatus, SliceStatus, SliceType, VariableSource)
+                              ServerStatus, SliceStatus, VariableSource)
 from app.scoping import current_org_id, get_for_org_or_404, org_query, parse_id
 
 bp = Blueprint("services", __name__)
 
-MANAGED_TYPES = {
-    "postgres": "Postgres 18 (database)",
-    "valkey": "Valkey 8 (cache, sessions, queues)",
-    "caddy": "Caddy 2 gateway (ports 80/443, one per server)",
-}
-SLICE_TYPE_FOR = {"postgres": SliceType.POSTGRES_DATABASE, "valkey": SliceType.VALKEY_NAMESPACE}
 TLS_CHOICES = [("auto", "Automatic HTTPS (Let's Encrypt)"),
                ("internal", "HTTPS with Caddy's internal CA"),
                ("off", "Plain HTTP only")]
@@ -75,9 +72,9 @@ def _servers() -> list[Server]:
     return db.session.execute(org_query(Server).order_by(Server.name)).scalars().all()
 
 
-def _managed_services(types=tuple(MANAGED_TYPES)) -> list[Service]:
+def _managed_services() -> list[Service]:
     return db.session.execute(
-        org_query(Service).where(Service.type.in_(list(types))).order_by(Service.name)
+        org_query(Service).where(Service.type.in_(list(drivers.offered()))).order_by(Service.name)
     ).scalars().all()
 
 
@@ -118,29 +115,14 @@ def service_stand_in(service: Service) -> str:
 
 def new_service(service_type: str, server: Server, name: str, image: str | None = None,
                 expose_private: bool = False) -> Service:
-    """A Postgres, Valkey or Caddy service row placed on ``server`` (flushed, not committed).
+    """A service of an offered driver placed on ``server`` (flushed, not committed).
 
     Raises DriverError (GatewayConflict: a second gateway on one server) or ImageError.
     """
-    if service_type not in MANAGED_TYPES:
-        raise DriverError(f"type: choose one of {', '.join(MANAGED_TYPES)}")
-    driver = get_driver(service_type)
     image = (image or "").strip() or sandbox_image(server, service_type)
-    if image:
-        parse_image(image)
-    config = {}
-    if image:
-        config["image"] = image
-    if expose_private:
-        config["expose_private"] = True
-    service = Service(organisation_id=current_org_id(), server=server, name=name,
-                      category=driver.category, type=driver.type,
-                      version_track=driver.version_track, driver_name=driver.type,
-                      deploy_policy=driver.deploy_policy, config=config)
-    if service_type == "caddy":
-        from app.drivers.caddy.driver import assert_single_gateway
-        with db.session.no_autoflush:
-            assert_single_gateway(service)
+    with db.session.no_autoflush:
+        service = build_service(service_type, server, name, organisation_id=current_org_id(),
+                                settings={"image": image or "", "expose_private": expose_private})
     db.session.add(service)
     db.session.flush()
     return service
@@ -162,7 +144,7 @@ def _latest_ops(target_type: str, ids) -> dict[int, Operation]:
 # --------------------------------------------------------------------------- forms
 
 class NewServiceForm(KeystoneForm):
-    type = SelectField("Service", choices=list(MANAGED_TYPES.items()), default="postgres")
+    type = SelectField("Service", choices=[], default="postgres")
     name = name_field("Name")
     server_id = SelectField("Server", coerce=str, choices=[], validators=[DataRequired()])
     image = StringField("Image override", validators=[Optional(), Length(max=255)])
@@ -235,6 +217,7 @@ class EditVariableForm(KeystoneForm):
 # --------------------------------------------------------------------------- services list
 
 def _fill_new_service(form: NewServiceForm, servers: list[Server]) -> None:
+    form.type.choices = list(drivers.labels().items())
     form.server_id.choices = [(str(s.id), f"{s.name} ({s.status.value})") for s in servers]
 
 
@@ -243,10 +226,11 @@ def _fill_new_service(form: NewServiceForm, servers: list[Server]) -> None:
 def index():
     services = db.session.execute(
         org_query(Service).order_by(Service.type, Service.name)).scalars().all()
-    managed = [s for s in services if s.type in MANAGED_TYPES]
-    app_services = [s for s in services if s.type not in MANAGED_TYPES]
+    labels = drivers.labels()
+    managed = [s for s in services if s.type in labels]
+    app_services = [s for s in services if s.type not in labels]
     return render_template("services/index.html", managed=managed, app_services=app_services,
-                           labels=MANAGED_TYPES)
+                           labels=labels)
 
 
 @bp.route("/services/new", methods=["GET", "POST"])
@@ -255,7 +239,7 @@ def new():
     servers = _servers()
     form = NewServiceForm()
     _fill_new_service(form, servers)
-    if request.method == "GET" and request.args.get("type") in MANAGED_TYPES:
+    if request.method == "GET" and request.args.get("type") in drivers.offered():
         form.type.data = request.args["type"]
     error = None
     if form.validate_on_submit():
@@ -273,19 +257,18 @@ def new():
                 error = str(exc)
                 form.server_id.errors.append(error)
             else:
-                from app.drivers.handlers import start_service_deploy
                 db.session.commit()
                 op = start_service_deploy(service, current_user)
                 flash(f"{service.name} created; deploying it on {server.name}.", "success")
                 return _redirect(url_for("operations.show", operation_id=op.id))
-    return render_template("services/new.html", form=form, servers=servers, labels=MANAGED_TYPES), \
+    return render_template("services/new.html", form=form, servers=servers,
+                           labels=drivers.labels()), \
         (400 if form.errors else 200)
 
 
 # --------------------------------------------------------------------------- service page
 
 def _service_context(service: Service, **kw) -> dict:
-    from app.drivers.handlers import update_warning
     slices = [s for s in service.slices]
     ops = db.session.execute(
         sa.select(Operation).where(
@@ -302,7 +285,7 @@ def _service_context(service: Service, **kw) -> dict:
            "deploy_form": kw.pop("deploy_form", None) or DeployForm(formdata=None),
            "slice_form": kw.pop("slice_form", None) or SliceForm(formdata=None),
            "action_form": ActionForm(formdata=None),
-           "can_slice": service.type in SLICE_TYPE_FOR,
+           "can_slice": driver.user_slice_type is not None,
            "update_available": bool(service.available_image_digest and
                                     service.available_image_digest != service.current_image_digest),
            "image_message": None, "image_error": None, "image_checking": None,
@@ -316,7 +299,7 @@ def _service_context(service: Service, **kw) -> dict:
 @login_required
 def show(service_id):
     service = get_for_org_or_404(Service, service_id)
-    if service.type not in MANAGED_TYPES and service.environment_id:
+    if service.type not in drivers.offered() and service.environment_id:
         return redirect(url_for("environments.show", environment_id=service.environment_id))
     return render_template("services/show.html", **_service_context(service))
 
@@ -363,10 +346,9 @@ def image_component(service_id):
 @bp.route("/services/<int:service_id>/deploy", methods=["POST"])
 @login_required
 def deploy(service_id):
-    from app.drivers.handlers import start_service_deploy
     from app.operations import OperationLocked, StepFailed
     service = get_for_org_or_404(Service, service_id)
-    if service.type not in MANAGED_TYPES:
+    if service.type not in drivers.offered():
         abort(404)
     form = DeployForm()
     ctx = _service_context(service, deploy_form=form)
@@ -391,11 +373,11 @@ def deploy(service_id):
 @login_required
 def create_slice(service_id):
     service = get_for_org_or_404(Service, service_id)
-    if service.type not in SLICE_TYPE_FOR:
+    slice_type = get_driver(service).user_slice_type
+    if slice_type is None:
         abort(404)
     form = SliceForm()
     if form.validate_on_submit():
-        slice_type = SLICE_TYPE_FOR[service.type]
         name = form.name.data.strip()
         taken = any(s.name == name and s.type == slice_type for s in service.slices)
         if taken:
@@ -459,10 +441,11 @@ def _server_label(server: Server | None) -> str:
     return server.name if server is not None else "no server"
 
 
-def _choices(services: list[Service], servers: list[Server], label: str, service_type: str,
+def _choices(services: list[Service], servers: list[Server], service_type: str,
              skip_servers=frozenset()) -> list[tuple[str, str]]:
     """Existing services, then "New ... on <server>" for each server that is provisioned
     (a service cannot start on a server Keystone has not set up)."""
+    label = get_driver(service_type).short_label
     out = [(str(s.id), f"{s.name} on {_server_label(s.server)}{service_stand_in(s)}")
            for s in services]
     out += [(f"new:{srv.id}", f"New {label} on {srv.name}{stand_in_note(service_type, srv)}")
@@ -473,14 +456,14 @@ def _choices(services: list[Service], servers: list[Server], label: str, service
 def attachment_forms(env: Environment, formdata=None) -> dict:
     services = _managed_services()
     servers = _servers()
-    by_type = {t: [s for s in services if s.type == t] for t in MANAGED_TYPES}
+    by_type = {t: [s for s in services if s.type == t] for t in drivers.offered()}
     gateway_servers = {s.server_id for s in by_type["caddy"]}
     pg = AttachPostgresForm(formdata=formdata, prefix="pg")
-    pg.target.choices = _choices(by_type["postgres"], servers, "Postgres 18", "postgres")
+    pg.target.choices = _choices(by_type["postgres"], servers, "postgres")
     vk = AttachValkeyForm(formdata=formdata, prefix="vk")
-    vk.target.choices = _choices(by_type["valkey"], servers, "Valkey 8", "valkey")
+    vk.target.choices = _choices(by_type["valkey"], servers, "valkey")
     dom = AttachDomainForm(formdata=formdata, prefix="dom")
-    dom.target.choices = _choices(by_type["caddy"], servers, "Caddy gateway", "caddy", gateway_servers)
+    dom.target.choices = _choices(by_type["caddy"], servers, "caddy", gateway_servers)
     if formdata is None and not dom.hostname.data and env.application is not None:
         if any((s.facts or {}).get("sandbox") for s in servers):
             dom.hostname.data = f"{env.application.name}.localhost"
@@ -526,7 +509,7 @@ def _resolve_target(form: _AttachForm, service_type: str, env: Environment) -> S
             form.target.errors.append(f"{server.name} is not provisioned yet: provision it "
                                       "first, or choose a server that is ready.")
             return None
-        base = {"postgres": "postgres", "valkey": "valkey", "caddy": "gateway"}[service_type]
+        base = get_driver(service_type).name_base or service_type
         env_server = att._environment_server_id(env)
         try:
             return new_service(service_type, server, _free_name(f"{base}-{server.name}"[:63]),
@@ -543,7 +526,6 @@ def _resolve_target(form: _AttachForm, service_type: str, env: Environment) -> S
 
 
 def _deploy_if_new(service: Service) -> Operation | None:
-    from app.drivers.handlers import start_service_deploy
     if service.replicas or service.current_image_digest:
         return None
     active = db.session.execute(sa.select(Operation.id).where(

@@ -102,7 +102,7 @@ def replica_environment(service: Service, values: dict[str, str],
     env = dict(values)
     if server_id is not None and service.environment is not None:
         env.update(server_overrides(service.environment, server_id, values))
-    health = health_settings(service.config)
+    health = health_settings(service.config, service.name)
     env["KEYSTONE_HEALTH_PATH"] = health["path"]
     cfg = service.config or {}
     if cfg.get("embedded_worker") and "web" in (service.process_roles or []):
@@ -131,9 +131,9 @@ def environment_secrets(env: Environment) -> list[str]:
     """Every secret a deploy of ``env`` can see, for redaction: the variables marked
     secret, the managed credentials (DB_PASSWORD, REDIS_PASSWORD, prefixed or not),
     APP_KEY, and the password of the environment's registry."""
-    from app.attachments import SECRET_KEYS, _base_key
+    from app.attachments import is_managed_secret
     values = [v.value for v in env.variables
-              if v.value and (v.is_secret or _base_key(v.key) in SECRET_KEYS
+              if v.value and (v.is_secret or is_managed_secret(v.key)
                               or v.key in ALWAYS_SECRET_KEYS)]
     registry = getattr(env, "container_registry", None)
     if registry is not None and getattr(registry, "password", None):
@@ -518,7 +518,7 @@ class EnvironmentDeploy:
             if published:
                 # Other servers' gateways reach this slot on the private network only.
                 from app.drivers.base import FirewallRule
-                from app.drivers.handlers import open_firewall
+                from app.services_ops.steps import open_firewall
                 open_firewall(rctx, server, [FirewallRule(published, "tcp",
                                                           f"laravel {service.id} {slot}")])
             self._health_check(rctx, service, change, replica, server, role)
@@ -735,7 +735,7 @@ class EnvironmentDeploy:
             # Reverb answers GET /up; it has no Keystone ready handler, see _health_check).
             cfg["path_routes"] = [{"name": WEBSOCKET_MATCHER, "paths": list(WEBSOCKET_PATHS),
                                    "upstreams": self._slot_addresses(ws, gateway.server_id),
-                                   "health_path": health_settings(ws.config)["path"],
+                                   "health_path": health_settings(ws.config, ws.name)["path"],
                                    "service_id": ws.id}]
         else:
             cfg.pop("path_routes", None)
@@ -756,7 +756,7 @@ class EnvironmentDeploy:
                         "list the blue/green slots")
 
     def _configure_route(self, cctx: OperationContext, route: ServiceSlice, desired: dict) -> None:
-        from app.drivers.handlers import install_gateway_config
+        from app.services_ops.steps import apply_service_config
         with cctx.step("Route the environment's slots") as step:
             step.log("upstreams: " + " ".join(desired["upstreams"]))
             for pr in desired.get("path_routes") or []:
@@ -766,19 +766,19 @@ class EnvironmentDeploy:
         route.config = desired
         route.status = SliceStatus.READY
         db.session.commit()
-        install_gateway_config(cctx, route.service)
+        apply_service_config(cctx, route.service)
 
     # ---------------------------------------------------------------- gateway confirmation
     def _gateways(self) -> list[tuple[Service, Server, str]]:
         """(gateway service, its server, its container) of every route of this environment."""
-        from app.drivers.handlers import _running_container
+        from app.services_ops.steps import running_container
         out: dict[int, tuple[Service, Server, str]] = {}
         for route in self._route_slices():
             gateway = route.service
             if gateway is None or gateway.server_id is None or gateway.id in out:
                 continue
             try:
-                container = _running_container(gateway)
+                container = running_container(gateway)
             except StepFailed:
                 continue
             out[gateway.id] = (gateway, db.session.get(Server, gateway.server_id), container)

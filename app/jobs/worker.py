@@ -107,8 +107,8 @@ def schedule_health_check(app, conn, queue) -> bool:
     """Enqueue the periodic health job unless one was enqueued in the last interval (by this
     or another worker: a Redis key with a TTL). The job runs in a work horse, which may open
     SSH connections; this process never does."""
-    from app.health import HEALTH_INTERVAL, SCHEDULE_KEY
-    if not conn.set(SCHEDULE_KEY, "1", nx=True, ex=max(1, HEALTH_INTERVAL - 5)):
+    from app.health import HEALTH_INTERVAL, schedule_key
+    if not conn.set(schedule_key(app.config), "1", nx=True, ex=max(1, HEALTH_INTERVAL - 5)):
         return False
     queue.enqueue("app.jobs.check_health", job_timeout=HEALTH_INTERVAL * 4,
                   result_ttl=HEALTH_INTERVAL * 2, failure_ttl=3600,

@@ -119,6 +119,7 @@ def start_operation(kind: OperationKind, *, target_type: str, target_id: int,
                    status=S.QUEUED if blocker is not None else S.PENDING)
     db.session.add(op)
     db.session.commit()
+    logstream.clear(op.id)
     if op.status is S.PENDING and enqueue:
         enqueue_operation(op)
     return op

@@ -74,8 +74,17 @@ def entry_event(entry_id: str, fields: dict[str, str]) -> tuple[str, bool]:
 
 def stream_events(client, operation_id: int, last_event_id: str | None, engine=None,
                   keepalive: float = KEEPALIVE, max_seconds: float = MAX_SECONDS) -> Iterator[str]:
-    """Follow the operation's Redis stream from ``last_event_id`` until its end entry."""
-    key = logstream.stream_key(operation_id)
+    """Follow the operation's Redis stream from ``last_event_id`` until its end entry.
+
+    The stream's key is named now, in the caller's app context (it carries the
+    installation's Redis prefix): the generator runs after the view has returned.
+    """
+    return _follow(client, logstream.stream_key(operation_id), operation_id, last_event_id,
+                   engine, keepalive, max_seconds)
+
+
+def _follow(client, key: str, operation_id: int, last_event_id: str | None, engine,
+            keepalive: float, max_seconds: float) -> Iterator[str]:
     cursor = last_event_id if last_event_id and _STREAM_ID.fullmatch(last_event_id) else "0-0"
     started = time.monotonic()
     yield f"retry: {RETRY_MS}\n: stream of operation {int(operation_id)}\n\n"

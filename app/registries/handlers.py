@@ -9,11 +9,12 @@ import sqlalchemy as sa
 
 from app.drivers import get_driver
 from app.drivers.base import DriverError
-from app.drivers.images import ImageError, check_for_update
 from app.extensions import db
 from app.models import Registry, Service
 from app.models.enums import OperationKind
 from app.operations import StepFailed, operation_handler
+from app.registries.images import ImageError
+from app.services_ops.updates import check_for_update
 
 
 def outcome_message(service: Service, digest: str | None) -> str:

@@ -22,6 +22,7 @@ from flask import current_app
 from app.accounts import create_account
 from app.blueprints.applications import create_application
 from app.builds import BUILD_STEP, BuildPlanError, ensure_artifact, image_ref
+from app.deploys.testbed import MANAGEMENT_USER
 from app.extensions import db
 from app.models import BuildArtifact, Operation, OperationStep, Registry, Server, Service
 from app.models.enums import (ArtifactStatus, OperationKind, RegistryType, ServerStatus,
@@ -41,7 +42,7 @@ PHP_BASE = "keystone-sandbox/php-base:8.3-fpm"
 # --------------------------------------------------------------------------- helpers
 
 @pytest.fixture()
-def org(app, sandbox):
+def org(app, sandbox, provisioned_servers):
     user = create_account(organisation=f"Builds {uuid.uuid4().hex[:6]}",
                           email=f"b-{uuid.uuid4().hex[:6]}@example.com",
                           password="correct horse battery")
@@ -57,7 +58,7 @@ def add_servers(org, sandbox, count=1):
     for i, s in enumerate(sandbox.servers[:count], start=1):
         server = Server(organisation_id=org.id, name=f"sandbox-{i}", public_ip=s.host,
                         ssh_port=s.ssh_port, private_ip=s.private_ip,
-                        host_key_fingerprint=s.host_key_fingerprint, management_user=s.user,
+                        host_key_fingerprint=s.host_key_fingerprint, management_user=MANAGEMENT_USER,
                         status=ServerStatus.ACTIVE)
         servers.append(server)
     db.session.add_all(servers)
@@ -376,7 +377,8 @@ def test_build_once_push_and_run_the_same_digest_on_two_servers(app, org, sandbo
     assert reg.password not in logs and "--password-stdin" in logs
     # Logged out, and the operation's DOCKER_CONFIG is gone.
     for s in sandbox.servers[:2]:
-        assert reg.password not in server_sh(s, "cat /root/.docker/config.json 2>/dev/null || true")
+        for home in ("/root", "/home/keystone"):
+            assert reg.password not in server_sh(s, f"cat {home}/.docker/config.json 2>/dev/null || true")
         assert server_sh(s, f"ls -A /home/keystone/operations/{op.hash} 2>/dev/null || true").strip() == ""
     assert_no_deploy_key_anywhere(sandbox, application)
 

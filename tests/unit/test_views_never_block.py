@@ -76,7 +76,7 @@ def test_the_check_catches_what_the_views_used_to_do(tmp_path):
         "from app.repositories import assign_deploy_key, verify_access\n"
         "def confirm():\n"
         "    from app.providers.custom import check_private_key, probe_host_key\n"
-        "from app.drivers.images import ImageError, check_for_update\n"
+        "from app.services_ops.updates import check_for_update\n"
         "from app.providers import ProviderError, cloud_provider\n"
         "from app import remote\n"
         "from app.sandbox import Sandbox\n")

@@ -177,7 +177,7 @@ def test_check_for_updates_records_the_available_digest(client, db, g, token, mo
     def registry(ref, creds=None, **kw):  # the registry's HTTP answer, nothing else
         seen.append(str(ref))
         return DIGEST_B
-    monkeypatch.setattr("app.drivers.images.resolve_digest", registry)
+    monkeypatch.setattr("app.services_ops.updates.resolve_digest", registry)
     resp = post(client, f"/services/{pg.id}/check-updates", token, htmx=True)
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
@@ -195,13 +195,13 @@ def test_check_for_updates_records_the_available_digest(client, db, g, token, mo
 
 
 def test_check_for_updates_error_is_shown(client, db, g, token, monkeypatch):
-    from app.drivers.images import ImageError
+    from app.registries.images import ImageError
     from app.jobs import run_operation
     from tests.opsupport import started_operation
 
     def registry(ref, creds=None, **kw):
         raise ImageError("image postgres:18: registry docker.io unreachable: ConnectTimeout")
-    monkeypatch.setattr("app.drivers.images.resolve_digest", registry)
+    monkeypatch.setattr("app.services_ops.updates.resolve_digest", registry)
     post(client, f"/services/{g.postgres.id}/check-updates", token, htmx=True)
     op = started_operation(OperationKind.IMAGE_CHECK, "service", g.postgres.id)
     assert run_operation(op.id) == "failed"
