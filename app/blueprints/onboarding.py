@@ -11,7 +11,6 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from app import onboarding
-from app.extensions import db
 from app.models.enums import OperationKind
 from app.operations.lifecycle import latest_operation, start_or_join
 

@@ -154,6 +154,11 @@ def test_provision_bare_server_twice_then_hetzner_flow(app, client, auth, sandbo
         client.post("/servers/providers/hetzner/new",
                     data={"csrf_token": csrf, "name": "hetzner", "token": "hz-token"})
         provider = db.session.execute(sa.select(Provider)).scalar_one()
+        sync = db.session.execute(sa.select(Operation).where(     # the token and the form's lists
+            Operation.kind == OperationKind.PROVIDER_SYNC, Operation.target_id == provider.id)
+        ).scalar_one()
+        sync = _run(sync.id)
+        assert sync.status == OperationStatus.SUCCEEDED, _explain(sync)
         resp = client.post(f"/servers/providers/{provider.id}/servers/new", data={
             "csrf_token": csrf, "name": "cloud-1", "server_type": "cx22", "image": "debian-12",
             "location": "fsn1", "network": "7001"})
