@@ -20,6 +20,9 @@ from wtforms.validators import DataRequired, Length, Optional, ValidationError a
 
 from app.builds import check_build_plan, image_ref, parse_build_config, render_dockerfile
 from app.builds.config import BuildConfigError, JS_TOOLS
+from app.drivers.laravel.settings import (DEFAULT_HEALTH_PATH, HealthSettings, SettingsError,
+                                          set_health_path)
+from app.deploys.service import primary_web
 from app.extensions import db
 from app.forms import KeystoneForm, name_field
 from app.models import Application, BuildArtifact, Environment, Registry, Server, Service
@@ -315,12 +318,15 @@ def build_settings(application_id, environment_id):
     application = _load(application_id)
     environment = _load_env(application, environment_id)
     raw = dict(environment.build_config or {})
+    web = primary_web(environment)
     form = BuildSettingsForm(data={
         "branch": environment.branch, "strategy": raw.get("strategy", "target_server"),
         "registry_id": str(environment.registry_id or ""),
         "php_version": raw.get("php_version", "8.3"), "base_image": raw.get("base_image", ""),
         "document_root": raw.get("document_root", "public"),
-        "health_path": raw.get("health_path", "/up"), "js_tool": raw.get("js_tool", "none"),
+        "health_path": (HealthSettings.from_config(web.config or {}, web.name).path
+                        if web is not None else DEFAULT_HEALTH_PATH),
+        "js_tool": raw.get("js_tool", "none"),
         "js_command": raw.get("js_command", ""), "image": raw.get("image", "")})
     form.registry_id.choices = _registry_choices()
     dockerfile = None
@@ -328,18 +334,26 @@ def build_settings(application_id, environment_id):
         new_raw = {k: v for k, v in {
             "strategy": form.strategy.data, "php_version": form.php_version.data.strip(),
             "base_image": form.base_image.data.strip(), "document_root": form.document_root.data.strip(),
-            "health_path": form.health_path.data.strip(), "js_tool": form.js_tool.data,
+            "js_tool": form.js_tool.data,
             "js_command": form.js_command.data.strip(), "image": form.image.data.strip(),
             "builder_service_id": raw.get("builder_service_id"),
         }.items() if v not in (None, "")}
         registry_id = None
         if form.registry_id.data:
             registry_id = get_for_org_or_404(Registry, form.registry_id.data).id
+        web_config = None
         try:
             config = parse_build_config(new_raw)
+            if web is not None:
+                web_config = set_health_path(web.config, form.health_path.data.strip(),
+                                             web.name)
         except BuildConfigError as exc:
             form.strategy.errors = list(form.strategy.errors) + [str(exc)]
+        except SettingsError as exc:
+            form.health_path.errors = list(form.health_path.errors) + [str(exc)]
         else:
+            if web is not None:
+                web.config = web_config  # the health path's one owner: the web service
             environment.build_config = config.to_json()
             environment.registry_id = registry_id
             environment.branch = form.branch.data

@@ -305,3 +305,37 @@ def test_sandbox_repository_is_prefilled_and_its_page_offers_the_sandbox_key_but
     # The refusal message points at the key where it is: above the verify result.
     message = str(classify_git_error("Permission denied (publickey)."))
     assert "shown above" in message and "below" not in message
+
+
+def test_the_health_path_has_one_owner_the_web_service(client, auth):
+    # Issue 13, defect 4: the build page's field writes the web service's health.path, which
+    # is what the deploy probes and what every replica gets as KEYSTONE_HEALTH_PATH.
+    from app.deploys.handlers import replica_environment
+    from app.deploys.service import primary_web
+    from app.drivers import get_driver
+    auth.signup()
+    _create(client)
+    application = db.session.execute(sa.select(Application)).scalar_one()
+    env = application.environments[0]
+    url = f"/applications/{application.id}/environments/{env.id}/build"
+    data = {"branch": "main", "strategy": "target_server", "registry_id": "", "php_version": "8.3",
+            "base_image": "", "document_root": "public", "js_tool": "none", "js_command": "",
+            "image": ""}
+    page = client.get(url).get_data(as_text=True)
+    assert 'value="/up"' in page  # the default, read from the web service
+    token = csrf_token_from(page)
+    for value, says in (("healthz", "web.health.path: must start with /"),
+                        ("/up; id", "web.health.path: letters, digits")):
+        bad = client.post(url, data={**data, "csrf_token": token, "health_path": value})
+        assert bad.status_code == 400 and says in bad.get_data(as_text=True), value
+        db.session.expire_all()
+        assert "health" not in (primary_web(env).config or {})
+    resp = client.post(url, data={**data, "csrf_token": token, "health_path": "/healthz"})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    db.session.expire_all()
+    web = primary_web(env)
+    assert web.config["health"]["path"] == "/healthz" and "health_path" not in web.config
+    assert "health_path" not in env.build_config
+    assert get_driver("laravel").health_path(web) == "/healthz"
+    assert replica_environment(web, {})["KEYSTONE_HEALTH_PATH"] == "/healthz"
+    assert 'value="/healthz"' in client.get(url).get_data(as_text=True)

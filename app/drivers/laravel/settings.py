@@ -113,3 +113,18 @@ class LaravelSettings:
 
 
 __all__ = ["HealthSettings", "LaravelSettings", "SettingsError", "StopSettings"]
+
+
+def set_health_path(config: Mapping | None, path: str, where: str = "web") -> dict:
+    """``config`` with ``health.path`` set to ``path`` (validated; the legacy key dropped).
+
+    The one writer of the health path: the build settings page calls it for the
+    environment's web service. Raises :class:`SettingsError` naming the path.
+    """
+    current = dict(config or {})
+    health = dict(current.get("health") or {})
+    health["path"] = path
+    HealthSettings.from_config({"health": health}, where)  # raises with the setting's path
+    current["health"] = health
+    current.pop("health_path", None)
+    return current
