@@ -55,7 +55,13 @@ from app.remote import CommandCancelled, CommandTimeout, Result  # noqa: E402
 
 @pytest.fixture()
 def handlers():
-    """Register handlers for a test only: ``handlers(kind)(fn)``; restored afterwards."""
+    """Register handlers for a test only: ``handlers(kind)(fn)``; restored afterwards.
+
+    The handler modules are imported first: one first imported during the test would
+    register inside the snapshot's lifetime, be dropped by the restore and, being
+    imported already, never register again in this process.
+    """
+    registry.load_handlers()
     saved = dict(registry._HANDLERS)
     yield registry.operation_handler
     registry._HANDLERS.clear()
@@ -121,3 +127,23 @@ def slow_servers(**kwargs):
         yield made
     finally:
         op_context.connection_factory = previous
+
+
+def started_operation(kind, target_type: str, target_id: int):
+    """The newest operation, checked: of ``kind`` on the target, and its RQ job carries its id
+    and nothing else (what a view that only starts an operation leaves behind)."""
+    import sqlalchemy as sa
+    from rq.job import Job
+
+    from app.extensions import db
+    from app.models import Operation
+    from app.operations import logstream
+
+    op = db.session.execute(sa.select(Operation).order_by(Operation.id.desc()).limit(1)
+                            ).scalar_one()
+    assert (op.kind, op.target_type, op.target_id) == (kind, target_type, target_id)
+    assert op.rq_job_id, "the operation was not enqueued"
+    job = Job.fetch(op.rq_job_id, connection=logstream.redis_client())
+    assert job.func_name == "app.jobs.run_operation"
+    assert job.args == (op.id,) and job.kwargs == {}
+    return op

@@ -5,10 +5,10 @@ Creating an application generates its ed25519 deploy key and a ``production``
 environment on the default branch with the default web service (Laravel,
 deployed with the environment, scheduler on it: SPEC 2 and 8).
 
-"Verify access" runs ``git ls-remote`` with the deploy key synchronously in
-the request (bounded by a timeout): it reads a git host and changes no server,
-so it needs no operation, and the person is waiting for the answer anyway.
-It answers with the access component only (HTMX swaps it in place).
+"Verify access" starts a ``repository_verify`` operation (``git ls-remote``
+with the deploy key runs in the worker, never in the request). It answers with
+the access component, which polls itself while the operation runs and ends
+with its result (HTMX swaps it in place).
 """
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ from app.deploys.service import primary_web
 from app.extensions import db
 from app.forms import KeystoneForm, name_field
 from app.models import Application, BuildArtifact, Environment, Registry, Server, Service
-from app.models.enums import (BuildStrategy, DeployPolicy, RepositoryType, SchedulerMode,
-                              ServerStatus, ServiceCategory)
+from app.models.enums import (BuildStrategy, DeployPolicy, OperationKind, OperationStatus,
+                              RepositoryType, SchedulerMode, ServerStatus, ServiceCategory)
+from app.operations.lifecycle import latest_operation, start_or_join
 from app.repositories import (assign_deploy_key, deploy_key_instructions, forget_host_key,
-                              parse_known_hosts, verify_access)
+                              parse_known_hosts)
 from app.repositories import validation as rv
 from app.scoping import current_org_id, get_for_org_or_404, org_query
 
@@ -152,10 +153,38 @@ def sandbox_repository_url() -> str | None:
     return state.get("repository_url") if state.get("status") == "ready" else None
 
 
-def _access_context(application: Application, result=None) -> dict:
+def start_verify(application: Application, sandbox_key: bool = False):
+    """Start (or join) the application's ``repository_verify`` operation."""
+    return start_or_join(OperationKind.REPOSITORY_VERIFY, target_type="application",
+                         target_id=application.id, organisation_id=application.organisation_id,
+                         user=current_user, params={"sandbox_key": True} if sandbox_key else {},
+                         summary=("Add the deploy key to the sandbox git host and verify access"
+                                  if sandbox_key else f"Verify access to {application.name}'s "
+                                  f"repository"))
+
+
+def _verification(application: Application) -> tuple:
+    """(the running verification, the last finished one's result) of the application."""
+    op = latest_operation(OperationKind.REPOSITORY_VERIFY, "application", application.id,
+                          application.organisation_id)
+    if op is None:
+        return None, None
+    if not op.is_terminal:
+        return op, None
+    ok = OperationStatus(op.status) is OperationStatus.SUCCEEDED
+    if ok and application.deploy_key_installed_at is None:
+        return None, None  # a new key since: that success says nothing about it
+    result = {"ok": ok, "message": (op.result or {}).get("message") or op.error or
+              f"Verification {OperationStatus(op.status).value}.",
+              "trusted_now": bool((op.result or {}).get("trusted_now")), "operation": op}
+    return None, result
+
+
+def _access_context(application: Application) -> dict:
     sandbox_repo = bool(application.repository_url) and \
         application.repository_url == sandbox_repository_url()
-    return {"application": application, "result": result,
+    verifying, result = _verification(application)
+    return {"application": application, "result": result, "verifying": verifying,
             "host_keys": parse_known_hosts(application.repository_known_hosts),
             "sandbox_repository": sandbox_repo,
             # GitHub/Gitea steps mean nothing for the sandbox's own git host
@@ -219,13 +248,19 @@ def show(application_id):
 @login_required
 def verify(application_id):
     application = _load(application_id)
-    result = verify_access(application)
-    db.session.commit()
-    context = _access_context(application, result)
+    op = start_verify(application)
     if request.headers.get("HX-Request"):
-        return render_template("applications/_access.html", **context)
-    flash(result.message, "success" if result.ok else "error")
+        return render_template("applications/_access.html", **_access_context(application))
+    flash(f"Verifying access (operation #{op.id}): the result appears below.", "success")
     return redirect(url_for("applications.show", application_id=application.id))
+
+
+@bp.route("/<int:application_id>/access")
+@login_required
+def access(application_id):
+    """The access component, polled while a verification runs."""
+    application = _load(application_id)
+    return render_template("applications/_access.html", **_access_context(application))
 
 
 @bp.route("/<int:application_id>/forget-host-key", methods=["POST"])

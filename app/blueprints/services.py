@@ -31,13 +31,12 @@ from app.drivers.base import DriverError
 from app.registries.images import ImageError
 from app.services_ops.create import build_service
 from app.services_ops.deploy import start_service_deploy, update_warning
-from app.services_ops.updates import check_for_update
 from app.extensions import db
 from app.forms import KeystoneForm, name_field
 from app.models import (Environment, EnvironmentVariable, Operation, Server, Service,
                         ServiceSlice)
-from app.models.enums import (AttachmentRole, OperationKind, ReplicaStatus, ServerStatus,
-                              SliceStatus, VariableSource)
+from app.models.enums import (AttachmentRole, OperationKind, OperationStatus, ReplicaStatus,
+                              ServerStatus, SliceStatus, VariableSource)
 from app.scoping import current_org_id, get_for_org_or_404, org_query, parse_id
 
 bp = Blueprint("services", __name__)
@@ -289,7 +288,9 @@ def _service_context(service: Service, **kw) -> dict:
            "can_slice": driver.user_slice_type is not None,
            "update_available": bool(service.available_image_digest and
                                     service.available_image_digest != service.current_image_digest),
-           "image_message": None, "image_error": None, "deploy_error": None}
+           "image_message": None, "image_error": None, "image_checking": None,
+           "deploy_error": None}
+    ctx.update(_image_check(service))
     ctx.update(kw)
     return ctx
 
@@ -303,31 +304,43 @@ def show(service_id):
     return render_template("services/show.html", **_service_context(service))
 
 
+def _image_check(service: Service) -> dict:
+    """The running image check of the service, or the last one's message (image_check op)."""
+    from app.operations.lifecycle import latest_operation
+    op = latest_operation(OperationKind.IMAGE_CHECK, "service", service.id,
+                          service.organisation_id)
+    if op is None:
+        return {}
+    if not op.is_terminal:
+        return {"image_checking": op}
+    if op.status == OperationStatus.SUCCEEDED:
+        return {"image_message": (op.result or {}).get("message"), "image_check": op}
+    return {"image_error": op.error or f"The check {op.status.value}.", "image_check": op}
+
+
 @bp.route("/services/<int:service_id>/check-updates", methods=["POST"])
 @login_required
 def check_updates(service_id):
+    """Start an ``image_check`` operation: the registry is asked in the worker."""
+    from app.operations.lifecycle import start_or_join
     service = get_for_org_or_404(Service, service_id)
     if not ActionForm().validate_on_submit():
         abort(400)
-    message = error = None
-    try:
-        digest = check_for_update(service)
-    except (ImageError, DriverError) as exc:
-        db.session.rollback()
-        error = f"Could not check for updates: {exc}"
-    else:
-        db.session.commit()
-        if digest:
-            message = "A newer image is available on the same version track."
-        elif not service.current_image_digest:
-            message = "Not deployed yet: the first deploy resolves the newest image."
-        else:
-            message = "The service runs the newest image of its version track."
-    ctx = _service_context(service, image_message=message, image_error=error)
+    op = start_or_join(OperationKind.IMAGE_CHECK, target_type="service", target_id=service.id,
+                       organisation_id=service.organisation_id, user=current_user,
+                       summary=f"Check {service.name} for a newer image")
     if _is_htmx():
-        return render_template("services/_image.html", **ctx)
-    flash(error or message, "error" if error else "success")
+        return render_template("services/_image.html", **_service_context(service))
+    flash(f"Checking for a newer image (operation #{op.id}).", "success")
     return redirect(url_for("services.show", service_id=service.id))
+
+
+@bp.route("/services/<int:service_id>/image")
+@login_required
+def image_component(service_id):
+    """The image component, polled while an image check runs."""
+    service = get_for_org_or_404(Service, service_id)
+    return render_template("services/_image.html", **_service_context(service))
 
 
 @bp.route("/services/<int:service_id>/deploy", methods=["POST"])

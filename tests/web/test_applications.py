@@ -110,6 +110,10 @@ def test_bad_branch_in_build_settings_and_new_environment_is_refused(client, aut
 
 
 def test_verify_access_to_an_unreachable_host_answers_a_clear_message(client, auth):
+    """The view only starts a repository_verify operation; its result reaches the component."""
+    from app.jobs import run_operation
+    from app.models.enums import OperationKind, OperationStatus
+    from tests.opsupport import started_operation
     auth.signup()
     _create(client, repository_url="ssh://git@127.0.0.1:1/sample.git")
     application = db.session.execute(sa.select(Application)).scalar_one()
@@ -118,7 +122,24 @@ def test_verify_access_to_an_unreachable_host_answers_a_clear_message(client, au
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
     assert 'id="repository-access"' in html and "<html" not in html
+    op = started_operation(OperationKind.REPOSITORY_VERIFY, "application", application.id)
+    assert op.params == {} and op.status == OperationStatus.PENDING
+    # While it runs, the component polls itself and links to the live log.
+    assert f'hx-get="/applications/{application.id}/access"' in html
+    assert f"/operations/{op.id}" in html
+    assert "Could not read the SSH host key" not in html
+    # The component's one .badge stays "not verified"/"verified" (the browser test reads it);
+    # the running check's statuses are chips.
+    assert html.count('class="badge') == 1 and 'class="chip status-pending"' in html
+    # A second click joins the running verification instead of starting another.
+    client.post(f"/applications/{application.id}/verify",
+                headers={"HX-Request": "true", "X-CSRFToken": auth.csrf()})
+    assert started_operation(OperationKind.REPOSITORY_VERIFY, "application",
+                             application.id).id == op.id
+    assert run_operation(op.id) == "failed"   # the worker's part, in-process here
+    html = client.get(f"/applications/{application.id}/access").get_data(as_text=True)
     assert "Could not read the SSH host key of 127.0.0.1 port 1" in html
+    assert "hx-trigger" not in html           # ended: no more polling
     db.session.expire_all()
     assert application.deploy_key_installed_at is None
 
