@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The fast tiers run in parallel (pytest-xdist); the sandbox tiers share one sandbox, in order.
-FAST_TIERS := tests/unit tests/web tests/db $(wildcard tests/security)
+FAST_TIERS := tests/unit tests/web tests/db $(wildcard tests/security) $(wildcard tests/api)
 
 # requirements.lock pins every package of a working install (pip constraints, so a
 # dependency added to pyproject.toml but not yet locked still installs). `make lock`
@@ -42,7 +42,7 @@ test: install
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(FAST_TIERS)
 	$(BIN)/pytest -q -p no:cacheprovider tests/integration tests/browser
 
-## make unit: the fast tier (no Docker, no browser), on both cores
+## make unit: the fast tiers (unit, web, db, security, api: no Docker, no browser), on both cores
 unit: install
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(FAST_TIERS)
 

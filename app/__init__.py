@@ -7,6 +7,7 @@ from flask import Flask, render_template
 from htmx_flask import Htmx
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
 
 from app.config import Config
@@ -64,6 +65,9 @@ def create_app(config: dict | None = None, instance_path: str | None = None) -> 
     from app.blueprints import register_blueprints
     register_blueprints(app)
 
+    from app.api import init_api, is_api_request, http_error
+    init_api(app)
+
     from app.cli import register_cli
     register_cli(app)
 
@@ -77,11 +81,20 @@ def create_app(config: dict | None = None, instance_path: str | None = None) -> 
         return {"url_map_endpoints": endpoints}
 
     @app.errorhandler(404)
-    def not_found(_e):
+    def not_found(e):
+        if is_api_request():
+            return http_error(e)
         return render_template("errors/404.html"), 404
 
     @app.errorhandler(400)
     def bad_request(e):
+        if is_api_request():
+            return http_error(e)
         return render_template("errors/400.html", error=e), 400
+
+    @app.errorhandler(HTTPException)
+    def other_http_error(e):
+        # /api/v1 answers every error in JSON; pages keep Werkzeug's own answers.
+        return http_error(e) if is_api_request() else e
 
     return app

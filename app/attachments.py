@@ -6,9 +6,14 @@ generates its credentials and writes the managed variables (``DB_*`` /
 flag). The slice itself is created on the server by a ``slice_provision``
 operation (:func:`start_slice_provision`), never by redeploying the service.
 
-Laravel settings that change behaviour (``CACHE_STORE``, ``SESSION_DRIVER``,
-``QUEUE_CONNECTION``) are only *recommended* by an attachment; they are
-written by :func:`apply_recommendations` when the user confirms.
+Generic over drivers: which roles a service can be attached in, the
+variables a slice exports (with their ``overridable`` and ``secret`` flags)
+and the settings an attachment recommends are the driver's declarations
+(``attach_roles``, ``exports``/``env_exports``, ``recommended``); adding a
+driver needs no edit here. Laravel settings that change behaviour
+(``CACHE_STORE``, ``SESSION_DRIVER``, ``QUEUE_CONNECTION``) are only
+*recommended* by an attachment; they are written by
+:func:`apply_recommendations` when the user confirms.
 
 Precedence when rendering a container's environment
 (:func:`effective_environment`): system < managed < user, except that a
@@ -22,8 +27,8 @@ from typing import Iterable
 
 import sqlalchemy as sa
 
-from app.drivers import get_driver
-from app.drivers.base import DriverError, service_alias
+from app.drivers import all_drivers, get_driver
+from app.drivers.base import DriverError, ExportField, service_alias
 from app.drivers.envfile import EnvKeyError, validate_env_key, validate_env_value
 from app.drivers.secrets import sql_identifier_name
 from app.extensions import db
@@ -32,24 +37,12 @@ from app.models import (Environment, EnvironmentAttachment, EnvironmentVariable,
 from app.models.enums import (AttachmentRole, EnvironmentStatus, SliceStatus, SliceType,
                               VariableSource)
 
-__all__ = ["AttachmentError", "Recommendation", "attach_postgres", "attach_valkey",
+__all__ = ["AttachmentError", "Recommendation", "attach", "attach_postgres", "attach_valkey",
            "attach_domain", "regenerate_managed_variables", "apply_recommendations",
            "recommendations_for", "set_user_variable", "delete_user_variable",
            "effective_environment", "queue_sync_warning", "validate_env_key", "EnvKeyError",
            "start_slice_provision", "request_slice_delete", "consumer_host",
-           "variable_rows", "VariableRow"]
-
-# Managed keys a user may override with their own variable of the same name.
-OVERRIDABLE = {"DB_CONNECTION": True, "DB_HOST": True, "DB_PORT": True, "DB_DATABASE": False,
-               "DB_USERNAME": False, "DB_PASSWORD": False, "REDIS_CLIENT": True,
-               "REDIS_HOST": True, "REDIS_PORT": True, "REDIS_USERNAME": False,
-               "REDIS_PASSWORD": False, "REDIS_PREFIX": False, "HORIZON_PREFIX": False,
-               "REVERB_SCALING_CHANNEL": False}
-SECRET_KEYS = {"DB_PASSWORD", "REDIS_PASSWORD"}
-RECOMMENDED_BY_ROLE = {
-    AttachmentRole.CACHE: [("CACHE_STORE", "redis"), ("SESSION_DRIVER", "redis")],
-    AttachmentRole.QUEUE: [("QUEUE_CONNECTION", "redis")],
-}
+           "variable_rows", "VariableRow", "is_managed_secret"]
 
 
 class AttachmentError(ValueError):
@@ -142,20 +135,32 @@ def _attach(environment: Environment, service: Service, role: AttachmentRole,
     return attachment, slice_
 
 
+def attach(environment: Environment, service: Service, role: AttachmentRole | None = None,
+           name: str | None = None) -> tuple[EnvironmentAttachment, ServiceSlice]:
+    """Attach ``service`` in ``role`` (default: its driver's first): the slice, its
+    credentials and the exported variables (flushes, no commit). Recommendations are separate.
+    """
+    driver = get_driver(service)
+    if not driver.attach_roles or not driver.slice_types or driver.routes_environment:
+        raise AttachmentError(f"{service.name} ({service.type}) cannot be attached this way")
+    role = AttachmentRole(role or driver.attach_roles[0])
+    if role not in driver.attach_roles:
+        raise AttachmentError(f"a {driver.short_label or service.type} attachment is for the "
+                              + " or the ".join(r.value for r in driver.attach_roles))
+    return _attach(environment, service, role, driver.slice_types[0], name)
+
+
 def attach_postgres(environment: Environment, service: Service,
                     name: str | None = None) -> tuple[EnvironmentAttachment, ServiceSlice]:
     """Create the database+user slice, its password and the DB_* variables (flushes, no commit)."""
-    return _attach(environment, service, AttachmentRole.DATABASE, SliceType.POSTGRES_DATABASE,
-                   name)
+    return attach(environment, service, AttachmentRole.DATABASE, name)
 
 
 def attach_valkey(environment: Environment, service: Service,
                   role: AttachmentRole = AttachmentRole.CACHE,
                   name: str | None = None) -> tuple[EnvironmentAttachment, ServiceSlice]:
     """Create the ACL-user slice and the REDIS_* variables; recommendations are separate."""
-    if role not in (AttachmentRole.CACHE, AttachmentRole.QUEUE):
-        raise AttachmentError("a Valkey attachment is for the cache or the queue")
-    return _attach(environment, service, role, SliceType.VALKEY_NAMESPACE, name)
+    return attach(environment, service, role, name)
 
 
 def attach_domain(environment: Environment, gateway: Service, hostnames: list[str],
@@ -167,20 +172,23 @@ def attach_domain(environment: Environment, gateway: Service, hostnames: list[st
     one attachment each. ``redirect_from`` names hostnames answered with a permanent
     redirect to ``hostnames[0]`` (e.g. ``www.example.com`` -> ``example.com``). The
     slice_provision operation lists the environment's slots in the route before it
-    installs it (:func:`app.drivers.handlers._provision`), so a domain attached after
+    installs it (:mod:`app.services_ops.slices`), so a domain attached after
     the first deploy answers at once.
     """
     driver = get_driver(gateway)
+    if not driver.routes_environment or not driver.slice_types:
+        raise AttachmentError(f"{gateway.name} ({gateway.type}) does not route domains")
+    route_type, role = driver.slice_types[0], driver.attach_roles[0]
     if gateway.organisation_id != environment.application.organisation_id:
         raise AttachmentError("service and environment belong to different organisations")
-    name = _unique_slice_name(gateway, SliceType.CADDY_ROUTE, _default_slice_name(environment))
+    name = _unique_slice_name(gateway, route_type, _default_slice_name(environment))
     try:
         config, _ = driver.new_slice_config(name, hostnames, tls=tls,
                                             environment_id=environment.id,
                                             redirect_from=redirect_from)
     except ValueError as exc:
         raise AttachmentError(str(exc)) from None
-    taken = {h for s in gateway.slices if s.type == SliceType.CADDY_ROUTE
+    taken = {h for s in gateway.slices if s.type == route_type
              and s.status != SliceStatus.DELETED
              for h in [*(s.config or {}).get("hostnames", []),
                        *(s.config or {}).get("redirect_from", [])]}
@@ -188,12 +196,12 @@ def attach_domain(environment: Environment, gateway: Service, hostnames: list[st
     if clash:
         raise AttachmentError(f"{', '.join(clash)} is already routed by this gateway")
     slice_ = ServiceSlice(service=gateway, environment=environment, name=name,
-                          type=SliceType.CADDY_ROUTE, status=SliceStatus.PENDING, config=config)
+                          type=route_type, status=SliceStatus.PENDING, config=config)
     db.session.add(slice_)
-    has_primary = any(a.role == AttachmentRole.GATEWAY and a.is_primary
+    has_primary = any(a.role == role and a.is_primary
                       for a in environment.attachments)
     attachment = EnvironmentAttachment(environment=environment, service=gateway,
-                                       service_slice=slice_, role=AttachmentRole.GATEWAY,
+                                       service_slice=slice_, role=role,
                                        is_primary=not has_primary)
     db.session.add_all([slice_, attachment])
     db.session.flush()
@@ -202,23 +210,31 @@ def attach_domain(environment: Environment, gateway: Service, hostnames: list[st
 
 # --------------------------------------------------------------------------- managed variables
 
-def _managed_values(environment: Environment) -> dict[str, tuple[str, int | None]]:
-    """key -> (value, slice id) from the primary attachment of each role."""
+def _managed_values(environment: Environment
+                    ) -> dict[str, tuple[str, int | None, ExportField]]:
+    """key -> (value, slice id, its declaration) from the primary attachment of each role."""
     server_id = _environment_server_id(environment)
-    out: dict[str, tuple[str, int | None]] = {}
+    out: dict[str, tuple[str, int | None, ExportField]] = {}
     for att in sorted(environment.attachments, key=lambda a: (not a.is_primary, a.id or 0)):
         slice_ = att.service_slice
         if slice_ is None or slice_.status in (SliceStatus.DELETED, SliceStatus.DELETING):
             continue
-        if slice_.type not in (SliceType.POSTGRES_DATABASE, SliceType.VALKEY_NAMESPACE):
-            continue
         driver = get_driver(att.service)
+        if not driver.exports:
+            continue  # e.g. a route: nothing to export, and no host to compute
+        fields = {f.key: f for f in driver.exports}
         exports = driver.env_exports(att.service, slice_, consumer_host(att.service, server_id))
         prefix = (att.env_prefix or "") if not att.is_primary else ""
         for key, value in exports.items():
             full = f"{prefix}{key}"
-            out.setdefault(full, (value, slice_.id))
+            out.setdefault(full, (value, slice_.id, fields.get(key) or ExportField(key)))
     return out
+
+
+def is_managed_secret(key: str) -> bool:
+    """A key some driver exports as a secret (also under a non-primary attachment's prefix)."""
+    return any(f.secret and key.endswith(f.key)
+               for d in all_drivers().values() for f in d.exports)
 
 
 def regenerate_managed_variables(environment: Environment) -> list[str]:
@@ -231,14 +247,14 @@ def regenerate_managed_variables(environment: Environment) -> list[str]:
     rows = {v.key: v for v in environment.variables
             if v.source == VariableSource.MANAGED_ATTACHMENT}
     changed = []
-    for key, (value, slice_id) in wanted.items():
+    for key, (value, slice_id, declared) in wanted.items():
         row = rows.get(key)
         if row is None:
             row = EnvironmentVariable(environment=environment, key=key, value=value,
                                       source=VariableSource.MANAGED_ATTACHMENT,
                                       service_slice_id=slice_id,
-                                      overridable=OVERRIDABLE.get(_base_key(key), True),
-                                      is_secret=_base_key(key) in SECRET_KEYS)
+                                      overridable=declared.overridable,
+                                      is_secret=declared.secret)
             db.session.add(row)
             changed.append(key)
         elif row.value != value or row.service_slice_id != slice_id:
@@ -253,23 +269,15 @@ def regenerate_managed_variables(environment: Environment) -> list[str]:
     return changed
 
 
-def _base_key(key: str) -> str:
-    for base in OVERRIDABLE:
-        if key.endswith(base):
-            return base
-    return key
-
-
 # --------------------------------------------------------------------------- recommendations
 
 def recommendations_for(environment: Environment) -> list[Recommendation]:
-    """What the Valkey attachments suggest, with the value currently in effect."""
+    """What the attachments suggest (their drivers' ``recommended``), with the value in effect."""
     env = effective_environment(environment)
     out: list[Recommendation] = []
     for att in environment.attachments:
-        if att.service.type != "valkey":
-            continue
-        for key, value in RECOMMENDED_BY_ROLE.get(AttachmentRole(att.role), []):
+        driver = get_driver(att.service)
+        for key, value in driver.attach_recommendations(AttachmentRole(att.role)):
             if env.get(key) != value and not any(r.key == key for r in out):
                 out.append(Recommendation(key, value, env.get(key),
                                           f"{att.service.name} is attached as {att.role}"))

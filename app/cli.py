@@ -83,6 +83,14 @@ def main():
     """Keystone: deploy Laravel apps to your own servers."""
 
 
+# The API client commands (login, deploy, status) need no server app: registered on the
+# group itself, so they never load create_app (no instance keys on a laptop or CI runner).
+from app.client.cli import COMMANDS as _CLIENT_COMMANDS  # noqa: E402
+
+for _command in _CLIENT_COMMANDS:
+    main.add_command(_command)
+
+
 @click.command("create-user")
 @click.option("--email", prompt=True)
 @click.option("--organisation", prompt=True)

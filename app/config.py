@@ -58,6 +58,31 @@ def flag_setting(name: str) -> bool:
     return os.environ.get(name, "").strip() == "1"
 
 
+def rate_limit_setting(name: str, default: str) -> str:
+    """A Flask-Limiter limit string from the environment, checked at start-up."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    from limits import parse_many
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise SettingError(f"{name} must be limits such as '600 per minute;10000 per hour', "
+                           f"not {raw!r}") from None
+    return raw
+
+
+def redis_prefix_setting() -> str:
+    from app.redis_keys import DEFAULT_PREFIX, PREFIX_PATTERN
+    raw = os.environ.get("KEYSTONE_REDIS_PREFIX", "")
+    if not raw:
+        return DEFAULT_PREFIX
+    if not PREFIX_PATTERN.fullmatch(raw):
+        raise SettingError("KEYSTONE_REDIS_PREFIX must be letters, digits, '_', '.' or '-' "
+                           f"(up to 64, starting with a letter or digit), not {raw!r}")
+    return raw
+
+
 def default_redis_socket(instance: Path) -> Path:
     return instance / "redis.sock"
 
@@ -97,6 +122,12 @@ class Config:
         self.REMEMBER_COOKIE_SAMESITE = "Lax"
         self.WTF_CSRF_TIME_LIMIT = None
         self.RQ_QUEUE = os.environ.get("KEYSTONE_QUEUE", "keystone")
+        # Requests per API token (Flask-Limiter syntax, several limits separated by ";").
+        self.API_RATE_LIMIT = rate_limit_setting("KEYSTONE_API_RATE_LIMIT",
+                                                 "600 per minute;10000 per hour")
+        # Every Redis key Keystone writes starts with this (app/redis_keys.py): two
+        # installations sharing one Redis need different prefixes.
+        self.REDIS_PREFIX = redis_prefix_setting()
         # The local sandbox the onboarding wizard brings up: a different name keeps a
         # second Keystone (e.g. the browser tests) off a developer's own sandbox.
         self.SANDBOX_NAME = os.environ.get("KEYSTONE_SANDBOX_NAME", "keystone-sandbox")

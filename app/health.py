@@ -32,13 +32,12 @@ from app.models.base import utcnow
 from app.models.enums import ReplicaStatus
 from app.models.service import REMOVED_BY_KEYSTONE
 from app.remote import Connection, ConnectionPool, RemoteError
+from app import redis_keys
 from app.shell import Command, cmd
 
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL = 60          # seconds between checks
-LOCK_KEY = "keystone:health:lock"
-SCHEDULE_KEY = "keystone:health:scheduled"
 FIELD_SEP = "\x1f"            # unit separator: never in a container name or a Docker state
 
 # One line per container: name, id, state, running, restart count, health, exit code, replica label.
@@ -56,6 +55,16 @@ _INSPECT_ALL_SH = ('ids=$(docker ps -aq --filter label=dev.keystone.managed=true
 GONE = "gone"
 CRASH_LOOP = "crash_loop"
 BAD_STATES = ("exited", "dead", "restarting", GONE, CRASH_LOOP)
+
+
+def lock_key(config=None) -> str:
+    """Held while a health pass runs: never two at once (per installation)."""
+    return redis_keys.key("health", "lock", config=config)
+
+
+def schedule_key(config=None) -> str:
+    """Set when a health pass was enqueued; its TTL spaces the passes."""
+    return redis_keys.key("health", "scheduled", config=config)
 
 
 def inspect_all_command() -> Command:

@@ -6,20 +6,12 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from app.drivers import get_driver
-from app.drivers.base import DriverError
-from app.drivers.caddy.driver import assert_single_gateway
-from app.drivers.images import parse_image
+from app.drivers import drivers
 from app.extensions import db
 from app.models import Server, Service
 from app.sandbox.images import STAND_IN_RUNS
 from app.scoping import current_org_id, org_query
-
-MANAGED_TYPES = {
-    "postgres": "Postgres 18 (database)",
-    "valkey": "Valkey 8 (cache, sessions, queues)",
-    "caddy": "Caddy 2 gateway (ports 80/443, one per server)",
-}
+from app.services_ops.create import build_service
 
 
 def sandbox_image(server: Server | None, service_type: str) -> str | None:
@@ -55,28 +47,14 @@ def free_name(base: str) -> str:
 
 def new_service(service_type: str, server: Server, name: str, image: str | None = None,
                 expose_private: bool = False) -> Service:
-    """A Postgres, Valkey or Caddy service row placed on ``server`` (flushed, not committed).
+    """A service of an offered driver placed on ``server`` (flushed, not committed).
 
     Raises DriverError (GatewayConflict: a second gateway on one server) or ImageError.
     """
-    if service_type not in MANAGED_TYPES:
-        raise DriverError(f"type: choose one of {', '.join(MANAGED_TYPES)}")
-    driver = get_driver(service_type)
     image = (image or "").strip() or sandbox_image(server, service_type)
-    if image:
-        parse_image(image)
-    config = {}
-    if image:
-        config["image"] = image
-    if expose_private:
-        config["expose_private"] = True
-    service = Service(organisation_id=current_org_id(), server=server, name=name,
-                      category=driver.category, type=driver.type,
-                      version_track=driver.version_track, driver_name=driver.type,
-                      deploy_policy=driver.deploy_policy, config=config)
-    if service_type == "caddy":
-        with db.session.no_autoflush:
-            assert_single_gateway(service)
+    with db.session.no_autoflush:
+        service = build_service(service_type, server, name, organisation_id=current_org_id(),
+                                settings={"image": image or "", "expose_private": expose_private})
     db.session.add(service)
     db.session.flush()
     return service
@@ -91,7 +69,8 @@ def org_servers() -> list[Server]:
     return db.session.execute(org_query(Server).order_by(Server.name)).scalars().all()
 
 
-def org_managed_services(types=tuple(MANAGED_TYPES)) -> list[Service]:
+def org_managed_services() -> list[Service]:
+    """The organisation's services of the drivers Keystone offers (Postgres, Valkey, Caddy)."""
     return db.session.execute(
-        org_query(Service).where(Service.type.in_(list(types))).order_by(Service.name)
+        org_query(Service).where(Service.type.in_(list(drivers.offered()))).order_by(Service.name)
     ).scalars().all()

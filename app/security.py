@@ -128,7 +128,10 @@ def storage_uri(redis_url: str) -> str:
     return redis_url
 
 
-def _too_many(_e):
+def _too_many(e):
+    from app.api import http_error, is_api_request
+    if is_api_request():
+        return http_error(e)
     return render_template("errors/429.html"), 429
 
 

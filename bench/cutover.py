@@ -58,13 +58,14 @@ def _testbed(args, queue: str, **options):
     """A Keystone world on the bench sandbox, inside an app context; torn down after.
 
     Its own SQLite file and embedded Redis in a temp dir, the sandbox ``args.sandbox``
-    (left up with ``--keep``), and a set-up :class:`app.sandbox.testbed.Testbed`.
+    (left up with ``--keep``) provisioned by Keystone, and a set-up
+    :class:`app.sandbox.testbed.Testbed` deploying as the ``keystone`` user.
     """
     from cryptography.fernet import Fernet
     from flask_migrate import upgrade
 
     from app import create_app, embedded_redis
-    from app.sandbox.testbed import Testbed
+    from app.sandbox.testbed import Testbed, provision_sandbox_servers
     from app.extensions import db
     from app.sandbox import Sandbox
 
@@ -79,6 +80,8 @@ def _testbed(args, queue: str, **options):
                       "RQ_QUEUE": queue}, instance_path=str(work / "instance"))
     with app.app_context():
         upgrade()
+        # The servers as Keystone provisions a real one (keystone user, UFW, fail2ban).
+        provision_sandbox_servers(info, max(2, args.servers))
         bed = Testbed(info, **options)
         try:
             bed.setup()

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 from app.models.enums import OperationKind
-from app.operations import operation_handler
+from app.operations import operation_handler, stream_key
 
 ROOT = Path(__file__).resolve().parents[1]
 KIND = OperationKind.CONFIG_CHANGE
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         import redis
         to_redis: list[float] = []
         client = redis.Redis.from_url(env["REDIS_URL"])
-        for entry_id, fields in client.xrange(f"keystone:op:{op_id}:log"):
+        for entry_id, fields in client.xrange(stream_key(op_id)):
             m = re.match(rb"tick \d+ (\d+)", fields.get(b"t", b""))
             if m:
                 to_redis.append(int(entry_id.split(b"-")[0]) - int(m.group(1)) / 1e6)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,9 @@ def make_app(tmp_path: Path, template: Path, redis_url: str, **overrides):
     config = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}", "TESTING": True,
               "ENCRYPTION_KEYS": KEYS, "SECRET_KEY": "test-secret", "REDIS_URL": redis_url,
               "RQ_QUEUE": f"test-{tmp_path.name}",
+              # Every test app has its own Redis keys: operation ids restart at 1 in every
+              # test database, and tests run in parallel on one Redis.
+              "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
               # Tests sign up several organisations; the closed default is tested in
               # tests/security/test_signup_policy.py.
               "OPEN_SIGNUP": True}

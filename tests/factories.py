@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.accounts import create_account
+from app.api.tokens import create_token
 from app.extensions import db
-from app.models import (Application, BuildArtifact, Endpoint, Environment,
+from app.models import (ApiToken, Application, BuildArtifact, Endpoint, Environment,
                         EnvironmentAttachment, EnvironmentVariable, Operation, OperationStep,
                         Provider, Registry, Server, Service, ServiceReplica, ServiceSlice)
 from app.models.enums import (AttachmentRole, DeployPolicy, EndpointScope, OperationKind,
@@ -43,6 +44,12 @@ class OrgGraph:
     step: OperationStep
     registry: Registry
     artifact: BuildArtifact
+    api_token: ApiToken
+    token: str  # the API token itself (admin scope), for Authorization: Bearer
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     def ids(self) -> dict[str, int]:
         return {
@@ -53,7 +60,7 @@ class OrgGraph:
             "attachment_id": self.attachment.id, "variable_id": self.variable.id,
             "endpoint_id": self.endpoint.id, "operation_id": self.operation.id,
             "step_id": self.step.id, "registry_id": self.registry.id,
-            "artifact_id": self.artifact.id,
+            "artifact_id": self.artifact.id, "token_id": self.api_token.id,
         }
 
 
@@ -102,6 +109,7 @@ def build_org(email: str = "b@example.com", organisation: str = "Org B",
                              built_by_operation=operation)
     db.session.add_all([operation, step, artifact])
     db.session.commit()
+    api_token, token = create_token(user, "ci", ["admin"], None)
     return OrgGraph(user, org, provider, server, application, environment, web, postgres,
                     replica, slice_, attachment, variable, endpoint, operation, step, registry,
-                    artifact)
+                    artifact, api_token, token)

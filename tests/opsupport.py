@@ -55,8 +55,13 @@ from app.remote import CommandCancelled, CommandTimeout, Result  # noqa: E402
 
 @pytest.fixture()
 def handlers():
-    """Register handlers for a test only: ``handlers(kind)(fn)``; restored afterwards."""
-    registry.load_handlers()  # the real ones first: a module imported mid-test is not lost
+    """Register handlers for a test only: ``handlers(kind)(fn)``; restored afterwards.
+
+    The handler modules are imported first: one first imported during the test would
+    register inside the snapshot's lifetime, be dropped by the restore and, being
+    imported already, never register again in this process.
+    """
+    registry.load_handlers()
     saved = dict(registry._HANDLERS)
     yield registry.operation_handler
     registry._HANDLERS.clear()
@@ -65,10 +70,11 @@ def handlers():
 
 @pytest.fixture()
 def clean_streams(app):
-    """Operation ids restart at 1 in every test database: drop old streams from Redis."""
+    """Drop this test app's operation streams from Redis (its keys have their own prefix)."""
+    from app import redis_keys
     from app.operations import logstream
     client = logstream.redis_client()
-    for key in client.scan_iter("keystone:op:*"):
+    for key in client.scan_iter(redis_keys.key("op", "*")):
         client.delete(key)
     yield client
 
@@ -121,3 +127,23 @@ def slow_servers(**kwargs):
         yield made
     finally:
         op_context.connection_factory = previous
+
+
+def started_operation(kind, target_type: str, target_id: int):
+    """The newest operation, checked: of ``kind`` on the target, and its RQ job carries its id
+    and nothing else (what a view that only starts an operation leaves behind)."""
+    import sqlalchemy as sa
+    from rq.job import Job
+
+    from app.extensions import db
+    from app.models import Operation
+    from app.operations import logstream
+
+    op = db.session.execute(sa.select(Operation).order_by(Operation.id.desc()).limit(1)
+                            ).scalar_one()
+    assert (op.kind, op.target_type, op.target_id) == (kind, target_type, target_id)
+    assert op.rq_job_id, "the operation was not enqueued"
+    job = Job.fetch(op.rq_job_id, connection=logstream.redis_client())
+    assert job.func_name == "app.jobs.run_operation"
+    assert job.args == (op.id,) and job.kwargs == {}
+    return op

@@ -5,10 +5,10 @@ Creating an application (:mod:`app.applications`) generates its ed25519 deploy k
 and a ``production`` environment on the default branch with the default web service
 (Laravel, deployed with the environment, scheduler on it: SPEC 2 and 8).
 
-"Verify access" runs ``git ls-remote`` with the deploy key synchronously in
-the request (bounded by a timeout): it reads a git host and changes no server,
-so it needs no operation, and the person is waiting for the answer anyway.
-It answers with the access component only (HTMX swaps it in place).
+"Verify access" starts a ``repository_verify`` operation (``git ls-remote``
+with the deploy key runs in the worker, never in the request). It answers with
+the access component, which polls itself while the operation runs and ends
+with its result (HTMX swaps it in place).
 """
 from __future__ import annotations
 
@@ -21,12 +21,17 @@ from wtforms.validators import DataRequired, Length, Optional, ValidationError a
 from app.applications import create_application, create_environment
 from app.builds import check_build_plan, image_ref, parse_build_config, render_dockerfile
 from app.builds.config import BuildConfigError, JS_TOOLS
+from app.drivers.laravel.settings import (DEFAULT_HEALTH_PATH, HealthSettings, SettingsError,
+                                          set_health_path)
+from app.deploys.service import primary_web
 from app.extensions import db
 from app.forms import KeystoneForm, name_field
-from app.models import Application, BuildArtifact, Environment, Registry, Server
-from app.models.enums import BuildStrategy, RepositoryType, ServerStatus, ServiceCategory
+from app.models import Application, BuildArtifact, Environment, Registry, Server, Service
+from app.models.enums import (BuildStrategy, DeployPolicy, OperationKind, OperationStatus,
+                              RepositoryType, SchedulerMode, ServerStatus, ServiceCategory)
+from app.operations.lifecycle import latest_operation, start_or_join
 from app.repositories import (assign_deploy_key, deploy_key_instructions, forget_host_key,
-                              parse_known_hosts, verify_access)
+                              parse_known_hosts)
 from app.repositories import validation as rv
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query
 
@@ -111,10 +116,38 @@ def sandbox_repository_url() -> str | None:
     return state.get("repository_url") if state.get("status") == "ready" else None
 
 
-def _access_context(application: Application, result=None) -> dict:
+def start_verify(application: Application, sandbox_key: bool = False):
+    """Start (or join) the application's ``repository_verify`` operation."""
+    return start_or_join(OperationKind.REPOSITORY_VERIFY, target_type="application",
+                         target_id=application.id, organisation_id=application.organisation_id,
+                         user=current_user, params={"sandbox_key": True} if sandbox_key else {},
+                         summary=("Add the deploy key to the sandbox git host and verify access"
+                                  if sandbox_key else f"Verify access to {application.name}'s "
+                                  f"repository"))
+
+
+def _verification(application: Application) -> tuple:
+    """(the running verification, the last finished one's result) of the application."""
+    op = latest_operation(OperationKind.REPOSITORY_VERIFY, "application", application.id,
+                          application.organisation_id)
+    if op is None:
+        return None, None
+    if not op.is_terminal:
+        return op, None
+    ok = OperationStatus(op.status) is OperationStatus.SUCCEEDED
+    if ok and application.deploy_key_installed_at is None:
+        return None, None  # a new key since: that success says nothing about it
+    result = {"ok": ok, "message": (op.result or {}).get("message") or op.error or
+              f"Verification {OperationStatus(op.status).value}.",
+              "trusted_now": bool((op.result or {}).get("trusted_now")), "operation": op}
+    return None, result
+
+
+def _access_context(application: Application) -> dict:
     sandbox_repo = bool(application.repository_url) and \
         application.repository_url == sandbox_repository_url()
-    return {"application": application, "result": result,
+    verifying, result = _verification(application)
+    return {"application": application, "result": result, "verifying": verifying,
             "host_keys": parse_known_hosts(application.repository_known_hosts),
             "sandbox_repository": sandbox_repo,
             # GitHub/Gitea steps mean nothing for the sandbox's own git host
@@ -178,13 +211,19 @@ def show(application_id):
 @login_required
 def verify(application_id):
     application = _load(application_id)
-    result = verify_access(application)
-    db.session.commit()
-    context = _access_context(application, result)
+    op = start_verify(application)
     if request.htmx:
-        return render_template("applications/_access.html", **context)
-    flash(result.message, "success" if result.ok else "error")
+        return render_template("applications/_access.html", **_access_context(application))
+    flash(f"Verifying access (operation #{op.id}): the result appears below.", "success")
     return redirect(url_for("applications.show", application_id=application.id))
+
+
+@bp.route("/<int:application_id>/access")
+@login_required
+def access(application_id):
+    """The access component, polled while a verification runs."""
+    application = _load(application_id)
+    return render_template("applications/_access.html", **_access_context(application))
 
 
 @bp.route("/<int:application_id>/forget-host-key", methods=["POST"])
@@ -242,12 +281,15 @@ def build_settings(application_id, environment_id):
     application = _load(application_id)
     environment = _load_env(application, environment_id)
     raw = dict(environment.build_config or {})
+    web = primary_web(environment)
     form = BuildSettingsForm(data={
         "branch": environment.branch, "strategy": raw.get("strategy", "target_server"),
         "registry_id": str(environment.registry_id or ""),
         "php_version": raw.get("php_version", "8.3"), "base_image": raw.get("base_image", ""),
         "document_root": raw.get("document_root", "public"),
-        "health_path": raw.get("health_path", "/up"), "js_tool": raw.get("js_tool", "none"),
+        "health_path": (HealthSettings.from_config(web.config or {}, web.name).path
+                        if web is not None else DEFAULT_HEALTH_PATH),
+        "js_tool": raw.get("js_tool", "none"),
         "js_command": raw.get("js_command", ""), "image": raw.get("image", "")})
     form.registry_id.choices = _registry_choices()
     dockerfile = None
@@ -255,18 +297,26 @@ def build_settings(application_id, environment_id):
         new_raw = {k: v for k, v in {
             "strategy": form.strategy.data, "php_version": form.php_version.data.strip(),
             "base_image": form.base_image.data.strip(), "document_root": form.document_root.data.strip(),
-            "health_path": form.health_path.data.strip(), "js_tool": form.js_tool.data,
+            "js_tool": form.js_tool.data,
             "js_command": form.js_command.data.strip(), "image": form.image.data.strip(),
             "builder_service_id": raw.get("builder_service_id"),
         }.items() if v not in (None, "")}
         registry_id = None
         if form.registry_id.data:
             registry_id = get_for_org_or_404(Registry, form.registry_id.data).id
+        web_config = None
         try:
             config = parse_build_config(new_raw)
+            if web is not None:
+                web_config = set_health_path(web.config, form.health_path.data.strip(),
+                                             web.name)
         except BuildConfigError as exc:
             form.strategy.errors = list(form.strategy.errors) + [str(exc)]
+        except SettingsError as exc:
+            form.health_path.errors = list(form.health_path.errors) + [str(exc)]
         else:
+            if web is not None:
+                web.config = web_config  # the health path's one owner: the web service
             environment.build_config = config.to_json()
             environment.registry_id = registry_id
             environment.branch = form.branch.data

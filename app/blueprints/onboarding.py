@@ -1,14 +1,18 @@
 """The onboarding wizard: organisation -> servers -> repository -> registry ->
-provisioning -> application -> services -> first deploy -> live."""
+provisioning -> application -> services -> first deploy -> live.
+
+Bringing the sandbox up (``sandbox_start``) and adding the deploy key to its git
+host (``repository_verify`` with ``sandbox_key``) are operations with a live
+log: the views start them and the pages poll a small component.
+"""
 from __future__ import annotations
 
-import redis
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from rq import Queue
 
 from app import onboarding
-from app.extensions import db
+from app.models.enums import OperationKind
+from app.operations.lifecycle import latest_operation, start_or_join
 
 bp = Blueprint("onboarding", __name__, url_prefix="/onboarding")
 
@@ -49,6 +53,7 @@ def start():
         context["attachments"] = attachments_context(env, next_target="onboarding")
     return render_template("onboarding/wizard.html", steps=steps, current=current,
                            sandbox_available=docker_available(), sandbox=sandbox_state,
+                           sandbox_op=_sandbox_op(org),
                            live_url=onboarding.live_url(org) if current is None else None,
                            **context)
 
@@ -56,26 +61,19 @@ def start():
 @bp.route("/sandbox/authorize/<int:application_id>", methods=["POST"])
 @login_required
 def authorize_sandbox_key(application_id):
-    """The sandbox git host stands in for GitHub: add the deploy key there, read-only."""
+    """The sandbox git host stands in for GitHub: add the deploy key there, read-only, then
+    verify at once (one ``repository_verify`` operation; the access component shows it)."""
+    from app.blueprints.applications import start_verify
     from app.models import Application
-    from app.sandbox import Sandbox
     from app.scoping import get_for_org_or_404
     application = get_for_org_or_404(Application, application_id)
     state = (_org().onboarding_state or {}).get("sandbox") or {}
     if state.get("status") != "ready" or application.repository_url != state.get("repository_url"):
         flash("Only the sandbox's sample repository can be authorised from here.", "error")
         return redirect(url_for("onboarding.start"))
-    Sandbox(current_app.config["SANDBOX_NAME"]).status().git.authorize_key(application.deploy_key_public)
-    # The key is there: verify at once instead of asking for another click.
-    from app.repositories import verify_access
-    result = verify_access(application)
-    db.session.commit()
-    if result.ok:
-        flash("Deploy key added to the sandbox git host (read-only) and access verified.",
-              "success")
-    else:
-        flash(f"Deploy key added to the sandbox git host (read-only), but verifying failed: "
-              f"{result.message}", "error")
+    op = start_verify(application, sandbox_key=True)
+    flash(f"Keystone is adding the key to the sandbox's git host, then verifying access "
+          f"(operation #{op.id}).", "success")
     return redirect(url_for("applications.show", application_id=application.id))
 
 
@@ -101,15 +99,21 @@ def use_sandbox():
     state = dict(org.onboarding_state or {})
     state["sandbox"] = {"status": "starting"}
     org.onboarding_state = state
-    db.session.commit()
-    queue = Queue(current_app.config["RQ_QUEUE"],
-                  connection=redis.Redis.from_url(current_app.config["REDIS_URL"]))
-    queue.enqueue("app.jobs.sandbox.bring_up_sandbox", org.id, job_timeout=1800)
+    # start_or_join commits the state together with the operation row.
+    start_or_join(OperationKind.SANDBOX_START, target_type="organisation", target_id=org.id,
+                  organisation_id=org.id, user=current_user,
+                  summary="Bring up the local sandbox")
     return redirect(url_for("onboarding.start"))
+
+
+def _sandbox_op(org):
+    return latest_operation(OperationKind.SANDBOX_START, "organisation", org.id, org.id)
 
 
 @bp.route("/sandbox/status")
 @login_required
 def sandbox_status():
-    state = (_org().onboarding_state or {}).get("sandbox")
-    return render_template("onboarding/_sandbox.html", sandbox=state, sandbox_available=True)
+    org = _org()
+    state = (org.onboarding_state or {}).get("sandbox")
+    return render_template("onboarding/_sandbox.html", sandbox=state, sandbox_available=True,
+                           sandbox_op=_sandbox_op(org))

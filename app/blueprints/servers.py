@@ -25,8 +25,10 @@ from app.extensions import db, limiter
 from app.forms import FullMatch, KeystoneForm, name_field
 from app.models import (AuditEvent, Operation, Organisation, Provider, Server, Service,
                         ServiceReplica)
-from app.models.enums import OperationKind, ProviderType, ServerStatus
-from app.providers import ProviderError, cloud_provider
+from app.models.enums import OperationKind, OperationStatus, ProviderType, ServerStatus
+from app.operations.lifecycle import latest_operation, start_or_join
+from app.providers import ProviderError
+from app.providers.custom import check_private_key
 from app.providers.keys import ensure_management_key
 from app.scoping import current_org_id, get_for_org_or_404
 from app.security import SERVER_CHECK_PER_USER, current_user_key
@@ -142,6 +144,8 @@ def index():
 @bp.route("/providers/hetzner/new", methods=["GET", "POST"])
 @login_required
 def new_hetzner():
+    """Save the token (encrypted) and start a ``provider_sync`` operation that checks it with
+    Hetzner and lists what the create-server form offers."""
     org = _org()
     form = HetznerProviderForm()
     if form.validate_on_submit():
@@ -151,31 +155,41 @@ def new_hetzner():
             provider = Provider(organisation_id=org.id, name=form.name.data,
                                 type=ProviderType.HETZNER, api_token=form.token.data.strip(),
                                 config={})
-            try:
-                cloud_provider(provider).verify()
-            except ProviderError as exc:
-                form.token.errors.append(str(exc))
-            else:
-                db.session.add(provider)
-                db.session.commit()
-                flash(f"Hetzner project connected as {provider.name}.", "success")
-                return hx_redirect(url_for("servers.create_hetzner", provider_id=provider.id))
+            db.session.add(provider)
+            db.session.flush()
+            start_provider_sync(provider)    # commits the provider with the operation
+            return hx_redirect(url_for("servers.create_hetzner", provider_id=provider.id))
     template = "servers/_hetzner_provider_form.html" if request.htmx else "servers/new_hetzner.html"
     return render_template(template, form=form)
 
 
-def _hetzner_choices(provider: Provider, form: HetznerServerForm) -> str | None:
-    """Fill the form's choices from the API; return an error message or None."""
-    try:
-        api = cloud_provider(provider)
-        form.server_type.choices = [(c.name, f"{c.label} — {c.detail}") for c in api.server_types()]
-        form.image.choices = [(c.name, c.label) for c in api.images()]
-        form.location.choices = [(c.name, c.label) for c in api.locations()]
-        form.network.choices = [("", "No private network")] + [
-            (c.name, f"{c.label} ({c.detail})") for c in api.networks()]
-    except ProviderError as exc:
-        return str(exc)
-    return None
+def start_provider_sync(provider: Provider) -> Operation:
+    return start_or_join(OperationKind.PROVIDER_SYNC, target_type="provider",
+                         target_id=provider.id, organisation_id=provider.organisation_id,
+                         user=current_user, summary=f"Check the Hetzner token of {provider.name} "
+                                                    f"and list what it offers")
+
+
+def _hetzner_choices(provider: Provider, form: HetznerServerForm) -> None:
+    """Fill the form's choices from what the last provider_sync recorded (no API call)."""
+    choices = (provider.config or {}).get("choices") or {}
+    form.server_type.choices = [(n, f"{label} — {detail}")
+                                for n, label, detail in choices.get("server_types", [])]
+    form.image.choices = [(n, label) for n, label, _ in choices.get("images", [])]
+    form.location.choices = [(n, label) for n, label, _ in choices.get("locations", [])]
+    form.network.choices = [("", "No private network")] + [
+        (n, f"{label} ({detail})") for n, label, detail in choices.get("networks", [])]
+
+
+def _sync_state(provider: Provider) -> dict:
+    op = latest_operation(OperationKind.PROVIDER_SYNC, "provider", provider.id,
+                          provider.organisation_id)
+    syncing = op if op is not None and not op.is_terminal else None
+    api_error = None
+    if op is not None and op.is_terminal and op.status != OperationStatus.SUCCEEDED:
+        api_error = op.error or f"Checking with Hetzner {op.status.value}."
+    return {"syncing": syncing, "sync": op, "api_error": api_error,
+            "action_form": ActionForm(formdata=None)}
 
 
 @bp.route("/providers/<int:provider_id>/servers/new", methods=["GET", "POST"])
@@ -186,40 +200,42 @@ def create_hetzner(provider_id: int):
         abort(404)
     org = _org()
     form = HetznerServerForm()
-    api_error = _hetzner_choices(provider, form)
-    if api_error is None and form.validate_on_submit():
+    _hetzner_choices(provider, form)
+    state = _sync_state(provider)
+    if state["syncing"] is None and form.server_type.choices and form.validate_on_submit():
         if _name_taken(Server, form.name.data, org.id):
             form.name.errors.append("A server with this name exists already.")
         else:
-            public_key = ensure_management_key(org)
-            try:
-                api = cloud_provider(provider)
-                key_id = api.ensure_ssh_key(public_key, f"keystone-{org.slug}"[:60])
-                created = api.create_server(
-                    name=form.name.data, server_type=form.server_type.data,
-                    image=form.image.data, location=form.location.data, ssh_key_id=key_id,
-                    network_id=form.network.data or None,
-                    labels={"keystone-organisation": org.slug[:60]})
-            except ProviderError as exc:
-                api_error = str(exc)
-            else:
-                server = Server(organisation_id=org.id, provider_id=provider.id,
-                                name=form.name.data, status=ServerStatus.CREATING,
-                                provider_server_id=created.provider_server_id,
-                                public_ip=created.public_ip, private_ip=created.private_ip,
-                                facts={"hetzner": {"server_type": form.server_type.data,
-                                                   "image": form.image.data,
-                                                   "location": form.location.data,
-                                                   "network_id": form.network.data or None}})
-                db.session.add(server)
-                db.session.commit()
-                op = _provision_or_flash(server, f"Create and provision {server.name}")
-                if op is not None:
-                    flash(f"Hetzner is creating {server.name}; Keystone provisions it as soon "
-                          f"as it answers over SSH.", "success")
-                return hx_redirect(url_for("servers.show", server_id=server.id))
+            # Hetzner creates the server inside the provisioning operation (its first
+            # step): the request only records what to create.
+            ensure_management_key(org)
+            server = Server(organisation_id=org.id, provider_id=provider.id,
+                            name=form.name.data, status=ServerStatus.CREATING,
+                            facts={"hetzner": {"server_type": form.server_type.data,
+                                               "image": form.image.data,
+                                               "location": form.location.data,
+                                               "network_id": form.network.data or None}})
+            db.session.add(server)
+            db.session.commit()
+            op = _provision_or_flash(server, f"Create and provision {server.name}")
+            if op is not None:
+                flash(f"Creating {server.name} at Hetzner (operation #{op.id}); Keystone "
+                      f"provisions it as soon as it answers over SSH.", "success")
+            return hx_redirect(url_for("servers.show", server_id=server.id))
     template = "servers/_hetzner_server_form.html" if request.htmx else "servers/create_hetzner.html"
-    return render_template(template, form=form, provider=provider, api_error=api_error)
+    return render_template(template, form=form, provider=provider, **state)
+
+
+@bp.route("/providers/<int:provider_id>/sync", methods=["POST"])
+@login_required
+def sync_provider(provider_id: int):
+    provider = get_for_org_or_404(Provider, provider_id)
+    if provider.type != ProviderType.HETZNER:
+        abort(404)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    start_provider_sync(provider)
+    return hx_redirect(url_for("servers.create_hetzner", provider_id=provider.id))
 
 
 @bp.route("/providers/<int:provider_id>/delete", methods=["POST"])
@@ -244,7 +260,6 @@ def delete_provider(provider_id: int):
 @login_required
 @limiter.limit(SERVER_CHECK_PER_USER, methods=["POST"], key_func=current_user_key)
 def new_custom():
-    from app.providers.custom import check_private_key, probe_host_key
     org = _org()
     public_key = ensure_management_key(org)
     form = CustomServerForm()
@@ -257,19 +272,15 @@ def new_custom():
             except ProviderError as exc:
                 form.private_key.errors.append(str(exc))
             else:
-                try:
-                    probe = probe_host_key(form.host.data, form.port.data)
-                except ProviderError as exc:
-                    form.host.errors.append(str(exc))
-                else:
-                    server = Server(organisation_id=org.id, name=form.name.data,
-                                    status=ServerStatus.NEW, public_ip=form.host.data,
-                                    ssh_port=form.port.data, bootstrap_user=form.user.data,
-                                    bootstrap_private_key=form.private_key.data.strip() + "\n",
-                                    facts={"presented_host_key": probe.fingerprint})
-                    db.session.add(server)
-                    db.session.commit()
-                    return hx_redirect(url_for("servers.confirm_host_key", server_id=server.id))
+                server = Server(organisation_id=org.id, name=form.name.data,
+                                status=ServerStatus.NEW, public_ip=form.host.data,
+                                ssh_port=form.port.data, bootstrap_user=form.user.data,
+                                bootstrap_private_key=form.private_key.data.strip() + "\n",
+                                facts={})
+                db.session.add(server)
+                db.session.flush()
+                start_host_key_scan(server)   # commits the server with the operation
+                return hx_redirect(url_for("servers.confirm_host_key", server_id=server.id))
     if request.method == "POST":
         # Never send a submitted private key back to the browser (as the variables form
         # does with secret values): the user pastes it again.
@@ -279,53 +290,86 @@ def new_custom():
     return render_template(template, form=form, public_key=public_key, org=org)
 
 
+def start_host_key_scan(server: Server) -> Operation:
+    """Read the host key the server presents, in a ``host_key_scan`` operation (no login)."""
+    return start_or_join(OperationKind.HOST_KEY_SCAN, target_type="server",
+                         target_id=server.id, organisation_id=server.organisation_id,
+                         user=current_user, summary=f"Read the SSH host key of {server.name}")
+
+
+def _host_key_context(server: Server, form, error=None) -> dict:
+    scan = latest_operation(OperationKind.HOST_KEY_SCAN, "server", server.id,
+                            server.organisation_id)
+    scanning = scan if scan is not None and not scan.is_terminal else None
+    presented = (server.facts or {}).get("presented_host_key") if scanning is None else None
+    if scan is not None and scan.is_terminal and scan.status != OperationStatus.SUCCEEDED:
+        error = error or scan.error or f"Reading the host key {scan.status.value}."
+    return {"server": server, "form": form, "presented": presented, "error": error,
+            "scanning": scanning, "scan": scan, "action_form": ActionForm(formdata=None)}
+
+
 @bp.route("/<int:server_id>/host-key", methods=["GET", "POST"])
 @login_required
 def confirm_host_key(server_id: int):
-    """Confirm (first time) or re-pin (explicit, recorded) the server's host key."""
-    from app.providers.custom import probe_host_key
+    """Confirm (first time) or re-pin (explicit, recorded) the host key the last scan read.
+
+    Reading the key is a ``host_key_scan`` operation (started by the custom-server form
+    or by "Read the host key again"); this page polls its component while it runs.
+    """
     server = get_for_org_or_404(Server, server_id)
     form = ConfirmHostKeyForm()
-    error = None
-    try:
-        presented = probe_host_key(server.public_ip or server.private_ip, server.ssh_port).fingerprint
-    except ProviderError as exc:
-        presented, error = None, str(exc)
+    context = _host_key_context(server, form)
+    presented = context["presented"]
     if presented and form.validate_on_submit():
         if form.fingerprint.data != presented:
-            error = ("The server now presents a different key than the one you confirmed. "
-                     "Compare the fingerprint below again.")
+            context["error"] = ("The server now presents a different key than the one you "
+                                "confirmed. Compare the fingerprint below again.")
         else:
-            previous = server.host_key_fingerprint
-            server.host_key_fingerprint = presented
-            facts = dict(server.facts or {})
-            facts.pop("presented_host_key", None)
-            facts["host_key_pinned"] = "confirmed by user" if previous is None else "re-pinned by user"
-            server.facts = facts
-            if previous is not None and previous != presented:
-                db.session.add(AuditEvent(organisation_id=server.organisation_id,
-                                          user_id=current_user.id, action="server.host_key_repinned",
-                                          target_type="server", target_id=server.id,
-                                          detail={"previous": previous, "new": presented}))
-            elif previous is None:
-                db.session.add(AuditEvent(organisation_id=server.organisation_id,
-                                          user_id=current_user.id, action="server.host_key_confirmed",
-                                          target_type="server", target_id=server.id,
-                                          detail={"fingerprint": presented}))
-            if server.status == ServerStatus.UNREACHABLE:
-                server.status = ServerStatus.NEW if not server.provisioned_at else ServerStatus.FAILED
-            db.session.commit()
-            if previous is None and not server.provisioned_at:
-                op = _provision_or_flash(server)
-                if op is not None:
-                    flash(f"Host key pinned. Provisioning {server.name}.", "success")
-            else:
-                flash(f"Host key of {server.name} re-pinned to {presented}.", "success")
-            return hx_redirect(url_for("servers.show", server_id=server.id))
+            return _pin_host_key(server, presented)
     if presented:
         form.fingerprint.data = presented
-    return render_template("servers/host_key.html", server=server, form=form,
-                           presented=presented, error=error)
+    template = "servers/_host_key.html" if request.htmx else "servers/host_key.html"
+    return render_template(template, **context)
+
+
+@bp.route("/<int:server_id>/host-key/scan", methods=["POST"])
+@login_required
+@limiter.limit(SERVER_CHECK_PER_USER, key_func=current_user_key)
+def scan_host_key(server_id: int):
+    server = get_for_org_or_404(Server, server_id)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    start_host_key_scan(server)
+    return hx_redirect(url_for("servers.confirm_host_key", server_id=server.id))
+
+
+def _pin_host_key(server: Server, presented: str):
+    previous = server.host_key_fingerprint
+    server.host_key_fingerprint = presented
+    facts = dict(server.facts or {})
+    facts.pop("presented_host_key", None)
+    facts["host_key_pinned"] = "confirmed by user" if previous is None else "re-pinned by user"
+    server.facts = facts
+    if previous is not None and previous != presented:
+        db.session.add(AuditEvent(organisation_id=server.organisation_id,
+                                  user_id=current_user.id, action="server.host_key_repinned",
+                                  target_type="server", target_id=server.id,
+                                  detail={"previous": previous, "new": presented}))
+    elif previous is None:
+        db.session.add(AuditEvent(organisation_id=server.organisation_id,
+                                  user_id=current_user.id, action="server.host_key_confirmed",
+                                  target_type="server", target_id=server.id,
+                                  detail={"fingerprint": presented}))
+    if server.status == ServerStatus.UNREACHABLE:
+        server.status = ServerStatus.NEW if not server.provisioned_at else ServerStatus.FAILED
+    db.session.commit()
+    if previous is None and not server.provisioned_at:
+        op = _provision_or_flash(server)
+        if op is not None:
+            flash(f"Host key pinned. Provisioning {server.name}.", "success")
+    else:
+        flash(f"Host key of {server.name} re-pinned to {presented}.", "success")
+    return hx_redirect(url_for("servers.show", server_id=server.id))
 
 
 # --------------------------------------------------------------------------- a server
@@ -413,14 +457,25 @@ def delete(server_id: int):
         return redirect(url_for("servers.show", server_id=server.id))
     if server.provider is not None and server.provider.type == ProviderType.HETZNER \
             and server.provider_server_id:
+        # Hetzner deletes it inside a server_delete operation; the row goes after it.
+        from app.operations import OperationLocked, start_operation
+        previous = server.status
         try:
-            cloud_provider(server.provider).delete_server(server.provider_server_id)
-        except ProviderError as exc:
+            op = start_operation(OperationKind.SERVER_DELETE, target_type="server",
+                                 target_id=server.id, organisation_id=server.organisation_id,
+                                 user=current_user, lock_keys=[f"server:{server.id}"],
+                                 params={"previous_status": previous.value},
+                                 summary=f"Delete {server.name} at Hetzner",
+                                 on_conflict="refuse")
+        except OperationLocked as exc:
             flash(str(exc), "error")
             return redirect(url_for("servers.show", server_id=server.id))
-    name, at_hetzner = server.name, bool(server.provider_server_id)
+        server.status = ServerStatus.DELETING
+        db.session.commit()
+        flash(f"Deleting {server.name} at Hetzner (operation #{op.id}).", "success")
+        return redirect(url_for("operations.show", operation_id=op.id))
+    name = server.name
     db.session.delete(server)
     db.session.commit()
-    flash(f"Server {name} removed from Keystone"
-          + (" and deleted at Hetzner." if at_hetzner else "."), "success")
+    flash(f"Server {name} removed from Keystone.", "success")
     return redirect(url_for("servers.index"))

@@ -9,8 +9,9 @@
 The environment's attachments and variables components are the environment
 blueprint's (:mod:`app.blueprints.environments`). Views stay thin: a service is
 created by :mod:`app.managed_services`, every change goes through
-:mod:`app.attachments` or :mod:`app.drivers.handlers`, every object through
-:mod:`app.scoping`.
+:mod:`app.attachments` or :mod:`app.services_ops`, every object through
+:mod:`app.scoping`. Which service types exist, their labels and slices are the
+drivers' (:mod:`app.drivers`).
 """
 from __future__ import annotations
 
@@ -22,29 +23,27 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from app import attachments as att
 from app.blueprints.helpers import hx_redirect
-from app.drivers import get_driver
+from app.drivers import drivers, get_driver
 from app.drivers.base import DriverError
-from app.drivers.handlers import start_service_deploy, update_warning
-from app.drivers.images import ImageError, check_for_update
 from app.extensions import db
 from app.forms import ActionForm, KeystoneForm, name_field
-from app.managed_services import (MANAGED_TYPES, name_taken, new_service, org_servers,
-                                  service_stand_in)
+from app.managed_services import name_taken, new_service, org_servers, service_stand_in
 from app.models import Operation, Server, Service, ServiceSlice
-from app.models.enums import ReplicaStatus, SliceStatus, SliceType
+from app.models.enums import OperationKind, OperationStatus, ReplicaStatus, SliceStatus
 from app.operations import OperationLocked, StepFailed
+from app.operations.lifecycle import latest_operation, start_or_join
+from app.registries.images import ImageError
+from app.services_ops.deploy import start_service_deploy, update_warning
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query
 
 bp = Blueprint("services", __name__)
 bp.add_app_template_global(service_stand_in)
 
-SLICE_TYPE_FOR = {"postgres": SliceType.POSTGRES_DATABASE, "valkey": SliceType.VALKEY_NAMESPACE}
-
 
 # --------------------------------------------------------------------------- forms
 
 class NewServiceForm(KeystoneForm):
-    type = SelectField("Service", choices=list(MANAGED_TYPES.items()), default="postgres")
+    type = SelectField("Service", choices=[], default="postgres")
     name = name_field("Name")
     server_id = SelectField("Server", coerce=str, choices=[], validators=[DataRequired()])
     image = StringField("Image override", validators=[Optional(), Length(max=255)])
@@ -69,6 +68,7 @@ class DeleteSliceForm(KeystoneForm):
 # --------------------------------------------------------------------------- services list
 
 def _fill_new_service(form: NewServiceForm, servers: list[Server]) -> None:
+    form.type.choices = list(drivers.labels().items())
     form.server_id.choices = [(str(s.id), f"{s.name} ({s.status.value})") for s in servers]
 
 
@@ -77,10 +77,11 @@ def _fill_new_service(form: NewServiceForm, servers: list[Server]) -> None:
 def index():
     services = db.session.execute(
         org_query(Service).order_by(Service.type, Service.name)).scalars().all()
-    managed = [s for s in services if s.type in MANAGED_TYPES]
-    app_services = [s for s in services if s.type not in MANAGED_TYPES]
+    labels = drivers.labels()
+    managed = [s for s in services if s.type in labels]
+    app_services = [s for s in services if s.type not in labels]
     return render_template("services/index.html", managed=managed, app_services=app_services,
-                           labels=MANAGED_TYPES)
+                           labels=labels)
 
 
 @bp.route("/services/new", methods=["GET", "POST"])
@@ -89,7 +90,7 @@ def new():
     servers = org_servers()
     form = NewServiceForm()
     _fill_new_service(form, servers)
-    if request.method == "GET" and request.args.get("type") in MANAGED_TYPES:
+    if request.method == "GET" and request.args.get("type") in drivers.offered():
         form.type.data = request.args["type"]
     error = None
     if form.validate_on_submit():
@@ -111,7 +112,8 @@ def new():
                 op = start_service_deploy(service, current_user)
                 flash(f"{service.name} created; deploying it on {server.name}.", "success")
                 return hx_redirect(url_for("operations.show", operation_id=op.id))
-    return render_template("services/new.html", form=form, servers=servers, labels=MANAGED_TYPES), \
+    return render_template("services/new.html", form=form, servers=servers,
+                           labels=drivers.labels()), \
         (400 if form.errors else 200)
 
 
@@ -134,10 +136,12 @@ def _service_context(service: Service, **kw) -> dict:
            "deploy_form": kw.pop("deploy_form", None) or DeployForm(formdata=None),
            "slice_form": kw.pop("slice_form", None) or SliceForm(formdata=None),
            "action_form": ActionForm(formdata=None),
-           "can_slice": service.type in SLICE_TYPE_FOR,
+           "can_slice": driver.user_slice_type is not None,
            "update_available": bool(service.available_image_digest and
                                     service.available_image_digest != service.current_image_digest),
-           "image_message": None, "image_error": None, "deploy_error": None}
+           "image_message": None, "image_error": None, "image_checking": None,
+           "deploy_error": None}
+    ctx.update(_image_check(service))
     ctx.update(kw)
     return ctx
 
@@ -146,43 +150,53 @@ def _service_context(service: Service, **kw) -> dict:
 @login_required
 def show(service_id):
     service = get_for_org_or_404(Service, service_id)
-    if service.type not in MANAGED_TYPES and service.environment_id:
+    if service.type not in drivers.offered() and service.environment_id:
         return redirect(url_for("environments.show", environment_id=service.environment_id))
     return render_template("services/show.html", **_service_context(service))
+
+
+def _image_check(service: Service) -> dict:
+    """The running image check of the service, or the last one's message (image_check op)."""
+    op = latest_operation(OperationKind.IMAGE_CHECK, "service", service.id,
+                          service.organisation_id)
+    if op is None:
+        return {}
+    if not op.is_terminal:
+        return {"image_checking": op}
+    if op.status == OperationStatus.SUCCEEDED:
+        return {"image_message": (op.result or {}).get("message"), "image_check": op}
+    return {"image_error": op.error or f"The check {op.status.value}.", "image_check": op}
 
 
 @bp.route("/services/<int:service_id>/check-updates", methods=["POST"])
 @login_required
 def check_updates(service_id):
+    """Start an ``image_check`` operation: the registry is asked in the worker."""
     service = get_for_org_or_404(Service, service_id)
     if not ActionForm().validate_on_submit():
         abort(400)
-    message = error = None
-    try:
-        digest = check_for_update(service)
-    except (ImageError, DriverError) as exc:
-        db.session.rollback()
-        error = f"Could not check for updates: {exc}"
-    else:
-        db.session.commit()
-        if digest:
-            message = "A newer image is available on the same version track."
-        elif not service.current_image_digest:
-            message = "Not deployed yet: the first deploy resolves the newest image."
-        else:
-            message = "The service runs the newest image of its version track."
-    ctx = _service_context(service, image_message=message, image_error=error)
+    op = start_or_join(OperationKind.IMAGE_CHECK, target_type="service", target_id=service.id,
+                       organisation_id=service.organisation_id, user=current_user,
+                       summary=f"Check {service.name} for a newer image")
     if request.htmx:
-        return render_template("services/_image.html", **ctx)
-    flash(error or message, "error" if error else "success")
+        return render_template("services/_image.html", **_service_context(service))
+    flash(f"Checking for a newer image (operation #{op.id}).", "success")
     return redirect(url_for("services.show", service_id=service.id))
+
+
+@bp.route("/services/<int:service_id>/image")
+@login_required
+def image_component(service_id):
+    """The image component, polled while an image check runs."""
+    service = get_for_org_or_404(Service, service_id)
+    return render_template("services/_image.html", **_service_context(service))
 
 
 @bp.route("/services/<int:service_id>/deploy", methods=["POST"])
 @login_required
 def deploy(service_id):
     service = get_for_org_or_404(Service, service_id)
-    if service.type not in MANAGED_TYPES:
+    if service.type not in drivers.offered():
         abort(404)
     form = DeployForm()
     ctx = _service_context(service, deploy_form=form)
@@ -207,11 +221,11 @@ def deploy(service_id):
 @login_required
 def create_slice(service_id):
     service = get_for_org_or_404(Service, service_id)
-    if service.type not in SLICE_TYPE_FOR:
+    slice_type = get_driver(service).user_slice_type
+    if slice_type is None:
         abort(404)
     form = SliceForm()
     if form.validate_on_submit():
-        slice_type = SLICE_TYPE_FOR[service.type]
         name = form.name.data.strip()
         taken = any(s.name == name and s.type == slice_type for s in service.slices)
         if taken:

@@ -137,7 +137,7 @@ class RegistrySession:
     """``docker login`` for one step with a private DOCKER_CONFIG; logout + removal in finally.
 
     Shared by builds (push, pull by digest) and the drivers' image pulls
-    (app.drivers.handlers.pull_image): the credential lives only in
+    (app.services_ops.steps.pull_image): the credential lives only in
     ``config_dir`` inside the operation's directory, never in the server
     user's ``~/.docker/config.json``. With ``registry=None`` (an open
     registry) nothing logs in and the directory is still private and removed.

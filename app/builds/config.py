@@ -34,7 +34,6 @@ IMAGE_REF_RE = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$")
 PHP_VERSION_RE = re.compile(r"^[0-9]\.[0-9]{1,2}$")
 DOC_ROOT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
-HEALTH_PATH_RE = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 
 
 class BuildConfigError(ValueError):
@@ -67,7 +66,6 @@ class BuildConfig:
     php_version: str = DEFAULT_PHP_VERSION
     base_image: str | None = None
     document_root: str = "public"
-    health_path: str = "/up"
     js_tool: str = "none"
     js_command: str | None = None
     js_image: str | None = None
@@ -116,9 +114,8 @@ def parse_build_config(raw: dict | None) -> BuildConfig:
     document_root = str(_get(raw, "document_root", "public")).strip("/")
     if not DOC_ROOT_RE.fullmatch(document_root) or ".." in document_root.split("/"):
         raise BuildConfigError(f"{p}document_root: a relative directory such as public")
-    health_path = str(_get(raw, "health_path", "/up"))
-    if not HEALTH_PATH_RE.fullmatch(health_path) or len(health_path) > 200:
-        raise BuildConfigError(f"{p}health_path: a path such as /up")
+    # ``health_path`` lived here once; the web service's settings own it now
+    # (app/drivers/laravel/settings.py, moved by migration 7c2f9a1d4e60): ignored.
     js_tool = str(_get(raw, "js_tool", "none"))
     if js_tool not in JS_TOOLS:
         raise BuildConfigError(f"{p}js_tool: must be one of {', '.join(JS_TOOLS)}")
@@ -144,7 +141,7 @@ def parse_build_config(raw: dict | None) -> BuildConfig:
     if strategy == BuildStrategy.EXTERNAL_REGISTRY and image is None:
         raise BuildConfigError(f"{p}image: the external_registry strategy needs the image to run")
     return BuildConfig(strategy=strategy, php_version=php_version, base_image=base_image,
-                       document_root=document_root, health_path=health_path, js_tool=js_tool,
+                       document_root=document_root, js_tool=js_tool,
                        js_command=js_command, js_image=js_image, js_output=js_output,
                        builder_service_id=builder_service_id, image=image)
 

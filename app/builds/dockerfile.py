@@ -8,6 +8,7 @@ import jinja2
 
 from app.builds.config import TEMPLATE_VERSION, BuildConfig
 from app.deploys.image import dockerfile_lines
+from app.drivers.laravel.settings import DEFAULT_HEALTH_PATH
 
 TEMPLATES = Path(__file__).parent / "templates"
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=False,
@@ -27,7 +28,9 @@ def render_dockerfile(config: BuildConfig) -> str:
     return template.render(
         base_image=config.effective_base_image,
         document_root=config.document_root,
-        health_path=config.health_path,
+        # The image's default; every replica gets the web service's own health.path as
+        # KEYSTONE_HEALTH_PATH at run time (its one owner: app/drivers/laravel/settings.py).
+        health_path=DEFAULT_HEALTH_PATH,
         js=config.js,
         template_version=TEMPLATE_VERSION,
         healthcheck=json.dumps(["sh", "-c", HEALTHCHECK_SCRIPT]),

@@ -23,7 +23,7 @@ import time
 
 import sqlalchemy as sa
 
-from app.attachments import SECRET_KEYS, _base_key, consumer_host, effective_environment
+from app.attachments import consumer_host, effective_environment, is_managed_secret
 from app.builds.artifacts import (BuildError, artifact_registry, ensure_artifact, image_ref,
                                   make_present)
 from app.builds.plan import BuildPlanError
@@ -31,7 +31,7 @@ from app.deploys import commands as dc
 from app.drivers import get_driver
 from app.drivers.base import FirewallRule, service_alias
 from app.drivers.compose import compose_cmd, dump_yaml, ensure_network_cmd, upload_project
-from app.drivers.handlers import _running_container, install_gateway_config, open_firewall
+from app.services_ops.steps import apply_service_config, open_firewall, running_container
 from app.deploys.gateway_health import health_events, parse_stamp
 from app.deploys.planning import (DeployPlan, EnvironmentSnapshot, PlanError, ReplicaFact,
                                   SchedulerFact, ServiceChange, ServiceFact, config_hash,
@@ -105,7 +105,7 @@ def replica_environment(service: Service, values: dict[str, str],
     env = dict(values)
     if server_id is not None and service.environment is not None:
         env.update(server_overrides(service.environment, server_id, values))
-    health = health_settings(service.config)
+    health = health_settings(service.config, service.name)
     env["KEYSTONE_HEALTH_PATH"] = health["path"]
     cfg = service.config or {}
     if cfg.get("embedded_worker") and "web" in (service.process_roles or []):
@@ -129,7 +129,7 @@ def environment_secrets(env: Environment) -> list[str]:
     secret, the managed credentials (DB_PASSWORD, REDIS_PASSWORD, prefixed or not),
     APP_KEY, and the password of the environment's registry."""
     values = [v.value for v in env.variables
-              if v.value and (v.is_secret or _base_key(v.key) in SECRET_KEYS
+              if v.value and (v.is_secret or is_managed_secret(v.key)
                               or v.key in ALWAYS_SECRET_KEYS)]
     registry = getattr(env, "container_registry", None)
     if registry is not None and getattr(registry, "password", None):
@@ -709,7 +709,7 @@ class EnvironmentDeploy:
             # Reverb answers GET /up; it has no Keystone ready handler, see _health_check).
             cfg["path_routes"] = [{"name": WEBSOCKET_MATCHER, "paths": list(WEBSOCKET_PATHS),
                                    "upstreams": self._slot_addresses(ws, gateway.server_id),
-                                   "health_path": health_settings(ws.config)["path"],
+                                   "health_path": health_settings(ws.config, ws.name)["path"],
                                    "service_id": ws.id}]
         else:
             cfg.pop("path_routes", None)
@@ -739,7 +739,7 @@ class EnvironmentDeploy:
         route.config = desired
         route.status = SliceStatus.READY
         db.session.commit()
-        install_gateway_config(cctx, route.service)
+        apply_service_config(cctx, route.service)
 
     # ---------------------------------------------------------------- gateway confirmation
     def _gateways(self) -> list[tuple[Service, Server, str]]:
@@ -750,7 +750,7 @@ class EnvironmentDeploy:
             if gateway is None or gateway.server_id is None or gateway.id in out:
                 continue
             try:
-                container = _running_container(gateway)
+                container = running_container(gateway)
             except StepFailed:
                 continue
             out[gateway.id] = (gateway, db.session.get(Server, gateway.server_id), container)

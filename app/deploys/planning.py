@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from app.deploys.slots import SLOTS, other_slot
+from app.drivers.laravel.settings import LaravelSettings, SettingsError
 
 WITH_ENVIRONMENT = "with_environment"
 DEFAULT_MIGRATION_COMMAND = "php artisan migrate --force"
@@ -35,10 +36,9 @@ MIGRATION_MODES = ("auto", "manual", "disabled")
 MIGRATION_TIMINGS = ("pre_switch", "post_switch")
 ROLE_ORDER = {"web": 0, "websocket": 1, "worker": 2}
 
-# Health check defaults for new replicas (service.config overrides them).
-DEFAULT_HEALTH = {"path": "/up", "interval": 1.0, "timeout": 3.0, "retries": 30}
+# The health check and the stop grace period are owned by the Laravel driver's typed
+# settings (app.drivers.laravel.settings): their defaults live there, once.
 DEFAULT_DRAIN_SECONDS = 2.0
-DEFAULT_WORKER_GRACE_SECONDS = 30
 
 
 class PlanError(ValueError):
@@ -213,25 +213,16 @@ def migration_settings(config: Mapping) -> tuple[str, str, str]:
     return mode, timing, command
 
 
-def health_settings(config: Mapping) -> dict:
-    """Health check of new replicas: path, interval, timeout, retries (service.config.health)."""
-    raw = dict((config or {}).get("health") or {})
-    out = dict(DEFAULT_HEALTH)
-    if raw.get("path"):
-        path = str(raw["path"])
-        if not path.startswith("/") or any(c in path for c in " \n\r\t?#") or len(path) > 200:
-            raise PlanError("health/path: a path such as /up")
-        out["path"] = path
-    for key, lo, hi in (("interval", 0.2, 60), ("timeout", 0.5, 60), ("retries", 1, 600)):
-        if raw.get(key) is not None:
-            try:
-                value = float(raw[key])
-            except (TypeError, ValueError):
-                raise PlanError(f"health/{key}: must be a number") from None
-            if not lo <= value <= hi:
-                raise PlanError(f"health/{key}: must be between {lo} and {hi}")
-            out[key] = int(value) if key == "retries" else value
-    return out
+def _settings(config: Mapping, where: str) -> LaravelSettings:
+    try:
+        return LaravelSettings.from_config(config, where)
+    except SettingsError as exc:
+        raise PlanError(str(exc)) from None
+
+
+def health_settings(config: Mapping, where: str = "service") -> dict:
+    """Health check of new replicas: path, interval, timeout, retries (the typed settings')."""
+    return _settings(config, where).health.as_dict()
 
 
 def drain_seconds(config: Mapping) -> float:
@@ -245,15 +236,10 @@ def drain_seconds(config: Mapping) -> float:
     return value
 
 
-def stop_timeout(role: str, config: Mapping, drain: float) -> int:
-    """Seconds between SIGTERM and SIGKILL: at least the drain window (and a worker's grace)."""
-    grace = (config or {}).get("stop_grace_seconds")
-    if grace is None:
-        grace = DEFAULT_WORKER_GRACE_SECONDS if role == "worker" else 10
-    try:
-        grace = int(grace)
-    except (TypeError, ValueError):
-        raise PlanError("stop_grace_seconds: must be a whole number of seconds") from None
+def stop_timeout(role: str, config: Mapping, drain: float, where: str = "service") -> int:
+    """Seconds between SIGTERM and SIGKILL: the role's grace (the typed settings'), and at
+    least the drain window."""
+    grace = _settings(config, where).stop.grace(role)
     return max(int(grace), int(drain + 0.999), 1)
 
 
@@ -319,8 +305,9 @@ def plan_deploy(snapshot: EnvironmentSnapshot, digest: str, *, force: bool = Fal
         drain = drain_seconds(service.config) if service.is_web else 0.0
         changes.append(ServiceChange(
             service_id=service.id, name=service.name, role=role, reasons=reasons,
-            placements=_placements(service), health=health_settings(service.config),
-            drain_seconds=drain, stop_timeout=stop_timeout(role, service.config, drain)))
+            placements=_placements(service), health=health_settings(service.config, service.name),
+            drain_seconds=drain,
+            stop_timeout=stop_timeout(role, service.config, drain, service.name)))
 
     migration = _migration(snapshot, changes)
     phases: list[Phase] = []

@@ -7,13 +7,16 @@ health check, resource defaults, slice types, firewall needs, update
 behaviour) and turns database rows into artifacts (a Compose document as
 Python data, env exports, shell command values for its slice actions).
 
-It never opens a connection: the operation handlers in
-:mod:`app.drivers.handlers` run what drivers build (Kamal's "builders return
-commands; one layer runs them").
+It never opens a connection: the operation handlers in :mod:`app.services_ops`
+run what drivers build (Kamal's "builders return commands; one layer runs
+them"). The steps of a deploy, an update and a slice action are planned by
+the driver's hooks below as :class:`app.drivers.plan.StepPlan` data; the
+generic handlers call the hooks and know no driver by name.
 
 Registration is by type (Redash's query-runner registry): a driver package
 calls :func:`app.drivers.registry.register` on import, so adding a driver
-touches only its own package plus one import line in ``app/drivers/__init__``.
+touches only its own package plus one import line in ``app/drivers/__init__``
+(docs/architecture.md, "Adding a driver").
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from app.models.enums import DeployPolicy, ServiceCategory, SliceType
+from app.drivers.plan import StepPlan
+from app.drivers.secrets import generate_password
+from app.models.enums import AttachmentRole, DeployPolicy, ServiceCategory, SliceType
 
 if TYPE_CHECKING:  # pragma: no cover
     from app.models import Service, ServiceReplica, ServiceSlice
@@ -129,36 +134,35 @@ class FirewallRule:
 
 
 @dataclass(frozen=True)
+class ExportField:
+    """A variable an attached environment receives from a slice (SPEC 13).
+
+    ``overridable=False``: a user variable of the same name is refused (the
+    attachment owns it); ``secret``: masked on pages and in logs.
+    """
+
+    key: str
+    secret: bool = False
+    overridable: bool = True
+
+
+@dataclass(frozen=True)
+class FormField:
+    """A setting the "New service" form offers for this driver (stored in ``Service.config``)."""
+
+    name: str
+    label: str
+    kind: str = "text"  # "text" or "checkbox"
+    hint: str = ""
+
+
+@dataclass(frozen=True)
 class UpdateBehaviour:
     """How a new image digest is rolled out (SPEC 11 for stateful services)."""
 
     stateful: bool
     downtime: bool
     warning: str = ""
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """An image reference split the way the registry API needs it."""
-
-    registry: str  # host[:port]; "docker.io" for Docker Hub
-    repository: str  # e.g. "library/postgres"
-    tag: str | None = None
-    digest: str | None = None
-
-    @property
-    def name(self) -> str:
-        """The reference without tag or digest, normalised as Docker reports it in RepoDigests."""
-        from app.registries.references import Reference
-        return Reference(domain=self.registry, path=self.repository).name
-
-    def with_digest(self, digest: str) -> str:
-        return f"{self.name}@{digest}"
-
-    def __str__(self) -> str:
-        if self.digest:
-            return f"{self.name}@{self.digest}"
-        return f"{self.name}:{self.tag or 'latest'}"
 
 
 # --------------------------------------------------------------------------- naming
@@ -237,6 +241,24 @@ class Driver:
     stop_grace_period: ClassVar[str | None] = None
     stop_signal: ClassVar[str | None] = None
 
+    # -- what the UI offers ------------------------------------------------
+    label: ClassVar[str] = ""            # "Postgres 18 (database)": the New service choice
+    short_label: ClassVar[str] = ""      # "Postgres 18": "New Postgres 18 on <server>"
+    name_base: ClassVar[str] = ""        # base of generated service names (default: type)
+    offered: ClassVar[bool] = True       # created under /services/new and on attach
+    form_fields: ClassVar[tuple[FormField, ...]] = (
+        FormField("image", "Image override"),
+        FormField("expose_private", "Reachable from the private network", kind="checkbox"),
+    )
+    user_slice_type: ClassVar[SliceType | None] = None  # slices a user creates by name
+    attach_roles: ClassVar[tuple[AttachmentRole, ...]] = ()  # the first is the default
+    exports: ClassVar[tuple[ExportField, ...]] = ()
+    recommended: ClassVar[Mapping[AttachmentRole, tuple[tuple[str, str], ...]]] = {}
+
+    # -- what the generic handlers ask ---------------------------------------
+    deploy_refusal: ClassVar[str | None] = None  # set: never deployed on its own (why)
+    routes_environment: ClassVar[bool] = False   # slices list an environment's slots
+
     # -- declarations derived from the row ------------------------------
 
     def image(self, service: "Service") -> str:
@@ -300,6 +322,69 @@ class Driver:
                        container: str, **params: Any) -> list["Command"]:
         """Shell command values that perform a slice action against a running replica."""
         raise DriverError(f"{self.type}: slices of type {slice_.type} are not supported")
+
+    # -- create, deploy and update (plans; app.services_ops runs them) --------
+
+    def settings_from_form(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """``Service.config`` from the New service form's declared fields (empty ones left out)."""
+        out: dict[str, Any] = {}
+        for f in self.form_fields:
+            value = data.get(f.name)
+            if f.kind == "checkbox":
+                if value:
+                    out[f.name] = True
+            elif isinstance(value, str) and value.strip():
+                out[f.name] = value.strip()
+        return out
+
+    def check_placement(self, service: "Service") -> None:
+        """Refuse a placement the driver cannot live with (DriverError names why)."""
+
+    def deploy_lock_keys(self, service: "Service") -> list[str]:
+        """Locks a deploy takes besides ``service:<id>``."""
+        return []
+
+    def deploy_steps(self, service: "Service", *, running: bool) -> list[StepPlan]:
+        """Files the service needs before its compose project starts (a deploy or an update)."""
+        return []
+
+    def after_deploy_steps(self, service: "Service", container: str, *,
+                           is_update: bool) -> list[StepPlan]:
+        """Steps once the new container is healthy and recorded."""
+        return []
+
+    def reconfigure_steps(self, service: "Service", container: str) -> list[StepPlan]:
+        """Apply the service's rendered configuration to the running container, no restart."""
+        return []
+
+    # -- slices (plans) ------------------------------------------------------
+
+    def new_slice_credentials(self, slice_: "ServiceSlice") -> dict[str, str]:
+        """Fresh credentials for a rotation; DriverError when the slice has none."""
+        return {**(slice_.credentials or {}), "password": generate_password()}
+
+    def slice_provision_steps(self, service: "Service", slice_: "ServiceSlice", container: str,
+                              action: str = "provision") -> list[StepPlan]:
+        """Create (``provision``) or re-key (``rotate``) a slice on the running replica."""
+        raise DriverError(f"{self.type}: slices of type {slice_.type} are not supported")
+
+    def slice_delete_steps(self, service: "Service", slice_: "ServiceSlice", container: str,
+                           *, drop: bool) -> list[StepPlan]:
+        """While the slice is ``deleting``: drop its data (``drop``) or disable it."""
+        return []
+
+    def slice_deleted_steps(self, service: "Service", slice_: "ServiceSlice",
+                            container: str) -> list[StepPlan]:
+        """Once the slice is marked deleted, before its attachments are removed."""
+        return []
+
+    def slice_released_steps(self, service: "Service", container: str) -> list[StepPlan]:
+        """After the deleted slice's attachments are removed and committed."""
+        return []
+
+    def attach_recommendations(self, role: AttachmentRole) -> tuple[tuple[str, str], ...]:
+        """Settings an attachment in ``role`` suggests (applied only when the user confirms)."""
+        return tuple(self.recommended.get(role, ()))
 
     # -- compose ----------------------------------------------------------
 

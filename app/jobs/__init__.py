@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from app import create_app
 from app.extensions import db
-from app.health import HEALTH_INTERVAL, LOCK_KEY, check_health as run_check
+from app.health import HEALTH_INTERVAL, check_health as run_check, lock_key
 from app.operations.runner import execute_operation
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,12 @@ def check_health() -> dict:
         import redis
         from flask import current_app
         conn = redis.Redis.from_url(current_app.config["REDIS_URL"])
-        if not conn.set(LOCK_KEY, "1", nx=True, ex=HEALTH_INTERVAL * 5):
+        if not conn.set(lock_key(), "1", nx=True, ex=HEALTH_INTERVAL * 5):
             return {"skipped": "another health check is running"}
         try:
             return run_check()
         finally:
-            conn.delete(LOCK_KEY)
+            conn.delete(lock_key())
 
     if has_app_context():
         return once()

@@ -20,7 +20,7 @@ import redis
 from rq import Queue, Worker
 
 from app.extensions import db
-from app.health import HEALTH_INTERVAL, SCHEDULE_KEY
+from app.health import HEALTH_INTERVAL, schedule_key
 from app.jobs import set_app
 from app.logsetup import configure_logging
 from app.operations import logstream
@@ -107,7 +107,7 @@ def schedule_health_check(app, conn, queue) -> bool:
     """Enqueue the periodic health job unless one was enqueued in the last interval (by this
     or another worker: a Redis key with a TTL). The job runs in a work horse, which may open
     SSH connections; this process never does."""
-    if not conn.set(SCHEDULE_KEY, "1", nx=True, ex=max(1, HEALTH_INTERVAL - 5)):
+    if not conn.set(schedule_key(app.config), "1", nx=True, ex=max(1, HEALTH_INTERVAL - 5)):
         return False
     queue.enqueue("app.jobs.check_health", job_timeout=HEALTH_INTERVAL * 4,
                   result_ttl=HEALTH_INTERVAL * 2, failure_ttl=3600,

@@ -8,10 +8,11 @@ from app.models.operation import Operation, OperationLock, OperationStep
 from app.models.organisation import Membership, Organisation, User
 from app.models.server import Provider, Server
 from app.models.service import Endpoint, Service, ServiceReplica, ServiceSlice
+from app.models.token import ApiToken
 
 __all__ = [
     "Organisation", "User", "Membership", "Provider", "Server", "Application",
     "Environment", "EnvironmentAttachment", "EnvironmentVariable", "Service",
     "ServiceReplica", "ServiceSlice", "Endpoint", "Operation", "OperationStep",
-    "OperationLock", "Registry", "BuildArtifact", "AuditEvent",
+    "OperationLock", "Registry", "BuildArtifact", "AuditEvent", "ApiToken",
 ]

@@ -157,6 +157,13 @@ class OperationKind(StrEnum):
     GATEWAY_CUTOVER = "gateway_cutover"
     CONFIG_CHANGE = "config_change"
     CREDENTIAL_ROTATION = "credential_rotation"
+    # Checks that read the network (never inside a web request: issue 16.3)
+    REPOSITORY_VERIFY = "repository_verify"   # git ls-remote with the deploy key
+    HOST_KEY_SCAN = "host_key_scan"           # read a custom server's SSH host key
+    IMAGE_CHECK = "image_check"               # ask the registry for a newer digest
+    SANDBOX_START = "sandbox_start"           # bring the local sandbox up (onboarding)
+    PROVIDER_SYNC = "provider_sync"           # check a Hetzner token, list what it offers
+    SERVER_DELETE = "server_delete"           # delete a server at Hetzner, then in Keystone
 
 
 class OperationStatus(StrEnum):

@@ -464,6 +464,7 @@ class OperationContext:
                           timeout_seconds=int(min(timeout_for(kind), remaining)))
         db.session.add(child)
         db.session.commit()
+        logstream.clear(child.id)
         inherited = set()
         for op_id in self.tree_ids:
             inherited.update(db.session.get(Operation, op_id).lock_keys or ())

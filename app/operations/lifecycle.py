@@ -119,6 +119,7 @@ def start_operation(kind: OperationKind, *, target_type: str, target_id: int,
                    status=S.QUEUED if blocker is not None else S.PENDING)
     db.session.add(op)
     db.session.commit()
+    logstream.clear(op.id)
     if op.status is S.PENDING and enqueue:
         enqueue_operation(op)
     return op
@@ -310,3 +311,31 @@ def cancel_operation(op: Operation) -> str:
         finish(op.id, S.CANCELLED, "Cancelled before it started.")
         return f"Operation #{op.id} was cancelled before it started."
     return f"Cancelling operation #{op.id}: the running command is being stopped; clean-up steps still run."
+
+
+# --------------------------------------------------------------------------- checks
+
+def latest_operation(kind: OperationKind, target_type: str, target_id: int,
+                     organisation_id: int) -> Operation | None:
+    """The newest top-level operation of ``kind`` on the target (what a page shows)."""
+    return db.session.execute(
+        sa.select(Operation).where(Operation.organisation_id == organisation_id,
+                                   Operation.kind == OperationKind(kind).value,
+                                   Operation.target_type == target_type,
+                                   Operation.target_id == int(target_id),
+                                   Operation.parent_id.is_(None))
+        .order_by(Operation.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def start_or_join(kind: OperationKind, *, target_type: str, target_id: int,
+                  organisation_id: int, **kwargs) -> Operation:
+    """Start a check (an operation that reads the network and changes no server), or return
+    the one of the same kind already active on the target (a second click joins it)."""
+    active = latest_operation(kind, target_type, target_id, organisation_id)
+    if active is not None and not active.is_terminal and \
+            dict(active.params or {}) == dict(kwargs.get("params") or {}):
+        return active
+    # One check of a kind per target at a time; it never waits behind a deploy.
+    kwargs.setdefault("lock_keys", [f"{OperationKind(kind).value}:{target_type}/{int(target_id)}"])
+    return start_operation(kind, target_type=target_type, target_id=target_id,
+                           organisation_id=organisation_id, **kwargs)

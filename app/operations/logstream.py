@@ -25,6 +25,8 @@ import threading
 
 import redis
 
+from app import redis_keys
+
 STREAM_MAXLEN = int(os.environ.get("KEYSTONE_LOG_STREAM_MAXLEN", "100000"))
 STREAM_TTL = int(os.environ.get("KEYSTONE_LOG_STREAM_TTL", str(6 * 3600)))
 
@@ -33,7 +35,17 @@ _clients_lock = threading.Lock()
 
 
 def stream_key(operation_id: int) -> str:
-    return f"keystone:op:{int(operation_id)}:log"
+    """The operation's stream, under the installation's Redis prefix (app/redis_keys.py)."""
+    return redis_keys.key("op", int(operation_id), "log")
+
+
+def clear(operation_id: int) -> None:
+    """Forget any stream left under a new operation's id (e.g. by a database that was reset):
+    a browser that opens the new operation must not replay an old one's lines and end."""
+    try:
+        redis_client().delete(stream_key(operation_id))
+    except redis.RedisError:
+        pass  # Redis down: enqueueing says so; a missing stream needs no clearing
 
 
 def redis_client(url: str | None = None, *, blocking: bool = False) -> redis.Redis:

@@ -31,15 +31,26 @@ TIMEOUTS: dict[OperationKind, int] = {
     OperationKind.GATEWAY_CUTOVER: 10 * 60,
     OperationKind.CONFIG_CHANGE: 15 * 60,
     OperationKind.CREDENTIAL_ROTATION: 15 * 60,
+    OperationKind.REPOSITORY_VERIFY: 3 * 60,   # keyscan + ls-remote (45 s) + the sandbox key
+    OperationKind.HOST_KEY_SCAN: 2 * 60,
+    OperationKind.IMAGE_CHECK: 3 * 60,
+    OperationKind.SANDBOX_START: 30 * 60,      # the first bring-up builds images
+    OperationKind.PROVIDER_SYNC: 3 * 60,
+    OperationKind.SERVER_DELETE: 5 * 60,
 }
 JOB_TIMEOUT_GRACE = 120
 
 # Modules imported by the worker so their @operation_handler decorators run.
 HANDLER_MODULES: list[str] = [
     "app.provisioning.handlers",
-    "app.drivers.handlers",
+    "app.services_ops.deploy",
+    "app.services_ops.slices",
     "app.deploys.handlers",
     "app.deploys.scheduler",
+    "app.repositories.handlers",
+    "app.providers.handlers",
+    "app.registries.handlers",
+    "app.sandbox.handlers",
 ]
 
 # Kinds that only ever run inline, as children of another operation, with the

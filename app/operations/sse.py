@@ -74,9 +74,22 @@ def entry_event(entry_id: str, fields: dict[str, str]) -> tuple[str, bool]:
 
 
 def stream_events(client, operation_id: int, last_event_id: str | None, engine=None,
-                  keepalive: float = KEEPALIVE, max_seconds: float = MAX_SECONDS) -> Iterator[str]:
-    """Follow the operation's Redis stream from ``last_event_id`` until its end entry."""
-    key = logstream.stream_key(operation_id)
+                  keepalive: float = KEEPALIVE, max_seconds: float = MAX_SECONDS,
+                  render=entry_event, lost_end=None) -> Iterator[str]:
+    """Follow the operation's Redis stream from ``last_event_id`` until its end entry.
+
+    The stream's key is named now, in the caller's app context (it carries the
+    installation's Redis prefix): the generator runs after the view has returned.
+    ``render(entry_id, fields) -> (text, is_end)`` formats an entry: HTML lines for the
+    page (:func:`entry_event`), JSON for the API (app.api.deploys); ``lost_end(status)``
+    the end event sent when the stream's own end entry never came.
+    """
+    return _follow(client, logstream.stream_key(operation_id), operation_id, last_event_id,
+                   engine, keepalive, max_seconds, render, lost_end)
+
+
+def _follow(client, key: str, operation_id: int, last_event_id: str | None, engine,
+            keepalive: float, max_seconds: float, render, lost_end) -> Iterator[str]:
     cursor = last_event_id if last_event_id and _STREAM_ID.fullmatch(last_event_id) else "0-0"
     started = time.monotonic()
     yield f"retry: {RETRY_MS}\n: stream of operation {int(operation_id)}\n\n"
@@ -92,17 +105,18 @@ def stream_events(client, operation_id: int, last_event_id: str | None, engine=N
                 tail = client.xread({key: cursor}, count=1000)
                 for entry_id, fields in (tail[0][1] if tail else []):
                     cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    text, is_end = entry_event(cursor, logstream.decode(fields))
+                    text, is_end = render(cursor, logstream.decode(fields))
                     yield text
                     if is_end:
                         return
-                yield format_event("end", _terminal_status(engine, operation_id) or "")
+                status = _terminal_status(engine, operation_id) or ""
+                yield lost_end(status) if lost_end else format_event("end", status)
                 return
             yield ": keepalive\n\n"
             continue
         for entry_id, fields in result[0][1]:
             cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            text, is_end = entry_event(cursor, logstream.decode(fields))
+            text, is_end = render(cursor, logstream.decode(fields))
             yield text
             if is_end:
                 return

@@ -366,6 +366,63 @@ def ufw_delete_private(address: str, port: int, ufw: str = UFW_PATH) -> Command:
     return ufw_private_rule(UFW_PRIVATE_DELETE, address, port, ufw)
 
 
+# ------------------------------------------------- cross-server ports (DOCKER-USER)
+# UFW never sees a Docker-published port (docs/firewall.md): who may connect to one
+# is kept by app/provisioning/scripts/keystone-firewall, run through sudo.
+FIREWALL_HELPER_PATH = "/usr/local/sbin/keystone-firewall"
+FIREWALL_UNIT_PATH = "/etc/systemd/system/keystone-firewall.service"
+FIREWALL_HELPER_ACTIONS = (("allow", "*"), ("remove", "*"), ("restore",), ("list",))
+MAX_FIREWALL_SOURCES = 256
+
+
+def _ipv4(value: str, what: str) -> str:
+    try:
+        address = ipaddress.ip_address(str(value))
+    except ValueError:
+        raise FirewallRuleError(f"{value!r} is not an IP address ({what})") from None
+    if address.version != 4:
+        raise FirewallRuleError(f"{value!r}: cross-server rules are IPv4 only ({what})")
+    return str(address)
+
+
+def _tcp_port(port) -> str:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise FirewallRuleError(f"{port!r} is not a TCP port")
+    return str(port)
+
+
+def firewall_allow(address: str, port: int, sources) -> Command:
+    """Only ``sources`` (and this server's own containers) may connect to ``address:port``."""
+    unique = sorted({_ipv4(s, "source") for s in sources}, key=ipaddress.ip_address)
+    if not unique:
+        raise FirewallRuleError("at least one source address is needed")
+    if len(unique) > MAX_FIREWALL_SOURCES:
+        raise FirewallRuleError(f"more than {MAX_FIREWALL_SOURCES} source addresses")
+    return cmd("sudo", "-n", FIREWALL_HELPER_PATH, "allow", _ipv4(address, "published address"),
+               _tcp_port(port), ",".join(unique))
+
+
+def firewall_remove(address: str, port: int) -> Command:
+    return cmd("sudo", "-n", FIREWALL_HELPER_PATH, "remove", _ipv4(address, "published address"),
+               _tcp_port(port))
+
+
+def firewall_restore() -> Command:
+    return cmd(FIREWALL_HELPER_PATH, "restore")
+
+
+def firewall_installed() -> Command:
+    return cmd("test", "-x", FIREWALL_HELPER_PATH)
+
+
+def enable_unit(unit: str) -> Command:
+    return cmd("systemctl", "enable", unit)
+
+
+def daemon_reload() -> Command:
+    return cmd("systemctl", "daemon-reload")
+
+
 # ----------------------------------------------------------------- fail2ban
 
 def fail2ban_status() -> Command:

@@ -5,6 +5,8 @@ what is on the server and leave an identical file alone.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from app.provisioning import commands as c
 
 HEADER = "# Managed by Keystone (server provisioning). Re-provisioning rewrites this file.\n"
@@ -24,6 +26,9 @@ def sudoers(user: str, ufw: str = "/usr/sbin/ufw",
       a service on this server (Postgres, Valkey) is opened to another
       server's private address only, and closed again when the attachment goes.
     * ``fail2ban-client status sshd``: health checks read the SSH jail.
+    * ``keystone-firewall allow|remove|restore|list``: which private addresses may
+      connect to a port Docker publishes (UFW never sees those; docs/firewall.md).
+      The script validates every argument in full itself.
 
     Installing packages, changing sshd or the firewall defaults is
     provisioning's job, which logs in as root with the management key.
@@ -41,9 +46,34 @@ def sudoers(user: str, ufw: str = "/usr/sbin/ufw",
         f"    {c.sudoers_command(ufw, c.UFW_PRIVATE_ALLOW)}, \\\n",
         f"    {c.sudoers_command(ufw, c.UFW_PRIVATE_DELETE)}\n",
         f"Cmnd_Alias KEYSTONE_HEALTH = {fail2ban_client} status sshd\n",
-        f"{user} ALL=(root) NOPASSWD: KEYSTONE_FIREWALL, KEYSTONE_HEALTH\n",
+        "# keystone-firewall checks every argument itself (see the script's header).\n",
+        "Cmnd_Alias KEYSTONE_PUBLISHED = "
+        + ", ".join(" ".join((c.FIREWALL_HELPER_PATH, *words))
+                    for words in c.FIREWALL_HELPER_ACTIONS) + "\n",
+        f"{user} ALL=(root) NOPASSWD: KEYSTONE_FIREWALL, KEYSTONE_HEALTH, KEYSTONE_PUBLISHED\n",
     ]
     return "".join(lines).encode()
+
+
+def firewall_helper() -> bytes:
+    """/usr/local/sbin/keystone-firewall, byte for byte (app/provisioning/scripts/)."""
+    return (Path(__file__).parent / "scripts" / "keystone-firewall").read_bytes()
+
+
+def firewall_unit() -> bytes:
+    """Re-applies the saved cross-server rules whenever Docker starts (boot included)."""
+    return (
+        HEADER
+        + "[Unit]\n"
+        + "Description=Keystone: re-apply the cross-server port rules in DOCKER-USER\n"
+        + "After=docker.service\n"
+        + "PartOf=docker.service\n\n"
+        + "[Service]\n"
+        + "Type=oneshot\n"
+        + f"ExecStart={c.FIREWALL_HELPER_PATH} restore\n\n"
+        + "[Install]\n"
+        + "WantedBy=docker.service\n"
+    ).encode()
 
 
 def sshd_dropin(permit_root_login: str = "prohibit-password") -> bytes:

@@ -1,6 +1,8 @@
 """The ``server_provision`` operation handler (runs in the worker).
 
-Order: (Hetzner) wait for the created server to run and record its addresses;
+Order: (Hetzner) create the server at Hetzner when the form only recorded what to
+create (``facts["hetzner"]``, no ``provider_server_id`` yet: the web request never
+calls the API), wait for it to run and record its addresses;
 connect over SSH with the bootstrap login (retrying while a new server boots);
 then the plan's steps (:mod:`app.provisioning.plan`), each reading facts and
 changing only what differs; then the server is marked active with its Docker
@@ -41,6 +43,35 @@ def _set_status(server: Server, status: ServerStatus) -> None:
     db.session.commit()
 
 
+def _create_at_provider(ctx, server: Server, org: Organisation) -> None:
+    """Hetzner: create the server the form described (once: it then has a Hetzner id)."""
+    from app.providers import ProviderError, cloud_provider
+
+    wanted = (server.facts or {}).get("hetzner") or {}
+    with ctx.step("Create the server at Hetzner") as step:
+        if not all(wanted.get(k) for k in ("server_type", "image", "location")):
+            raise StepFailed("This server has no Hetzner id and no recorded type, image and "
+                             "location to create it with.")
+        api = cloud_provider(server.provider, app=ctx.runtime.app)
+        ctx.runtime.add_secret(server.provider.api_token)
+        step.log(f"creating {server.name}: {wanted['server_type']}, {wanted['image']}, "
+                 f"{wanted['location']}"
+                 + (f", private network {wanted['network_id']}" if wanted.get("network_id") else ""))
+        try:
+            key_id = api.ensure_ssh_key(org.management_key_public, f"keystone-{org.slug}"[:60])
+            created = api.create_server(
+                name=server.name, server_type=wanted["server_type"], image=wanted["image"],
+                location=wanted["location"], ssh_key_id=key_id,
+                network_id=wanted.get("network_id") or None,
+                labels={"keystone-organisation": org.slug[:60]})
+        except ProviderError as exc:
+            raise StepFailed(str(exc)) from None
+        server.provider_server_id = created.provider_server_id
+        server.public_ip, server.private_ip = created.public_ip, created.private_ip
+        db.session.commit()
+        step.log(f"Hetzner server {created.provider_server_id} created at {created.public_ip}")
+
+
 def _wait_for_provider(ctx, server: Server) -> bool:
     """Hetzner: wait until the server runs; record its addresses. True if it just came up."""
 
@@ -48,7 +79,7 @@ def _wait_for_provider(ctx, server: Server) -> bool:
     with ctx.step("Wait for the server at Hetzner") as step:
         if not server.provider_server_id:
             raise StepFailed("This server has no Hetzner id: it was never created at Hetzner.")
-        api = cloud_provider(provider)
+        api = cloud_provider(provider, app=ctx.runtime.app)
         ctx.runtime.add_secret(provider.api_token)
         try:
             current = api.get_server(server.provider_server_id)
@@ -165,6 +196,8 @@ def provision_server(ctx) -> None:
     try:
         new_server = False
         if provider_type == ProviderType.HETZNER:
+            if not server.provider_server_id:
+                _create_at_provider(ctx, server, org)
             new_server = _wait_for_provider(ctx, server)
         wait = SSH_WAIT_NEW if new_server else SSH_WAIT_EXISTING
         wait = float(ctx.params.get("ssh_wait", wait))

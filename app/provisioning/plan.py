@@ -297,6 +297,33 @@ def firewall(io: HostIO, st: PlanState) -> str:
     return "; ".join(done) + f" — UFW allows {allowed}"
 
 
+def published_ports(io: HostIO, st: PlanState) -> str:
+    """keystone-firewall: who may connect to a port Docker publishes (UFW never sees them)."""
+    notes = []
+    wanted = files.firewall_helper()
+    current = io.read_file(c.FIREWALL_HELPER_PATH)
+    if current is None or current.encode() != wanted:
+        io.write_file(c.FIREWALL_HELPER_PATH, wanted, mode="0755",
+                      why=f"write {c.FIREWALL_HELPER_PATH}")
+        notes.append(f"installed {c.FIREWALL_HELPER_PATH}")
+    if st.systemd:
+        unit = files.firewall_unit()
+        current = io.read_file(c.FIREWALL_UNIT_PATH)
+        if current is None or current.encode() != unit:
+            io.write_file(c.FIREWALL_UNIT_PATH, unit, why=f"write {c.FIREWALL_UNIT_PATH}")
+            io.change(c.daemon_reload())
+            notes.append("rules re-applied whenever Docker starts")
+        if not io.read(c.is_enabled("keystone-firewall.service")).ok:
+            io.change(c.enable_unit("keystone-firewall.service"))
+    # The chain and its jump from DOCKER-USER (and any saved rules), now.
+    restored = io.read(c.firewall_restore(), check=True).stdout.strip()
+    where = ("re-applied by keystone-firewall.service whenever Docker starts" if st.systemd
+             else "no systemd: re-applied at the next provisioning or deploy")
+    if not notes:
+        return f"{c.FIREWALL_HELPER_PATH} is up to date; {restored}; {where}"
+    return "; ".join(notes) + f"; {restored}; {where}"
+
+
 def fail2ban(io: HostIO, st: PlanState) -> str:
     ports = st.facts.get("sshd_ports") or _ssh_ports(io, st)
     notes = []
@@ -446,6 +473,7 @@ PLAN: list[tuple[str, Callable[[HostIO, PlanState], str]]] = [
     ("Keystone directories", directories),
     ("Sudo rules", sudo_rules),
     ("Firewall (UFW)", firewall),
+    ("Cross-server ports (DOCKER-USER)", published_ports),
     ("fail2ban for SSH", fail2ban),
     ("Key-only SSH logins", ssh_hardening),
     ("Verify", verify),

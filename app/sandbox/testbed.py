@@ -22,20 +22,68 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+
 from app.accounts import create_account
 from app.applications import create_application
 from app.attachments import (attach_domain, attach_postgres, attach_valkey, effective_environment,
                              start_slice_provision)
 from app.deploys.service import add_role_service, start_deploy
-from app.drivers.handlers import start_service_deploy
 from app.extensions import db
 from app.models import Environment, EnvironmentVariable, Operation, Registry, Server, Service
-from app.models.enums import DeployPolicy, ServerStatus, ServiceCategory, VariableSource
+from app.models.enums import (DeployPolicy, OperationKind, ServerStatus, ServiceCategory,
+                              VariableSource)
+from app.operations import start_operation
 from app.operations.runner import execute_operation
+from app.remote.keys import fingerprint_of_public_key, public_key_of_private
 from app.repositories import verify_access
 from app.sandbox import load_images
+from app.services_ops.deploy import start_service_deploy
 
 PHP_BASE = "keystone-sandbox/php-base:8.3-fpm"
+MANAGEMENT_USER = "keystone"
+
+
+def provision_sandbox_servers(sandbox, count: int | None = None) -> list[dict]:
+    """Provision the sandbox servers with Keystone's own provisioning, as a user's would be.
+
+    The sandbox hands servers over like a cloud does (root, by key). This runs the
+    real ``server_provision`` operation on each (the ``keystone`` user with the narrow
+    sudo rules, UFW active with default deny, fail2ban, key-only sshd), with the
+    sandbox's root key as the organisation's management key, so every testbed after it
+    logs in as ``keystone`` with that key. Provisioning is idempotent: on servers a
+    previous run provisioned it changes nothing. Must run in an app context; returns
+    one summary per server and raises with the operation's log if one fails.
+    """
+    chosen = sandbox.servers[:count] if count else list(sandbox.servers)
+    tag = uuid.uuid4().hex[:6]
+    user = create_account(organisation=f"Provisioning {tag}", email=f"provision-{tag}@example.com",
+                          password="correct horse battery")
+    org = user.organisation
+    private = chosen[0].root_key_path.read_text()
+    org.management_key_private = private
+    org.management_key_public = public_key_of_private(private, comment=f"keystone-test-{tag}")
+    org.management_key_fingerprint = fingerprint_of_public_key(org.management_key_public)
+    summaries = []
+    for i, s in enumerate(chosen, start=1):
+        server = Server(organisation_id=org.id, name=f"provision-{i}", public_ip=s.host,
+                        ssh_port=s.ssh_port, private_ip=s.private_ip,
+                        host_key_fingerprint=s.host_key_fingerprint, bootstrap_user=s.user,
+                        bootstrap_private_key=private, management_user=MANAGEMENT_USER,
+                        status=ServerStatus.NEW)
+        db.session.add(server)
+        db.session.commit()
+        op = start_operation(OperationKind.SERVER_PROVISION, target_type="server",
+                             target_id=server.id, organisation_id=org.id,
+                             lock_keys=[f"server:{server.id}"], enqueue=False)
+        started = time.monotonic()
+        status = execute_operation(op.id)
+        db.session.expire_all()
+        if status != "succeeded":
+            raise RuntimeError(f"provisioning {s.name} failed:\n"
+                               + describe(db.session.get(Operation, op.id)))
+        summaries.append({"server": s.name, "seconds": round(time.monotonic() - started, 1),
+                          "summary": (db.session.get(Operation, op.id).result or {}).get("summary")})
+    return summaries
 
 
 @dataclass
@@ -53,6 +101,9 @@ class Testbed:
     ws_id: int | None = None
     worker: bool = False  # also a dedicated queue worker service ("Add worker")
     worker_id: int | None = None
+    # Who deploys log in as: the provisioned servers' ``keystone`` (provision_sandbox_servers
+    # first), the way every real server is run.
+    management_user: str = MANAGEMENT_USER
 
     def __post_init__(self):
         self.tag = uuid.uuid4().hex[:6]
@@ -75,7 +126,8 @@ class Testbed:
             servers.append(Server(organisation_id=org.id, name=f"deploy-{i}", public_ip=s.host,
                                   ssh_port=s.ssh_port, private_ip=s.private_ip,
                                   host_key_fingerprint=s.host_key_fingerprint,
-                                  management_user=s.user, status=ServerStatus.ACTIVE))
+                                  management_user=self.management_user,
+                                  status=ServerStatus.ACTIVE))
         reg = sb.registry
         registry = Registry(organisation_id=org.id, name="sandbox", url=reg.url,
                             username=reg.username, password=reg.password)
@@ -232,10 +284,24 @@ class Testbed:
         return sorted(out.split())
 
     # ------------------------------------------------------------------ clean-up
+    def _environment_service_ids(self) -> list[int]:
+        if getattr(self, "env_id", None) is None:
+            return []
+        try:
+            from app.extensions import db
+            db.session.rollback()
+            env = self.env
+            return [svc.id for svc in env.services] if env is not None else []
+        except Exception:  # cleanup must go on whatever state the test left
+            return []
+
     def cleanup(self) -> None:
         ids = {str(i) for i in [*getattr(self, "service_ids", []), getattr(self, "web_id", -1),
                                 *([self.ws_id] if self.ws_id else []),
                                 *([self.worker_id] if self.worker_id else [])]}
+        # Services a test added itself (e.g. a worker for the scheduler-mode test): every
+        # service of the environment, so nothing keeps running into the next module.
+        ids |= {str(i) for i in self._environment_service_ids()}
         for s in getattr(self, "sandbox_servers", []):
             out = s.exec("docker", "ps", "-aq", "--filter", "label=dev.keystone.managed=true",
                          "--format", "{{.ID}} {{.Label \"dev.keystone.service\"}}",

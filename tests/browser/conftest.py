@@ -39,6 +39,9 @@ def live_server(tmp_path_factory, redis_url):
                KEYSTONE_SECRET_KEY="browser-test-secret",
                KEYSTONE_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
                KEYSTONE_QUEUE=f"browser-{port}",
+               # its own Redis keys: the integration tier's operations share this Redis
+               # and their ids (1, 2, ...) are this server's ids too
+               KEYSTONE_REDIS_PREFIX=f"browser-{port}",
                KEYSTONE_OPEN_SIGNUP="1",  # the tests sign up several organisations
                # the wizard's sandbox: never a developer's own keystone-sandbox
                KEYSTONE_SANDBOX_NAME=os.environ.get("KEYSTONE_BROWSER_SANDBOX", "ks-browser"))

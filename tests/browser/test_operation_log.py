@@ -14,7 +14,8 @@ def _app(env):
     from app import create_app
     return create_app({"SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"], "REDIS_URL": env["REDIS_URL"],
                        "ENCRYPTION_KEYS": [env["KEYSTONE_ENCRYPTION_KEYS"]],
-                       "SECRET_KEY": env["KEYSTONE_SECRET_KEY"], "RQ_QUEUE": env["KEYSTONE_QUEUE"]},
+                       "SECRET_KEY": env["KEYSTONE_SECRET_KEY"], "RQ_QUEUE": env["KEYSTONE_QUEUE"],
+                       "REDIS_PREFIX": env["KEYSTONE_REDIS_PREFIX"]},
                       instance_path=env["KEYSTONE_INSTANCE_PATH"])
 
 

@@ -171,6 +171,8 @@ def test_5_deploy_with_the_log_streaming_live(walk, screenshot):
     first_count = lines.count()
     grew_while_running = False
     deadline = time.monotonic() + 15 * 60
+    server_ended_at = None
+    next_server_check = 0.0
     while time.monotonic() < deadline:
         status = panel.get_attribute("data-op-status")
         count = lines.count()
@@ -180,11 +182,30 @@ def test_5_deploy_with_the_log_streaming_live(walk, screenshot):
             if not grew_while_running:
                 screenshot(page, "deploy-live-log")
             grew_while_running = True
+        if time.monotonic() >= next_server_check:
+            # What the server says, asked apart from the page's own stream: a page that
+            # stops following a finished deploy fails here, with both statuses named.
+            next_server_check = time.monotonic() + 10
+            server_status = _server_status(page, walk.deploy_op_url)
+            if server_status in ("succeeded", "failed", "cancelled", "interrupted"):
+                server_ended_at = server_ended_at or time.monotonic()
+                assert time.monotonic() - server_ended_at < 60, (
+                    f"the deploy {server_status} on the server a minute ago, the page still says "
+                    f"{status!r} with {count} log lines (first {first_count})")
         page.wait_for_timeout(500)
         panel = page.locator("[data-op-status]").first
-    assert grew_while_running, "the log pane did not receive lines while the deploy ran"
+    assert grew_while_running, (
+        f"the log pane did not receive lines while the deploy ran: page status {status!r}, "
+        f"server status {_server_status(page, walk.deploy_op_url)!r}, {count} lines")
     expect(page.locator('[data-op-status="succeeded"]')).to_be_attached(timeout=30_000)
     screenshot(page, "operation-deploy")
+
+
+def _server_status(page, op_url: str) -> str | None:
+    """The operation's status from its panel, fetched with the page's cookies."""
+    body = page.request.get(op_url + "/panel").text()
+    match = re.search(r'data-op-status="([a-z]+)"', body)
+    return match.group(1) if match else None
 
 
 def test_6_the_wizard_says_where_the_app_is_live_and_it_answers(walk, screenshot):

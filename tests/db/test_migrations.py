@@ -1,6 +1,7 @@
 """The one Alembic chain builds the whole schema from empty, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -20,6 +21,7 @@ EXPECTED_TABLES = {
     "environments", "services", "service_replicas", "service_slices",
     "environment_attachments", "environment_variables", "endpoints", "operations",
     "operation_steps", "operation_locks", "registries", "build_artifacts", "audit_events",
+    "api_tokens",
 }
 
 
@@ -83,3 +85,37 @@ def test_migrations_on_empty_postgresql(tmp_path, postgres_admin_url):
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_the_build_page_health_path_moves_to_the_web_service(tmp_path):
+    """Migration 7c2f9a1d4e60: build_config.health_path becomes the web service's health.path."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'm.db'}",
+                      "ENCRYPTION_KEYS": KEYS, "SECRET_KEY": "t", "TESTING": True},
+                     instance_path=str(tmp_path / "i"))
+    with app.app_context():
+        upgrade(revision="3f9a2c7e1b44")
+        from tests.factories import build_org
+        cases = {"/healthz": "{}", "/up": "{}", "/mine": '{"health": {"path": "/own"}}'}
+        env_ids = []
+        for n, (path, web_config) in enumerate(cases.items()):
+            g = build_org(email=f"m{n}@example.com", organisation=f"Org {n}")
+            db.session.commit()
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("UPDATE environments SET build_config = :b WHERE id = :id"),
+                             {"b": json.dumps({"health_path": path, "php_version": "8.3"}),
+                              "id": g.environment.id})
+                conn.execute(sa.text("UPDATE services SET config = :c WHERE id = :id"),
+                             {"c": web_config, "id": g.web.id})
+            env_ids.append((g.environment.id, g.web.id))
+        db.session.remove()
+        upgrade(revision="7c2f9a1d4e60")
+        with db.engine.connect() as conn:
+            builds = dict(conn.execute(sa.text("SELECT id, build_config FROM environments")).all())
+            configs = dict(conn.execute(sa.text("SELECT id, config FROM services")).all())
+        load = (lambda v: v if isinstance(v, dict) else json.loads(v))
+        assert all(load(b) == {"php_version": "8.3"} for b in builds.values())
+        (e1, w1), (e2, w2), (e3, w3) = env_ids
+        assert load(configs[w1]) == {"health": {"path": "/healthz"}}
+        assert load(configs[w2]) == {}                             # the default stays implicit
+        assert load(configs[w3]) == {"health": {"path": "/own"}}   # the service's own wins
+        db.engine.dispose()

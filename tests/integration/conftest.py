@@ -93,3 +93,26 @@ def pytest_collection_modifyitems(session, config, items):
     if first:
         rest = [i for i in items if i not in first]
         items[:] = first + rest
+
+
+@pytest.fixture(scope="session")
+def provisioned_servers(sandbox, tmp_path_factory, migrated_db_template, redis_url) -> list[dict]:
+    """The sandbox servers as Keystone provisions a real one, once per session.
+
+    Keystone's own ``server_provision`` operation runs on each server (the ``keystone``
+    user with the narrow sudo rules, UFW active with default deny, fail2ban, key-only
+    sshd); every deploy, driver and build test after it logs in as ``keystone``, never
+    as root. On a kept sandbox the second run changes nothing and takes seconds.
+    """
+    from app.sandbox.testbed import provision_sandbox_servers
+    from app.extensions import db
+    from tests.conftest import make_app
+    app = make_app(tmp_path_factory.mktemp("provisioning"), migrated_db_template, redis_url)
+    with app.app_context():
+        try:
+            summaries = provision_sandbox_servers(sandbox)
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+    print(f"\nprovisioned the sandbox servers: {summaries}")
+    return summaries

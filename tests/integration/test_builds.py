@@ -32,6 +32,7 @@ from app.remote.keys import generate_ed25519
 from app.repositories import resolve_commit, verify_access, workdir_base
 from app.repositories.validation import ValidationError
 from app.sandbox import load_images
+from app.sandbox.testbed import MANAGEMENT_USER
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ PHP_BASE = "keystone-sandbox/php-base:8.3-fpm"
 # --------------------------------------------------------------------------- helpers
 
 @pytest.fixture()
-def org(app, sandbox):
+def org(app, sandbox, provisioned_servers):
     user = create_account(organisation=f"Builds {uuid.uuid4().hex[:6]}",
                           email=f"b-{uuid.uuid4().hex[:6]}@example.com",
                           password="correct horse battery")
@@ -57,7 +58,7 @@ def add_servers(org, sandbox, count=1):
     for i, s in enumerate(sandbox.servers[:count], start=1):
         server = Server(organisation_id=org.id, name=f"sandbox-{i}", public_ip=s.host,
                         ssh_port=s.ssh_port, private_ip=s.private_ip,
-                        host_key_fingerprint=s.host_key_fingerprint, management_user=s.user,
+                        host_key_fingerprint=s.host_key_fingerprint, management_user=MANAGEMENT_USER,
                         status=ServerStatus.ACTIVE)
         servers.append(server)
     db.session.add_all(servers)
@@ -376,7 +377,8 @@ def test_build_once_push_and_run_the_same_digest_on_two_servers(app, org, sandbo
     assert reg.password not in logs and "--password-stdin" in logs
     # Logged out, and the operation's DOCKER_CONFIG is gone.
     for s in sandbox.servers[:2]:
-        assert reg.password not in server_sh(s, "cat /root/.docker/config.json 2>/dev/null || true")
+        for home in ("/root", "/home/keystone"):
+            assert reg.password not in server_sh(s, f"cat {home}/.docker/config.json 2>/dev/null || true")
         assert server_sh(s, f"ls -A /home/keystone/operations/{op.hash} 2>/dev/null || true").strip() == ""
     assert_no_deploy_key_anywhere(sandbox, application)
 
@@ -458,11 +460,23 @@ def test_verify_access_through_the_view_swaps_in_the_branch_list(app, client, sa
     application = db.session.execute(sa.select(Application)).scalars().all()[-1]
     url = f"/applications/{application.id}/verify"
     headers = {"HX-Request": "true", "X-CSRFToken": auth.csrf()}
-    denied = client.post(url, headers=headers).get_data(as_text=True)
+
+    def verify() -> str:
+        """The view starts a repository_verify operation; the worker's part runs here."""
+        from app.jobs import run_operation
+        from app.models import Operation
+        assert "<html" not in client.post(url, headers=headers).get_data(as_text=True)
+        op = db.session.execute(sa.select(Operation).order_by(Operation.id.desc())).scalars().first()
+        assert op.kind == "repository_verify" and op.target_id == application.id
+        run_operation(op.id)
+        db.session.expire_all()
+        return client.get(f"/applications/{application.id}/access").get_data(as_text=True)
+
+    denied = verify()
     assert "not authorised for this repository" in denied and "<html" not in denied
     assert "trusted now, at first verification" in denied        # the host key, shown
     sandbox.git.authorize_key(application.deploy_key_public)
-    html = client.post(url, headers=headers).get_data(as_text=True)
+    html = verify()
     assert "Access works" in html and "<code>main</code>" in html
     assert 'id="repository-access"' in html and "verified" in html
     assert sandbox.git.host_key_fingerprint in html

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def bed(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+def bed(sandbox, provisioned_servers, tmp_path_factory, migrated_db_template, redis_url):
     with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "deploys",
                  server_count=1) as tb:
         yield tb

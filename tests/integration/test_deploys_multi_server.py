@@ -5,17 +5,18 @@ pulled by digest. Runs after test_deploys.py (one gateway per server: separate m
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from tests.integration.testbeds import running_testbed
+from tests.integration.testbeds import connects, running_testbed
 from bench.loadgen import LoadGenerator
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def bed2(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+def bed2(sandbox, provisioned_servers, tmp_path_factory, migrated_db_template, redis_url):
     with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "deploys-multi",
                  server_count=2) as tb:
         yield tb
@@ -57,6 +58,30 @@ def test_each_gateway_balances_over_the_replicas_of_both_servers(bed2, sandbox):
                       check=False).returncode == 0:
                 flags.append(c)
     assert len(flags) == 1, flags
+
+
+def _published_on_private_ip(server) -> list[int]:
+    """Ports Docker publishes on the server's private address (its DNAT rules)."""
+    rules = server.exec("iptables", "-w", "10", "-t", "nat", "-S", "DOCKER").stdout
+    return sorted({int(m.group(1)) for m in re.finditer(
+        rf"-d {re.escape(server.private_ip)}/32 .*--dport (\d+) -j DNAT", rules)})
+
+
+def test_cross_server_ports_refuse_a_machine_outside_the_organisation(bed2, sandbox):
+    # Issue 13 section 1: the slots published for the other server's gateway, Postgres and
+    # Valkey: the organisation's other server connects (the deploy above proved the
+    # traffic works); the sandbox's bare machine on the same private network is refused.
+    first, second = bed2.sandbox_servers
+    checked = 0
+    for server, other in ((first, second), (second, first)):
+        ports = _published_on_private_ip(server)
+        assert ports, f"nothing is published on {server.name}'s private address"
+        for port in ports:
+            assert connects(other, server.private_ip, port) == "open", (server.name, port)
+            assert connects(sandbox.bare, server.private_ip, port) == "refused", \
+                (server.name, port)
+            checked += 1
+    assert checked >= 4  # a web slot on each server, Postgres and Valkey on the first
 
 
 def test_two_server_cutover_under_load_on_both_gateways(bed2, sandbox):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def dbed(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+def dbed(sandbox, provisioned_servers, tmp_path_factory, migrated_db_template, redis_url):
     with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "domains",
                          server_count=1) as tb:
         yield tb

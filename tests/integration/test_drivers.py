@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 
 from app.sandbox import push_image
+from app.sandbox.testbed import MANAGEMENT_USER
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def _run_op(op_id: int):
 
 
 @pytest.fixture(scope="module")
-def world(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+def world(sandbox, provisioned_servers, tmp_path_factory, migrated_db_template, redis_url):
     from tests.conftest import make_app
     from app.accounts import create_account
     from app.extensions import db
@@ -92,7 +93,7 @@ def world(sandbox, tmp_path_factory, migrated_db_template, redis_url):
     org = user.organisation
     org.management_key_private = srv.root_key_path.read_text()
     server = Server(organisation=org, name="drv-1", public_ip=srv.host, ssh_port=srv.ssh_port,
-                    private_ip=srv.private_ip, management_user=srv.user,
+                    private_ip=srv.private_ip, management_user=MANAGEMENT_USER,
                     host_key_fingerprint=srv.host_key_fingerprint, status=ServerStatus.ACTIVE)
     registry = Registry(organisation=org, name="sandbox", url=reg.url, username=reg.username,
                         password=reg.password)
@@ -151,7 +152,7 @@ def _cleanup(w: World, base: int) -> None:
 # --------------------------------------------------------------------------- tests
 
 def test_deploy_postgres_valkey_and_caddy(world):
-    from app.drivers.handlers import start_service_deploy
+    from app.services_ops.deploy import start_service_deploy
     from app.extensions import db
     from app.models.enums import ReplicaStatus, ServiceStatus, UpdateStatus
     w = world
@@ -372,8 +373,8 @@ def _http(port: int, host: str):
 
 
 def test_postgres_update_to_a_new_digest_keeps_the_volume_and_data(world, tmp_path):
-    from app.drivers.handlers import start_service_deploy
-    from app.drivers.images import check_for_update
+    from app.services_ops.deploy import start_service_deploy
+    from app.services_ops.updates import check_for_update
     from app.extensions import db
     from app.models.enums import UpdateStatus
     from app.operations import StepFailed

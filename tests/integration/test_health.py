@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def hbed(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+def hbed(sandbox, provisioned_servers, tmp_path_factory, migrated_db_template, redis_url):
     with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "health",
                          server_count=1) as tb:
         yield tb

@@ -64,6 +64,7 @@ def workers(app, tmp_path):
            "KEYSTONE_ENCRYPTION_KEYS": ",".join(KEYS),
            "KEYSTONE_SECRET_KEY": "test-secret",
            "KEYSTONE_QUEUE": app.config["RQ_QUEUE"],
+           "KEYSTONE_REDIS_PREFIX": app.config["REDIS_PREFIX"],
            "KEYSTONE_INSTANCE_PATH": str(tmp_path / "worker-instance"),
            "KEYSTONE_HANDLER_MODULES": "tests.integration.ops_handlers",
            "PYTHONPATH": str(ROOT)}

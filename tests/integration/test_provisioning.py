@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from app.extensions import db
 from app.models import Operation, Organisation, Provider, Server
-from app.models.enums import OperationStatus, ServerStatus, StepStatus
+from app.models.enums import OperationKind, OperationStatus, ServerStatus, StepStatus
 from app.providers.hetzner_fake import FakeHetzner
 
 pytestmark = pytest.mark.integration
@@ -72,10 +72,14 @@ def test_provision_bare_server_twice_then_hetzner_flow(app, client, auth, sandbo
         "user": "root", "private_key": bare.root_key_path.read_text()})
     assert resp.status_code == 302, resp.get_data(as_text=True)
     server = db.session.execute(sa.select(Server)).scalar_one()
+    scan = _latest_op(server.id)                                   # the view only starts it
+    assert scan.kind == OperationKind.HOST_KEY_SCAN and scan.status == OperationStatus.PENDING
+    scan = _run(scan.id)
+    assert scan.status == OperationStatus.SUCCEEDED, _explain(scan)
     page = client.get(f"/servers/{server.id}/host-key").get_data(as_text=True)
     assert bare.host_key_fingerprint in page                       # shown BEFORE trusting it
     assert server.host_key_fingerprint is None
-    assert _latest_op(server.id) is None                           # nothing ran yet
+    assert _latest_op(server.id).id == scan.id                     # nothing else ran yet
     resp = client.post(f"/servers/{server.id}/host-key",
                        data={"csrf_token": csrf, "fingerprint": bare.host_key_fingerprint})
     assert resp.status_code == 302
@@ -150,12 +154,18 @@ def test_provision_bare_server_twice_then_hetzner_flow(app, client, auth, sandbo
         client.post("/servers/providers/hetzner/new",
                     data={"csrf_token": csrf, "name": "hetzner", "token": "hz-token"})
         provider = db.session.execute(sa.select(Provider)).scalar_one()
+        sync = db.session.execute(sa.select(Operation).where(     # the token and the form's lists
+            Operation.kind == OperationKind.PROVIDER_SYNC, Operation.target_id == provider.id)
+        ).scalar_one()
+        sync = _run(sync.id)
+        assert sync.status == OperationStatus.SUCCEEDED, _explain(sync)
         resp = client.post(f"/servers/providers/{provider.id}/servers/new", data={
             "csrf_token": csrf, "name": "cloud-1", "server_type": "cx22", "image": "debian-12",
             "location": "fsn1", "network": "7001"})
         assert resp.status_code == 302, resp.get_data(as_text=True)
         cloud = db.session.execute(sa.select(Server).where(Server.name == "cloud-1")).scalar_one()
         assert cloud.status == ServerStatus.CREATING and cloud.host_key_fingerprint is None
+        assert cloud.provider_server_id is None and not fake.servers
         # The fake cannot model a port: point the server at the bare server's published one.
         cloud.ssh_port = bare.ssh_port
         db.session.commit()
@@ -165,7 +175,9 @@ def test_provision_bare_server_twice_then_hetzner_flow(app, client, auth, sandbo
         assert cloud.status == ServerStatus.ACTIVE
         assert cloud.public_ip == bare.host and cloud.private_ip == "10.0.1.2"
         assert cloud.host_key_fingerprint == bare.host_key_fingerprint    # pinned on first contact
-        assert op.steps[0].name == "Wait for the server at Hetzner"
+        # Hetzner creates the server inside the operation, never in the request.
+        assert [s.name for s in op.steps[:2]] == ["Create the server at Hetzner",
+                                                  "Wait for the server at Hetzner"]
         key = next(iter(fake.ssh_keys.values()))
         assert key["public_key"] == org.management_key_public
     finally:

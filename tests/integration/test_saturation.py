@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def bed(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+def bed(sandbox, provisioned_servers, tmp_path_factory, migrated_db_template, redis_url):
     from app.sandbox.sample import push_new_commit
     with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url,
                          "saturation", server_count=1, worker=True) as tb:

@@ -25,7 +25,7 @@ FLAGGED = ('for c in $(docker ps -q --filter "label=dev.keystone.service=$1"); d
 
 
 @pytest.fixture(scope="module")
-def sbed(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+def sbed(sandbox, provisioned_servers, tmp_path_factory, migrated_db_template, redis_url):
     with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url,
                          "scheduler-modes", server_count=2) as tb:
         from app.deploys.service import add_role_service

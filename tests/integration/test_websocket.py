@@ -219,7 +219,7 @@ class WebsocketProbe:
 # --------------------------------------------------------------------------- fixture
 
 @pytest.fixture(scope="module")
-def bed(sandbox, tmp_path_factory, migrated_db_template, redis_url):
+def bed(sandbox, provisioned_servers, tmp_path_factory, migrated_db_template, redis_url):
     with running_testbed(sandbox, tmp_path_factory, migrated_db_template, redis_url, "websocket",
                          server_count=1, websocket=True,
                          extra_env={"REVERB_APP_KEY": APP_KEY}) as tb:

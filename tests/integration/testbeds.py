@@ -34,3 +34,10 @@ def commit_of(body: bytes):
         return json.loads(body)["commit"]
     except (ValueError, KeyError, TypeError):
         return "?"
+
+
+def connects(machine, address: str, port: int) -> str:
+    """'open', 'refused' or 'timeout' for a TCP connect from ``machine`` (run out of band)."""
+    probe = (f"if timeout 5 bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null; "
+             "then echo open; elif [ $? -eq 124 ]; then echo timeout; else echo refused; fi")
+    return machine.exec("bash", "-c", probe, check=False).stdout.strip()

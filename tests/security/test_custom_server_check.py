@@ -34,28 +34,44 @@ def _not_ssh_port():
     return srv.getsockname()[1], lambda: (stop.set(), srv.close())
 
 
-def _check(client, csrf, port: int, key: str = ""):
+def _check(client, csrf, port: int, key: str = "", name: str = "box"):
     return _post(client, "/servers/custom/new", {
-        "name": "box", "host": "127.0.0.1", "port": str(port), "user": "root",
+        "name": name, "host": "127.0.0.1", "port": str(port), "user": "root",
         "private_key": key}, csrf, htmx=True)
 
 
 def test_closed_and_open_non_ssh_ports_read_the_same(client, auth):
+    """The form only starts a host_key_scan; what the scan reports (operation error and the
+    host-key page) reads the same for a closed port and an open port that is not SSH."""
+    from app.jobs import run_operation
+    from app.models import Operation
     auth.signup()
     csrf = auth.csrf()
     key = generate_ed25519()[0]
     closed = _closed_port()
     open_port, stop = _not_ssh_port()
     try:
-        answers = {}
-        for port in (closed, open_port):
-            html = _check(client, csrf, port, key).get_data(as_text=True)
-            answers[port] = html.replace(str(port), "PORT")
+        answers, errors = {}, {}
+        for name, port in (("closed", closed), ("open", open_port)):
+            resp = _check(client, csrf, port, key, name=name)
+            server = db.session.execute(sa.select(Server).where(Server.name == name)).scalar_one()
+            op = db.session.execute(sa.select(Operation).where(
+                Operation.target_id == server.id)).scalar_one()
+            assert run_operation(op.id) == "failed"
+            db.session.expire_all()
+            errors[port] = op.error.replace(str(port), "PORT")
+            html = client.get(resp.headers["HX-Redirect"], headers={"HX-Request": "true"}
+                              ).get_data(as_text=True)
+            answers[port] = (html.replace(str(port), "PORT").replace(f"/{server.id}/", "/ID/")
+                             .replace(f"#{op.id}", "#OP").replace(f"/{op.id}\"", "/OP\"")
+                             .replace(name, "NAME"))
     finally:
         stop()
+    assert errors[closed] == errors[open_port]
     assert answers[closed] == answers[open_port]
     assert "could not read an SSH host key from 127.0.0.1:PORT" in answers[closed]
-    assert db.session.execute(sa.select(Server)).first() is None
+    assert all(s.host_key_fingerprint is None
+               for s in db.session.execute(sa.select(Server)).scalars())
 
 
 def test_the_private_key_is_never_rendered_back(client, auth):

@@ -248,7 +248,15 @@ def test_caddyfile_hostnames_and_dockerfile_settings_are_refused_or_verbatim(pay
         pass
     else:
         assert host == payload.strip().lower().rstrip(".") and re.fullmatch(r"[a-z0-9.*-]+", host)
-    for key in ("php_version", "document_root", "health_path", "base_image"):
+    # The health path's one owner is the web service's settings (it reaches a probe's URL).
+    from app.drivers.laravel.settings import HEALTH_PATH_RE, HealthSettings, SettingsError
+    try:
+        path = HealthSettings.from_config({"health": {"path": payload}}, "web").path
+    except SettingsError:
+        pass
+    else:
+        assert path == (payload or "/up") and HEALTH_PATH_RE.fullmatch(path)  # empty: default
+    for key in ("php_version", "document_root", "base_image"):
         try:
             config = parse_build_config({key: payload})
         except BuildConfigError:

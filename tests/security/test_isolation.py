@@ -42,6 +42,7 @@ def test_every_object_url_of_another_organisation_is_404(app, client):
     intruder = build_org(email="intruder@example.com", organisation="Org B")
     sign_in(client, intruder.user)
     token = csrf_token_from(client.get("/").get_data(as_text=True))
+    client.get("/api/v1/me", headers=intruder.bearer)  # records the token's last use now
     before = _database_digest()
     checked, streams = 0, 0
     for rule, id_args in _object_rules(app):
@@ -52,7 +53,9 @@ def test_every_object_url_of_another_organisation_is_404(app, client):
             values[other_arg] = "x"
         url = _url(rule, values)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            resp = client.open(url, method=method, headers={"X-CSRFToken": token},
+            # The intruder's own API token too: /api/v1 reads no cookie, only tokens.
+            resp = client.open(url, method=method, headers={"X-CSRFToken": token,
+                                                            **intruder.bearer},
                                data={"csrf_token": token})
             assert resp.status_code == 404, f"{method} {url} answered {resp.status_code}"
             assert resp.mimetype != "text/event-stream", f"{url} opened a stream"
@@ -74,7 +77,7 @@ def test_the_owner_reaches_the_same_urls(app, client):
         if "GET" not in rule.methods or rule.arguments - set(id_args):
             continue
         url = _url(rule, {a: ids[a] for a in id_args})
-        resp = client.get(url, headers={"Accept": "text/html"}, buffered=False)
+        resp = client.get(url, headers={"Accept": "text/html", **owner.bearer}, buffered=False)
         try:
             if resp.status_code != 404:
                 reached += 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.models import Application, Provider, Server
-from tests.web.test_servers import TOKEN, _post, hetzner  # noqa: F401  (fixture)
+from app.models import Application, Server
+from tests.web.test_servers import _connect_hetzner, _post, hetzner  # noqa: F401  (fixture)
 
 HUGE = "9" * 22
 
@@ -50,8 +50,7 @@ def test_a_non_ascii_private_key_is_a_message(client, auth):
 def test_a_whitespace_only_hetzner_network_is_refused(client, auth, hetzner):  # noqa: F811
     auth.signup()
     csrf = auth.csrf()
-    _post(client, "/servers/providers/hetzner/new", {"name": "hetzner", "token": TOKEN}, csrf)
-    provider = db.session.execute(sa.select(Provider)).scalar_one()
+    provider = _connect_hetzner(client, csrf)   # the lists come from the provider_sync operation
     for network in (" ", "\t", "\n", " 7001", "7001 "):
         resp = _post(client, f"/servers/providers/{provider.id}/servers/new",
                      {"name": "web-1", "server_type": "cx22", "image": "debian-12",

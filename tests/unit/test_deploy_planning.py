@@ -157,10 +157,12 @@ def test_health_settings_and_stop_timeout_cover_the_drain():
     assert health_settings({})["path"] == "/up"
     h = health_settings({"health": {"path": "/health", "interval": 0.5, "retries": 5}})
     assert (h["path"], h["interval"], h["retries"]) == ("/health", 0.5, 5)
-    with pytest.raises(PlanError, match="health/path"):
+    with pytest.raises(PlanError, match=r"^service\.health\.path: must start with /"):
         health_settings({"health": {"path": "up; id"}})
     assert stop_timeout("web", {"drain_seconds": 30}, 30.0) >= 30
-    assert stop_timeout("worker", {}, 0) == 30
+    # One default for a worker's grace (issue 16 section 2): its job timeout plus 10 s, as
+    # the container's stop_grace_period says (app.drivers.laravel.settings).
+    assert stop_timeout("worker", {}, 0) == 70
     assert stop_timeout("worker", {"stop_grace_seconds": 120}, 0) == 120
 
 

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from app.drivers.images import (Credentials, ImageError, MANIFEST_TYPES, parse_image,
+from app.registries.images import (Credentials, ImageError, MANIFEST_TYPES, parse_image,
                                 registry_base_url, resolve_digest)
 
 DIGEST = "sha256:" + "c" * 64

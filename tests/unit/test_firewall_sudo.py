@@ -113,30 +113,36 @@ class _Ctx:
 
 
 def test_open_firewall_runs_the_sudo_command_the_rule_allows():
-    from app.drivers.handlers import open_firewall
+    from app.services_ops.steps import open_firewall
     server = SimpleNamespace(private_ip="10.0.0.5", facts={"private_network": "10.0.0.0/24"})
     ctx = _Ctx()
     open_firewall(ctx, server, [FirewallRule(5432, "tcp", "postgres 7"),
-                                FirewallRule(8081, "tcp", "laravel 3 blue")])
-    entries = _alias_entries(files.sudoers("keystone").decode(), "KEYSTONE_FIREWALL")
-    assert ctx.ran == ["test -x /usr/sbin/ufw",
+                                FirewallRule(8081, "tcp", "laravel 3 blue")],
+                  sources=["10.0.0.5", "10.0.0.6"])
+    sudoers = files.sudoers("keystone").decode()
+    entries = _alias_entries(sudoers, "KEYSTONE_FIREWALL") + \
+        _alias_entries(sudoers, "KEYSTONE_PUBLISHED")
+    helper = "sudo -n /usr/local/sbin/keystone-firewall allow 10.0.0.5"
+    assert ctx.ran == ["test -x /usr/sbin/ufw", "test -x /usr/local/sbin/keystone-firewall",
                        "sudo -n /usr/sbin/ufw allow from 10.0.0.0/24 to any port 5432 proto tcp",
-                       "sudo -n /usr/sbin/ufw allow from 10.0.0.0/24 to any port 8081 proto tcp"]
-    assert all(_sudo_allows(entries, line) for line in ctx.ran[1:])
+                       f"{helper} 5432 10.0.0.5,10.0.0.6",
+                       "sudo -n /usr/sbin/ufw allow from 10.0.0.0/24 to any port 8081 proto tcp",
+                       f"{helper} 8081 10.0.0.5,10.0.0.6"]
+    assert all(_sudo_allows(entries, line) for line in ctx.ran[2:])
 
 
 def test_open_firewall_uses_the_ufw_path_provisioning_found():
-    from app.drivers.handlers import open_firewall
+    from app.services_ops.steps import open_firewall
     server = SimpleNamespace(private_ip="10.0.0.5",
                              facts={"private_network": "10.0.0.0/24", "ufw_path": "/sbin/ufw"})
     ctx = _Ctx()
-    open_firewall(ctx, server, [FirewallRule(5432, "tcp", "pg")])
-    assert ctx.ran[-1] == "sudo -n /sbin/ufw allow from 10.0.0.0/24 to any port 5432 proto tcp"
+    open_firewall(ctx, server, [FirewallRule(5432, "tcp", "pg")], sources=["10.0.0.5"])
+    assert ctx.ran[-2] == "sudo -n /sbin/ufw allow from 10.0.0.0/24 to any port 5432 proto tcp"
 
 
 def test_open_firewall_refuses_udp_rather_than_running_a_command_sudo_denies():
-    from app.drivers.handlers import open_firewall
+    from app.services_ops.steps import open_firewall
     from app.operations import StepFailed
     server = SimpleNamespace(private_ip="10.0.0.5", facts={})
     with pytest.raises(StepFailed, match="only TCP"):
-        open_firewall(_Ctx(), server, [FirewallRule(53, "udp", "dns")])
+        open_firewall(_Ctx(), server, [FirewallRule(53, "udp", "dns")], sources=["10.0.0.5"])

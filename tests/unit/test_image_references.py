@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from app.builds.artifacts import _repo_digest
-from app.drivers.images import parse_image
+from app.registries.images import parse_image
 from app.registries import repository_for
 from app.registries.references import (ImageReferenceError, normalise_reference, repository_name,
                                        same_repository)

@@ -56,6 +56,8 @@ def provisioned_host() -> RecordingConnection:
     s("ufw status verbose", output=UFW_ACTIVE)
     s("ufw show added", output=UFW_ADDED)
     s(end("cat -- " + c.FAIL2BAN_JAIL), output=files.fail2ban_jail([22], False).decode())
+    s(end("cat -- " + c.FIREWALL_HELPER_PATH), output=files.firewall_helper().decode())
+    s(end(c.FIREWALL_HELPER_PATH + " restore"), output="restored: 0 published port(s)\n")
     s(end("cat -- " + c.SSHD_DROPIN), output=files.sshd_dropin().decode())
     s(end("sshd -t"))
     s("docker version --format", output="20.10.24\n")

@@ -110,6 +110,10 @@ def test_bad_branch_in_build_settings_and_new_environment_is_refused(client, aut
 
 
 def test_verify_access_to_an_unreachable_host_answers_a_clear_message(client, auth):
+    """The view only starts a repository_verify operation; its result reaches the component."""
+    from app.jobs import run_operation
+    from app.models.enums import OperationKind, OperationStatus
+    from tests.opsupport import started_operation
     auth.signup()
     _create(client, repository_url="ssh://git@127.0.0.1:1/sample.git")
     application = db.session.execute(sa.select(Application)).scalar_one()
@@ -118,7 +122,24 @@ def test_verify_access_to_an_unreachable_host_answers_a_clear_message(client, au
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
     assert 'id="repository-access"' in html and "<html" not in html
+    op = started_operation(OperationKind.REPOSITORY_VERIFY, "application", application.id)
+    assert op.params == {} and op.status == OperationStatus.PENDING
+    # While it runs, the component polls itself and links to the live log.
+    assert f'hx-get="/applications/{application.id}/access"' in html
+    assert f"/operations/{op.id}" in html
+    assert "Could not read the SSH host key" not in html
+    # The component's one .badge stays "not verified"/"verified" (the browser test reads it);
+    # the running check's statuses are chips.
+    assert html.count('class="badge') == 1 and 'class="chip status-pending"' in html
+    # A second click joins the running verification instead of starting another.
+    client.post(f"/applications/{application.id}/verify",
+                headers={"HX-Request": "true", "X-CSRFToken": auth.csrf()})
+    assert started_operation(OperationKind.REPOSITORY_VERIFY, "application",
+                             application.id).id == op.id
+    assert run_operation(op.id) == "failed"   # the worker's part, in-process here
+    html = client.get(f"/applications/{application.id}/access").get_data(as_text=True)
     assert "Could not read the SSH host key of 127.0.0.1 port 1" in html
+    assert "hx-trigger" not in html           # ended: no more polling
     db.session.expire_all()
     assert application.deploy_key_installed_at is None
 
@@ -284,3 +305,37 @@ def test_sandbox_repository_is_prefilled_and_its_page_offers_the_sandbox_key_but
     # The refusal message points at the key where it is: above the verify result.
     message = str(classify_git_error("Permission denied (publickey)."))
     assert "shown above" in message and "below" not in message
+
+
+def test_the_health_path_has_one_owner_the_web_service(client, auth):
+    # Issue 13, defect 4: the build page's field writes the web service's health.path, which
+    # is what the deploy probes and what every replica gets as KEYSTONE_HEALTH_PATH.
+    from app.deploys.handlers import replica_environment
+    from app.deploys.service import primary_web
+    from app.drivers import get_driver
+    auth.signup()
+    _create(client)
+    application = db.session.execute(sa.select(Application)).scalar_one()
+    env = application.environments[0]
+    url = f"/applications/{application.id}/environments/{env.id}/build"
+    data = {"branch": "main", "strategy": "target_server", "registry_id": "", "php_version": "8.3",
+            "base_image": "", "document_root": "public", "js_tool": "none", "js_command": "",
+            "image": ""}
+    page = client.get(url).get_data(as_text=True)
+    assert 'value="/up"' in page  # the default, read from the web service
+    token = csrf_token_from(page)
+    for value, says in (("healthz", "web.health.path: must start with /"),
+                        ("/up; id", "web.health.path: letters, digits")):
+        bad = client.post(url, data={**data, "csrf_token": token, "health_path": value})
+        assert bad.status_code == 400 and says in bad.get_data(as_text=True), value
+        db.session.expire_all()
+        assert "health" not in (primary_web(env).config or {})
+    resp = client.post(url, data={**data, "csrf_token": token, "health_path": "/healthz"})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    db.session.expire_all()
+    web = primary_web(env)
+    assert web.config["health"]["path"] == "/healthz" and "health_path" not in web.config
+    assert "health_path" not in env.build_config
+    assert get_driver("laravel").health_path(web) == "/healthz"
+    assert replica_environment(web, {})["KEYSTONE_HEALTH_PATH"] == "/healthz"
+    assert 'value="/healthz"' in client.get(url).get_data(as_text=True)

@@ -50,10 +50,20 @@ def test_wizard_renders_the_repository_step_with_the_unverified_app(app, client)
 
 
 def test_the_wizard_uses_the_configured_sandbox_name(app, client, monkeypatch):
-    """KEYSTONE_SANDBOX_NAME keeps a second Keystone (the browser tests) off a developer's sandbox."""
+    """KEYSTONE_SANDBOX_NAME keeps a second Keystone (the browser tests) off a developer's sandbox.
+
+    The view only starts a repository_verify operation (sandbox_key); the worker's part,
+    run in-process here, adds the key on the sandbox git host and verifies."""
+    import datetime as dt
+
+    import app.repositories.handlers as verify_handlers
     import app.sandbox as sandbox_pkg
+    from app.jobs import run_operation
+    from app.models.enums import OperationKind
+    from app.repositories import VerifyResult
     from tests.conftest import csrf_token_from
-    names = []
+    from tests.opsupport import started_operation
+    names, keys = [], []
 
     class FakeSandbox:
         def __init__(self, name="keystone-sandbox", state_dir=None):
@@ -61,13 +71,14 @@ def test_the_wizard_uses_the_configured_sandbox_name(app, client, monkeypatch):
 
         def status(self):
             return type("Info", (), {"git": type("Git", (), {
-                "authorize_key": staticmethod(lambda key: None)})()})()
+                "authorize_key": staticmethod(keys.append)})()})()
+
+    def fake_verify(application):  # no real git host here
+        application.deploy_key_installed_at = dt.datetime(2026, 12, 2)
+        return VerifyResult(True, "Access works: 1 branch found.", branches=["main"])
 
     monkeypatch.setattr(sandbox_pkg, "Sandbox", FakeSandbox)
-    # the view verifies access right after adding the key; no real git host here
-    import app.repositories as repositories
-    monkeypatch.setattr(repositories, "verify_access",
-                        lambda application: type("Result", (), {"ok": True, "message": "ok"})())
+    monkeypatch.setattr(verify_handlers, "verify_access", fake_verify)
     app.config["SANDBOX_NAME"] = "ks-other"
     g = build_org()
     g.org.onboarding_state = {"sandbox": {"status": "ready",
@@ -76,8 +87,51 @@ def test_the_wizard_uses_the_configured_sandbox_name(app, client, monkeypatch):
     sign_in(client, g.user)
     token = csrf_token_from(client.get("/onboarding/").get_data(as_text=True))
     resp = client.post(f"/onboarding/sandbox/authorize/{g.application.id}", data={"csrf_token": token})
-    assert resp.status_code == 302 and names == ["ks-other"]
-    assert "access verified" in client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert resp.status_code == 302
+    op = started_operation(OperationKind.REPOSITORY_VERIFY, "application", g.application.id)
+    assert op.params == {"sandbox_key": True}
+    assert names == [] and keys == []          # nothing ran in the request
+    page = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert f"operation #{op.id}" in page and "Verifying access" in page
+    assert run_operation(op.id) == "succeeded"
+    assert names == ["ks-other"] and keys == [g.application.deploy_key_public]
+    html = client.get(f"/applications/{g.application.id}/access").get_data(as_text=True)
+    assert "Deploy key added to the sandbox git host (read-only) and access verified" in html
+    assert '<span class="badge status-ready">verified</span>' in html
+
+
+def test_using_the_sandbox_starts_an_operation_and_the_component_follows_it(app, client,
+                                                                            monkeypatch):
+    import app.sandbox as sandbox_pkg
+    from app.jobs import run_operation
+    from app.models.enums import OperationKind
+    from app.sandbox import SandboxError
+    from tests.conftest import csrf_token_from
+    from tests.opsupport import started_operation
+
+    class BrokenSandbox:  # Docker is not driven from the fast tiers
+        def __init__(self, name="keystone-sandbox", state_dir=None):
+            pass
+
+        def up(self, **kwargs):
+            raise SandboxError("dockerd in ks-x-1 did not start")
+
+    monkeypatch.setattr(sandbox_pkg, "docker_available", lambda: True)
+    monkeypatch.setattr(sandbox_pkg, "Sandbox", BrokenSandbox)
+    g = build_org()
+    sign_in(client, g.user)
+    token = csrf_token_from(client.get("/onboarding/").get_data(as_text=True))
+    assert client.post("/onboarding/sandbox", data={"csrf_token": token}).status_code == 302
+    op = started_operation(OperationKind.SANDBOX_START, "organisation", g.org.id)
+    db.session.refresh(g.org)
+    assert g.org.onboarding_state["sandbox"] == {"status": "starting"}
+    html = client.get("/onboarding/sandbox/status").get_data(as_text=True)
+    assert "Starting the sandbox" in html and f"/operations/{op.id}" in html
+    assert 'hx-trigger="every 2s"' in html
+    assert run_operation(op.id) == "failed"
+    html = client.get("/onboarding/sandbox/status").get_data(as_text=True)
+    assert "The sandbox did not start" in html and "dockerd in ks-x-1 did not start" in html
+    assert "hx-trigger" not in html and "Try again" in html
 
 
 def test_pages_after_a_step_name_the_next_one_until_onboarding_is_done(app, client, auth):

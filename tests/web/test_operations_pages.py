@@ -7,7 +7,7 @@ from app.extensions import db
 from app.jobs import run_operation
 from app.models import Operation
 from app.models.enums import OperationKind, OperationStatus as S
-from app.operations import start_operation
+from app.operations import logstream, start_operation
 from app.operations.lifecycle import claim
 from app.shell import Secret, cmd
 from tests.factories import SECRET_SENTINELS, build_org
@@ -112,7 +112,7 @@ def test_finished_page_and_replay_from_database(app, client, auth, clean_streams
     page = client.get(f"/operations/{op.id}").get_data(as_text=True)
     assert "succeeded" in page and "step 2" in page and "sse-connect" not in page
     assert "first" in page and SECRET_SENTINELS["step_secret"] not in page
-    clean_streams.delete(f"keystone:op:{op.id}:log")  # expired stream: replay from the rows
+    clean_streams.delete(logstream.stream_key(op.id))  # expired stream: replay from the rows
     resp = client.get(f"/operations/{op.id}/events")
     assert resp.mimetype == "text/event-stream"
     events = _events(resp.get_data(as_text=True))

@@ -62,10 +62,10 @@ def test_the_worker_enqueues_the_health_check_once_per_interval(app):
     import redis
     from rq import Queue
 
-    from app.health import SCHEDULE_KEY
+    from app.health import schedule_key
     from app.jobs.worker import schedule_health_check
     conn = redis.Redis.from_url(app.config["REDIS_URL"])
-    conn.delete(SCHEDULE_KEY)
+    conn.delete(schedule_key(app.config))
     queue = Queue(f"health-test-{id(app)}", connection=conn)
     try:
         assert schedule_health_check(app, conn, queue) is True
@@ -73,7 +73,7 @@ def test_the_worker_enqueues_the_health_check_once_per_interval(app):
         jobs = queue.get_jobs()
         assert [j.func_name for j in jobs] == ["app.jobs.check_health"]
         assert jobs[0].args == ()  # nothing in the job data
-        assert conn.ttl(SCHEDULE_KEY) > 0
+        assert conn.ttl(schedule_key(app.config)) > 0
     finally:
         queue.empty()
-        conn.delete(SCHEDULE_KEY)
+        conn.delete(schedule_key(app.config))

@@ -11,7 +11,9 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import Operation, Organisation, Provider, Server
 from app.models.enums import OperationKind, ProviderType, ServerStatus
+from app.jobs import run_operation
 from app.providers.hetzner_fake import FakeHetzner
+from tests.opsupport import started_operation
 
 TOKEN = "hetzner-test-token-0123456789"
 
@@ -51,46 +53,71 @@ def test_servers_page_creates_and_shows_the_management_key(client, auth):
     assert page.count(org.management_key_public) == 1
 
 
+def _connect_hetzner(client, csrf, token=TOKEN, expect="succeeded") -> Provider:
+    """Connect a Hetzner project: the view saves the token and starts a provider_sync
+    operation (ids only), run in-process here against the fake API."""
+    resp = _post(client, "/servers/providers/hetzner/new", {"name": "hetzner", "token": token},
+                 csrf, htmx=True)
+    provider = db.session.execute(sa.select(Provider)).scalar_one()
+    assert resp.status_code == 204
+    assert resp.headers["HX-Redirect"] == f"/servers/providers/{provider.id}/servers/new"
+    op = started_operation(OperationKind.PROVIDER_SYNC, "provider", provider.id)
+    assert run_operation(op.id) == expect
+    db.session.expire_all()
+    return provider
+
+
 def test_invalid_hetzner_token_is_a_clear_inline_error(client, auth, hetzner):
     auth.signup()
     csrf = auth.csrf()
-    resp = _post(client, "/servers/providers/hetzner/new", {"name": "hetzner", "token": "bad-token-5f5f"},
-                 csrf, htmx=True)
-    html = resp.get_data(as_text=True)
-    assert resp.status_code == 200
-    assert "<html" not in html                      # only the form component is swapped
+    provider = _connect_hetzner(client, csrf, token="bad-token-5f5f", expect="failed")
+    html = client.get(f"/servers/providers/{provider.id}/servers/new",
+                      headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert "<html" not in html                      # only the component is swapped
     assert "refused the API token" in html and "Read &amp; Write token" in html
-    assert db.session.execute(sa.select(Provider)).first() is None
+    assert "Create and provision" not in html and "Try again" in html
+    assert provider.config["token_ok"] is False
     assert "bad-token-5f5f" not in html     # a password field is never echoed back
+    assert "bad-token-5f5f" not in client.get(f"/operations/").get_data(as_text=True)
 
 
 def test_rate_limit_and_quota_reach_the_user(client, auth, hetzner):
     auth.signup()
     csrf = auth.csrf()
-    resp = _post(client, "/servers/providers/hetzner/new", {"name": "hetzner", "token": TOKEN}, csrf)
-    provider = db.session.execute(sa.select(Provider)).scalar_one()
-    assert resp.status_code == 302 and f"/servers/providers/{provider.id}/servers/new" in resp.location
+    provider = _connect_hetzner(client, csrf)
     assert provider.type == ProviderType.HETZNER and provider.api_token == TOKEN
 
     hetzner.rate_limited = True
+    resp = _post(client, f"/servers/providers/{provider.id}/sync", {}, csrf)
+    assert resp.status_code == 302
+    op = started_operation(OperationKind.PROVIDER_SYNC, "provider", provider.id)
+    assert run_operation(op.id) == "failed"
     page = client.get(f"/servers/providers/{provider.id}/servers/new").get_data(as_text=True)
     assert "rate limit is reached" in page and "Wait a few minutes" in page
     hetzner.rate_limited = False
 
+    # Hetzner refuses the server inside the operation (the request never calls the API):
+    # its first step fails with the message, and the server's page shows it.
     hetzner.server_limit = 0
     form = {"name": "web-1", "server_type": "cx22", "image": "debian-12", "location": "fsn1",
             "network": ""}
-    html = _post(client, f"/servers/providers/{provider.id}/servers/new", form, csrf,
-                 htmx=True).get_data(as_text=True)
-    assert "resource limit is reached" in html and "raise the limit" in html
-    assert db.session.execute(sa.select(Server)).first() is None
+    resp = _post(client, f"/servers/providers/{provider.id}/servers/new", form, csrf, htmx=True)
+    server = db.session.execute(sa.select(Server)).scalar_one()
+    assert resp.headers["HX-Redirect"] == f"/servers/{server.id}"
+    op = started_operation(OperationKind.SERVER_PROVISION, "server", server.id)
+    assert run_operation(op.id) == "failed"
+    db.session.expire_all()
+    assert "resource limit is reached" in op.error and "raise the limit" in op.error
+    assert op.steps[0].name == "Create the server at Hetzner"
+    assert server.status == ServerStatus.FAILED and not hetzner.servers
+    page = client.get(f"/servers/{server.id}").get_data(as_text=True)
+    assert "resource limit is reached" in page
 
 
 def test_create_hetzner_server_uploads_key_once_and_starts_provisioning(client, auth, hetzner):
     auth.signup()
     csrf = auth.csrf()
-    _post(client, "/servers/providers/hetzner/new", {"name": "hetzner", "token": TOKEN}, csrf)
-    provider = db.session.execute(sa.select(Provider)).scalar_one()
+    provider = _connect_hetzner(client, csrf)
     page = client.get(f"/servers/providers/{provider.id}/servers/new").get_data(as_text=True)
     for text in ("CX22", "Debian 12", "Falkenstein (fsn1)", "keystone-private"):
         assert text in page
@@ -99,37 +126,68 @@ def test_create_hetzner_server_uploads_key_once_and_starts_provisioning(client, 
     resp = _post(client, f"/servers/providers/{provider.id}/servers/new", form, csrf)
     server = db.session.execute(sa.select(Server)).scalar_one()
     assert resp.status_code == 302 and resp.location.endswith(f"/servers/{server.id}")
-    assert server.status == ServerStatus.CREATING
+    # The request only recorded what to create and started the operation (ids only).
+    assert server.status == ServerStatus.CREATING and server.provider_server_id is None
+    assert not hetzner.servers and not hetzner.ssh_keys
+    op = started_operation(OperationKind.SERVER_PROVISION, "server", server.id)
+    assert op.lock_keys == [f"server:{server.id}"]
+    page = client.get(f"/servers/{server.id}").get_data(as_text=True)
+    assert "web-1" in page and "creating" in page and f"operation #{op.id}" in page
+    _create_in_worker(op)
+    db.session.expire_all()
     assert server.provider_server_id and server.public_ip.startswith("203.0.113.")
     assert server.private_ip == "10.0.1.2"
     created = hetzner.servers[int(server.provider_server_id)]
     assert created["labels"]["managed-by"] == "keystone"
     key = hetzner.ssh_keys[int(created["ssh_keys"][0])]
     assert key["public_key"] == _org().management_key_public
-    op = db.session.execute(sa.select(Operation)).scalar_one()
-    assert op.kind == OperationKind.SERVER_PROVISION and op.target_id == server.id
-    assert op.lock_keys == [f"server:{server.id}"]
     # A second server reuses the uploaded key.
     form["name"] = "web-2"
     _post(client, f"/servers/providers/{provider.id}/servers/new", form, csrf)
+    second = db.session.execute(sa.select(Server).where(Server.name == "web-2")).scalar_one()
+    _create_in_worker(started_operation(OperationKind.SERVER_PROVISION, "server", second.id))
     assert len(hetzner.ssh_keys) == 1 and len(hetzner.servers) == 2
     page = client.get(f"/servers/{server.id}").get_data(as_text=True)
-    assert "web-1" in page and server.public_ip in page and "creating" in page
+    assert "web-1" in page and server.public_ip in page
+
+
+def _create_in_worker(op):
+    """Run the provisioning operation in-process up to its first SSH command: the Hetzner
+    steps talk to the fake API; the recorded SSH connection answers every command with
+    exit 1, so the operation stops at "Connect over SSH" (no server is provisioned)."""
+    import re as _re
+
+    from tests.opsupport import fake_servers
+    with fake_servers() as fake:
+        fake.script(_re.compile("."), exit_code=1)
+        assert run_operation(op.id) == "failed"
+    db.session.expire_all()
+    steps = [(s.name, s.status.value) for s in op.steps]
+    assert [name for name, _ in steps] == ["Create the server at Hetzner",
+                                           "Wait for the server at Hetzner",
+                                           "Connect over SSH"], steps
+    # The fake reports the new server running at once: nothing to wait for (skipped).
+    assert [status for _, status in steps] == ["succeeded", "skipped", "failed"], steps
 
 
 def test_deleting_a_hetzner_server_deletes_it_at_hetzner(client, auth, hetzner):
     auth.signup()
     csrf = auth.csrf()
-    _post(client, "/servers/providers/hetzner/new", {"name": "hetzner", "token": TOKEN}, csrf)
-    provider = db.session.execute(sa.select(Provider)).scalar_one()
+    provider = _connect_hetzner(client, csrf)
     _post(client, f"/servers/providers/{provider.id}/servers/new",
           {"name": "web-1", "server_type": "cx22", "image": "debian-12", "location": "fsn1",
            "network": ""}, csrf)
     server = db.session.execute(sa.select(Server)).scalar_one()
+    _create_in_worker(started_operation(OperationKind.SERVER_PROVISION, "server", server.id))
     assert len(hetzner.servers) == 1
     resp = _post(client, f"/servers/{server.id}/delete", {}, csrf)
-    assert resp.status_code == 302
+    op = started_operation(OperationKind.SERVER_DELETE, "server", server.id)
+    assert resp.status_code == 302 and resp.location.endswith(f"/operations/{op.id}")
+    db.session.refresh(server)
+    assert server.status == ServerStatus.DELETING and len(hetzner.servers) == 1
+    assert run_operation(op.id) == "succeeded"
     assert hetzner.servers == {}
+    db.session.expire_all()
     assert db.session.execute(sa.select(Server)).first() is None
 
 
@@ -150,10 +208,6 @@ def test_custom_server_form_says_which_input_is_wrong(client, auth):
     assert "This private key cannot be read" in html and "<html" not in html
     from app.remote import generate_ed25519
     key = generate_ed25519()[0]
-    port = _closed_port()
-    html = _post(client, "/servers/custom/new", {**base, "private_key": key, "port": str(port)},
-                 csrf, htmx=True).get_data(as_text=True)
-    assert f"could not read an SSH host key from 127.0.0.1:{port}" in html
     html = _post(client, "/servers/custom/new", {**base, "private_key": key, "host": "bad host;id",
                                                  "name": "Bad Name"}, csrf).get_data(as_text=True)
     assert "Enter an IP address or a host name" in html
@@ -165,12 +219,38 @@ def test_custom_server_form_says_which_input_is_wrong(client, auth):
     assert "BEGIN OPENSSH" not in html.split("<textarea")[0]
 
 
+def test_an_unreachable_custom_server_is_reported_by_the_scan_operation(client, auth):
+    """The form starts a host_key_scan (no SSH in the request); its failure reaches the page."""
+    from app.remote import generate_ed25519
+    auth.signup()
+    csrf = auth.csrf()
+    port = _closed_port()
+    resp = _post(client, "/servers/custom/new", {
+        "name": "box", "host": "127.0.0.1", "port": str(port), "user": "root",
+        "private_key": generate_ed25519()[0]}, csrf, htmx=True)
+    server = db.session.execute(sa.select(Server)).scalar_one()
+    assert resp.headers["HX-Redirect"] == f"/servers/{server.id}/host-key"
+    op = started_operation(OperationKind.HOST_KEY_SCAN, "server", server.id)
+    page = client.get(f"/servers/{server.id}/host-key").get_data(as_text=True)
+    assert "Reading the host key" in page and f"/operations/{op.id}" in page
+    assert f'hx-get="/servers/{server.id}/host-key"' in page          # polls while it runs
+    assert run_operation(op.id) == "failed"
+    page = client.get(f"/servers/{server.id}/host-key", headers={"HX-Request": "true"}
+                      ).get_data(as_text=True)
+    assert "<html" not in page and "hx-trigger" not in page
+    assert f"could not read an SSH host key from 127.0.0.1:{port}" in page
+    assert "Read the host key the server presents" in page and "trust it" not in page
+    db.session.refresh(server)
+    assert server.host_key_fingerprint is None and server.status == ServerStatus.NEW
+
+
 def test_host_key_confirmation_and_recorded_re_pin(client, auth, monkeypatch):
-    """The page flow around the probe (the real probe runs in the integration tier)."""
+    """The page flow around the scan operation (the real probe runs in the integration tier)."""
     from app.models import AuditEvent
     from app.providers import custom
+    from app.providers import handlers as scan_handlers
     presented = {"fp": "SHA256:" + "a" * 43}
-    monkeypatch.setattr(custom, "probe_host_key",
+    monkeypatch.setattr(scan_handlers, "probe_host_key",
                         lambda host, port, timeout=10: custom.ProbeResult(presented["fp"]))
     auth.signup()
     csrf = auth.csrf()
@@ -179,7 +259,18 @@ def test_host_key_confirmation_and_recorded_re_pin(client, auth, monkeypatch):
                     bootstrap_user="root", bootstrap_private_key="k")
     db.session.add(server)
     db.session.commit()
+
+    def scan():
+        resp = _post(client, f"/servers/{server.id}/host-key/scan", {}, csrf)
+        assert resp.status_code == 302 and resp.location.endswith(f"/servers/{server.id}/host-key")
+        assert run_operation(started_operation(OperationKind.HOST_KEY_SCAN, "server",
+                                               server.id).id) == "succeeded"
+        db.session.expire_all()
+        return client.get(f"/servers/{server.id}/host-key").get_data(as_text=True)
+
     page = client.get(f"/servers/{server.id}/host-key").get_data(as_text=True)
+    assert "Read the host key the server presents" in page and "trust it" not in page
+    page = scan()
     assert presented["fp"] in page and "trust it and provision" in page
     # The server presents another key between showing and confirming: refused.
     resp = _post(client, f"/servers/{server.id}/host-key", {"fingerprint": "SHA256:" + "b" * 43},
@@ -191,14 +282,15 @@ def test_host_key_confirmation_and_recorded_re_pin(client, auth, monkeypatch):
     assert resp.status_code == 302
     db.session.refresh(server)
     assert server.host_key_fingerprint == presented["fp"]
-    op = db.session.execute(sa.select(Operation)).scalar_one()       # provisioning started
-    assert op.kind == OperationKind.SERVER_PROVISION
+    provisions = sa.select(Operation).where(Operation.kind == OperationKind.SERVER_PROVISION)
+    op = db.session.execute(provisions).scalar_one()       # provisioning started
+    assert op.target_id == server.id
     # Re-pin: shows both, records who and what.
     server.provisioned_at = server.created_at
     db.session.commit()
     old = presented["fp"]
     presented["fp"] = "SHA256:" + "c" * 43
-    page = client.get(f"/servers/{server.id}/host-key").get_data(as_text=True)
+    page = scan()
     assert old in page and presented["fp"] in page and "Trust the new key" in page
     _post(client, f"/servers/{server.id}/host-key", {"fingerprint": presented["fp"]}, csrf)
     db.session.refresh(server)
@@ -206,7 +298,7 @@ def test_host_key_confirmation_and_recorded_re_pin(client, auth, monkeypatch):
     event = db.session.execute(sa.select(AuditEvent).where(
         AuditEvent.action == "server.host_key_repinned")).scalar_one()
     assert event.detail == {"previous": old, "new": presented["fp"]}
-    assert db.session.execute(sa.select(sa.func.count()).select_from(Operation)).scalar() == 1
+    assert len(db.session.execute(provisions).scalars().all()) == 1
 
 
 def test_one_action_provisions_every_server_not_provisioned_yet(app, client, auth):

@@ -165,6 +165,10 @@ def test_laravel_service_page_redirects_to_its_environment(client, g):
 
 
 def test_check_for_updates_records_the_available_digest(client, db, g, token, monkeypatch):
+    """The view starts an image_check operation (ids only); the registry is asked in the
+    worker (in-process here), and the component shows the outcome."""
+    from app.jobs import run_operation
+    from tests.opsupport import started_operation
     pg = g.postgres
     pg.current_image_digest = DIGEST_A
     db.session.commit()
@@ -173,25 +177,36 @@ def test_check_for_updates_records_the_available_digest(client, db, g, token, mo
     def registry(ref, creds=None, **kw):  # the registry's HTTP answer, nothing else
         seen.append(str(ref))
         return DIGEST_B
-    monkeypatch.setattr("app.drivers.images.resolve_digest", registry)
+    monkeypatch.setattr("app.services_ops.updates.resolve_digest", registry)
     resp = post(client, f"/services/{pg.id}/check-updates", token, htmx=True)
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
-    assert 'id="service-image"' in html and "update available" in html
+    op = started_operation(OperationKind.IMAGE_CHECK, "service", pg.id)
+    assert 'id="service-image"' in html and f'hx-get="/services/{pg.id}/image"' in html
+    assert f"/operations/{op.id}" in html and seen == []      # nothing asked in the request
+    assert run_operation(op.id) == "succeeded"
+    html = client.get(f"/services/{pg.id}/image").get_data(as_text=True)
+    assert "update available" in html and "A newer image is available" in html
+    assert "hx-trigger" not in html
     assert seen == ["postgres:18"]
     db.session.refresh(pg)
     assert pg.available_image_digest == DIGEST_B and pg.update_status == UpdateStatus.AVAILABLE
-    assert not ops(db)  # checking never deploys
+    assert ops(db) == [op]  # checking never deploys
 
 
 def test_check_for_updates_error_is_shown(client, db, g, token, monkeypatch):
-    from app.drivers.images import ImageError
+    from app.registries.images import ImageError
+    from app.jobs import run_operation
+    from tests.opsupport import started_operation
 
     def registry(ref, creds=None, **kw):
         raise ImageError("image postgres:18: registry docker.io unreachable: ConnectTimeout")
-    monkeypatch.setattr("app.drivers.images.resolve_digest", registry)
-    resp = post(client, f"/services/{g.postgres.id}/check-updates", token, htmx=True)
-    assert "unreachable" in resp.get_data(as_text=True)
+    monkeypatch.setattr("app.services_ops.updates.resolve_digest", registry)
+    post(client, f"/services/{g.postgres.id}/check-updates", token, htmx=True)
+    op = started_operation(OperationKind.IMAGE_CHECK, "service", g.postgres.id)
+    assert run_operation(op.id) == "failed"
+    html = client.get(f"/services/{g.postgres.id}/image").get_data(as_text=True)
+    assert "Could not check for updates" in html and "unreachable" in html
     resp = post(client, f"/services/{g.postgres.id}/check-updates", token)
     assert resp.status_code == 302
 

@@ -17,15 +17,16 @@ from app.blueprints.environments.components import (NEXT_TARGETS, _AttachForm,
                                                     attachment_forms, attachments_context,
                                                     posted_next_target)
 from app.blueprints.environments.page import load_environment, render_page
+from app.drivers import get_driver
 from app.drivers.base import DriverError
-from app.drivers.handlers import start_service_deploy
-from app.drivers.images import ImageError
 from app.extensions import db
 from app.managed_services import free_name, new_service
 from app.models import Environment, Operation, Server, Service
 from app.models.enums import AttachmentRole, OperationKind, ServerStatus
 from app.operations import OperationLocked
+from app.registries.images import ImageError
 from app.scoping import current_org_id, org_query, parse_id
+from app.services_ops.deploy import start_service_deploy
 
 
 def _resolve_target(form: _AttachForm, service_type: str, env: Environment) -> Service | None:
@@ -42,7 +43,7 @@ def _resolve_target(form: _AttachForm, service_type: str, env: Environment) -> S
             form.target.errors.append(f"{server.name} is not provisioned yet: provision it "
                                       "first, or choose a server that is ready.")
             return None
-        base = {"postgres": "postgres", "valkey": "valkey", "caddy": "gateway"}[service_type]
+        base = get_driver(service_type).name_base or service_type
         env_server = att._environment_server_id(env)
         try:
             return new_service(service_type, server, free_name(f"{base}-{server.name}"[:63]),

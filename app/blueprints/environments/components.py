@@ -13,7 +13,8 @@ from wtforms.validators import DataRequired, Length
 from app import attachments as att
 from app.blueprints.helpers import latest_operations
 from app.forms import ActionForm, KeystoneForm
-from app.managed_services import (MANAGED_TYPES, org_managed_services, org_servers,
+from app.drivers import drivers, get_driver
+from app.managed_services import (org_managed_services, org_servers,
                                   service_stand_in, stand_in_note)
 from app.models import Environment, Server, Service
 from app.models.enums import ServerStatus, SliceStatus, VariableSource
@@ -86,10 +87,11 @@ def _server_label(server: Server | None) -> str:
     return server.name if server is not None else "no server"
 
 
-def _choices(services: list[Service], servers: list[Server], label: str, service_type: str,
+def _choices(services: list[Service], servers: list[Server], service_type: str,
              skip_servers=frozenset()) -> list[tuple[str, str]]:
     """Existing services, then "New ... on <server>" for each server that is provisioned
     (a service cannot start on a server Keystone has not set up)."""
+    label = get_driver(service_type).short_label
     out = [(str(s.id), f"{s.name} on {_server_label(s.server)}{service_stand_in(s)}")
            for s in services]
     out += [(f"new:{srv.id}", f"New {label} on {srv.name}{stand_in_note(service_type, srv)}")
@@ -100,14 +102,14 @@ def _choices(services: list[Service], servers: list[Server], label: str, service
 def attachment_forms(env: Environment, formdata=None) -> dict:
     services = org_managed_services()
     servers = org_servers()
-    by_type = {t: [s for s in services if s.type == t] for t in MANAGED_TYPES}
+    by_type = {t: [s for s in services if s.type == t] for t in drivers.offered()}
     gateway_servers = {s.server_id for s in by_type["caddy"]}
     pg = AttachPostgresForm(formdata=formdata, prefix="pg")
-    pg.target.choices = _choices(by_type["postgres"], servers, "Postgres 18", "postgres")
+    pg.target.choices = _choices(by_type["postgres"], servers, "postgres")
     vk = AttachValkeyForm(formdata=formdata, prefix="vk")
-    vk.target.choices = _choices(by_type["valkey"], servers, "Valkey 8", "valkey")
+    vk.target.choices = _choices(by_type["valkey"], servers, "valkey")
     dom = AttachDomainForm(formdata=formdata, prefix="dom")
-    dom.target.choices = _choices(by_type["caddy"], servers, "Caddy gateway", "caddy", gateway_servers)
+    dom.target.choices = _choices(by_type["caddy"], servers, "caddy", gateway_servers)
     if formdata is None and not dom.hostname.data and env.application is not None:
         if any((s.facts or {}).get("sandbox") for s in servers):
             dom.hostname.data = f"{env.application.name}.localhost"

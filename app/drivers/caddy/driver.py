@@ -12,15 +12,17 @@ restarted for a route change.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any, Iterable
 
 from app.drivers.base import (GATEWAY_DIR, Driver, DriverError, HealthCheck, PortSpec,
                               RenderContext, UpdateBehaviour, VolumeSpec)
-from app.drivers.caddy.caddyfile import (CaddyfileError, GatewayOptions, Route,
-                                         render_caddyfile, validate_hostname)
+from app.drivers.caddy.caddyfile import (CaddyfileError, GatewayOptions, Route, caddy_binary,
+                                         check_caddyfile, render_caddyfile, validate_hostname)
 from app.drivers.compose import base_service
+from app.drivers.plan import Mkdir, PutFile, Run, StepPlan, Unchanged
 from app.drivers.registry import register
-from app.models.enums import DeployPolicy, ServiceCategory, SliceStatus, SliceType
+from app.models.enums import AttachmentRole, DeployPolicy, ServiceCategory, SliceStatus, SliceType
 from app.shell import Command, and_then, cmd, or_else
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,6 +49,11 @@ class CaddyDriver(Driver):
              PortSpec("http3", 443, protocol="udp", public=True))
     volumes = (VolumeSpec("caddy_data", "/data"), VolumeSpec("caddy_config", "/config"))
     slice_types = (SliceType.CADDY_ROUTE,)
+    label = "Caddy 2 gateway (ports 80/443, one per server)"
+    short_label = "Caddy gateway"
+    name_base = "gateway"
+    attach_roles = (AttachmentRole.GATEWAY,)
+    routes_environment = True
     health_check = HealthCheck(("wget", "-q", "-O", "/dev/null", "http://127.0.0.1:2019/config/"),
                                interval="5s", timeout="3s", retries=6, start_period="5s")
     stop_grace_period = "15s"
@@ -65,6 +72,61 @@ class CaddyDriver(Driver):
         entry["volumes"].append(f"{GATEWAY_DIR}:{CONFIG_DIR_IN_CONTAINER}:ro")
         entry["healthcheck"] = self.health_check.compose()
         return entry
+
+    # -- plans (app.services_ops runs them) ------------------------------------
+
+    def check_placement(self, service: "Service") -> None:
+        assert_single_gateway(service)
+
+    def deploy_lock_keys(self, service: "Service") -> list[str]:
+        return [f"gateway:{service.server_id}"]
+
+    def deploy_steps(self, service, *, running):
+        text = self.render_gateway_config(service)
+        check_caddyfile(text)
+        # The live gateway keeps serving its file; the new one is installed
+        # (validated, last good kept, reloaded) once the container is up.
+        write = Unchanged("the running gateway's configuration is replaced after start") \
+            if running else PutFile(CADDYFILE, text, mode=0o644)
+        return [StepPlan("Write initial gateway configuration",
+                         (Mkdir(CADDYFILE.rsplit("/", 1)[0]), write))]
+
+    def after_deploy_steps(self, service, container, *, is_update):
+        return self.reconfigure_steps(service, container)
+
+    def reconfigure_steps(self, service, container):
+        """Validate and install the Caddyfile, then reload Caddy without downtime.
+
+        An explicit no-op when the server already has exactly this config. On a
+        failed reload the last good config is put back and reloaded, and the step fails.
+        """
+        text = self.render_gateway_config(service)
+        if caddy_binary():
+            check_caddyfile(text)
+        want = hashlib.sha256(text.encode()).hexdigest()
+        return [StepPlan("Install gateway configuration", (
+            Run(self.current_hash_cmd(), check=False, pty=False,
+                unchanged_if=lambda out: out.split()[:1] == [want],
+                unchanged_message="the gateway already has this configuration"),
+            PutFile(CADDYFILE_NEXT, text, mode=0o644),
+            Run(self.validate_cmd(container, f"{CONFIG_DIR_IN_CONTAINER}/Caddyfile.next"),
+                timeout=60),
+            Run(self.install_cmd()),
+            Run(self.reload_cmd(container), timeout=60,
+                on_failure=(Run(self.restore_cmd(), check=False),
+                            Run(self.reload_cmd(container), check=False, timeout=60)),
+                failure_log="reload failed: restoring the last good configuration",
+                failure_message="Caddy refused the new configuration; the previous one is "
+                                "still serving")))]
+
+    def new_slice_credentials(self, slice_):
+        raise DriverError("a route has no credentials")
+
+    def slice_provision_steps(self, service, slice_, container, action="provision"):
+        return self.reconfigure_steps(service, container)
+
+    def slice_released_steps(self, service, container):
+        return self.reconfigure_steps(service, container)
 
     # -- routes -----------------------------------------------------------
 
@@ -125,7 +187,7 @@ class CaddyDriver(Driver):
         return or_else(cmd("sha256sum", CADDYFILE), cmd("true"))
 
     def slice_commands(self, service, slice_, action, container, **params):
-        # Route changes are whole-file installs (handlers.install_gateway_config).
+        # Route changes are whole-file installs (reconfigure_steps).
         raise DriverError("caddy routes are applied by installing the rendered Caddyfile")
 
 

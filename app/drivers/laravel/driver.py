@@ -40,6 +40,7 @@ from app.drivers.base import (Driver, DriverError, FirewallRule, HealthCheck, Po
                               replica_alias, service_alias, service_dir)
 from app.drivers.compose import base_service, compose_document, dump_yaml, escape_command
 from app.drivers.envfile import render_env_file, split_environment
+from app.drivers.laravel.settings import LaravelSettings
 from app.drivers.registry import register
 from app.models.enums import DeployPolicy, ServiceCategory
 
@@ -65,7 +66,7 @@ def storage_mount(service: "Service") -> str | None:
     return f"{storage_volume_name(service.environment_id)}:{STORAGE_PATH}"
 
 
-def _worker_command(cfg: Mapping[str, Any]) -> list[str]:
+def _worker_command(cfg: Mapping[str, Any], job_timeout: int) -> list[str]:
     command = ["php", "artisan", "queue:work"]
     connection = cfg.get("queue_connection")
     if connection:
@@ -74,7 +75,7 @@ def _worker_command(cfg: Mapping[str, Any]) -> list[str]:
     if queues:
         command.append("--queue=" + ",".join(str(q) for q in queues))
     command += [f"--sleep={int(cfg.get('sleep', 3))}", f"--tries={int(cfg.get('tries', 3))}",
-                f"--timeout={int(cfg.get('job_timeout', 60))}",
+                f"--timeout={job_timeout}",
                 f"--max-time={int(cfg.get('max_time', 3600))}"]
     return command
 
@@ -88,6 +89,10 @@ class LaravelDriver(Driver):
     deploy_policy = DeployPolicy.WITH_ENVIRONMENT
     ports = (PortSpec("http", HTTP_PORT, cross_server=True),)
     restart_policy = "unless-stopped"
+    label = "Laravel application"
+    offered = False  # web, worker and websocket services come with their environment
+    form_fields = ()
+    deploy_refusal = "Laravel services are deployed with their environment."
     update_behaviour = UpdateBehaviour(stateful=False, downtime=False,
                                        warning="Zero-downtime: new replicas start before old "
                                                "ones are drained at the gateway.")
@@ -102,13 +107,12 @@ class LaravelDriver(Driver):
                               f"{', '.join(ROLES)}")
         return role
 
+    def settings(self, service: "Service") -> LaravelSettings:
+        """The typed settings (health check, stop grace): every read goes through them."""
+        return LaravelSettings.from_config(service.config, where=service.name or "service")
+
     def health_path(self, service: "Service") -> str:
-        path = (service.config or {}).get("health_path") or "/up"
-        if not isinstance(path, str) or not path.startswith("/") or any(
-                c.isspace() or c in "'\"\\$`" for c in path):
-            raise DriverError(f"service {service.name}: health path {path!r} must be a plain "
-                              "path such as /up")
-        return path
+        return self.settings(service).health.path
 
     def command_for(self, service: "Service", role: str) -> list[str] | None:
         cfg = service.config or {}
@@ -117,7 +121,7 @@ class LaravelDriver(Driver):
         if role == "web":
             return None  # the image's own server (FrankenPHP on :8080)
         if role == "worker":
-            return _worker_command(cfg)
+            return _worker_command(cfg, self.settings(service).stop.job_timeout)
         return ["php", "artisan", "reverb:start", "--host=0.0.0.0", f"--port={HTTP_PORT}"]
 
     def health_for(self, service: "Service", role: str) -> HealthCheck | None:
@@ -133,13 +137,9 @@ class LaravelDriver(Driver):
                            interval="3s", timeout="3s", retries=20, start_period="5s")
 
     def stop_settings(self, service: "Service", role: str) -> dict[str, str]:
-        cfg = service.config or {}
-        if role == "worker":
-            grace = int(cfg.get("stop_grace_seconds", int(cfg.get("job_timeout", 60)) + 10))
-            return {"stop_signal": "SIGTERM", "stop_grace_period": f"{grace}s"}
-        # Web/websocket: long enough to finish in-flight requests after the drain.
-        return {"stop_signal": "SIGTERM",
-                "stop_grace_period": f"{int(cfg.get('stop_grace_seconds', 30))}s"}
+        # A worker finishes its job; web/websocket finish in-flight requests after the drain.
+        grace = self.settings(service).stop.grace(role)
+        return {"stop_signal": "SIGTERM", "stop_grace_period": f"{grace}s"}
 
     def firewall_rules(self, service: "Service") -> list[FirewallRule]:
         # Cross-server upstreams reach replicas on their published internal port.

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from app.drivers.base import (Driver, DriverError, EnvField, HealthCheck, PortSpec,
+from app.drivers.base import (Driver, DriverError, EnvField, ExportField, HealthCheck, PortSpec,
                               RenderContext, UpdateBehaviour, VolumeSpec, service_alias)
 from app.drivers.compose import base_service
+from app.drivers.plan import Run, StepPlan
 from app.drivers.registry import register
 from app.drivers.secrets import generate_password, scram_sha256_verifier, validate_identifier
-from app.models.enums import DeployPolicy, ServiceCategory, SliceType
+from app.models.enums import AttachmentRole, DeployPolicy, ServiceCategory, SliceStatus, SliceType
 from app.shell import Command, Secret, cmd, concat, pipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +74,14 @@ class PostgresDriver(Driver):
         EnvField("POSTGRES_DB", "maintenance database", default="postgres"),
     )
     slice_types = (SliceType.POSTGRES_DATABASE,)
+    label = "Postgres 18 (database)"
+    short_label = "Postgres 18"
+    user_slice_type = SliceType.POSTGRES_DATABASE
+    attach_roles = (AttachmentRole.DATABASE,)
+    exports = (ExportField("DB_CONNECTION"), ExportField("DB_HOST"), ExportField("DB_PORT"),
+               ExportField("DB_DATABASE", overridable=False),
+               ExportField("DB_USERNAME", overridable=False),
+               ExportField("DB_PASSWORD", secret=True, overridable=False))
     health_check = HealthCheck(("pg_isready", "-q", "-h", "127.0.0.1", "-p", str(PORT),
                                 "-U", SUPERUSER), interval="5s", timeout="5s", retries=12,
                                start_period="30s")
@@ -155,6 +164,35 @@ class PostgresDriver(Driver):
         if action == "drop":
             return [self.psql(container, DROP_SQL, {"role": role, "db": db})]
         raise DriverError(f"postgres slice action {action!r} is not supported")
+
+    # -- plans (app.services_ops runs them) ------------------------------------
+
+    def check_slice_step(self, service: "Service", slice_: "ServiceSlice",
+                         container: str) -> StepPlan:
+        [check] = self.slice_commands(service, slice_, "check", container)
+        missing = f"database or user {slice_.name} is missing on the server"
+        return StepPlan(f"Check database {slice_.name}", (Run(
+            check, pty=False,
+            expect=lambda out: None if out.strip().splitlines()[-1:] == ["1:1"] else missing),))
+
+    def slice_provision_steps(self, service, slice_, container, action="provision"):
+        title = "Create database and user" if action == "provision" else "Set new password"
+        commands = self.slice_commands(service, slice_, action, container)
+        return [StepPlan(f"{title} {slice_.name}", tuple(Run(c, pty=False) for c in commands)),
+                self.check_slice_step(service, slice_, container)]
+
+    def slice_delete_steps(self, service, slice_, container, *, drop):
+        title = f"DROP database and user {slice_.name}" if drop else \
+            f"Disable login of {slice_.name} (data kept)"
+        commands = self.slice_commands(service, slice_, "drop" if drop else "disable", container)
+        return [StepPlan(title, tuple(Run(c, pty=False) for c in commands))]
+
+    def after_deploy_steps(self, service, container, *, is_update):
+        # Slices live in the volume; check each still answers after an update.
+        if not is_update:
+            return []
+        return [self.check_slice_step(service, s, container) for s in service.slices
+                if s.status == SliceStatus.READY]
 
     def new_slice_config(self, name: str) -> tuple[dict, dict]:
         """(config, credentials) for a new database+user slice called ``name``."""

@@ -49,12 +49,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from app.drivers.base import (Driver, DriverError, EnvField, HealthCheck, PortSpec,
+from app.drivers.base import (Driver, DriverError, EnvField, ExportField, HealthCheck, PortSpec,
                               RenderContext, UpdateBehaviour, VolumeSpec, service_dir)
 from app.drivers.compose import base_service
+from app.drivers.plan import Mkdir, PutFile, Run, StepPlan
 from app.drivers.registry import register
 from app.drivers.secrets import generate_password, valkey_password_hash
-from app.models.enums import DeployPolicy, ServiceCategory, SliceStatus, SliceType
+from app.models.enums import AttachmentRole, DeployPolicy, ServiceCategory, SliceStatus, SliceType
 from app.shell import Command, cmd, pipe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,6 +87,19 @@ class ValkeyDriver(Driver):
         EnvField("VALKEYCLI_AUTH", "same, under valkey-cli's own name", secret=True),
     )
     slice_types = (SliceType.VALKEY_NAMESPACE,)
+    label = "Valkey 8 (cache, sessions, queues)"
+    short_label = "Valkey 8"
+    user_slice_type = SliceType.VALKEY_NAMESPACE
+    attach_roles = (AttachmentRole.CACHE, AttachmentRole.QUEUE)
+    exports = (ExportField("REDIS_CLIENT"), ExportField("REDIS_HOST"), ExportField("REDIS_PORT"),
+               ExportField("REDIS_USERNAME", overridable=False),
+               ExportField("REDIS_PASSWORD", secret=True, overridable=False),
+               ExportField("REDIS_PREFIX", overridable=False),
+               ExportField("HORIZON_PREFIX", overridable=False),
+               ExportField("REVERB_SCALING_CHANNEL", overridable=False))
+    # Laravel settings that change behaviour: only recommended, applied when confirmed.
+    recommended = {AttachmentRole.CACHE: (("CACHE_STORE", "redis"), ("SESSION_DRIVER", "redis")),
+                   AttachmentRole.QUEUE: (("QUEUE_CONNECTION", "redis"),)}
     health_check = HealthCheck(("valkey-cli -h 127.0.0.1 ping | grep -q PONG",), shell_form=True,
                                interval="5s", timeout="3s", retries=12, start_period="10s")
     stop_grace_period = "30s"
@@ -200,6 +214,45 @@ class ValkeyDriver(Driver):
             return [pipe(scan, unlink),
                     cmd("docker", "exec", container, "valkey-cli", "ACL", "LOAD")]
         raise DriverError(f"valkey slice action {action!r} is not supported")
+
+    # -- plans (app.services_ops runs them) ------------------------------------
+
+    def acl_step(self, service: "Service", slice_: "ServiceSlice", container: str,
+                 *, check: bool, without: "ServiceSlice | None" = None) -> StepPlan:
+        """Write the whole ACL file, ``ACL LOAD`` it, and (``check``) see the user enabled."""
+        slices = [s for s in service.slices if without is None or s is not without]
+        actions: list = [Mkdir(acl_dir(service.id)),
+                         PutFile(f"{acl_dir(service.id)}/{ACL_FILE}",
+                                 self.render_acl(service, slices), mode=0o644)]
+        actions += [Run(c, pty=False) for c in self.slice_commands(service, slice_, "load",
+                                                                   container)]
+        if check:
+            [getuser] = self.slice_commands(service, slice_, "check", container)
+            disabled = f"Valkey does not report user {slice_.name} as enabled"
+            actions.append(Run(getuser, pty=False,
+                               expect=lambda out: None if "on" in out.split() else disabled))
+        return StepPlan(f"Apply Valkey ACL ({slice_.name})", tuple(actions))
+
+    def deploy_steps(self, service, *, running):
+        return [StepPlan("Write Valkey ACL file", (
+            Mkdir(acl_dir(service.id)),
+            PutFile(f"{acl_dir(service.id)}/{ACL_FILE}",
+                    self.render_acl(service, list(service.slices)), mode=0o644)))]
+
+    def slice_provision_steps(self, service, slice_, container, action="provision"):
+        return [self.acl_step(service, slice_, container,
+                              check=slice_.status != SliceStatus.DELETED)]
+
+    def slice_delete_steps(self, service, slice_, container, *, drop):
+        if not drop:
+            return []
+        [unlink, _] = self.slice_commands(service, slice_, "drop", container)
+        return [StepPlan(f"Delete keys under {(slice_.config or {}).get('prefix')}",
+                         (Run(unlink, pty=False),))]
+
+    def slice_deleted_steps(self, service, slice_, container):
+        # The deleted user leaves the file; the others stay as they are.
+        return [self.acl_step(service, slice_, container, check=False, without=slice_)]
 
     def new_slice_config(self, name: str) -> tuple[dict, dict]:
         _check_acl_token("name", name)

@@ -1,4 +1,4 @@
-"""Image policy: resolve tags to digests through the registry HTTP API v2 (SPEC 9).
+"""Image references and digest resolution through the registry HTTP API v2 (SPEC 9).
 
 Deploys and updates run ``name@sha256:...``, never a moving tag, so a
 rollback or a second server gets exactly the same bytes. The resolution is
@@ -7,9 +7,8 @@ types in ``Accept`` (so a multi-arch tag yields its index digest, the one
 ``docker pull`` records), answering ``401`` challenges with a bearer token
 (Docker Hub, GHCR) or basic auth (distribution with htpasswd).
 
-:func:`check_for_update` re-resolves the service's track tag and records a
-newer digest as ``available_image_digest`` / ``update_status=available``;
-it never deploys. An update is an explicit ``service_deploy`` operation.
+Registry-level only: which tag a service runs, and recording a newer digest
+for it, are :mod:`app.services_ops.updates`'s.
 """
 from __future__ import annotations
 
@@ -17,16 +16,12 @@ import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import requests
 
-from app.drivers.base import ImageRef
-from app.registries.references import (DIGEST_RE, ImageReferenceError, normalise_domain,
-                                       split_reference)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from app.models import Service
+from app.registries.references import (DIGEST_RE, ImageReferenceError, Reference,
+                                       normalise_domain, split_reference)
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -39,6 +34,29 @@ DOCKER_HUB_API = "registry-1.docker.io"
 
 class ImageError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image reference split the way the registry API needs it."""
+
+    registry: str  # host[:port]; "docker.io" for Docker Hub
+    repository: str  # e.g. "library/postgres"
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The reference without tag or digest, normalised as Docker reports it in RepoDigests."""
+        return Reference(domain=self.registry, path=self.repository).name
+
+    def with_digest(self, digest: str) -> str:
+        return f"{self.name}@{digest}"
+
+    def __str__(self) -> str:
+        if self.digest:
+            return f"{self.name}@{self.digest}"
+        return f"{self.name}:{self.tag or 'latest'}"
 
 
 @dataclass(frozen=True)
@@ -175,28 +193,3 @@ def org_credentials(organisation_id: int) -> CredentialLookup:
         return Credentials(row.username, row.password or "") if row is not None else None
 
     return lookup
-
-
-def pinned_reference(service: "Service", digest: str) -> str:
-    from app.drivers.registry import get_driver
-    return parse_image(get_driver(service).image(service)).with_digest(digest)
-
-
-def check_for_update(service: "Service", credentials: CredentialLookup | None = None) -> str | None:
-    """Resolve the track tag again; record a newer digest as available. Never deploys.
-
-    Returns the available digest, or None when the service is current.
-    """
-    from app.drivers.registry import get_driver
-    from app.models.enums import UpdateStatus
-    driver = get_driver(service)
-    creds = credentials or org_credentials(service.organisation_id)
-    digest = resolve_digest(driver.image(service), creds)
-    if service.current_image_digest and digest != service.current_image_digest:
-        service.available_image_digest = digest
-        service.update_status = UpdateStatus.AVAILABLE
-        return digest
-    service.available_image_digest = None
-    service.update_status = UpdateStatus.CURRENT if service.current_image_digest \
-        else UpdateStatus.UNKNOWN
-    return None

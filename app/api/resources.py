@@ -1,0 +1,154 @@
+"""Read endpoints: the token, applications, environments and their variables, servers,
+services. Every object is loaded through app.scoping (the user's organisation only)."""
+from __future__ import annotations
+
+from flask import jsonify, request
+from flask_login import current_user
+from sqlalchemy.orm import selectinload
+
+from app.api import serializers as ser
+from app.api.core import (ApiError, current_scopes, current_token, paginate, query_choice,
+                          route)
+from app.extensions import db
+from app.models import (Application, AuditEvent, Environment, EnvironmentAttachment,
+                        EnvironmentVariable, Server, Service)
+from app.models.enums import ServerStatus
+from app.scoping import current_org_id, get_for_org_or_404, org_query, parse_id
+
+NAME_QUERY = ("name", {"type": "string", "maxLength": 63}, "Only the object with this name.")
+
+
+def _name_filter(stmt, column):
+    name = request.args.get("name")
+    if name:
+        stmt = stmt.where(column == name[:255])
+    return stmt
+
+
+@route("/me", summary="The token in use, its user and organisation", tag="tokens", scope=None,
+       ok=(200, "The token", "Token"))
+def me():
+    return jsonify(ser.token(current_token(), current_scopes()))
+
+
+# --------------------------------------------------------------------------- applications
+
+@route("/applications", summary="List applications", tag="applications", paginated=True,
+       query=[NAME_QUERY], ok=(200, "A page of applications", "Page_Application"))
+def list_applications():
+    stmt = _name_filter(org_query(Application), Application.name).order_by(Application.id)
+    return paginate(stmt.options(selectinload(Application.environments)), ser.application)
+
+
+@route("/applications/<int:application_id>", summary="One application", tag="applications",
+       ok=(200, "The application", "Application"))
+def get_application(application_id):
+    return jsonify(ser.application(get_for_org_or_404(Application, application_id)))
+
+
+# --------------------------------------------------------------------------- environments
+
+@route("/environments", summary="List environments", tag="environments", paginated=True,
+       query=[NAME_QUERY, ("application", {"type": "string", "maxLength": 63},
+                           "Only environments of the application with this name."),
+              ("application_id", {"type": "integer", "minimum": 1},
+               "Only environments of this application.")],
+       ok=(200, "A page of environments", "Page_Environment"))
+def list_environments():
+    stmt = _name_filter(org_query(Environment), Environment.name)
+    if request.args.get("application"):
+        stmt = stmt.where(Application.name == request.args["application"][:255])
+    if request.args.get("application_id") is not None:
+        app_id = parse_id(request.args["application_id"])
+        if app_id is None:
+            raise ApiError(400, "invalid_request", "application_id must be a whole number.",
+                           {"parameter": "application_id"})
+        stmt = stmt.where(Environment.application_id == app_id)
+    # What each item shows, loaded per page in a fixed number of queries.
+    stmt = stmt.options(selectinload(Environment.application),
+                        selectinload(Environment.current_artifact),
+                        selectinload(Environment.services),
+                        selectinload(Environment.attachments)
+                        .selectinload(EnvironmentAttachment.service_slice))
+    return paginate(stmt.order_by(Environment.id), ser.environment)
+
+
+@route("/environments/<int:environment_id>", summary="One environment", tag="environments",
+       ok=(200, "The environment", "Environment"))
+def get_environment(environment_id):
+    return jsonify(ser.environment(get_for_org_or_404(Environment, environment_id)))
+
+
+@route("/environments/<int:environment_id>/variables", summary="An environment's variables",
+       tag="environments", ok=(200, "Every variable; secret values are null",
+                               {"type": "object", "properties": {"items": {
+                                   "type": "array",
+                                   "items": {"$ref": "#/components/schemas/Variable"}}},
+                                "required": ["items"]}),
+       description="Secret values (marked secret, APP_KEY, managed passwords) are null: "
+                   "reveal one with POST .../reveal (admin scope, recorded).")
+def list_variables(environment_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    return jsonify({"items": [ser.variable(v) for v in env.variables]})
+
+
+@route("/environments/<int:environment_id>/variables/<int:variable_id>/reveal", "POST",
+       summary="Reveal one variable's value", tag="environments", scope="admin",
+       ok=(200, "The variable with its value", "Variable"),
+       description="Needs the admin scope. Recorded as an audit event (variable.reveal), "
+                   "like a reveal on the environment page; the value is never logged.")
+def reveal_variable(environment_id, variable_id):
+    env = get_for_org_or_404(Environment, environment_id)
+    var = get_for_org_or_404(EnvironmentVariable, variable_id)
+    if var.environment_id != env.id:
+        raise ApiError(404, "not_found", "No such variable in this environment.")
+    db.session.add(AuditEvent(organisation_id=current_org_id(), user_id=current_user.id,
+                              action="variable.reveal", target_type="environment_variable",
+                              target_id=var.id, detail={"key": var.key, "environment_id": env.id,
+                                                        "via": "api",
+                                                        "token_id": current_token().id}))
+    db.session.commit()
+    return jsonify(ser.variable(var, reveal=True))
+
+
+# --------------------------------------------------------------------------- servers, services
+
+@route("/servers", summary="List servers", tag="servers", paginated=True,
+       query=[NAME_QUERY, ("status", {"enum": [s.value for s in ServerStatus]},
+                           "Only servers in this status.")],
+       ok=(200, "A page of servers", "Page_Server"))
+def list_servers():
+    stmt = _name_filter(org_query(Server), Server.name)
+    status = query_choice("status", [s.value for s in ServerStatus])
+    if status:
+        stmt = stmt.where(Server.status == status)
+    return paginate(stmt.options(selectinload(Server.provider)).order_by(Server.id), ser.server)
+
+
+@route("/servers/<int:server_id>", summary="One server", tag="servers",
+       ok=(200, "The server", "Server"))
+def get_server(server_id):
+    return jsonify(ser.server(get_for_org_or_404(Server, server_id)))
+
+
+@route("/services", summary="List services", tag="services", paginated=True,
+       query=[NAME_QUERY, ("environment_id", {"type": "integer", "minimum": 1},
+                           "Only services of this environment.")],
+       ok=(200, "A page of services", "Page_Service"))
+def list_services():
+    stmt = _name_filter(org_query(Service), Service.name)
+    if request.args.get("environment_id") is not None:
+        env_id = parse_id(request.args["environment_id"])
+        if env_id is None:
+            raise ApiError(400, "invalid_request", "environment_id must be a whole number.",
+                           {"parameter": "environment_id"})
+        stmt = stmt.where(Service.environment_id == env_id)
+    return paginate(stmt.options(selectinload(Service.replicas)).order_by(Service.id),
+                    ser.service)
+
+
+@route("/services/<int:service_id>", summary="One service", tag="services",
+       ok=(200, "The service", "Service"))
+def get_service(service_id):
+    return jsonify(ser.service(get_for_org_or_404(Service, service_id)))
+
