@@ -112,8 +112,8 @@ def push_sample_commit(git: "GitHost", kind: str = "update", repo: str = "sample
             for name, text in kept.items():
                 (migrations / name).write_text(text)
             if kind == "update":
-                mark = stamp.replace("-", "_")
-                name = f"{time.strftime('%Y_%m_%d_%H%M%S', time.gmtime())}_deploy_mark_{mark.lower()}.php"
+                mark = stamp.replace("-", "_").lower()
+                name = f"{time.strftime('%Y_%m_%d_%H%M%S', time.gmtime())}_deploy_mark_{mark}.php"
                 (migrations / name).write_text(_DEPLOY_MARK_MIGRATION % {"mark": mark})
             if not with_up:
                 (work / "routes" / "health.php").unlink()

@@ -14,10 +14,10 @@ Route::post('/items', function (Request $request) {
 
 // A job on the Redis queue (QUEUE_CONNECTION=redis), run by `php artisan queue:work`.
 Route::post('/jobs', function (Request $request) {
-    $data = $request->validate(['token' => ['required', 'regex:/^[A-Za-z0-9_-]{1,64}$/']]);
-    RecordJob::dispatch($data['token']);
+    $data = $request->validate(['name' => ['required', 'regex:/^[A-Za-z0-9_-]{1,64}$/']]);
+    RecordJob::dispatch($data['name']);
 
-    return response()->json(['queued' => $data['token']], 202);
+    return response()->json(['queued' => $data['name']], 202);
 });
 
 // A file upload, saved under storage/app/uploads and served back by GET /files/{name}.
