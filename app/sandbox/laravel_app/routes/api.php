@@ -26,5 +26,6 @@ Route::post('/upload', function (Request $request) {
                         'name' => ['required', 'regex:/^[A-Za-z0-9._-]{1,80}$/']]);
     $path = $request->file('file')->storeAs('uploads', $request->input('name'), 'local');
 
-    return response()->json(['path' => $path, 'url' => '/files/'.$request->input('name')], 201);
+    return response()->json(['path' => $path, 'url' => '/files/'.$request->input('name'),
+                             'hostname' => gethostname()], 201);
 });
