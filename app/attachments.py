@@ -288,7 +288,7 @@ def apply_recommendations(environment: Environment, keys: Iterable[str], *,
                           confirmed: bool) -> list[str]:
     """Write the confirmed recommendations as managed, overridable variables."""
     if not confirmed:
-        raise AttachmentError("changing CACHE_STORE, SESSION_DRIVER or QUEUE_CONNECTION changes "
+        raise AttachmentError("changing CACHE_STORE/CACHE_DRIVER, SESSION_DRIVER or QUEUE_CONNECTION changes "
                               "how the application behaves: confirm first")
     wanted = {r.key: r for r in recommendations_for(environment)}
     applied = []

@@ -268,6 +268,9 @@ CADDY_IMAGE = "keystone-sandbox/caddy:2"
 POSTGRES_IMAGE = "keystone-sandbox/postgres:18"
 VALKEY_IMAGE = "keystone-sandbox/valkey:8"
 PHP_BASE_IMAGE = "keystone-sandbox/php-base:8.3-fpm"
+# The same image under a name that says it carries Laravel 8 (Debian's php-laravel-framework):
+# what the real-Laravel sample builds on (app/sandbox/laravel_app).
+LARAVEL_BASE_IMAGE = "keystone-sandbox/php-base:8.3-fpm-laravel8"
 BUSYBOX_IMAGE = "keystone-sandbox/busybox:latest"
 
 SPECS: dict[str, ImageSpec] = {
@@ -281,7 +284,7 @@ SPECS: dict[str, ImageSpec] = {
                   extras=(("busybox", _busybox), ("caddy", _caddy_binary), ("ca-certificates.crt", _ca_bundle))),
         ImageSpec("postgres", (POSTGRES_IMAGE,), "postgres"),
         ImageSpec("valkey", (VALKEY_IMAGE,), "valkey"),
-        ImageSpec("php-base", (PHP_BASE_IMAGE,), "php-base", extras=(("caddy", _caddy_binary),)),
+        ImageSpec("php-base", (PHP_BASE_IMAGE, LARAVEL_BASE_IMAGE), "php-base", extras=(("caddy", _caddy_binary),)),
         ImageSpec("busybox", (BUSYBOX_IMAGE,), "busybox", from_base=False, extras=(("busybox", _busybox),)),
     )
 }

@@ -17,7 +17,31 @@ from .docker import SandboxError, run
 from .results import GitHost
 
 SAMPLE_APP_DIR = Path(__file__).parent / "sample_app"
+# The real Laravel 8 application (Debian's framework, baked into the PHP base image).
+LARAVEL_APP_DIR = Path(__file__).parent / "laravel_app"
+LARAVEL_REPO = "laravel.git"
 KINDS = ("initial", "update", "broken")
+LARAVEL_KINDS = ("initial", "update")
+# A migration each "update" commit of the Laravel sample adds: it writes one row, so a
+# migration run twice (two servers racing) would show as two rows of the same mark.
+_DEPLOY_MARK_MIGRATION = """<?php
+
+use Illuminate\\Database\\Migrations\\Migration;
+use Illuminate\\Support\\Facades\\DB;
+
+return new class extends Migration
+{
+    public function up()
+    {
+        DB::table('deploy_marks')->insert(['mark' => '%(mark)s']);
+    }
+
+    public function down()
+    {
+        DB::table('deploy_marks')->where('mark', '%(mark)s')->delete();
+    }
+};
+"""
 
 
 def _git(args: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -32,7 +56,8 @@ def remote_head(git: "GitHost", repo: str = "sample.git", branch: str = "main") 
 
 
 def push_sample_commit(git: "GitHost", kind: str = "update", repo: str = "sample.git",
-                       branch: str = "main", message: str | None = None) -> str:
+                       branch: str = "main", message: str | None = None,
+                       laravel: bool = False, with_up: bool = True) -> str:
     """Commit the sample app to `repo` on the git host and push it; return the new sha.
 
     kind:
@@ -41,9 +66,15 @@ def push_sample_commit(git: "GitHost", kind: str = "update", repo: str = "sample
       - "update": a new commit whose VERSION (shown by GET /) differs;
       - "broken": a new commit with a BROKEN marker, so GET /up answers 500.
     Every "update" and "broken" commit removes the marker of an earlier broken one.
+
+    ``laravel=True`` pushes the real Laravel sample (``laravel_app/``) instead: "initial"
+    or "update"; every "update" also adds a migration writing one ``deploy_marks`` row
+    (the ones of earlier updates are kept), and ``with_up=False`` leaves out
+    ``routes/health.php``, so the app has no ``/up`` route (Laravel 8 has none).
     """
-    if kind not in KINDS:
-        raise SandboxError(f"kind must be one of {KINDS}")
+    if kind not in (LARAVEL_KINDS if laravel else KINDS):
+        raise SandboxError(f"kind must be one of {LARAVEL_KINDS if laravel else KINDS}")
+    source = LARAVEL_APP_DIR if laravel else SAMPLE_APP_DIR
     git.create_repo(repo)
     if kind == "initial":
         head = remote_head(git, repo, branch)
@@ -62,14 +93,26 @@ def push_sample_commit(git: "GitHost", kind: str = "update", repo: str = "sample
         else:
             _git(["init", "-q", "-b", branch, str(work)], work.parent, env)
             _git(["remote", "add", "origin", git.repo_url(repo)], work, env)
+        migrations = work / "database" / "migrations"
+        kept = {p.name: p.read_text() for p in migrations.glob("*_deploy_mark_*.php")} \
+            if laravel and migrations.is_dir() else {}
         # Start from the pristine sample app every time.
         for child in work.iterdir():
             if child.name == ".git":
                 continue
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        shutil.copytree(SAMPLE_APP_DIR, work, dirs_exist_ok=True)
+        shutil.copytree(source, work, dirs_exist_ok=True)
         (work / "artisan").chmod(0o755)
         stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
+        if laravel:
+            for name, text in kept.items():
+                (migrations / name).write_text(text)
+            if kind == "update":
+                mark = stamp.replace("-", "_").lower()
+                name = f"{time.strftime('%Y_%m_%d_%H%M%S', time.gmtime())}_deploy_mark_{mark}.php"
+                (migrations / name).write_text(_DEPLOY_MARK_MIGRATION % {"mark": mark})
+            if not with_up:
+                (work / "routes" / "health.php").unlink()
         if kind == "update":
             (work / "VERSION").write_text(f"v2 {stamp}\n")
         elif kind == "broken":
@@ -93,3 +136,9 @@ def push_new_commit(git: "GitHost", repo: str = "sample.git", branch: str = "mai
 
 def push_broken_commit(git: "GitHost", repo: str = "sample.git", branch: str = "main") -> str:
     return push_sample_commit(git, "broken", repo, branch)
+
+
+def push_laravel_commit(git: "GitHost", kind: str = "update", repo: str = LARAVEL_REPO,
+                        branch: str = "main", with_up: bool = True) -> str:
+    """Push the real Laravel sample (see :func:`push_sample_commit`); return the new sha."""
+    return push_sample_commit(git, kind, repo, branch, laravel=True, with_up=with_up)

@@ -101,6 +101,12 @@ class Testbed:
     ws_id: int | None = None
     worker: bool = False  # also a dedicated queue worker service ("Add worker")
     worker_id: int | None = None
+    # The sandbox git host's repository the application deploys: ``sample.git`` (the
+    # Laravel-shaped sample) or ``laravel.git`` (the real Laravel 8 sample, app.sandbox.sample).
+    repo: str = "sample.git"
+    # The build's base image: the php-base stand-in (app.sandbox.images.LARAVEL_BASE_IMAGE is
+    # the same image under the name the real Laravel sample asks for).
+    base_image: str = PHP_BASE
     # Who deploys log in as: the provisioned servers' ``keystone`` (provision_sandbox_servers
     # first), the way every real server is run.
     management_user: str = MANAGEMENT_USER
@@ -115,7 +121,7 @@ class Testbed:
 
         sb = self.sandbox
         chosen = sb.servers[:self.server_count]
-        load_images(chosen, [PHP_BASE])
+        load_images(chosen, [self.base_image])
         user = create_account(organisation=f"Deploys {self.tag}",
                               email=f"deploys-{self.tag}@example.com",
                               password="correct horse battery")
@@ -133,14 +139,14 @@ class Testbed:
                             username=reg.username, password=reg.password)
         db.session.add_all([*servers, registry])
         db.session.commit()
-        application = create_application(org.id, f"sample-{self.tag}", sb.git.sample_repo_url,
+        application = create_application(org.id, f"sample-{self.tag}", sb.git.repo_url(self.repo),
                                          "main")
         db.session.commit()
         env = application.environments[0]
-        env.build_config = {"base_image": PHP_BASE}
+        env.build_config = {"base_image": self.base_image}
         if len(servers) > 1:
             env.registry_id = registry.id
-        sb.git.authorize_key(application.deploy_key_public)
+        sb.git.authorize_key(application.deploy_key_public, repo=self.repo)
         result = verify_access(application)
         db.session.commit()
         if not result.ok:

@@ -252,7 +252,8 @@ def test_attach_postgres_and_valkey_then_connect_from_the_network(world):
             "REDIS_HOST", "REDIS_PORT", "REDIS_USERNAME", "REDIS_PASSWORD"} <= set(managed)
     assert managed["DB_HOST"].value == f"pg-{w.pg.id}.internal"
     assert managed["DB_PASSWORD"].overridable is False and managed["DB_HOST"].overridable
-    assert {r.key for r in recommendations_for(w.env)} == {"CACHE_STORE", "SESSION_DRIVER"}
+    assert {r.key for r in recommendations_for(w.env)} == {"CACHE_STORE", "CACHE_DRIVER",
+                                                           "SESSION_DRIVER"}
 
     # A Laravel-runtime container rendered by the driver, with the effective env + tricky values.
     env = {**effective_environment(w.env), **TRICKY}

@@ -79,15 +79,17 @@ def test_valkey_recommendations_apply_only_on_confirm(graph):
     assert m["REDIS_USERNAME"].value == slice_.config["username"]
     assert "CACHE_STORE" not in effective_environment(env)
     recs = recommendations_for(env)
-    assert [(r.key, r.value) for r in recs] == [("CACHE_STORE", "redis"), ("SESSION_DRIVER", "redis")]
+    assert [(r.key, r.value) for r in recs] == [("CACHE_STORE", "redis"), ("CACHE_DRIVER", "redis"),
+                                                ("SESSION_DRIVER", "redis")]
     with pytest.raises(AttachmentError, match="confirm"):
         apply_recommendations(env, ["CACHE_STORE"], confirmed=False)
     assert "CACHE_STORE" not in effective_environment(env)
     set_user_variable(env, "SESSION_DRIVER", "file")
-    apply_recommendations(env, ["CACHE_STORE", "SESSION_DRIVER"], confirmed=True)
+    apply_recommendations(env, ["CACHE_STORE", "CACHE_DRIVER", "SESSION_DRIVER"], confirmed=True)
     db.session.commit()
     eff = effective_environment(env)
     assert eff["CACHE_STORE"] == "redis" and eff["SESSION_DRIVER"] == "redis"
+    assert eff["CACHE_DRIVER"] == "redis"  # Laravel 8-10's name for the same setting
     assert recommendations_for(env) == []
 
 

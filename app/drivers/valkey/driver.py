@@ -98,7 +98,10 @@ class ValkeyDriver(Driver):
                ExportField("HORIZON_PREFIX", overridable=False),
                ExportField("REVERB_SCALING_CHANNEL", overridable=False))
     # Laravel settings that change behaviour: only recommended, applied when confirmed.
-    recommended = {AttachmentRole.CACHE: (("CACHE_STORE", "redis"), ("SESSION_DRIVER", "redis")),
+    # CACHE_STORE is Laravel 11's name, CACHE_DRIVER Laravel 8-10's (config/cache.php):
+    # a real Laravel 8 app ignores CACHE_STORE and keeps the file cache.
+    recommended = {AttachmentRole.CACHE: (("CACHE_STORE", "redis"), ("CACHE_DRIVER", "redis"),
+                                          ("SESSION_DRIVER", "redis")),
                    AttachmentRole.QUEUE: (("QUEUE_CONNECTION", "redis"),)}
     health_check = HealthCheck(("valkey-cli -h 127.0.0.1 ping | grep -q PONG",), shell_form=True,
                                interval="5s", timeout="3s", retries=12, start_period="10s")

@@ -1,0 +1,34 @@
+<?php
+
+use Illuminate\Database\Migrations\Migration;
+use Illuminate\Database\Schema\Blueprint;
+use Illuminate\Support\Facades\Schema;
+
+class CreateJobRunsTable extends Migration
+{
+    public function up()
+    {
+        Schema::create('job_runs', function (Blueprint $table) {
+            $table->id();
+            $table->string('token', 64);
+            $table->string('hostname', 120);
+            $table->unsignedInteger('attempt');
+            $table->timestamp('ran_at', 6);
+        });
+        Schema::create('failed_jobs', function (Blueprint $table) {
+            $table->id();
+            $table->string('uuid')->unique();
+            $table->text('connection');
+            $table->text('queue');
+            $table->longText('payload');
+            $table->longText('exception');
+            $table->timestamp('failed_at')->useCurrent();
+        });
+    }
+
+    public function down()
+    {
+        Schema::dropIfExists('failed_jobs');
+        Schema::dropIfExists('job_runs');
+    }
+}
