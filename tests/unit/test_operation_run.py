@@ -238,6 +238,27 @@ def test_reaper_interrupts_dead_workers_and_starts_the_next(app, clean_streams):
     assert db.session.execute(sa.select(OperationLock)).first() is None
 
 
+def test_a_step_cut_short_by_the_reaper_carries_the_reason(app, clean_streams):
+    from app.models import OperationStep
+    from app.models.enums import StepStatus
+    g = build_org()
+    op = _start(g)
+    claim(op, "elsewhere.example/4243")
+    step = OperationStep(operation_id=op.id, name="Build image", order=1,
+                         status=StepStatus.RUNNING, logs="", error_logs="")
+    done = OperationStep(operation_id=op.id, name="Fetch source", order=0,
+                         status=StepStatus.SUCCEEDED, logs="", error_logs="")
+    db.session.add_all([step, done])
+    op.heartbeat_at = op.heartbeat_at - dt.timedelta(seconds=45)
+    db.session.commit()
+    assert reap() == [op.id]
+    db.session.expire_all()
+    step, done = db.session.get(OperationStep, step.id), db.session.get(OperationStep, done.id)
+    assert step.status is StepStatus.INTERRUPTED
+    assert "heartbeat" in step.error_logs and step.error_logs.startswith("Interrupted")
+    assert done.status is StepStatus.SUCCEEDED and done.error_logs == ""
+
+
 def test_reaper_notices_a_dead_local_pid_at_once(app, clean_streams):
     import socket
     import subprocess
