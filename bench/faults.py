@@ -469,7 +469,8 @@ class FaultBed:
         from app.extensions import db
         from app.models import ServiceSlice
         server = self.bed.sandbox_servers[0]
-        corrupt = ('while [ ! -e /home/keystone/gateway/Caddyfile.next ]; do :; done; '
+        corrupt = ('rm -f /home/keystone/gateway/Caddyfile.next; '
+                   'while [ ! -e /home/keystone/gateway/Caddyfile.next ]; do :; done; '
                    'printf "\\nthis is not { a caddyfile\\n" >> /home/keystone/gateway/Caddyfile.next')
         watcher: list[subprocess.Popen] = []
 

@@ -82,7 +82,7 @@ def test_3_ssh_connection_cut_mid_step(faults):
 def test_4_gateway_given_an_invalid_caddyfile(faults):
     out = faults.scenario_4()
     check(out)
-    assert "Caddy" in out.reason, out.as_dict()
+    assert "Caddy" in out.reason and "refused" in out.reason, out.as_dict()
 
 
 def test_2_redis_restarts_mid_deploy(faults):
