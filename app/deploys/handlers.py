@@ -781,10 +781,19 @@ class EnvironmentDeploy:
                 step.log(f"{' '.join(pr['paths'])} ({pr['name']}): " + " ".join(pr["upstreams"]))
             step.log(f"active health check {READY_PATH} every {ROUTE_HEALTH['interval']}: "
                      "later deploys change no gateway configuration")
+        previous = (dict(route.config or {}), route.status)
         route.config = desired
         route.status = SliceStatus.READY
         db.session.commit()
-        install_gateway_config(cctx, route.service)
+        try:
+            install_gateway_config(cctx, route.service)
+        except BaseException:
+            # Not installed: the route stays as the gateway has it, so the next deploy
+            # tries again (it installs only routes whose config differs).
+            db.session.rollback()
+            route.config, route.status = previous
+            db.session.commit()
+            raise
 
     # ---------------------------------------------------------------- gateway confirmation
     def _gateways(self) -> list[tuple[Service, Server, str]]:

@@ -202,6 +202,20 @@ def _upsert_endpoints(service: Service, replica: ServiceReplica, port: int | Non
 
 # --------------------------------------------------------------------------- gateway
 
+def _caddy_said(result) -> str:
+    """Caddy's last message (its log lines are JSON: the ``msg`` of the last one)."""
+    import json
+    lines = [ln.strip() for ln in ((result.stdout or "") + "\n" + (result.stderr or ""))
+             .splitlines() if ln.strip()]
+    if not lines:
+        return "no message"
+    try:
+        said = json.loads(lines[-1]).get("msg") or lines[-1]
+    except (ValueError, AttributeError):
+        said = lines[-1]
+    return str(said)[:300]
+
+
 def install_gateway_config(ctx: OperationContext, gateway: Service, text: str | None = None,
                            *, container: str | None = None) -> bool:
     """Validate and install the gateway's Caddyfile, then reload Caddy without downtime.
@@ -212,19 +226,29 @@ def install_gateway_config(ctx: OperationContext, gateway: Service, text: str | 
     """
     driver = get_driver(gateway)
     server = gateway.server
-    text = driver.render_gateway_config(gateway) if text is None else text
-    if caddy_binary():
-        check_caddyfile(text)
-    container = container or _running_container(gateway)
-    want = hashlib.sha256(text.encode()).hexdigest()
     with ctx.step("Install gateway configuration", server=server) as step:
+        # Refusals are the step's own reason: a Caddyfile that does not render or that
+        # Caddy refuses here never reaches the gateway.
+        try:
+            text = driver.render_gateway_config(gateway) if text is None else text
+            if caddy_binary():
+                check_caddyfile(text)
+        except CaddyfileError as exc:
+            raise StepFailed(f"The gateway configuration was refused before it reached "
+                             f"{server.name}: {exc}") from None
+        container = container or _running_container(gateway)
+        want = hashlib.sha256(text.encode()).hexdigest()
         res = step.run(driver.current_hash_cmd(), check=False, pty=False)
         if res.stdout.split()[:1] == [want]:
             step.unchanged("the gateway already has this configuration")
             return False
         step.put_file(CADDYFILE_NEXT, text, mode=0o644)
-        step.run(driver.validate_cmd(container, f"{CONFIG_DIR_IN_CONTAINER}/Caddyfile.next"),
-                 timeout=60)
+        check = step.run(driver.validate_cmd(container, f"{CONFIG_DIR_IN_CONTAINER}/Caddyfile.next"),
+                         check=False, timeout=60)
+        if check.exit_code != 0:
+            raise StepFailed(f"The gateway's Caddy on {server.name} refused the new "
+                             f"configuration ({_caddy_said(check)}); it was not installed and "
+                             "the previous one is still serving.")
         step.run(driver.install_cmd())
         reload = step.run(driver.reload_cmd(container), check=False, timeout=60)
         if reload.exit_code != 0:
