@@ -80,6 +80,24 @@ def test_nonzero_exit_fails_step_and_operation(app, clean_streams, handlers):
     assert "exited with 3" in op.error and "exited with 3" in op.steps[0].error_logs
 
 
+def test_a_failed_command_s_last_words_are_the_step_s_reason(app, clean_streams, handlers):
+    g = build_org()
+
+    @handlers(K)
+    def handler(ctx):
+        with ctx.step("upload", server=g.server) as step:
+            step.run(cmd("tar", "-xf", "source.tar"))
+
+    with fake_servers() as fake:
+        fake.script("tar", exit_code=2, output="x app/\n\x1b[31mtar: app/x: Cannot write: "
+                    "No space left on device\x1b[0m\n")
+        op = _start(g)
+        assert _run(op) == "failed"
+    op = db.session.get(Operation, op.id)
+    assert op.steps[0].error_logs.endswith(
+        "exited with 2: x app/ | tar: app/x: Cannot write: No space left on device")
+
+
 def test_check_false_and_unchanged(app, clean_streams, handlers):
     g = build_org()
 
