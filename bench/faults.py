@@ -95,11 +95,12 @@ def running_step(op_id: int, pattern: str, any_status: bool = False) -> str | No
 
 
 def step_reason(op) -> str | None:
-    """The reason a step of the tree carries (the first failed/interrupted step with one)."""
-    for o in tree(op):
-        for s in o.steps:
-            if s.status.value in ("failed", "interrupted") and (s.error_logs or "").strip():
-                return f"{s.name}: {s.error_logs.strip()}"
+    """The reason a step of the tree carries: the first step, in the order they ran, that
+    failed or was interrupted with one (the cause, not a clean-up that failed after it)."""
+    steps = sorted((s for o in tree(op) for s in o.steps), key=lambda s: s.id)
+    for s in steps:
+        if s.status.value in ("failed", "interrupted") and (s.error_logs or "").strip():
+            return f"{s.name}: {s.error_logs.strip()}"
     return None
 
 
@@ -542,16 +543,26 @@ class FaultBed:
             from bench.loadgen import wait_http
             status, _ = wait_http(s2.http_port, self.hostname_b, timeout=180)
             seen.append(f"env B answers HTTP {status} after the restart")
-            seen.append(f"health check after the restart: {check_health()}")
             from app.extensions import db
             from app.models import Service
-            db.session.expire_all()
-            web = db.session.get(Service, self.web_b_id)
-            states = [(r.container_name, r.status.value, r.health_status.value)
-                      for r in web.replicas if r.status.value == "running"]
-            seen.append(f"env B's running replicas as the check saw them: {states}")
-            self.b_serving_after_restart = (status == 200 and bool(states)
-                                            and all(h == "healthy" for _, _, h in states))
+
+            def checked():
+                # One pass of the periodic check; its view of env B's web and gateway.
+                counts = check_health()
+                db.session.expire_all()
+                rows = [(r.container_name, r.status.value, r.health_status.value)
+                        for sid in self.b_ids for r in db.session.get(Service, sid).replicas
+                        if r.status.value not in ("removed", "stopped")
+                        and (r.config or {}).get("slot") != "green"]
+                seen.append(f"health check: {counts}: {rows}")
+                return rows and all(st == "running" and h == "healthy" for _, st, h in rows)
+
+            try:
+                wait_for(checked, 150, 5, "env B's replicas healthy in the health check")
+                ok = True
+            except TimeoutError:
+                ok = False
+            self.b_serving_after_restart = status == 200 and ok
 
         out = self._fault_run("5", r"^Health check|^Start .* slot on", inject,
                               env=self.env_b(), after=after)
