@@ -486,6 +486,7 @@ class EnvironmentDeploy:
                            server=server) as step:
                 step.run(ensure_network_cmd(), timeout=60)
                 step.run(dc.remove(name), check=False, timeout=60)  # a leftover of a crash
+                self._remove_leftovers(step, placement, slot)
                 started = parse_stamp(_stdout(step.run(dc.server_time(), check=False,
                                                        pty=False, timeout=30)))
                 replica.config = {**(replica.config or {}), "started_at": started}
@@ -502,6 +503,23 @@ class EnvironmentDeploy:
             self._remove_failed(rctx, replica, server)
             raise
         self.new[(service.id, server.id)] = replica
+
+    def _remove_leftovers(self, step, placement, slot: str) -> None:
+        """An interrupted deploy's replica in this slot (it never passed its checks, so it
+        was never armed and no gateway sends it anything) goes before the new one starts:
+        two containers answering one slot alias would make the gateway's checks flap."""
+        for fact in placement.old:
+            if fact.slot != slot or fact.status != ReplicaStatus.STARTING.value:
+                continue
+            leftover = self._replica(fact.id)
+            if leftover is None or leftover.status != ReplicaStatus.STARTING:
+                continue
+            step.log(f"removing {leftover.container_name}, left in the {slot} slot by an "
+                     f"interrupted deploy (never armed)")
+            self._teardown(step, leftover, timeout=5, drain_first=False)
+            leftover.status = ReplicaStatus.REMOVED
+            leftover.container_state = REMOVED_BY_KEYSTONE
+            db.session.commit()
 
     def _check_not_crashing(self, step, name: str, what: str) -> list[str]:
         """Inspect ``name``; fail when it is not running or has restarted (a crash loop).
@@ -736,10 +754,19 @@ class EnvironmentDeploy:
                 step.log(f"{' '.join(pr['paths'])} ({pr['name']}): " + " ".join(pr["upstreams"]))
             step.log(f"active health check {READY_PATH} every {ROUTE_HEALTH['interval']}: "
                      "later deploys change no gateway configuration")
+        previous = (dict(route.config or {}), route.status)
         route.config = desired
         route.status = SliceStatus.READY
         db.session.commit()
-        apply_service_config(cctx, route.service)
+        try:
+            apply_service_config(cctx, route.service)
+        except BaseException:
+            # Not installed: the route stays as the gateway has it, so the next deploy
+            # tries again (it installs only routes whose config differs).
+            db.session.rollback()
+            route.config, route.status = previous
+            db.session.commit()
+            raise
 
     # ---------------------------------------------------------------- gateway confirmation
     def _gateways(self) -> list[tuple[Service, Server, str]]:
@@ -974,8 +1001,8 @@ class EnvironmentDeploy:
         drained: list[tuple[ServiceReplica, float]] = []
         for old in change.old_replicas:
             replica = self._replica(old.id)
-            if replica is None:
-                continue
+            if replica is None or replica.status == ReplicaStatus.REMOVED:
+                continue  # gone already (e.g. an interrupted deploy's leftover, removed)
             server = db.session.get(Server, replica.server_id)
             with cctx.step(f"Drain {replica.container_name}", server=server) as step:
                 res = step.run(dc.drain(replica.container_name), check=False, pty=False,
@@ -1003,8 +1030,8 @@ class EnvironmentDeploy:
         # clients reconnect to the new slot (docs/cutover.md).
         for old in change.old_replicas:
             replica = self._replica(old.id)
-            if replica is None:
-                continue
+            if replica is None or replica.status == ReplicaStatus.REMOVED:
+                continue  # gone already (e.g. an interrupted deploy's leftover, removed)
             server = db.session.get(Server, replica.server_id)
             with cctx.step(f"Stop {replica.container_name} (SIGTERM, up to "
                            f"{change.stop_timeout}s)", server=server) as step:

@@ -272,8 +272,16 @@ def _placements(service: ServiceFact) -> tuple[Placement, ...]:
         used = {r.slot for r in old}
         current = old[-1].slot if old else None
         slot = other_slot(current)
-        if slot in used:  # both slots busy (an interrupted deploy): reuse the older one's
-            slot = old[0].slot if old[0].slot in SLOTS else SLOTS[0]
+        if slot in used:
+            # Both slots busy: an interrupted deploy left a replica behind. Its slot is the
+            # one to reuse when it never passed its checks ("starting": never armed, so no
+            # gateway sends it anything); never the slot of the replica that is serving.
+            # The deploy removes the leftover before it starts the new one there.
+            leftovers = [r for r in old if r.status == "starting" and r.slot in SLOTS]
+            if leftovers:
+                slot = leftovers[-1].slot
+            else:
+                slot = old[0].slot if old[0].slot in SLOTS else SLOTS[0]
         out.append(Placement(server_id, slot, old))
     # Servers the service no longer runs on: their replicas are retired with the cutover.
     for server_id, old in sorted(by_server.items()):

@@ -665,7 +665,12 @@ class StepHandle:
         if check and result.exit_code != 0:
             how = ("was killed by a signal" if result.exit_code == NO_EXIT_STATUS
                    else f"exited with {result.exit_code}")
-            raise StepFailed(self.ctx.redact(f"`{masked}` {how}"), result.exit_code)
+            # What it said last is the reason a reader needs ("No space left on device").
+            text = result.stderr if (result.stderr or "").strip() else (result.stdout or "")
+            said = [terminal.strip_ansi(ln).strip() for ln in text.splitlines()]
+            said = [ln for ln in said if ln][-2:]
+            detail = (": " + " | ".join(said))[:400] if said else ""
+            raise StepFailed(self.ctx.redact(f"`{masked}` {how}{detail}"), result.exit_code)
         return result
 
     def put_file(self, remote_path: str, data: bytes | str, mode: int = 0o644) -> None:
@@ -674,8 +679,28 @@ class StepHandle:
         if isinstance(data, str):
             data = data.encode()
         db.session.commit()
-        self.connection().put_file(remote_path, data, mode=mode)
+        from app.remote import TransferFailed
+        try:
+            self.connection().put_file(remote_path, data, mode=mode)
+        except TransferFailed as exc:
+            # SFTP reports a full disk as a bare "Failure": say what the disk says.
+            raise StepFailed(self.ctx.redact(f"{exc}{self._space_hint(remote_path, len(data))}")) \
+                from None
         self.log(f"uploaded {remote_path} ({len(data)} bytes, mode {mode:04o})")
+
+    def _space_hint(self, remote_path: str, size: int) -> str:
+        import posixpath
+        directory = posixpath.dirname(remote_path) or "."
+        try:
+            res = self.connection().run(shell.cmd("df", "-Pk", "--", directory), timeout=30,
+                                        pty=False)
+            free_kb = int(res.stdout.strip().splitlines()[-1].split()[3])
+        except Exception:  # noqa: BLE001 - only a hint; the upload's own error stands
+            return ""
+        if free_kb * 1024 < size + 64 * 1024:
+            return (f" No space left on the server: {free_kb} KB free on the filesystem of "
+                    f"{directory} for {size} bytes.")
+        return ""
 
     def mkdir(self, path: str) -> None:
         self.connection().mkdir_p(path)

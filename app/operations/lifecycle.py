@@ -262,11 +262,19 @@ def finish(operation_id: int, status: OperationStatus, error: str | None = None,
     if res.rowcount != 1:
         session.rollback()
         return False
+    step_values = {"status": step_status_for(status).value, "finished_at": now,
+                   "updated_at": now}
+    if error is not None:
+        # A step cut short (its worker died, the reaper ended it) says why on the step
+        # itself, not only on the operation.
+        step_values["error_logs"] = sa.case(
+            (sa.func.coalesce(OperationStep.error_logs, "") == "", error[:20000]),
+            else_=OperationStep.error_logs)
     session.execute(
         sa.update(OperationStep).where(OperationStep.operation_id == operation_id,
                                        OperationStep.status.in_([StepStatus.RUNNING.value,
                                                                  StepStatus.PENDING.value]))
-        .values(status=step_status_for(status).value, finished_at=now, updated_at=now)
+        .values(**step_values)
         .execution_options(synchronize_session=False))
     session.execute(sa.delete(OperationLock).where(OperationLock.operation_id == operation_id)
                     .execution_options(synchronize_session=False))

@@ -652,6 +652,11 @@ class Connection:
                 handle.chmod(mode)
                 handle.set_pipelined(True)
                 handle.write(bytes(data))
+            # A full disk can lose pipelined writes without an error: never rename a short
+            # file into place (a truncated archive, a half Caddyfile).
+            arrived = sftp.stat(tmp_file).st_size
+            if arrived != len(data):
+                raise OSError(f"only {arrived} of {len(data)} bytes arrived (is the disk full?)")
             sftp.posix_rename(tmp_file, remote_path)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._file_error("uploading", remote_path, exc) from None

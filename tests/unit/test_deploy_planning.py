@@ -53,6 +53,20 @@ def test_new_artifact_goes_to_the_free_slot_and_retires_the_old_one():
     assert k.index("health") < k.index("await_gateway") < k.index("drain") < k.index("stop")
 
 
+def test_after_an_interrupted_deploy_the_leftover_slot_is_reused_never_the_serving_one():
+    # blue serves; an interrupted deploy left a never-checked replica in green.
+    serving, leftover = replica(10, slot="blue"), replica(11, slot="green", digest=NEW,
+                                                          status="starting")
+    plan = plan_deploy(snap(web([serving, leftover])), NEW)
+    placement = plan.changes[0].placements[0]
+    assert placement.slot == "green"
+    assert {r.id for r in placement.old} == {10, 11}  # both retired by this deploy
+    # The same when the serving replica is the newer row.
+    plan = plan_deploy(snap(web([replica(9, slot="green", digest=NEW, status="starting"),
+                                 replica(12, slot="blue")])), NEW)
+    assert plan.changes[0].placements[0].slot == "green"
+
+
 def test_no_change_deploy_says_so_and_touches_nothing():
     plan = plan_deploy(snap(web([replica(10, digest=NEW)])), NEW)
     assert plan.noop

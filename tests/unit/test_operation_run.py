@@ -80,6 +80,24 @@ def test_nonzero_exit_fails_step_and_operation(app, clean_streams, handlers):
     assert "exited with 3" in op.error and "exited with 3" in op.steps[0].error_logs
 
 
+def test_a_failed_command_s_last_words_are_the_step_s_reason(app, clean_streams, handlers):
+    g = build_org()
+
+    @handlers(K)
+    def handler(ctx):
+        with ctx.step("upload", server=g.server) as step:
+            step.run(cmd("tar", "-xf", "source.tar"))
+
+    with fake_servers() as fake:
+        fake.script("tar", exit_code=2, output="x app/\n\x1b[31mtar: app/x: Cannot write: "
+                    "No space left on device\x1b[0m\n")
+        op = _start(g)
+        assert _run(op) == "failed"
+    op = db.session.get(Operation, op.id)
+    assert op.steps[0].error_logs.endswith(
+        "exited with 2: x app/ | tar: app/x: Cannot write: No space left on device")
+
+
 def test_check_false_and_unchanged(app, clean_streams, handlers):
     g = build_org()
 
@@ -236,6 +254,27 @@ def test_reaper_interrupts_dead_workers_and_starts_the_next(app, clean_streams):
     assert "heartbeat" in db.session.get(Operation, op.id).error
     assert db.session.get(Operation, queued.id).status is S.PENDING
     assert db.session.execute(sa.select(OperationLock)).first() is None
+
+
+def test_a_step_cut_short_by_the_reaper_carries_the_reason(app, clean_streams):
+    from app.models import OperationStep
+    from app.models.enums import StepStatus
+    g = build_org()
+    op = _start(g)
+    claim(op, "elsewhere.example/4243")
+    step = OperationStep(operation_id=op.id, name="Build image", order=1,
+                         status=StepStatus.RUNNING, logs="", error_logs="")
+    done = OperationStep(operation_id=op.id, name="Fetch source", order=0,
+                         status=StepStatus.SUCCEEDED, logs="", error_logs="")
+    db.session.add_all([step, done])
+    op.heartbeat_at = op.heartbeat_at - dt.timedelta(seconds=45)
+    db.session.commit()
+    assert reap() == [op.id]
+    db.session.expire_all()
+    step, done = db.session.get(OperationStep, step.id), db.session.get(OperationStep, done.id)
+    assert step.status is StepStatus.INTERRUPTED
+    assert "heartbeat" in step.error_logs and step.error_logs.startswith("Interrupted")
+    assert done.status is StepStatus.SUCCEEDED and done.error_logs == ""
 
 
 def test_reaper_notices_a_dead_local_pid_at_once(app, clean_streams):

@@ -109,8 +109,13 @@ class CaddyDriver(Driver):
                 unchanged_if=lambda out: out.split()[:1] == [want],
                 unchanged_message="the gateway already has this configuration"),
             PutFile(CADDYFILE_NEXT, text, mode=0o644),
+            # The gateway's own Caddy judges the file before it replaces anything: a
+            # refusal is the step's reason, and the refused file is removed.
             Run(self.validate_cmd(container, f"{CONFIG_DIR_IN_CONTAINER}/Caddyfile.next"),
-                timeout=60),
+                timeout=60, on_failure=(Run(cmd("rm", "-f", CADDYFILE_NEXT), check=False),),
+                failure_log="caddy validate refused the new configuration",
+                failure_message="The gateway's Caddy refused the new configuration; it was not "
+                                "installed and the previous one is still serving"),
             Run(self.install_cmd()),
             Run(self.reload_cmd(container), timeout=60,
                 on_failure=(Run(self.restore_cmd(), check=False),

@@ -39,7 +39,15 @@ if [ -n "${KEYSTONE_DAEMON_JSON:-}" ] && [ ! -f /etc/docker/daemon.json ]; then
     mkdir -p /etc/docker
     printf '%s\n' "$KEYSTONE_DAEMON_JSON" > /etc/docker/daemon.json
 fi
+# The same for fail2ban (provisioning installs it): a socket left by the previous boot makes
+# `service fail2ban start` refuse to start.
+rm -f /var/run/fail2ban/fail2ban.sock /var/run/fail2ban/fail2ban.pid
 if command -v dockerd >/dev/null 2>&1 && [ "${KEYSTONE_START_DOCKERD:-1}" = "1" ]; then
+    # After a restart of this container /run still holds the previous boot's pid files,
+    # and their pids belong to other processes now: dockerd would wait for a
+    # "still running" containerd that is not there and give up (a real server's /run
+    # is a fresh tmpfs at every boot).
+    rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
     setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
     dockerd_pid=$!
     # fuse-overlayfs is faster than vfs but needs FUSE from the host kernel: if
