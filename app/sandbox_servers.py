@@ -8,11 +8,28 @@ root key is kept encrypted as the one-time bootstrap login for provisioning.
 """
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 
 from app.extensions import db
 from app.models import Organisation, Provider, Registry, Server
 from app.models.enums import ProviderType, RegistryType, ServerStatus
+
+
+def sandbox_name_for(org: Organisation, base: str) -> str:
+    """The organisation's own sandbox: ``BASE-SLUG-ID`` (its containers, ports, registry and
+    git host are never another organisation's). The slug is lower-case letters, digits and
+    dashes; the id keeps two organisations whose slugs were cut short apart."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", (org.slug or "org").lower()).strip("-")[:24] or "org"
+    return f"{base[:20]}-{slug}-{int(org.id)}"
+
+
+def organisation_sandbox(org: Organisation, base: str) -> str:
+    """The name of the sandbox this organisation uses: the one it started (recorded in its
+    onboarding state), else the one it would start."""
+    recorded = ((org.onboarding_state or {}).get("sandbox") or {}).get("name")
+    return recorded or sandbox_name_for(org, base)
 
 
 def register_sandbox(org: Organisation, info) -> list[Server]:
@@ -54,7 +71,8 @@ def register_sandbox(org: Organisation, info) -> list[Server]:
     registry.username = info.registry.username
     registry.password = info.registry.password
     state = dict(org.onboarding_state or {})
-    state["sandbox"] = {"status": "ready", "repository_url": info.git.sample_repo_url,
+    state["sandbox"] = {"status": "ready", "name": info.name,
+                        "repository_url": info.git.sample_repo_url,
                         "http_port": info.servers[0].http_port if info.servers else None}
     org.onboarding_state = state
     db.session.commit()

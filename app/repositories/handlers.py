@@ -26,13 +26,14 @@ def sandbox_repository_url(org: Organisation) -> str | None:
 
 def _authorize_on_sandbox(ctx, application: Application) -> None:
     from app.sandbox import Sandbox
+    from app.sandbox_servers import organisation_sandbox
 
     with ctx.step("Add the deploy key to the sandbox git host") as step:
         org = db.session.get(Organisation, application.organisation_id)
         if not application.repository_url or \
                 application.repository_url != sandbox_repository_url(org):
             raise StepFailed("Only the sandbox's sample repository can be authorised by Keystone.")
-        name = ctx.runtime.app.config["SANDBOX_NAME"]
+        name = organisation_sandbox(org, ctx.runtime.app.config["SANDBOX_NAME"])
         step.log(f"sandbox {name}: authorising key {application.deploy_key_fingerprint} "
                  f"(read-only)")
         Sandbox(name).status().git.authorize_key(application.deploy_key_public)

@@ -29,13 +29,14 @@ def _mark_failed(organisation_id: int, error: str) -> None:
 @operation_handler(OperationKind.SANDBOX_START)
 def start_sandbox(ctx) -> None:
     from app.sandbox import Sandbox
-    from app.sandbox_servers import register_sandbox
+    from app.sandbox_servers import register_sandbox, sandbox_name_for
 
     org: Organisation | None = ctx.target
     if org is None:
         raise StepFailed("The organisation no longer exists.")
     org_id = org.id
-    name = ctx.runtime.app.config["SANDBOX_NAME"]
+    # Each organisation has its own sandbox, named after it (issue 15, defect 11).
+    name = sandbox_name_for(org, ctx.runtime.app.config["SANDBOX_NAME"])
     try:
         with ctx.step("Start the sandbox containers") as step:
             step.log(f"sandbox {name}: two servers, a registry and a git host (the first time "

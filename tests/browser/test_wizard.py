@@ -33,30 +33,47 @@ class Walk:
     """What the ordered steps hand each other."""
     page = None
     base = ""
-    sandbox = None
+    sandbox = None          # the organisation's own sandbox (issue 15, defect 11)
+    sandbox_base = ""
+    sandbox_state = None
     repository_url = ""
     live_url = ""
     deploy_op_url = ""
+
+
+def _organisation_sandboxes(base: str) -> list[str]:
+    """Sandboxes of this live server's organisations (``BASE-SLUG-ID``), found by label."""
+    import subprocess
+    out = subprocess.run(["docker", "ps", "-a", "--filter", "label=keystone.sandbox",
+                          "--format", '{{.Label "keystone.sandbox"}}'],
+                         capture_output=True, text=True, check=True).stdout
+    return sorted({n for n in out.split() if n.startswith(base + "-")})
 
 
 @pytest.fixture(scope="module")
 def walk(browser, live_server):
     from app.sandbox import Sandbox
     env = live_server["env"]
-    name = env["KEYSTONE_SANDBOX_NAME"]
-    assert name != "keystone-sandbox", "the browser test must not touch a developer's sandbox"
-    sandbox = Sandbox(name, state_dir=Path(env["KEYSTONE_INSTANCE_PATH"]) / "sandbox" / name)
-    sandbox.down()  # leftovers of an interrupted run (containers are found by label)
+    base = env["KEYSTONE_SANDBOX_NAME"]
+    assert base != "keystone-sandbox", "the browser test must not touch a developer's sandbox"
+    state = Path(env["KEYSTONE_INSTANCE_PATH"]) / "sandbox"
+
+    def down_all():
+        for name in _organisation_sandboxes(base):
+            Sandbox(name, state_dir=state / name).down()
+
+    down_all()  # leftovers of an interrupted run (containers are found by label)
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()
     page.set_default_timeout(20_000)
     w = Walk()
-    w.page, w.base, w.sandbox = page, live_server["url"], sandbox
+    w.page, w.base = page, live_server["url"]
+    w.sandbox_base, w.sandbox_state = base, state
     try:
         yield w
     finally:
         context.close()
-        sandbox.down()
+        down_all()
 
 
 def _wizard(w: Walk, step_title: str):
@@ -75,6 +92,12 @@ def test_1_sign_up_and_bring_up_the_sandbox(walk, screenshot):
     # The component polls itself; the first bring-up may build the sandbox images.
     expect(page.get_by_text("Sandbox ready")).to_be_visible(timeout=20 * MINUTE)
     walk.repository_url = page.locator("#sandbox-component code").inner_text()
+    # The organisation got a sandbox of its own, named after it: BASE-SLUG-ID.
+    from app.sandbox import Sandbox
+    names = _organisation_sandboxes(walk.sandbox_base)
+    assert len(names) == 1 and re.fullmatch(rf"{re.escape(walk.sandbox_base)}-[a-z0-9-]+-\d+",
+                                            names[0]), names
+    walk.sandbox = Sandbox(names[0], state_dir=walk.sandbox_state / names[0])
     assert walk.repository_url.startswith("ssh://git@127.0.0.1:")
     page.get_by_role("link", name="Continue").click()
     expect(page.locator("#current-h")).to_have_text("Repository and deploy key")

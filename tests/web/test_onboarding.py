@@ -94,7 +94,9 @@ def test_the_wizard_uses_the_configured_sandbox_name(app, client, monkeypatch):
     page = client.get(resp.headers["Location"]).get_data(as_text=True)
     assert f"operation #{op.id}" in page and "Verifying access" in page
     assert run_operation(op.id) == "succeeded"
-    assert names == ["ks-other"] and keys == [g.application.deploy_key_public]
+    # The organisation's own sandbox under the configured base name (BASE-SLUG-ID).
+    assert names == [f"ks-other-{g.org.slug}-{g.org.id}"]
+    assert keys == [g.application.deploy_key_public]
     html = client.get(f"/applications/{g.application.id}/access").get_data(as_text=True)
     assert "Deploy key added to the sandbox git host (read-only) and access verified" in html
     assert '<span class="badge status-ready">verified</span>' in html
