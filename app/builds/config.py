@@ -32,8 +32,8 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 IMAGE_REF_RE = re.compile(
     rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$")
-PHP_VERSION_RE = re.compile(r"^[0-9]\.[0-9]{1,2}$")
-DOC_ROOT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+PHP_VERSION_RE = re.compile(r"[0-9]\.[0-9]{1,2}")  # used with fullmatch
+DOC_ROOT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")  # used with fullmatch
 
 
 class BuildConfigError(ValueError):

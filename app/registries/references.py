@@ -79,11 +79,11 @@ def split_reference(ref: str, *, default_tag: str | None = None) -> Reference:
     if not isinstance(ref, str) or not ref or any(c.isspace() for c in ref) or ref.startswith("-"):
         raise ImageReferenceError(f"image {ref!r}: must be a reference like postgres:18")
     rest, digest = ref.split("@", 1) if "@" in ref else (ref, None)
-    if digest is not None and not DIGEST_RE.match(digest):
+    if digest is not None and not DIGEST_RE.fullmatch(digest):
         raise ImageReferenceError(f"image {ref!r}: digest must be sha256:<64 hex>")
     first, _, remainder = rest.partition("/")
     if remainder and ("." in first or ":" in first or first.lower() == "localhost"):
-        if not DOMAIN_RE.match(first):
+        if not DOMAIN_RE.fullmatch(first):
             raise ImageReferenceError(f"image {ref!r}: invalid registry {first!r}")
         domain, path = normalise_domain(first), remainder
     else:
@@ -92,11 +92,11 @@ def split_reference(ref: str, *, default_tag: str | None = None) -> Reference:
     last = path.rsplit("/", 1)[-1]
     if ":" in last:
         path, tag = path.rsplit(":", 1)
-        if not TAG_RE.match(tag):
+        if not TAG_RE.fullmatch(tag):
             raise ImageReferenceError(f"image {ref!r}: invalid tag {tag!r}")
     if domain == DOCKER_HUB and "/" not in path:
         path = LIBRARY + path
-    if not REPOSITORY_RE.match(path):
+    if not REPOSITORY_RE.fullmatch(path):
         raise ImageReferenceError(f"image {ref!r}: invalid repository name {path!r}")
     if tag is None and digest is None:
         tag = default_tag
