@@ -304,10 +304,11 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
             step.log(f"source of {commit_sha[:12]} and the managed Dockerfile are in {remote_dir}")
         del data
 
-        labels = {"dev.keystone.environment": str(environment.id),
-                  "dev.keystone.commit": commit_sha, "dev.keystone.config-hash": chash}
+        # Become the image's dev.keystone.* labels (the managed Dockerfile's LABEL).
+        build_args = {"KEYSTONE_COMMIT": commit_sha, "KEYSTONE_CONFIG_HASH": chash,
+                      "KEYSTONE_ENVIRONMENT": str(environment.id)}
         build = dc.docker_build(posixpath.join(remote_dir, "Dockerfile"),
-                                posixpath.join(remote_dir, "context"), tag, commit_sha, labels)
+                                posixpath.join(remote_dir, "context"), tag, build_args)
         with ctx.step(BUILD_STEP, server=server) as step:
             if registry is not None:
                 # Logged in while building too: the base image may live in the same

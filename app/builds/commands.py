@@ -31,19 +31,21 @@ BUILD_CPU_SHARES = 128
 app, its database and the gateway the rest; an idle CPU is still the build's in full."""
 
 
-def docker_build(dockerfile: str, context_dir: str, tag: str, commit_sha: str,
-                 labels: dict[str, str]) -> shell.Command:
+def docker_build(dockerfile: str, context_dir: str, tag: str,
+                 build_args: dict[str, str]) -> shell.Command:
     """The image build, at low CPU weight so it cannot starve what serves on the server.
 
     ``--cpu-shares`` (cgroup v2: ``cpu.weight``) applies to every ``RUN`` step's
     container with Docker's classic builder, which ``DOCKER_BUILDKIT=0`` selects
     on every Engine version (BuildKit ignores per-build resource flags).
+    The commit, config hash and environment arrive as build arguments, which the managed
+    Dockerfile turns into its one ``LABEL`` instruction: ``--label`` would add one more
+    uncached build step per label.
     """
     parts: list[shell.Part] = ["docker", "build", "--cpu-shares", str(BUILD_CPU_SHARES),
-                               "--file", dockerfile, "--tag", tag,
-                               "--build-arg", shell.concat("KEYSTONE_COMMIT=", commit_sha)]
-    for key, value in sorted(labels.items()):
-        parts += ["--label", shell.concat(key, "=", value)]
+                               "--file", dockerfile, "--tag", tag]
+    for key, value in sorted(build_args.items()):
+        parts += ["--build-arg", shell.concat(key, "=", value)]
     parts += [shell.end_of_options(), context_dir]
     return shell.env(shell.cmd(*parts), DOCKER_BUILDKIT="0")
 

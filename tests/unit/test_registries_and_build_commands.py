@@ -62,14 +62,13 @@ def test_login_sends_the_password_on_stdin_only():
 def test_docker_build_command_is_exact():
     command = dc.docker_build("/home/keystone/operations/h/build-1/Dockerfile",
                               "/home/keystone/operations/h/build-1/context",
-                              "keystone/shop-production:abcdef123456-0011aabb", "a" * 40,
-                              {"dev.keystone.commit": "a" * 40, "dev.keystone.environment": "4"})
+                              "keystone/shop-production:abcdef123456-0011aabb",
+                              {"KEYSTONE_COMMIT": "a" * 40, "KEYSTONE_ENVIRONMENT": "4"})
     assert command.render() == (
         "DOCKER_BUILDKIT=0 docker build --cpu-shares 128 "
         "--file /home/keystone/operations/h/build-1/Dockerfile "
         "--tag keystone/shop-production:abcdef123456-0011aabb "
-        "--build-arg KEYSTONE_COMMIT=" + "a" * 40 + " "
-        "--label dev.keystone.commit=" + "a" * 40 + " --label dev.keystone.environment=4 "
+        "--build-arg KEYSTONE_COMMIT=" + "a" * 40 + " --build-arg KEYSTONE_ENVIRONMENT=4 "
         "-- /home/keystone/operations/h/build-1/context")
 
 
