@@ -270,6 +270,34 @@ class Driver:
         override = (service.config or {}).get("image")
         return override or self.default_image
 
+    def image_on_track(self, ref: str) -> str | None:
+        """Why ``ref`` cannot be this driver's image override, or None when it can.
+
+        An override must be the same image family (the repository's last path part,
+        ``postgres`` in ``mirror.example/library/postgres:18.1``) with a tag on the
+        driver's version track (``18``, ``18.1``, ``18-bookworm``; optionally pinned
+        ``@sha256:...``): a new major needs its own migration path (SPEC 21), and a
+        Postgres 17 image, say, cannot start on an 18 data directory.
+        """
+        from app.registries.references import ImageReferenceError, split_reference
+        family = split_reference(self.default_image).path.rsplit("/", 1)[-1]
+        example = f"{family}:{self.version_track}"
+        try:
+            parsed = split_reference(ref)
+        except ImageReferenceError as exc:
+            return str(exc)
+        if parsed.path.rsplit("/", 1)[-1] != family:
+            return (f"{ref} is not a {family} image: an override must be the same image "
+                    f"(from a mirror, say), such as {example}")
+        if not parsed.tag:
+            return f"{ref} names no tag: give one on version track {self.version_track}, such as {example}"
+        if not re.fullmatch(re.escape(self.version_track) + r"(?:[.\-_][A-Za-z0-9._-]*)?",
+                            parsed.tag):
+            return (f"{ref} is not on version track {self.version_track}: Keystone keeps "
+                    f"{family} on {self.version_track} (tags like {self.version_track}, "
+                    f"{self.version_track}.1 or {self.version_track}-alpine)")
+        return None
+
     @property
     def secret_keys(self) -> frozenset[str]:
         return frozenset(f.key for f in self.env_schema if f.secret)

@@ -7,7 +7,7 @@ from app.drivers import drivers as keystone_drivers
 from app.drivers.base import DriverError
 from app.drivers.registry import DriverRegistry
 from app.models import Server, Service
-from app.registries.images import parse_image
+from app.registries.images import ImageError, parse_image
 
 
 def build_service(service_type: str, server: Server, name: str, *, organisation_id: int,
@@ -27,6 +27,9 @@ def build_service(service_type: str, server: Server, name: str, *, organisation_
     config = driver.settings_from_form(settings or {})
     if config.get("image"):
         parse_image(config["image"])
+        refusal = driver.image_on_track(config["image"])
+        if refusal:
+            raise ImageError(refusal)
     service = Service(organisation_id=organisation_id, server=server, name=name,
                       category=driver.category, type=driver.type,
                       version_track=driver.version_track, driver_name=driver.type,

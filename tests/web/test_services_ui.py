@@ -110,6 +110,8 @@ def test_create_service_with_image_override_and_htmx_redirect(client, db, g, tok
 @pytest.mark.parametrize("data, message", [
     ({"name": "Bad Name"}, "lower-case letters"),
     ({"image": "postgres:18 ; rm -rf /"}, "must be a reference"),
+    ({"image": "postgres:17"}, "not on version track 18"),
+    ({"image": "mysql:18"}, "is not a postgres image"),
     ({"server_id": "999999"}, "Not a valid choice"),
     ({"name": "postgres"}, "exists already"),
 ])
