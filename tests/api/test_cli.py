@@ -47,7 +47,8 @@ def _stand_in_worker(app, env_id: int, after_id: int, fail_at: str | None, done:
     """Run the deploy the CLI starts as a worker would record it, failing at ``fail_at``."""
     with app.app_context():
         op = None
-        for _ in range(2000):  # until the CLI's POST has created it
+        deadline = time.monotonic() + 120  # until the CLI's POST has created it (a wide
+        while time.monotonic() < deadline:  # bound: a loaded 2-core machine is slow)
             op = db.session.execute(sa.select(Operation).where(
                 Operation.target_id == env_id, Operation.id > after_id,
                 Operation.kind == OperationKind.ENVIRONMENT_DEPLOY)).scalars().first()
