@@ -54,24 +54,24 @@ def queue_name(config) -> str:
     return f"{config['RQ_QUEUE']}-logs"
 
 
-def sessions_key() -> str:
-    return redis_keys.key("logs", "sessions")
+def sessions_key(config=None) -> str:
+    return redis_keys.key("logs", "sessions", config=config)
 
 
-def session_key(sid: str) -> str:
-    return redis_keys.key("logs", "session", sid)
+def session_key(sid: str, config=None) -> str:
+    return redis_keys.key("logs", "session", sid, config=config)
 
 
-def lease_key(sid: str) -> str:
-    return redis_keys.key("logs", "lease", sid)
+def lease_key(sid: str, config=None) -> str:
+    return redis_keys.key("logs", "lease", sid, config=config)
 
 
-def stream_key(sid: str) -> str:
-    return redis_keys.key("logs", "stream", sid)
+def stream_key(sid: str, config=None) -> str:
+    return redis_keys.key("logs", "stream", sid, config=config)
 
 
-def tailer_key() -> str:
-    return redis_keys.key("logs", "tailer")
+def tailer_key(config=None) -> str:
+    return redis_keys.key("logs", "tailer", config=config)
 
 
 # --------------------------------------------------------------------------- the view side
@@ -250,7 +250,11 @@ class Tailer:
     """Serves every live-log session of the installation (see the module docstring)."""
 
     def __init__(self, client, *, idle_exit: float = IDLE_EXIT, poll: float = POLL):
+        from flask import current_app
+
         from app.remote import Connection, ConnectionPool
+        # The installation's Redis prefix, captured now: the replica threads have no app context.
+        self.config = dict(current_app.config)
         self.client = client
         self.idle_exit = idle_exit
         self.poll = poll
@@ -265,7 +269,7 @@ class Tailer:
         self._add(sid, {"k": "note", "r": tag, "t": text})
 
     def _add(self, sid: str, fields: dict[str, str]) -> None:
-        key = stream_key(sid)
+        key = stream_key(sid, self.config)
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(key, fields, maxlen=STREAM_MAXLEN, approximate=True)
         pipe.expire(key, STREAM_TTL)
@@ -301,7 +305,7 @@ class Tailer:
             log.warning("logs: tail of %s failed", target.tag, exc_info=True)
 
     def _start(self, sid: str) -> None:
-        raw = self.client.hgetall(session_key(sid))
+        raw = self.client.hgetall(session_key(sid, self.config))
         info = _decode(raw) if raw else {}
         t = _Tail(sid)
         self.tails[sid] = t
@@ -330,16 +334,16 @@ class Tailer:
             self.ending.extend(t.threads)
         self.ending = [th for th in self.ending if th.is_alive()]
         pipe = self.client.pipeline(transaction=False)
-        pipe.srem(sessions_key(), sid)
-        pipe.delete(session_key(sid))
+        pipe.srem(sessions_key(self.config), sid)
+        pipe.delete(session_key(sid, self.config))
         pipe.execute()
 
     # ---------------------------------------------------------------- the loop
     def pass_once(self) -> int:
         """Start sessions with a lease, end those without one. Returns how many run."""
-        self.client.set(tailer_key(), "running", ex=TAILER_TTL)
+        self.client.set(tailer_key(self.config), "running", ex=TAILER_TTL)
         members = {m.decode() if isinstance(m, bytes) else m
-                   for m in self.client.smembers(sessions_key())}
+                   for m in self.client.smembers(sessions_key(self.config))}
         for sid in list(self.tails):
             if sid not in members:
                 self._end(sid)
@@ -347,7 +351,7 @@ class Tailer:
             pipe = self.client.pipeline(transaction=False)
             ordered = sorted(members)
             for sid in ordered:
-                pipe.exists(lease_key(sid))
+                pipe.exists(lease_key(sid, self.config))
             alive = dict(zip(ordered, pipe.execute()))
             for sid, has_lease in alive.items():
                 if not has_lease:
@@ -370,9 +374,9 @@ class Tailer:
                 elif time.monotonic() - idle_since >= self.idle_exit:
                     # Give the key up, then look once more: a session opened in between
                     # saw our key and enqueued nothing, so it is ours to serve.
-                    self.client.delete(tailer_key())
-                    if self.client.scard(sessions_key()):
-                        self.client.set(tailer_key(), "running", ex=TAILER_TTL)
+                    self.client.delete(tailer_key(self.config))
+                    if self.client.scard(sessions_key(self.config)):
+                        self.client.set(tailer_key(self.config), "running", ex=TAILER_TTL)
                         idle_since = time.monotonic()
                         continue
                     gave_up_key = True
@@ -385,7 +389,7 @@ class Tailer:
                 th.join(timeout=15)
             self.pool.close()
             if not gave_up_key:
-                self.client.delete(tailer_key())
+                self.client.delete(tailer_key(self.config))
         return {"sessions": served}
 
     # ---------------------------------------------------------------- for tests

@@ -161,6 +161,12 @@ def test_the_tailer_ends_sessions_without_a_lease_and_says_when_nothing_runs(app
     assert tailer.pass_once() == 1
     entries = redis.xrange(logtail.stream_key(sid))
     assert entries and entries[0][1][b"t"] == b"-- no running replica to follow"
+    # Replica threads have no app context: they still write under the installation's prefix.
+    import threading
+    th = threading.Thread(target=tailer._note, args=(sid, "ks-web-1", "from a thread"))
+    th.start()
+    th.join()
+    assert redis.xrange(logtail.stream_key(sid))[-1][1][b"t"] == b"from a thread"
     logtail.close_session(redis, sid)
     assert tailer.pass_once() == 0
     assert not redis.sismember(logtail.sessions_key(), sid)
