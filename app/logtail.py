@@ -112,10 +112,16 @@ def follow(client, sid: str, *, gateway: bool = False, heartbeat: float = HEARTB
            max_seconds: float | None = None) -> Iterator[str]:
     """SSE of a session's stream; refreshes the lease while the browser reads it.
 
-    Runs after the view returned (no Flask session or request inside). A closed tab makes
-    the next write fail, which closes this generator: the ``finally`` drops the lease.
+    The keys are named here, in the view's app context (they carry the installation's Redis
+    prefix): the generator runs after the view returned, with no app context. A closed tab
+    makes the next write fail, which closes the generator: its ``finally`` drops the lease.
     """
-    key, lease = stream_key(sid), lease_key(sid)
+    return _follow(client, sid, stream_key(sid), lease_key(sid), gateway, heartbeat,
+                   max_seconds)
+
+
+def _follow(client, sid: str, key: str, lease: str, gateway: bool, heartbeat: float,
+            max_seconds: float | None) -> Iterator[str]:
     cursor = "0-0"  # the stream is this session's own: everything in it is for this browser
     started = time.monotonic()
     try:
@@ -133,7 +139,10 @@ def follow(client, sid: str, *, gateway: bool = False, heartbeat: float = HEARTB
             # One event per batch: a burst of lines costs one DOM swap, not hundreds.
             yield format_event("line", "".join(chunk), cursor)
     finally:
-        close_session(client, sid)
+        try:
+            client.delete(lease)  # the viewer left: the tailer stops the remote tails
+        except Exception:  # noqa: BLE001 - Redis down: the lease expires on its own
+            pass
 
 
 def _decode(fields: dict) -> dict[str, str]:

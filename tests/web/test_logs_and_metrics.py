@@ -172,3 +172,22 @@ def test_the_tailer_ends_sessions_without_a_lease_and_says_when_nothing_runs(app
     assert not redis.sismember(logtail.sessions_key(), sid)
     assert tailer.serve() == {"sessions": 0}  # nothing left: it returns at once
     assert not redis.exists(logtail.tailer_key())
+
+
+def test_follow_names_its_keys_in_the_views_app_context(app):
+    """The SSE generator runs after the view returned (no app context): its keys must still
+    carry the installation's prefix, or the browser follows an empty stream."""
+    import threading
+    import uuid
+    assert app.config["REDIS_PREFIX"] != "keystone"
+    redis = logstream.redis_client()
+    sid = uuid.uuid4().hex[:16]
+    redis.xadd(logtail.stream_key(sid), {"k": "line", "r": "ks-web-1", "t": "hello"})
+    gen = logtail.follow(redis, sid, heartbeat=0.1)
+    out: list[str] = []
+    th = threading.Thread(target=lambda: out.extend([next(gen), next(gen)]))
+    th.start()
+    th.join()
+    assert "hello" in out[1] and redis.exists(logtail.lease_key(sid))
+    gen.close()
+    assert not redis.exists(logtail.lease_key(sid))
