@@ -258,14 +258,14 @@ def replica_targets(service_id: int) -> list[ReplicaTarget]:
 class Tailer:
     """Serves every live-log session of the installation (see the module docstring)."""
 
-    def __init__(self, client, *, idle_exit: float = IDLE_EXIT, poll: float = POLL):
+    def __init__(self, client, *, idle_exit: float | None = None, poll: float = POLL):
         from flask import current_app
 
         from app.remote import Connection, ConnectionPool
         # The installation's Redis prefix, captured now: the replica threads have no app context.
         self.config = dict(current_app.config)
         self.client = client
-        self.idle_exit = idle_exit
+        self.idle_exit = IDLE_EXIT if idle_exit is None else idle_exit
         self.poll = poll
         self.pool = ConnectionPool(factory=Connection, connect_timeout=10, keepalive=10,
                                    dead_peer_timeout=30)

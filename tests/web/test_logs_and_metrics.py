@@ -191,3 +191,12 @@ def test_follow_names_its_keys_in_the_views_app_context(app):
     assert "hello" in out[1] and redis.exists(logtail.lease_key(sid))
     gen.close()
     assert not redis.exists(logtail.lease_key(sid))
+
+
+def test_the_tailer_job_returns_when_no_pane_is_open(app, monkeypatch):
+    from app.jobs import tail_logs
+    monkeypatch.setattr(logtail, "IDLE_EXIT", 0.0)
+    redis = logstream.redis_client()
+    redis.delete(logtail.sessions_key())
+    assert tail_logs() == {"sessions": 0}
+    assert not redis.exists(logtail.tailer_key())
