@@ -26,7 +26,7 @@ from app import create_app, embedded_redis
 from app.accounts import SignupError, create_account
 from app.crypto import rotate_all
 from app.extensions import db
-from app.jobs.worker import run_worker
+from app.jobs.worker import run_logs_worker, run_worker
 from app.operations.reaper import reap
 from app.sandbox.cli import sandbox
 
@@ -117,9 +117,14 @@ def rotate_keys_command():
 
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--logs", is_flag=True,
+              help="Serve live container logs instead (their own queue and process).")
 @with_appcontext
-def worker_command(burst):
+def worker_command(burst, logs):
     """Run an RQ worker for Keystone's operations (and the reaper)."""
+    if logs:
+        run_logs_worker(current_app._get_current_object(), burst=burst)
+        return
     run_worker(current_app._get_current_object(), burst=burst)
 
 
@@ -150,7 +155,9 @@ def dev_command(host, port):
     web = subprocess.Popen(gunicorn, env=env, cwd=str(Path(__file__).resolve().parent.parent),
                            start_new_session=True)
     worker = subprocess.Popen([str(exe / "keystone"), "worker"], env=env, start_new_session=True)
-    procs = [p for p in (redis_proc, web, worker) if p is not None]
+    logs_worker = subprocess.Popen([str(exe / "keystone"), "worker", "--logs"], env=env,
+                                   start_new_session=True)
+    procs = [p for p in (redis_proc, web, worker, logs_worker) if p is not None]
     click.echo(f"keystone on http://{host}:{port}  (Ctrl-C stops web, worker and redis)")
 
     stopping = False
@@ -161,7 +168,7 @@ def dev_command(host, port):
             return
         stopping = True
         click.echo("stopping web and worker, then redis")
-        _stop_processes([web, worker], redis_proc)
+        _stop_processes([web, worker], redis_proc, [logs_worker])
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
@@ -189,7 +196,8 @@ def _wait_all(procs: list[subprocess.Popen], seconds: float) -> list[subprocess.
     return [p for p in procs if p.poll() is None]
 
 
-def _stop_processes(apps: list[subprocess.Popen], redis_proc: subprocess.Popen | None) -> None:
+def _stop_processes(apps: list[subprocess.Popen], redis_proc: subprocess.Popen | None,
+                    others: list[subprocess.Popen] = ()) -> None:
     """Web and worker first, then Redis (so the worker never sees Redis vanish), in ~3 s.
 
     gunicorn gets SIGINT (quick shutdown: open live-log streams are not waited for); the RQ
@@ -198,6 +206,10 @@ def _stop_processes(apps: list[subprocess.Popen], redis_proc: subprocess.Popen |
     marks that operation interrupted at the next start). Anything left is killed.
     """
     web, worker = apps
+    for p in others:  # the live-logs worker: its tails end when their viewers go
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    apps = [*apps, *others]
     if web.poll() is None:
         web.send_signal(signal.SIGINT)
     if worker.poll() is None:

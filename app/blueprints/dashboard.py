@@ -41,6 +41,10 @@ def _dashboard():
         sa.select(Operation).where(Operation.organisation_id == org_id,
                                    Operation.parent_id.is_(None))
         .order_by(Operation.id.desc()).limit(10)).scalars().all()
+    from app import metrics
+    latest = metrics.latest(db.session, [s.id for s in servers])
+    server_warnings = {sid: metrics.warnings_for(row) for sid, row in latest.items()}
     return render_template("dashboard/index.html", environments=environments,
+                           server_warnings={k: v for k, v in server_warnings.items() if v},
                            urls={env.id: environment_url(env) for env in environments},
                            servers=servers, operations=operations)

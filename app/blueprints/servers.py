@@ -384,8 +384,13 @@ def show(server_id: int):
     if latest is not None and latest.is_terminal:
         from app.operations import sse
         replay = sse.replay_lines(latest)
+    from app import metrics
+    resolution = "hour" if request.args.get("range") == "30d" else "minute"
+    rows = metrics.series(db.session, server.id, resolution)
     return render_template("servers/show.html", server=server, history=history, latest=latest,
-                           replay=replay, action_form=ActionForm(), ProviderType=ProviderType)
+                           replay=replay, metric_charts=metrics.charts(rows),
+                           metric_range=resolution, metric_last=rows[-1] if rows else None,
+                           metric_warnings=metrics.warnings_for(rows[-1] if rows else None), action_form=ActionForm(), ProviderType=ProviderType)
 
 
 @bp.route("/<int:server_id>/status")

@@ -272,3 +272,54 @@ def delete_slice(service_id, slice_id):
     status = 400 if request.method == "POST" else 200
     return render_template("services/delete_slice.html", service=service, slice=slice_,
                            form=form, error=error), status
+
+
+# --------------------------------------------------------------------------- live logs
+
+LOG_TAIL_CHOICES = (100, 200, 1000)
+
+
+def _log_params() -> tuple[str | None, int]:
+    """("since", tail) from the query string, allowlisted (anything else: the defaults)."""
+    from app.shell import LOG_SINCE
+    since = request.args.get("since") or None
+    if since not in LOG_SINCE:
+        since = None
+    tail = request.args.get("tail", "")
+    tail_n = int(tail) if tail.isdigit() and int(tail) in LOG_TAIL_CHOICES else 200
+    return since, tail_n
+
+
+@bp.route("/services/<int:service_id>/logs")
+@login_required
+def logs(service_id):
+    """The live log of every running replica of a service (app.logtail)."""
+    from app.shell import LOG_SINCE
+    service = get_for_org_or_404(Service, service_id)
+    since, tail = _log_params()
+    replicas = [r for r in service.replicas if r.status == ReplicaStatus.RUNNING]
+    return render_template("services/logs.html", service=service, replicas=replicas,
+                           since=since, tail=tail, since_choices=list(LOG_SINCE),
+                           gateway=service.type == "caddy")
+
+
+@bp.route("/services/<int:service_id>/logs/events")
+@login_required
+def log_events(service_id):
+    """SSE of the live log. Only Redis here: the tail itself runs in the logs worker."""
+    from flask import Response, current_app
+
+    from app import logtail
+    from app.operations import logstream
+    service = get_for_org_or_404(Service, service_id)
+    since, tail = _log_params()
+    if request.headers.get("Last-Event-ID"):
+        since, tail = None, logtail.RECONNECT_TAIL  # the browser has the earlier lines
+    client = logstream.redis_client(blocking=True)
+    sid = logtail.open_session(client, service.id, since=since, tail=tail)
+    logtail.ensure_tailer(client, current_app.config)
+    gateway = service.type == "caddy"
+    db.session.remove()  # the generator never uses the session
+    headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+    return Response(logtail.follow(client, sid, gateway=gateway), mimetype="text/event-stream",
+                    headers=headers)

@@ -81,3 +81,56 @@ def check_health() -> dict:
             return {"error": type(exc).__name__}
         finally:
             db.session.remove()
+
+
+def collect_metrics() -> dict:
+    """The periodic metrics job (app.metrics): one pass, never two at once, never raises."""
+    from flask import has_app_context
+
+    def once() -> dict:
+        import redis
+        from flask import current_app
+
+        from app.metrics import METRICS_INTERVAL, collect_metrics as run_collect, lock_key
+        conn = redis.Redis.from_url(current_app.config["REDIS_URL"])
+        if not conn.set(lock_key(), "1", nx=True, ex=METRICS_INTERVAL * 3):
+            return {"skipped": "another metrics pass is running"}
+        try:
+            return run_collect()
+        finally:
+            conn.delete(lock_key())
+
+    if has_app_context():
+        return once()
+    app = get_app()
+    with app.app_context():
+        try:
+            return once()
+        except Exception as exc:  # noqa: BLE001 - logged, never in RQ's job data
+            log.error("metrics pass failed: %s", type(exc).__name__)
+            return {"error": type(exc).__name__}
+        finally:
+            db.session.remove()
+
+
+def tail_logs() -> dict:
+    """The live-logs tailer (app.logtail): serves every open log pane, returns when none is
+    left. Runs on its own queue (``keystone worker --logs``) so it never holds up a deploy."""
+    from flask import has_app_context
+
+    def once() -> dict:
+        from app.logtail import Tailer
+        from app.operations import logstream
+        return Tailer(logstream.redis_client(blocking=True)).serve()
+
+    if has_app_context():
+        return once()
+    app = get_app()
+    with app.app_context():
+        try:
+            return once()
+        except Exception as exc:  # noqa: BLE001 - logged, never in RQ's job data
+            log.error("live logs tailer failed: %s", type(exc).__name__)
+            return {"error": type(exc).__name__}
+        finally:
+            db.session.remove()

@@ -115,12 +115,28 @@ def schedule_health_check(app, conn, queue) -> bool:
     return True
 
 
+def schedule_metrics(app, conn, queue) -> bool:
+    """Enqueue the periodic metrics job (app.metrics) unless one was enqueued in the last
+    interval, the way :func:`schedule_health_check` does."""
+    from app.metrics import METRICS_INTERVAL, schedule_key as metrics_key
+    if not conn.set(metrics_key(app.config), "1", nx=True, ex=max(1, METRICS_INTERVAL - 5)):
+        return False
+    queue.enqueue("app.jobs.collect_metrics", job_timeout=METRICS_INTERVAL * 2,
+                  result_ttl=METRICS_INTERVAL * 2, failure_ttl=3600,
+                  description="keystone periodic server metrics")
+    return True
+
+
 def _health_loop(app, conn, queue, stop: threading.Event, interval: float) -> None:
     while not stop.wait(interval):
         try:
             schedule_health_check(app, conn, queue)
         except Exception:
             log.warning("could not enqueue the health check", exc_info=True)
+        try:
+            schedule_metrics(app, conn, queue)
+        except Exception:
+            log.warning("could not enqueue the metrics pass", exc_info=True)
 
 
 def start_health_scheduler(app, conn, queue, interval: float | None = None) -> threading.Event:
@@ -140,6 +156,21 @@ def recover(app) -> list[int]:
             return reap()
         finally:
             db.session.remove()
+
+
+def run_logs_worker(app, burst: bool = False) -> None:
+    """The worker of live container logs (app.logtail): its own queue, so the long-running
+    tailer job never waits behind a deploy or holds one up. No reaper, no schedulers."""
+    from app.logtail import queue_name
+    set_app(app)
+    configure_logging()
+    quiet_transport_errors()
+    conn = redis_connection(app)
+    queue = Queue(queue_name(app.config), connection=conn)
+    worker = KeystoneWorker([queue], connection=conn,
+                            job_monitoring_interval=JOB_MONITORING_INTERVAL)
+    worker.flask_app = app
+    worker.work(burst=burst, with_scheduler=False)
 
 
 def run_worker(app, burst: bool = False, reaper_interval: float | None = None) -> None:

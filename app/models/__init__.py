@@ -5,6 +5,7 @@ from app.models.audit import AuditEvent
 from app.models.build import BuildArtifact, Registry
 from app.models.enums import *  # noqa: F401,F403
 from app.models.operation import Operation, OperationLock, OperationStep
+from app.models.metrics import ServerMetric
 from app.models.organisation import Membership, Organisation, User
 from app.models.server import Provider, Server
 from app.models.service import Endpoint, Service, ServiceReplica, ServiceSlice
@@ -15,4 +16,5 @@ __all__ = [
     "Environment", "EnvironmentAttachment", "EnvironmentVariable", "Service",
     "ServiceReplica", "ServiceSlice", "Endpoint", "Operation", "OperationStep",
     "OperationLock", "Registry", "BuildArtifact", "AuditEvent", "ApiToken",
+    "ServerMetric",
 ]

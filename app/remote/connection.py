@@ -212,6 +212,14 @@ class Connection:
     def is_connected(self) -> bool:
         return self._transport is not None and self._transport.is_active() and self._transport.is_authenticated()
 
+    @property
+    def open_channels(self) -> int:
+        """Channels open on this connection now (0 when no command runs)."""
+        transport = self._transport
+        if transport is None:
+            return 0
+        return sum(1 for chan in list(transport._channels.values()) if not chan.closed)
+
     def connect(self) -> str:
         """Connect, check the host key, authenticate; return the host-key fingerprint.
 

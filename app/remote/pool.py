@@ -64,6 +64,11 @@ class ConnectionPool:
             self._connections[key] = conn
             return conn
 
+    def connections(self) -> list[Connection]:
+        """The pooled connections (a snapshot)."""
+        with self._lock:
+            return list(self._connections.values())
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections.values():

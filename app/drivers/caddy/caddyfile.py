@@ -312,6 +312,9 @@ def _render_site(route: Route, hosts: list[str], out: list[str]) -> None:
     out.append(", ".join(addresses) + " {")
     if route.tls == "internal":
         out.append("\ttls internal")
+    # The access log: one JSON line per request on the gateway container's output, which
+    # the live log pane of the gateway shows as a table (app.logtail).
+    out.append("\tlog")
     if not route.path_routes:
         _render_proxy(route, route.upstreams, out, "\t")
         out.append("}")

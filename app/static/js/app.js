@@ -66,3 +66,25 @@
     if (el && el.select) el.select();
   });
 })();
+
+// Live container logs (app.logtail): a text filter over the pane's lines, applied to lines
+// as they arrive too. <input data-log-filter> inside a [data-log-pane].
+(function () {
+  function apply(pane) {
+    var input = pane.querySelector("[data-log-filter]");
+    if (!input) return;
+    var needle = input.value.trim().toLowerCase();
+    pane.querySelectorAll(".log .ln").forEach(function (ln) {
+      ln.hidden = needle !== "" && ln.textContent.toLowerCase().indexOf(needle) < 0;
+    });
+  }
+  document.addEventListener("input", function (evt) {
+    if (!evt.target.matches || !evt.target.matches("[data-log-filter]")) return;
+    var pane = evt.target.closest("[data-log-pane]");
+    if (pane) apply(pane);
+  });
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    var pane = evt.target && evt.target.closest ? evt.target.closest("[data-log-pane]") : null;
+    if (pane && pane.querySelector("[data-log-filter]")) apply(pane);
+  });
+})();
