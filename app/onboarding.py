@@ -144,7 +144,10 @@ def step_context(org: Organisation) -> dict:
     unverified = [a for a in apps if a.deploy_key_installed_at is None]
     verify_ops = {a.id: latest_operation(OperationKind.REPOSITORY_VERIFY, "application", a.id,
                                          org.id) for a in unverified}
+    provision_ops = {s.id: latest_operation(OperationKind.SERVER_PROVISION, "server", s.id,
+                                            org.id) for s in servers}
     return {"apps_unverified": unverified, "verify_ops": verify_ops,
+            "provision_ops": provision_ops,
             "servers": servers, "environments": envs,
             "last_deploy": last_operation(org, OperationKind.ENVIRONMENT_DEPLOY)}
 
@@ -170,8 +173,9 @@ def fingerprint(org: Organisation) -> str:
         sa.select(Operation.id, Operation.status).where(
             Operation.organisation_id == org.id, Operation.parent_id.is_(None),
             Operation.kind.in_([OperationKind.REPOSITORY_VERIFY.value,
+                                OperationKind.SERVER_PROVISION.value,
                                 OperationKind.ENVIRONMENT_DEPLOY.value]))
-        .order_by(Operation.id.desc()).limit(5)).all()
+        .order_by(Operation.id.desc()).limit(8)).all()
     servers = db.session.execute(sa.select(Server.id, Server.status).where(
         Server.organisation_id == org.id).order_by(Server.id)).all()
     slices = db.session.execute(

@@ -43,8 +43,11 @@ def live_server(tmp_path_factory, redis_url):
                # and their ids (1, 2, ...) are this server's ids too
                KEYSTONE_REDIS_PREFIX=f"browser-{port}",
                KEYSTONE_OPEN_SIGNUP="1",  # the tests sign up several organisations
-               # the wizard's sandbox: never a developer's own keystone-sandbox
-               KEYSTONE_SANDBOX_NAME=os.environ.get("KEYSTONE_BROWSER_SANDBOX", "ks-browser"))
+               # the wizard's sandbox: never a developer's own keystone-sandbox. Each
+               # organisation's sandbox is named BASE-SLUG-ID; KEYSTONE_TEST_SANDBOX (the name
+               # an engineer gives the integration tier) keeps parallel runs apart.
+               KEYSTONE_SANDBOX_NAME=os.environ.get("KEYSTONE_BROWSER_SANDBOX")
+               or os.environ.get("KEYSTONE_TEST_SANDBOX") or "ks-browser")
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "keystone"), "db", "upgrade"], env=env, check=True,
                    capture_output=True, cwd=ROOT)
