@@ -29,7 +29,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory, redis_url):
+def live_server(tmp_path_factory, request):
+    """Keystone for the browser: started here, or the one at KEYSTONE_BROWSER_URL (what
+    ``python -m bench.first_deploy`` starts with ``make run``, to time a real first deploy;
+    it passes the same KEYSTONE_INSTANCE_PATH and KEYSTONE_SANDBOX_NAME)."""
+    if os.environ.get("KEYSTONE_BROWSER_URL"):
+        yield {"url": os.environ["KEYSTONE_BROWSER_URL"].rstrip("/"),
+               "env": {k: os.environ[k] for k in ("KEYSTONE_INSTANCE_PATH",
+                                                   "KEYSTONE_SANDBOX_NAME")},
+               "log": None}
+        return
+    redis_url = request.getfixturevalue("redis_url")
     base = tmp_path_factory.mktemp("live")
     port = _free_port()
     env = dict(os.environ,
@@ -55,8 +65,9 @@ def live_server(tmp_path_factory, redis_url):
     web = subprocess.Popen([str(bindir / "gunicorn"), "--worker-class", "gthread", "--threads",
                             "16", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([str(bindir / "keystone"), "worker"], env=env, cwd=ROOT,
-                              stdout=log, stderr=subprocess.STDOUT)
+    # Two workers, as `make run` starts: operations on different targets run side by side.
+    workers = [subprocess.Popen([str(bindir / "keystone"), "worker"], env=env, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT) for _ in range(2)]
     url = f"http://127.0.0.1:{port}"
     # Generous: on a loaded shared machine importing the app alone can take ~20 s.
     deadline = time.monotonic() + 120
@@ -69,7 +80,7 @@ def live_server(tmp_path_factory, redis_url):
                 raise RuntimeError("Keystone did not start:\n" + (base / "server.log").read_text())
             time.sleep(0.2)
     yield {"url": url, "env": env, "log": base / "server.log"}
-    for proc in (worker, web):
+    for proc in (*workers, web):
         proc.terminate()
         try:
             proc.wait(timeout=10)
