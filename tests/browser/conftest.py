@@ -28,6 +28,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _browser_sandbox_base() -> str:
+    """KEYSTONE_BROWSER_SANDBOX, else NAME-browser for KEYSTONE_TEST_SANDBOX=NAME (engineers
+    sharing a machine never take down each other's browser sandboxes), else ks-browser."""
+    if os.environ.get("KEYSTONE_BROWSER_SANDBOX"):
+        return os.environ["KEYSTONE_BROWSER_SANDBOX"]
+    if os.environ.get("KEYSTONE_TEST_SANDBOX"):
+        return os.environ["KEYSTONE_TEST_SANDBOX"] + "-browser"
+    return "ks-browser"
+
+
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory, request):
     """Keystone for the browser: started here, or the one at KEYSTONE_BROWSER_URL (what
@@ -56,8 +66,7 @@ def live_server(tmp_path_factory, request):
                # the wizard's sandbox: never a developer's own keystone-sandbox. Each
                # organisation's sandbox is named BASE-SLUG-ID; KEYSTONE_TEST_SANDBOX (the name
                # an engineer gives the integration tier) keeps parallel runs apart.
-               KEYSTONE_SANDBOX_NAME=os.environ.get("KEYSTONE_BROWSER_SANDBOX")
-               or os.environ.get("KEYSTONE_TEST_SANDBOX") or "ks-browser")
+               KEYSTONE_SANDBOX_NAME=_browser_sandbox_base())
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "keystone"), "db", "upgrade"], env=env, check=True,
                    capture_output=True, cwd=ROOT)
