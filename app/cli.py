@@ -131,8 +131,11 @@ def worker_command(burst, logs):
 @click.command("dev")
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", default=5000, type=int)
+@click.option("--workers", default=2, type=click.IntRange(1, 8), show_default=True,
+              help="RQ worker processes: operations on different targets run side by side "
+                   "(provisioning two servers, creating a database while a cache starts).")
 @with_appcontext
-def dev_command(host, port):
+def dev_command(host, port, workers):
     """Start everything: embedded Redis (unless REDIS_URL is set), web and worker.
 
     One Ctrl-C stops them all.
@@ -154,10 +157,11 @@ def dev_command(host, port):
     # group) reaches only this process, which then stops them in order.
     web = subprocess.Popen(gunicorn, env=env, cwd=str(Path(__file__).resolve().parent.parent),
                            start_new_session=True)
-    worker = subprocess.Popen([str(exe / "keystone"), "worker"], env=env, start_new_session=True)
+    worker_procs = [subprocess.Popen([str(exe / "keystone"), "worker"], env=env,
+                                     start_new_session=True) for _ in range(workers)]
     logs_worker = subprocess.Popen([str(exe / "keystone"), "worker", "--logs"], env=env,
                                    start_new_session=True)
-    procs = [p for p in (redis_proc, web, worker, logs_worker) if p is not None]
+    procs = [p for p in (redis_proc, web, *worker_procs, logs_worker) if p is not None]
     click.echo(f"keystone on http://{host}:{port}  (Ctrl-C stops web, worker and redis)")
 
     stopping = False
@@ -168,7 +172,7 @@ def dev_command(host, port):
             return
         stopping = True
         click.echo("stopping web and worker, then redis")
-        _stop_processes([web, worker], redis_proc, [logs_worker])
+        _stop_processes([web, *worker_procs], redis_proc, [logs_worker])
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
@@ -205,18 +209,20 @@ def _stop_processes(apps: list[subprocess.Popen], redis_proc: subprocess.Popen |
     1.5 s gets a second SIGTERM (cold shutdown: the job's work horse is stopped; the reaper
     marks that operation interrupted at the next start). Anything left is killed.
     """
-    web, worker = apps
+    web, *workers = apps
     for p in others:  # the live-logs worker: its tails end when their viewers go
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
     apps = [*apps, *others]
     if web.poll() is None:
         web.send_signal(signal.SIGINT)
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
     left = _wait_all(apps, 1.5)
-    if worker in left:
-        worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        if worker in left:
+            worker.send_signal(signal.SIGTERM)
     for p in _wait_all(left, 0.8):
         p.kill()
         p.wait(timeout=5)

@@ -140,7 +140,14 @@ def step_context(org: Organisation) -> dict:
     envs = db.session.execute(
         sa.select(Environment).join(Application).where(Application.organisation_id == org.id)
         .options(selectinload(Environment.application)).order_by(Environment.id)).scalars().all()
-    return {"apps_unverified": [a for a in apps if a.deploy_key_installed_at is None],
+    from app.operations.lifecycle import latest_operation
+    unverified = [a for a in apps if a.deploy_key_installed_at is None]
+    verify_ops = {a.id: latest_operation(OperationKind.REPOSITORY_VERIFY, "application", a.id,
+                                         org.id) for a in unverified}
+    provision_ops = {s.id: latest_operation(OperationKind.SERVER_PROVISION, "server", s.id,
+                                            org.id) for s in servers}
+    return {"apps_unverified": unverified, "verify_ops": verify_ops,
+            "provision_ops": provision_ops,
             "servers": servers, "environments": envs,
             "last_deploy": last_operation(org, OperationKind.ENVIRONMENT_DEPLOY)}
 
@@ -152,5 +159,36 @@ def last_operation(org: Organisation, kind: OperationKind) -> Operation | None:
         .order_by(Operation.id.desc()).limit(1)).scalar_one_or_none()
 
 
-__all__ = ["Step", "steps_for", "current_step", "skip", "live_url", "route_url",
+def fingerprint(org: Organisation) -> str:
+    """What the wizard page shows that can change on its own (an operation ending, a server
+    becoming active, a slice becoming ready): when it changes, the open wizard reloads and
+    continues with the next step, so a person never clicks to find out that a step is done."""
+    import hashlib
+
+    from app.models import ServiceSlice
+    steps = steps_for(org)
+    current = current_step(steps)
+    sandbox = (org.onboarding_state or {}).get("sandbox") or {}
+    ops = db.session.execute(
+        sa.select(Operation.id, Operation.status).where(
+            Operation.organisation_id == org.id, Operation.parent_id.is_(None),
+            Operation.kind.in_([OperationKind.REPOSITORY_VERIFY.value,
+                                OperationKind.SERVER_PROVISION.value,
+                                OperationKind.ENVIRONMENT_DEPLOY.value]))
+        .order_by(Operation.id.desc()).limit(8)).all()
+    servers = db.session.execute(sa.select(Server.id, Server.status).where(
+        Server.organisation_id == org.id).order_by(Server.id)).all()
+    slices = db.session.execute(
+        sa.select(ServiceSlice.id, ServiceSlice.status).join(
+            EnvironmentAttachment, EnvironmentAttachment.service_slice_id == ServiceSlice.id)
+        .join(Environment).join(Application).where(Application.organisation_id == org.id)
+        .order_by(ServiceSlice.id)).all()
+    parts = [current.key if current else "live", sandbox.get("status"),
+             [(i, str(st)) for i, st in ops], [(i, str(st)) for i, st in servers],
+             [(i, str(st)) for i, st in slices],
+             [s.key for s in steps if s.complete]]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+__all__ = ["Step", "fingerprint", "steps_for", "current_step", "skip", "live_url", "route_url",
            "environment_url", "last_operation", "OperationStatus"]

@@ -183,8 +183,19 @@ def new():
             application = create_application(org_id, form.name.data, form.repository_url.data,
                                              form.default_branch.data, form.repository_type.data)
             db.session.commit()
-            flash("Application created. Add the deploy key below to the repository (read-only), "
-                  "then verify access.", "success")
+            back_to_wizard = request.form.get("next") == "onboarding"
+            if sandbox_url and application.repository_url == sandbox_url:
+                # Keystone owns the sandbox's git host: it authorises the deploy key there
+                # itself (read-only) and verifies access, in one operation.
+                op = start_verify(application, sandbox_key=True)
+                flash(f"Application created. Keystone is adding its deploy key to the sandbox "
+                      f"git host and verifying access (operation #{op.id}).", "success")
+            else:
+                flash("Application created. Add the deploy key below to the repository "
+                      "(read-only), then verify access.", "success")
+                back_to_wizard = False  # the key and its instructions are on the app page
+            if back_to_wizard:
+                return redirect(url_for("onboarding.start"))
             return redirect(url_for("applications.show", application_id=application.id))
     return render_template("applications/new.html", form=form, sandbox_url=sandbox_url), \
         (400 if form.errors else 200)

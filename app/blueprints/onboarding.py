@@ -51,11 +51,45 @@ def start():
         from app.blueprints.environments import attachments_context, load_environment
         env = load_environment(context["environments"][0].id)
         context["attachments"] = attachments_context(env, next_target="onboarding")
+    if current is not None and current.key == "repository" and not context["apps_unverified"]:
+        context["app_form"] = _sample_application_form(org)
     return render_template("onboarding/wizard.html", steps=steps, current=current,
                            sandbox_available=docker_available(), sandbox=sandbox_state,
                            sandbox_op=_sandbox_op(org),
                            live_url=onboarding.live_url(org) if current is None else None,
+                           fingerprint=onboarding.fingerprint(org),
                            **context)
+
+
+def _sample_application_form(org):
+    """The new-application form, right in the wizard: on the sandbox it is filled in with the
+    sample repository, so creating it is one click (the key is authorised on creation)."""
+    import sqlalchemy as sa
+
+    from app.blueprints.applications import ApplicationForm, sandbox_repository_url
+    from app.extensions import db
+    from app.models import Application
+    form = ApplicationForm(formdata=None)
+    url = sandbox_repository_url()
+    if url:
+        form.repository_url.data = url
+        taken = db.session.execute(sa.select(Application.id).where(
+            Application.organisation_id == org.id, Application.name == "sample")).first()
+        if not taken:
+            form.name.data = "sample"
+    return form
+
+
+@bp.route("/watch")
+@login_required
+def watch():
+    """Polled by the open wizard: reload it (``HX-Refresh``) when what it shows has changed,
+    so it continues on its own when an operation it waits for ends."""
+    from flask import make_response
+    response = make_response("", 200)
+    if request.args.get("v") != onboarding.fingerprint(_org()):
+        response.headers["HX-Refresh"] = "true"
+    return response
 
 
 @bp.route("/sandbox/authorize/<int:application_id>", methods=["POST"])

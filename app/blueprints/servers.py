@@ -443,6 +443,9 @@ def provision_all():
         return redirect(url_for("servers.index"))
     flash("Provisioning " + ", ".join(f"{s.name} (operation #{op.id})" for s, op in started)
           + ".", "success")
+    if request.form.get("next") == "onboarding":
+        # The wizard lists each server's status and log and continues on its own.
+        return redirect(url_for("onboarding.start"))
     return redirect(url_for("servers.show", server_id=started[0][0].id))
 
 

@@ -28,8 +28,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _browser_sandbox_base() -> str:
+    """KEYSTONE_BROWSER_SANDBOX, else NAME-browser for KEYSTONE_TEST_SANDBOX=NAME (engineers
+    sharing a machine never take down each other's browser sandboxes), else ks-browser."""
+    if os.environ.get("KEYSTONE_BROWSER_SANDBOX"):
+        return os.environ["KEYSTONE_BROWSER_SANDBOX"]
+    if os.environ.get("KEYSTONE_TEST_SANDBOX"):
+        return os.environ["KEYSTONE_TEST_SANDBOX"] + "-browser"
+    return "ks-browser"
+
+
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory, redis_url):
+def live_server(tmp_path_factory, request):
+    """Keystone for the browser: started here, or the one at KEYSTONE_BROWSER_URL (what
+    ``python -m bench.first_deploy`` starts with ``make run``, to time a real first deploy;
+    it passes the same KEYSTONE_INSTANCE_PATH and KEYSTONE_SANDBOX_NAME)."""
+    if os.environ.get("KEYSTONE_BROWSER_URL"):
+        yield {"url": os.environ["KEYSTONE_BROWSER_URL"].rstrip("/"),
+               "env": {k: os.environ[k] for k in ("KEYSTONE_INSTANCE_PATH",
+                                                   "KEYSTONE_SANDBOX_NAME")},
+               "log": None}
+        return
+    redis_url = request.getfixturevalue("redis_url")
     base = tmp_path_factory.mktemp("live")
     port = _free_port()
     env = dict(os.environ,
@@ -43,8 +63,10 @@ def live_server(tmp_path_factory, redis_url):
                # and their ids (1, 2, ...) are this server's ids too
                KEYSTONE_REDIS_PREFIX=f"browser-{port}",
                KEYSTONE_OPEN_SIGNUP="1",  # the tests sign up several organisations
-               # the wizard's sandbox: never a developer's own keystone-sandbox
-               KEYSTONE_SANDBOX_NAME=os.environ.get("KEYSTONE_BROWSER_SANDBOX", "ks-browser"))
+               # the wizard's sandbox: never a developer's own keystone-sandbox. Each
+               # organisation's sandbox is named BASE-SLUG-ID; KEYSTONE_TEST_SANDBOX (the name
+               # an engineer gives the integration tier) keeps parallel runs apart.
+               KEYSTONE_SANDBOX_NAME=_browser_sandbox_base())
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "keystone"), "db", "upgrade"], env=env, check=True,
                    capture_output=True, cwd=ROOT)
@@ -52,8 +74,9 @@ def live_server(tmp_path_factory, redis_url):
     web = subprocess.Popen([str(bindir / "gunicorn"), "--worker-class", "gthread", "--threads",
                             "16", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([str(bindir / "keystone"), "worker"], env=env, cwd=ROOT,
-                              stdout=log, stderr=subprocess.STDOUT)
+    # Two workers, as `make run` starts: operations on different targets run side by side.
+    workers = [subprocess.Popen([str(bindir / "keystone"), "worker"], env=env, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT) for _ in range(2)]
     url = f"http://127.0.0.1:{port}"
     # Generous: on a loaded shared machine importing the app alone can take ~20 s.
     deadline = time.monotonic() + 120
@@ -66,7 +89,7 @@ def live_server(tmp_path_factory, redis_url):
                 raise RuntimeError("Keystone did not start:\n" + (base / "server.log").read_text())
             time.sleep(0.2)
     yield {"url": url, "env": env, "log": base / "server.log"}
-    for proc in (worker, web):
+    for proc in (*workers, web):
         proc.terminate()
         try:
             proc.wait(timeout=10)

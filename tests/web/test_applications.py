@@ -293,10 +293,22 @@ def test_sandbox_repository_is_prefilled_and_its_page_offers_the_sandbox_key_but
     assert f'value="{url}"' in page and 'value="sample"' in page
     assert _create(client, name="sample", repository_url=url).status_code == 302
     app_ = db.session.execute(sa.select(Application)).scalar_one()
+    # Keystone owns the sandbox git host: creating the app authorises its key there and
+    # verifies access at once (one repository_verify operation), no second click.
+    from app.models import Operation
+    from app.models.enums import OperationKind
+    op = db.session.execute(sa.select(Operation).where(
+        Operation.kind == OperationKind.REPOSITORY_VERIFY)).scalar_one()
+    assert op.target_id == app_.id and (op.params or {}).get("sandbox_key") is True
+    page = client.get(f"/applications/{app_.id}").get_data(as_text=True)
+    assert "github.com" not in page and "Gitea" not in page  # no meaningless instructions
+    # Should that verification fail, the button to try again is right on the page.
+    op.status = "failed"
+    op.error = "git host unreachable"
+    db.session.commit()
     page = client.get(f"/applications/{app_.id}").get_data(as_text=True)
     assert "Add the key to the sandbox git host" in page
     assert f'action="/onboarding/sandbox/authorize/{app_.id}"' in page
-    assert "github.com" not in page and "Gitea" not in page  # no meaningless instructions
     # Another repository: the usual instructions, no sandbox button.
     assert _create(client, name="shop").status_code == 302
     other = db.session.execute(sa.select(Application).where(Application.name == "shop")).scalar_one()

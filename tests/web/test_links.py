@@ -19,11 +19,12 @@ def test_every_link_reachable_from_the_dashboard_works(app, client, auth):
     g.environment.current_artifact = g.artifact
     db.session.commit()
     auth.login(email="b@example.com")
-    seen, queue, checked = {"/"}, deque(["/"]), 0
+    seen, queue, checked, visited = {"/"}, deque(["/"]), 0, set()
     while queue and checked < MAX_PAGES:
         path = queue.popleft()
         resp = client.get(path)
         checked += 1
+        visited.add(path)
         assert resp.status_code in (200, 302), f"{path} answered {resp.status_code}"
         if resp.status_code != 200 or not resp.mimetype == "text/html":
             continue
@@ -39,3 +40,11 @@ def test_every_link_reachable_from_the_dashboard_works(app, client, auth):
                 seen.add(target)
                 queue.append(target)
     assert checked > 10, f"the walk only reached {checked} pages"
+    # The main pages are among them (issue 14): each kind was opened and its links checked.
+    kinds = {"operations list": r"/operations", "operation": r"/operations/\d+",
+             "environment": r"/environments/\d+", "service": r"/services/\d+",
+             "server": r"/servers/\d+", "application": r"/applications/\d+",
+             "wizard": r"/onboarding/"}
+    missing = [k for k, pattern in kinds.items()
+               if not any(re.fullmatch(pattern, p.split("?")[0]) for p in visited)]
+    assert not missing, f"the walk never reached: {missing}"

@@ -160,3 +160,78 @@ def test_pages_after_a_step_name_the_next_one_until_onboarding_is_done(app, clie
     assert onboarding.current_step(onboarding.steps_for(g.org)) is None
     for path in (f"/environments/{g.environment.id}", "/"):
         assert "Next:" not in client.get(path).get_data(as_text=True)
+
+
+def test_the_wizard_reloads_itself_when_what_it_shows_changes(app, client):
+    """The wizard continues on its own (issue 14): its watch answers HX-Refresh once the
+    fingerprint it was rendered with is stale (a server became active, an operation ended)."""
+    import re as re_
+    from app.models.enums import ServerStatus
+    g = build_org()
+    sign_in(client, g.user)
+    html = client.get("/onboarding/").get_data(as_text=True)
+    watch = re_.search(r'id="wizard-watch" hx-get="([^"]+)"', html).group(1).replace("&amp;", "&")
+    resp = client.get(watch)
+    assert resp.status_code == 200 and "HX-Refresh" not in resp.headers  # nothing changed
+    g.application.deploy_key_installed_at = g.application.created_at  # verified by a job
+    db.session.commit()
+    assert client.get(watch).headers.get("HX-Refresh") == "true"
+    html = client.get("/onboarding/").get_data(as_text=True)
+    watch = re_.search(r'id="wizard-watch" hx-get="([^"]+)"', html).group(1).replace("&amp;", "&")
+    assert "HX-Refresh" not in client.get(watch).headers
+    g.server.status = ServerStatus.PROVISIONING
+    db.session.commit()
+    assert client.get(watch).headers.get("HX-Refresh") == "true"
+
+
+def test_the_wizard_creates_the_sample_app_and_authorises_its_key_in_one_click(app, client):
+    """The repository step carries the new-application form, filled in with the sandbox's
+    sample repository; creating it starts the key's authorisation and returns to the wizard."""
+    import sqlalchemy as sa
+
+    from app.models import Application
+    from app.models.enums import OperationKind
+    from tests.conftest import csrf_token_from
+    from tests.opsupport import started_operation
+    g = build_org()
+    url = "ssh://git@127.0.0.1:2299/sample.git"
+    db.session.delete(g.application)  # a fresh organisation: servers, no application yet
+    g.org.onboarding_state = {"sandbox": {"status": "ready", "repository_url": url}}
+    db.session.commit()
+    sign_in(client, g.user)
+    html = client.get("/onboarding/").get_data(as_text=True)
+    assert "Repository and deploy key" in html
+    assert f'value="{url}"' in html and 'value="sample"' in html
+    assert 'name="next" value="onboarding"' in html
+    resp = client.post("/applications/new", data={
+        "csrf_token": csrf_token_from(html), "name": "sample", "repository_url": url,
+        "repository_type": "auto", "default_branch": "main", "next": "onboarding"})
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/onboarding/")
+    application = db.session.execute(sa.select(Application).where(
+        Application.name == "sample")).scalar_one()
+    op = started_operation(OperationKind.REPOSITORY_VERIFY, "application", application.id)
+    assert op.params == {"sandbox_key": True}
+    html = client.get("/onboarding/").get_data(as_text=True)
+    assert "verifying access" in html and f"operation #{op.id}" in html
+    # Another repository: its key has to be added by hand, so the application page opens.
+    resp = client.post("/applications/new", data={
+        "csrf_token": csrf_token_from(html), "name": "shop2",
+        "repository_url": "git@github.com:acme/shop2.git", "repository_type": "auto",
+        "default_branch": "main", "next": "onboarding"})
+    assert "/applications/" in resp.headers["Location"]
+
+
+def test_provisioning_from_the_wizard_returns_to_the_wizard(app, client, monkeypatch):
+    from tests.conftest import csrf_token_from
+    g = build_org()
+    g.application.deploy_key_installed_at = g.application.created_at
+    g.server.host_key_fingerprint = g.server.host_key_fingerprint or "SHA256:" + "a" * 43
+    db.session.commit()
+    sign_in(client, g.user)
+    html = client.get("/onboarding/").get_data(as_text=True)
+    assert "Provision the server" in html and 'name="next" value="onboarding"' in html
+    resp = client.post("/servers/provision-all", data={"csrf_token": csrf_token_from(html),
+                                                       "next": "onboarding"})
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/onboarding/")
+    html = client.get("/onboarding/").get_data(as_text=True)
+    assert "watch the log" in html and "continues on its own" in html

@@ -709,3 +709,61 @@ def test_gateway_renders_every_domain_and_the_redirect(client, db, g, token):
     text = get_driver(gw).render_gateway_config(db.session.get(Service, gw.id))
     assert "\nhttp://example.com {\n" in text and "\nhttp://api.example.com {\n" in text
     assert "\nhttp://www.example.com {\n\tredir http://example.com{uri} permanent\n}" in text
+
+
+def test_attach_recommended_services_attaches_database_cache_and_domain_in_one_action(
+        client, db, g, token):
+    """One click instead of three (issue 14): Postgres, Valkey as cache and, on a sandbox
+    server, NAME.localhost, each as its own form would attach it."""
+    from app import onboarding
+    from app.models.enums import AttachmentRole
+    _wizard_at_services(db, g)
+    g.server.facts = {**(g.server.facts or {}), "sandbox": True, "http_port": 8081}
+    db.session.commit()
+    html = client.get("/onboarding/").get_data(as_text=True)
+    assert "Attach recommended services" in html
+    assert f"the domain {g.application.name}.localhost" in html
+    resp = post(client, f"/environments/{g.environment.id}/attachments/recommended", token,
+                {"next": "onboarding"})
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/onboarding/")
+    db.session.expire_all()
+    roles = {a.role for a in g.environment.attachments}
+    assert roles == {AttachmentRole.DATABASE, AttachmentRole.CACHE, AttachmentRole.GATEWAY}
+    assert len(ops(db, OperationKind.SLICE_PROVISION)) == 3
+    route = next(a.service_slice for a in g.environment.attachments
+                 if a.role == AttachmentRole.GATEWAY)
+    assert route.config["hostname"] == f"{g.application.name}.localhost"
+    assert route.config["public_port"] == 8081
+    assert {s.key: s for s in onboarding.steps_for(g.org)}["services"].done
+    # Everything recommended is attached: the button is gone; a second post says so.
+    page = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+    assert "Attach recommended services" not in page
+    resp = post(client, f"/environments/{g.environment.id}/attachments/recommended", token,
+                htmx=True)
+    assert resp.status_code == 200 and "Nothing to attach" in resp.get_data(as_text=True)
+
+
+def test_attach_recommended_needs_csrf_and_the_organisations_environment(client, db, g, token):
+    assert client.post(f"/environments/{g.environment.id}/attachments/recommended",
+                       data={}).status_code == 400
+    db.session.expire_all()
+    assert len(g.environment.attachments) == 1  # build_org's own attachment, nothing new
+    other = build_org(email="x@example.com", organisation="Other")
+    resp = post(client, f"/environments/{other.environment.id}/attachments/recommended", token)
+    assert resp.status_code == 404
+
+
+def test_the_deploy_step_waits_for_attachments_to_be_ready_and_says_so(client, db, g):
+    _wizard_at_services(db, g)
+    from app.attachments import attach_postgres
+    attachment, slice_ = attach_postgres(g.environment, g.postgres)
+    db.session.commit()
+    g.org.onboarding_state = {"skipped": ["services"]}
+    db.session.commit()
+    html = client.get("/onboarding/").get_data(as_text=True)
+    assert "First deploy" in html and "Waiting for" in html and slice_.name in html
+    assert "Deploy production" not in html
+    slice_.status = SliceStatus.READY
+    db.session.commit()
+    html = client.get("/onboarding/").get_data(as_text=True)
+    assert "Deploy production" in html and "Waiting for" not in html

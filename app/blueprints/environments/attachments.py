@@ -15,7 +15,7 @@ from app import attachments as att
 from app.blueprints.environments.blueprint import bp
 from app.blueprints.environments.components import (NEXT_TARGETS, _AttachForm,
                                                     attachment_forms, attachments_context,
-                                                    posted_next_target)
+                                                    posted_next_target, recommended_plan)
 from app.blueprints.environments.page import load_environment, render_page
 from app.drivers import get_driver
 from app.drivers.base import DriverError
@@ -97,33 +97,79 @@ def _attachments_done(env: Environment, forms: dict, message=None, error=None):
     return redirect(url_for("environments.show", environment_id=env.id) + "#attachments")
 
 
+def _attach_one(env, form, form_key: str, service_type: str, do_attach) -> str | None:
+    """Attach what a validated form names; a message, or None with the errors on the form
+    (an OperationLocked propagates)."""
+    service = _resolve_target(form, service_type, env)
+    if service is None:
+        db.session.rollback()
+        return None
+    try:
+        attachment, slice_ = do_attach(env, service, form)
+    except (att.AttachmentError, DriverError) as exc:
+        db.session.rollback()
+        (form.hostname if form_key == "dom_form" else form.target).errors.append(str(exc))
+        return None
+    db.session.commit()
+    deploy_op = _deploy_if_new(service)
+    op = att.start_slice_provision(slice_, current_user)
+    parts = [f"{service.name} attached ({slice_.type.value.replace('_', ' ')} "
+             f"{slice_.name}): operation #{op.id} creates it on the server"]
+    if deploy_op is not None:
+        parts.append(f"after deploying {service.name} (operation #{deploy_op.id})")
+    return " ".join(parts) + "."
+
+
 def _attach(environment_id, form_key: str, service_type: str, do_attach):
     env = load_environment(environment_id)
     forms = attachment_forms(env, request.form)
     form = forms[form_key]
     if not form.validate_on_submit():
         return _attachments_done(env, forms)
-    service = _resolve_target(form, service_type, env)
-    if service is None:
-        db.session.rollback()
-        return _attachments_done(env, forms)
     try:
-        attachment, slice_ = do_attach(env, service, form)
-    except (att.AttachmentError, DriverError) as exc:
-        db.session.rollback()
-        (form.hostname if form_key == "dom_form" else form.target).errors.append(str(exc))
-        return _attachments_done(env, forms)
-    db.session.commit()
-    try:
-        deploy_op = _deploy_if_new(service)
-        op = att.start_slice_provision(slice_, current_user)
+        message = _attach_one(env, form, form_key, service_type, do_attach)
     except OperationLocked as exc:
         return _attachments_done(env, forms, error=str(exc))
-    parts = [f"{service.name} attached ({slice_.type.value.replace('_', ' ')} "
-             f"{slice_.name}): operation #{op.id} creates it on the server"]
-    if deploy_op is not None:
-        parts.append(f"after deploying {service.name} (operation #{deploy_op.id})")
-    return _attachments_done(env, forms, message=" ".join(parts) + ".")
+    return _attachments_done(env, forms, message=message)
+
+
+def _attach_valkey_cache(env, service, form):
+    return att.attach_valkey(env, service, role=AttachmentRole.CACHE)
+
+
+_RECOMMENDED_ATTACH = {"pg_form": lambda env, service, form: att.attach_postgres(env, service),
+                      "vk_form": _attach_valkey_cache,
+                      "dom_form": lambda env, service, form: _attach_domain(env, service, form)}
+
+
+@bp.route("/<int:environment_id>/attachments/recommended", methods=["POST"])
+@login_required
+def attach_recommended(environment_id):
+    """One action for what a Laravel app needs: Postgres, Valkey (cache) and, on the sandbox,
+    its ``NAME.localhost`` domain. Each is the same attachment its own form makes."""
+    from app.forms import ActionForm
+    env = load_environment(environment_id)
+    forms = attachment_forms(env)
+    if not ActionForm().validate_on_submit():
+        return _attachments_done(env, forms, error="The form expired: reload the page.")
+    plan = recommended_plan(env, forms)  # [(form key, service type, label)]
+    if not plan:
+        return _attachments_done(env, forms, error="Nothing to attach: provision a server "
+                                 "first, or everything recommended is attached already.")
+    messages = []
+    for form_key, service_type, _label in plan:
+        do_attach = _RECOMMENDED_ATTACH[form_key]
+        form = forms[form_key]
+        form.target.data = form.target.choices[0][0]
+        try:
+            message = _attach_one(load_environment(env.id), form, form_key, service_type,
+                                  do_attach)
+        except OperationLocked as exc:
+            return _attachments_done(env, forms, error=str(exc))
+        if message is None:
+            break
+        messages.append(message)
+    return _attachments_done(env, forms, message=" ".join(messages) or None)
 
 
 @bp.route("/<int:environment_id>/attachments")

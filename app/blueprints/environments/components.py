@@ -117,6 +117,28 @@ def attachment_forms(env: Environment, formdata=None) -> dict:
     return {"pg_form": pg, "vk_form": vk, "dom_form": dom, "rec_form": rec}
 
 
+def recommended_plan(env: Environment, forms: dict) -> list[tuple[str, str, str]]:
+    """What "Attach recommended services" attaches, as (form key, service type, label): each
+    of a database, a cache and a domain the environment lacks, on the first choice its form
+    offers (an existing service of the organisation, else a new one on a provisioned server).
+    The domain only when one is proposed (the sandbox's ``NAME.localhost``)."""
+    from app.models.enums import AttachmentRole
+    roles = {a.role for a in env.attachments}
+    plan = []
+    if AttachmentRole.DATABASE not in roles:
+        plan.append(("pg_form", "postgres", "Postgres"))
+    if AttachmentRole.CACHE not in roles and AttachmentRole.QUEUE not in roles:
+        plan.append(("vk_form", "valkey", "Valkey (cache and sessions)"))
+    if AttachmentRole.GATEWAY not in roles and forms["dom_form"].hostname.data:
+        plan.append(("dom_form", "caddy", f"the domain {forms['dom_form'].hostname.data}"))
+    out = []
+    for key, stype, label in plan:
+        choices = forms[key].target.choices
+        if choices:
+            out.append((key, stype, f"{label} ({choices[0][1]})"))
+    return out
+
+
 def attachments_context(env: Environment, forms: dict | None = None,
                         next_target: str | None = None, **kw) -> dict:
     """The attachments component's context; ``next_target="onboarding"`` sends full-reload
@@ -134,6 +156,8 @@ def attachments_context(env: Environment, forms: dict | None = None,
     for f in forms.values():
         f.next.data = nxt if nxt in NEXT_TARGETS else ""
     ctx = {"env": env, "recommendations": recs, "slice_ops": ops, "busy": busy,
+           "recommended": recommended_plan(env, forms),
+           "action_form": ActionForm(formdata=None),
            "attach_message": None, "attach_error": None,
            "next": nxt if nxt in NEXT_TARGETS else None}
     ctx.update(forms)
