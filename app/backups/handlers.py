@@ -99,9 +99,12 @@ def _staging(ctx: OperationContext, name: str) -> str:
     return posixpath.join(ctx.workdir(), name)
 
 
-def _remove_staging(ctx: OperationContext, server, path: str) -> None:
-    with ctx.step("Remove the staging file", server=server, cleanup=True) as step:
-        step.run(cmd("rm", "-f", "--", path), pty=False, timeout=60)
+def _remove_staging_later(ctx: OperationContext, server_id: int, path: str) -> None:
+    """Remove the staging file after the handler, whatever happened (a clean-up step)."""
+    def remove(ctx: OperationContext) -> None:
+        with ctx.step("Remove the staging file", server=server_id) as step:
+            step.run(cmd("rm", "-f", "--", path), pty=False, timeout=60)
+    ctx.on_cleanup(remove)
 
 
 def _target(target_id) -> BackupTarget:
@@ -153,34 +156,32 @@ def _dump_and_store(ctx, slice_, target, backup, database) -> None:
     service = slice_.service
     container = running_container(service)
     staging = _staging(ctx, f"backup-{backup.id}.dump")
-    try:
-        with ctx.step(f"Dump database {database} (pg_dump -Fc)", server=service.server) as step:
-            step.mkdir(ctx.workdir())
-            step.run(dump_command(container, database, staging), pty=False)
-        with ctx.step(f"Copy the dump to {target.name} ({target.kind.value})",
-                      server=service.server) as step:
-            conn = step.connection()
-            store = store_for(target)
-            sink_holder: dict = {}
+    _remove_staging_later(ctx, service.server_id, staging)
+    with ctx.step(f"Dump database {database} (pg_dump -Fc)", server=service.server) as step:
+        step.mkdir(ctx.workdir())
+        step.run(dump_command(container, database, staging), pty=False)
+    with ctx.step(f"Copy the dump to {target.name} ({target.kind.value})",
+                  server=service.server) as step:
+        conn = step.connection()
+        store = store_for(target)
+        sink_holder: dict = {}
 
-            def stream(write) -> int:
-                sink = Sha256Sink(write)
-                sink_holder["sink"] = sink
-                conn.stream_from(staging, sink, cancel=ctx.active_cancel_event)
-                return sink.size
+        def stream(write) -> int:
+            sink = Sha256Sink(write)
+            sink_holder["sink"] = sink
+            conn.stream_from(staging, sink, cancel=ctx.active_cancel_event)
+            return sink.size
 
-            try:
-                store.upload(backup.key, stream)
-            except TargetError as exc:
-                raise StepFailed(str(exc)) from None
-            sink = sink_holder["sink"]
-            if sink.size == 0:
-                raise StepFailed("pg_dump wrote an empty file: nothing was backed up.")
-            backup.size_bytes = sink.size
-            backup.sha256 = sink.hexdigest
-            step.log(f"stored {backup.key}: {sink.size} bytes, sha256 {sink.hexdigest}")
-    finally:
-        _remove_staging(ctx, service.server, staging)
+        try:
+            store.upload(backup.key, stream)
+        except TargetError as exc:
+            raise StepFailed(str(exc)) from None
+        sink = sink_holder["sink"]
+        if sink.size == 0:
+            raise StepFailed("pg_dump wrote an empty file: nothing was backed up.")
+        backup.size_bytes = sink.size
+        backup.sha256 = sink.hexdigest
+        step.log(f"stored {backup.key}: {sink.size} bytes, sha256 {sink.hexdigest}")
     backup.status = BackupStatus.SUCCEEDED
     backup.finished_at = utcnow()
     ctx.result.update({"size_bytes": backup.size_bytes, "sha256": backup.sha256,
@@ -229,31 +230,33 @@ def restore_database(ctx: OperationContext) -> None:
         provision_new_slice(ctx, into)
     elif into.status != SliceStatus.READY:
         raise StepFailed(f"The database {into.name} is {into.status.value}: it cannot be restored into.")
-    elif into.id == backup.slice_id or ctx.params.get("confirm") is not None:
+    else:  # an existing database: its data is replaced, so its name must have been typed
         database, _ = driver.slice_names(into)
         if ctx.params.get("confirm") != database:
             raise StepFailed("The restore was not confirmed with the database's name.")
     database, role = driver.slice_names(into)
     container = running_container(service)
     staging = _staging(ctx, f"restore-{backup.id}.dump")
-    try:
-        with ctx.step(f"Fetch backup #{backup.id} from {target.name}", server=service.server) as step:
-            step.mkdir(ctx.workdir())
-            conn = step.connection()
-            try:
-                reader = HashingReader(store_for(target).open(backup.key))
-            except TargetError as exc:
-                raise StepFailed(str(exc)) from None
+    _remove_staging_later(ctx, service.server_id, staging)
+    with ctx.step(f"Fetch backup #{backup.id} from {target.name}", server=service.server) as step:
+        step.mkdir(ctx.workdir())
+        conn = step.connection()
+        try:
+            source = store_for(target).open(backup.key)
+        except TargetError as exc:
+            raise StepFailed(str(exc)) from None
+        reader = HashingReader(source)
+        try:
             size = conn.stream_to(staging, reader.read, cancel=ctx.active_cancel_event)
-            if backup.sha256 and reader.hexdigest != backup.sha256:
-                raise StepFailed(f"The backup's checksum does not match (sha256 {reader.hexdigest}, "
-                                 f"recorded {backup.sha256}): not restoring a damaged dump.")
-            step.log(f"fetched {size} bytes, sha256 {reader.hexdigest} (matches the record)")
-        with ctx.step(f"Restore into {database} (pg_restore --clean --single-transaction)",
-                      server=service.server) as step:
-            step.run(restore_command(container, database, role, staging), pty=False)
-    finally:
-        _remove_staging(ctx, service.server, staging)
+        finally:
+            source.close()
+        if backup.sha256 and reader.hexdigest != backup.sha256:
+            raise StepFailed(f"The backup's checksum does not match (sha256 {reader.hexdigest}, "
+                             f"recorded {backup.sha256}): not restoring a damaged dump.")
+        step.log(f"fetched {size} bytes, sha256 {reader.hexdigest} (matches the record)")
+    with ctx.step(f"Restore into {database} (pg_restore --clean --single-transaction)",
+                  server=service.server) as step:
+        step.run(restore_command(container, database, role, staging), pty=False)
     ctx.result.update({"restored_backup": backup.id, "database": database})
     db.session.commit()
 

@@ -41,6 +41,8 @@ def _dashboard():
         sa.select(Operation).where(Operation.organisation_id == org_id,
                                    Operation.parent_id.is_(None))
         .order_by(Operation.id.desc()).limit(10)).scalars().all()
+    from app.backups.status import alerts as backup_alerts
     return render_template("dashboard/index.html", environments=environments,
                            urls={env.id: environment_url(env) for env in environments},
-                           servers=servers, operations=operations)
+                           servers=servers, operations=operations,
+                           backup_alerts=backup_alerts(org_id))

@@ -212,3 +212,44 @@ def test_deploy_refuses_to_run_when_its_backup_failed(app, db, g, tmp_path):
     assert execute_operation(op.id) == "failed"
     db.session.expire_all()
     assert "nothing was updated" in db.session.get(Operation, op.id).error
+
+
+def test_dashboard_shows_a_failed_backup_until_a_later_one_succeeds(client, db, g, tmp_path):
+    t = _target(db, g, tmp_path)
+    failed = Backup(organisation_id=g.org.id, slice_id=g.slice.id, target_id=t.id,
+                    status=BackupStatus.FAILED, trigger=BackupTrigger.SCHEDULED,
+                    database="shop_production", key="k1")
+    db.session.add(failed)
+    db.session.commit()
+    page = client.get("/").get_data(as_text=True)
+    assert "data-backup-alerts" in page and "the latest backup failed" in page
+    db.session.add(Backup(organisation_id=g.org.id, slice_id=g.slice.id, target_id=t.id,
+                          status=BackupStatus.SUCCEEDED, trigger=BackupTrigger.MANUAL,
+                          database="shop_production", key="k2", sha256="0" * 64, size_bytes=1))
+    db.session.commit()
+    assert "data-backup-alerts" not in client.get("/").get_data(as_text=True)
+
+
+def test_dashboard_shows_a_late_schedule(client, db, g, tmp_path):
+    t = _target(db, g, tmp_path)
+    db.session.add(BackupPolicy(slice_id=g.slice.id, target_id=t.id, frequency="daily", keep=3,
+                                last_scheduled_at=utcnow() - dt.timedelta(days=3)))
+    db.session.commit()
+    page = client.get("/").get_data(as_text=True)
+    assert "scheduled backups are late" in page
+
+
+def test_worker_enqueues_the_tick_once_per_interval(app, redis_url):
+    import redis
+    from rq import Queue
+    from app.backups.handlers import schedule_tick
+    conn = redis.Redis.from_url(redis_url)
+    queue = Queue("backups-tick-test", connection=conn)
+    from app.backups.handlers import tick_key
+    conn.delete(tick_key(app.config))
+    assert schedule_tick(app, conn, queue) is True
+    assert schedule_tick(app, conn, queue) is False       # another worker, same minute
+    [job] = queue.jobs
+    assert job.func_name == "app.backups.handlers.tick_job" and job.args == ()
+    queue.empty()
+    conn.delete(tick_key(app.config))

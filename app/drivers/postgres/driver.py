@@ -206,7 +206,7 @@ class PostgresDriver(Driver):
 # -- backups (issue 17.3) ----------------------------------------------------
 # Constant scripts: the container, database, role and file travel as positional
 # arguments ("$1"...), never pasted into the script text.
-_DUMP_SH = 'docker exec "$1" pg_dump -U postgres -Fc --no-password -d "$2" > "$3"'
+_DUMP_SH = 'umask 077 && docker exec "$1" pg_dump -U postgres -Fc --no-password -d "$2" > "$3"'
 _RESTORE_SH = ('docker exec -i "$1" pg_restore -U postgres --no-password -d "$2" --clean '
                '--if-exists --no-owner --role="$3" --single-transaction --exit-on-error < "$4"')
 
