@@ -222,6 +222,22 @@ def test_s3_round_trip_against_a_real_s3_api(world, moto_server):
     assert _psql(w, "shop", "SELECT item FROM orders WHERE id = 2") == "from s3"
     assert backup.status == BackupStatus.SUCCEEDED
 
+    # Retention after a scheduled backup: keep 1 -> the older scheduled object is deleted
+    # from the bucket; the manual backup above is never removed by retention.
+    from app.models.backup import BackupPolicy, BackupTrigger
+    db.session.add(BackupPolicy(slice_id=w.slice.id, target_id=target.id, frequency="daily",
+                                keep=1))
+    db.session.commit()
+    first = db.session.get(Backup, _run_op(start_backup(
+        w.slice, target, trigger=BackupTrigger.SCHEDULED, enqueue=False).id).result["backup_id"])
+    second = db.session.get(Backup, _run_op(start_backup(
+        w.slice, target, trigger=BackupTrigger.SCHEDULED, enqueue=False).id).result["backup_id"])
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="keystone-backups")["Contents"]}
+    assert f"prod/{second.key}" in keys and f"prod/{backup.key}" in keys
+    assert f"prod/{first.key}" not in keys
+    db.session.refresh(first)
+    assert first.status == BackupStatus.DELETED
+
 
 def test_a_failing_backup_is_a_failed_operation(world):
     from app.backups.handlers import start_backup

@@ -55,9 +55,10 @@ def test_s3_target_secret_is_encrypted_at_rest_and_never_shown(client, db, g, to
         "region": "us-east-1", "bucket": "keystone-backups", "prefix": "prod/",
         "access_key_id": "AKIATEST", "secret_access_key": secret})
     assert r.status_code == 302
-    t = db.session.execute(sa.select(BackupTarget)).scalar_one()
+    t = db.session.execute(sa.select(BackupTarget).where(BackupTarget.name == "b2")).scalar_one()
     assert t.credentials["secret_access_key"] == secret and t.config["prefix"] == "prod"
-    raw = db.session.execute(sa.text("SELECT credentials FROM backup_targets")).scalar()
+    raw = db.session.execute(sa.text("SELECT credentials FROM backup_targets WHERE name = 'b2'")
+                             ).scalar()
     assert secret not in raw and "AKIATEST" not in raw
     page = client.get("/backups/targets").get_data(as_text=True)
     assert secret not in page and "keystone-backups" in page
@@ -75,7 +76,8 @@ def test_s3_target_secret_is_encrypted_at_rest_and_never_shown(client, db, g, to
 def test_bad_target_input_is_a_form_error(client, db, g, token, data, field):
     r = client.post("/backups/targets", data={"csrf_token": token, "name": "t1", **data})
     assert r.status_code == 400 and field in r.get_data(as_text=True)
-    assert db.session.execute(sa.select(sa.func.count(BackupTarget.id))).scalar() == 0
+    assert db.session.execute(sa.select(sa.func.count(BackupTarget.id))
+                              .where(BackupTarget.name == "t1")).scalar() == 0
 
 
 def test_service_page_shows_the_backups_section(client, db, g, tmp_path):
