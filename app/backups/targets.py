@@ -88,27 +88,48 @@ class DirectoryStore:
         return self._path(key)
 
 
+class _Abandoned(Exception):
+    """The reading side gave up (e.g. the S3 upload failed): stop pushing."""
+
+
 class _PushToPull:
     """Turns "stream pushes chunks to a sink" into a file-like ``read`` for boto3.
 
     A thread runs the push side; a small bounded queue between them keeps memory flat.
+    If the reading side gives up (:meth:`abandon`), the pushing thread stops at its next
+    chunk instead of blocking on a full queue forever.
     """
 
     def __init__(self, stream: Callable[[Callable[[bytes], None]], int]):
         import queue
         import threading
         self._q: "queue.Queue[bytes | BaseException | None]" = queue.Queue(maxsize=8)
+        self._stop = threading.Event()
         self._buf = b""
         self._done = False
         self.error: BaseException | None = None
         self.size = 0
 
+        def put(item) -> None:
+            while not self._stop.is_set():
+                try:
+                    self._q.put(item, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+            raise _Abandoned()
+
         def run():
             try:
-                self.size = stream(self._q.put)
-                self._q.put(None)
+                self.size = stream(put)
+                put(None)
+            except _Abandoned:
+                pass
             except BaseException as exc:  # noqa: BLE001 - handed to the reading side
-                self._q.put(exc)
+                try:
+                    put(exc)
+                except _Abandoned:
+                    pass
 
         self._thread = threading.Thread(target=run, name="backup-stream", daemon=True)
         self._thread.start()
@@ -130,8 +151,11 @@ class _PushToPull:
             out, self._buf = self._buf[:n], self._buf[n:]
         return out
 
-    def join(self) -> None:
-        self._thread.join()
+    def abandon(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
 
 
 class S3Store:
@@ -159,11 +183,12 @@ class S3Store:
                                        Config=TransferConfig(multipart_chunksize=8 * CHUNK,
                                                              use_threads=False))
         except BaseException:
+            reader.abandon()   # the SFTP side stops at its next chunk
             if reader.error is not None:
                 raise reader.error from None
             raise
         finally:
-            reader.join()
+            reader.join(timeout=60)
         if reader.error is not None:
             raise reader.error
         return reader.size

@@ -139,3 +139,42 @@ def test_dump_and_restore_commands_pass_values_as_arguments():
         dump_command("c", "shop; drop", "/tmp/x")
     with pytest.raises(ValueError):
         restore_command("c", "shop", "bad role", "/tmp/x")
+
+
+def test_push_side_stops_when_the_reader_gives_up():
+    """A failed S3 upload must not leave the SFTP side blocked on a full queue."""
+    pushed = []
+
+    def endless(write):
+        while True:
+            write(b"x" * 1024)
+            pushed.append(1)
+
+    r = _PushToPull(endless)
+    assert r.read(10) == b"x" * 10
+    r.abandon()
+    r.join(timeout=5)
+    assert not r._thread.is_alive()
+
+
+def test_s3_upload_failure_abandons_the_stream(monkeypatch):
+    from app.backups.targets import S3Store
+    store = S3Store(endpoint_url="http://127.0.0.1:9", region="us-east-1", bucket="bk",
+                    prefix="p", access_key_id="a", secret_access_key="b")
+    done = []
+
+    def stream(write):
+        try:
+            while True:
+                write(b"y" * 4096)
+        finally:
+            done.append(True)
+
+    def failing_upload(fileobj, bucket, key, Config=None):
+        fileobj.read(100)
+        raise ConnectionError("S3 is down")
+
+    monkeypatch.setattr(store.client, "upload_fileobj", failing_upload)
+    with pytest.raises(ConnectionError):
+        store.upload("k", stream)
+    assert done == [True]
