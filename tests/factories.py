@@ -69,7 +69,8 @@ class OrgGraph:
 
 
 def build_org(email: str = "b@example.com", organisation: str = "Org B",
-              password: str = "correct horse battery") -> OrgGraph:
+              password: str = "correct horse battery", with_backup: bool = True) -> OrgGraph:
+    """``with_backup=False`` for schemas older than the backups tables (migration tests)."""
     s = SECRET_SENTINELS
     user = create_account(organisation=organisation, email=email, password=password)
     org = user.organisation
@@ -114,6 +115,10 @@ def build_org(email: str = "b@example.com", organisation: str = "Org B",
     db.session.add_all([operation, step, artifact])
     db.session.commit()
     api_token, token = create_token(user, "ci", ["admin"], None)
+    if not with_backup:
+        return OrgGraph(user, org, provider, server, application, environment, web, postgres,
+                        replica, slice_, attachment, variable, endpoint, operation, step,
+                        registry, artifact, api_token, token)
     from app.models.backup import Backup, BackupStatus, BackupTarget, BackupTargetKind
     backup_target = BackupTarget(organisation_id=org.id, name="offsite", kind=BackupTargetKind.S3,
                                  config={"endpoint_url": "http://127.0.0.1:9", "bucket": "bk",
