@@ -22,6 +22,7 @@ SECRET_SENTINELS = {
     "management_key": "SENTINEL-management-key-private-4d4d",
     "service_secret": "SENTINEL-service-secret-9e9e",
     "bootstrap_password": "SENTINEL-bootstrap-password-3b3b",
+    "backup_secret": "SENTINEL-backup-s3-secret-6f6f",
 }
 
 
@@ -46,6 +47,8 @@ class OrgGraph:
     artifact: BuildArtifact
     api_token: ApiToken
     token: str  # the API token itself (admin scope), for Authorization: Bearer
+    backup_target: object = None   # an S3 backup target (its secret key is a sentinel)
+    backup: object = None          # a finished backup of ``slice`` on it
 
     @property
     def bearer(self) -> dict[str, str]:
@@ -61,11 +64,13 @@ class OrgGraph:
             "endpoint_id": self.endpoint.id, "operation_id": self.operation.id,
             "step_id": self.step.id, "registry_id": self.registry.id,
             "artifact_id": self.artifact.id, "token_id": self.api_token.id,
+            "backup_id": self.backup.id,
         }
 
 
 def build_org(email: str = "b@example.com", organisation: str = "Org B",
-              password: str = "correct horse battery") -> OrgGraph:
+              password: str = "correct horse battery", with_backup: bool = True) -> OrgGraph:
+    """``with_backup=False`` for schemas older than the backups tables (migration tests)."""
     s = SECRET_SENTINELS
     user = create_account(organisation=organisation, email=email, password=password)
     org = user.organisation
@@ -110,6 +115,24 @@ def build_org(email: str = "b@example.com", organisation: str = "Org B",
     db.session.add_all([operation, step, artifact])
     db.session.commit()
     api_token, token = create_token(user, "ci", ["admin"], None)
+    if not with_backup:
+        return OrgGraph(user, org, provider, server, application, environment, web, postgres,
+                        replica, slice_, attachment, variable, endpoint, operation, step,
+                        registry, artifact, api_token, token)
+    from app.models.backup import Backup, BackupStatus, BackupTarget, BackupTargetKind
+    backup_target = BackupTarget(organisation_id=org.id, name="offsite", kind=BackupTargetKind.S3,
+                                 config={"endpoint_url": "http://127.0.0.1:9", "bucket": "bk",
+                                         "region": "us-east-1", "prefix": ""},
+                                 credentials={"access_key_id": "AKIAFACTORY",
+                                              "secret_access_key": s["backup_secret"]})
+    db.session.add(backup_target)
+    db.session.flush()
+    backup = Backup(organisation_id=org.id, slice_id=slice_.id, target_id=backup_target.id,
+                    status=BackupStatus.SUCCEEDED, database=slice_.name,
+                    key=f"postgres/{slice_.name}/20261201T000000Z-1.dump", size_bytes=5,
+                    sha256="0" * 64)
+    db.session.add(backup)
+    db.session.commit()
     return OrgGraph(user, org, provider, server, application, environment, web, postgres,
                     replica, slice_, attachment, variable, endpoint, operation, step, registry,
-                    artifact, api_token, token)
+                    artifact, api_token, token, backup_target, backup)

@@ -44,7 +44,9 @@ def _dashboard():
     from app import metrics
     latest = metrics.latest(db.session, [s.id for s in servers])
     server_warnings = {sid: metrics.warnings_for(row) for sid, row in latest.items()}
+    from app.backups.status import alerts as backup_alerts
     return render_template("dashboard/index.html", environments=environments,
                            server_warnings={k: v for k, v in server_warnings.items() if v},
                            urls={env.id: environment_url(env) for env in environments},
-                           servers=servers, operations=operations)
+                           servers=servers, operations=operations,
+                           backup_alerts=backup_alerts(org_id))

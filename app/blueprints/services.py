@@ -54,6 +54,7 @@ class NewServiceForm(KeystoneForm):
 class DeployForm(KeystoneForm):
     use_available = BooleanField("Update to the available image")
     confirm_downtime = BooleanField("I understand the downtime and the risk to data")
+    backup_first = BooleanField("Back up first")
 
 
 class SliceForm(KeystoneForm):
@@ -142,6 +143,10 @@ def _service_context(service: Service, **kw) -> dict:
            "image_message": None, "image_error": None, "image_checking": None,
            "deploy_error": None}
     ctx.update(_image_check(service))
+    if service.type == "postgres":
+        from app.blueprints.backups import section_context
+        ctx.update({k: v for k, v in section_context(service).items()
+                    if k not in ("service", "action_form")})
     ctx.update(kw)
     return ctx
 
@@ -208,13 +213,36 @@ def deploy(service_id):
             digest = service.available_image_digest if (form.use_available.data and
                                                         ctx["update_available"]) else None
             try:
+                after = _backups_first(service) if (form.backup_first.data and
+                                                    ctx["running"]) else None
                 op = start_service_deploy(service, current_user, image_digest=digest,
-                                          confirm_downtime=bool(form.confirm_downtime.data))
+                                          confirm_downtime=bool(form.confirm_downtime.data),
+                                          after_backups=after)
             except (StepFailed, OperationLocked) as exc:
                 ctx["deploy_error"] = str(exc)
             else:
                 return hx_redirect(url_for("operations.show", operation_id=op.id))
     return render_template("services/show.html", **ctx), 400
+
+
+def _backups_first(service: Service) -> list[int]:
+    """Start one backup per ready database (its schedule's target, else the first target)."""
+    from app.backups.handlers import start_backup
+    from app.models.backup import BackupPolicy, BackupTarget
+    targets = db.session.execute(sa.select(BackupTarget).where(
+        BackupTarget.organisation_id == service.organisation_id)
+        .order_by(BackupTarget.name)).scalars().all()
+    if not targets:
+        raise StepFailed("Add a backup target first (Backups section).")
+    ids = []
+    for sl in service.slices:
+        if sl.type.value != "postgres_database" or sl.status != SliceStatus.READY:
+            continue
+        policy = db.session.execute(sa.select(BackupPolicy).where(
+            BackupPolicy.slice_id == sl.id)).scalar_one_or_none()
+        ids.append(start_backup(sl, policy.target if policy else targets[0], user=current_user,
+                                trigger="before_update").id)
+    return ids
 
 
 @bp.route("/services/<int:service_id>/slices", methods=["POST"])

@@ -128,6 +128,7 @@ def schedule_metrics(app, conn, queue) -> bool:
 
 
 def _health_loop(app, conn, queue, stop: threading.Event, interval: float) -> None:
+    from app.backups.handlers import schedule_tick
     while not stop.wait(interval):
         try:
             schedule_health_check(app, conn, queue)
@@ -137,6 +138,10 @@ def _health_loop(app, conn, queue, stop: threading.Event, interval: float) -> No
             schedule_metrics(app, conn, queue)
         except Exception:
             log.warning("could not enqueue the metrics pass", exc_info=True)
+        try:  # scheduled Postgres backups (app.backups.handlers), same cadence
+            schedule_tick(app, conn, queue)
+        except Exception:
+            log.warning("could not enqueue the scheduled backups tick", exc_info=True)
 
 
 def start_health_scheduler(app, conn, queue, interval: float | None = None) -> threading.Event:

@@ -2,6 +2,7 @@
 from app.models.application import (Application, Environment, EnvironmentAttachment,
                                     EnvironmentVariable)
 from app.models.audit import AuditEvent
+from app.models.backup import Backup, BackupPolicy, BackupTarget
 from app.models.build import BuildArtifact, Registry
 from app.models.enums import *  # noqa: F401,F403
 from app.models.operation import Operation, OperationLock, OperationStep
@@ -17,4 +18,5 @@ __all__ = [
     "ServiceReplica", "ServiceSlice", "Endpoint", "Operation", "OperationStep",
     "OperationLock", "Registry", "BuildArtifact", "AuditEvent", "ApiToken",
     "ServerMetric",
+    "Backup", "BackupPolicy", "BackupTarget",
 ]

@@ -164,6 +164,9 @@ class OperationKind(StrEnum):
     SANDBOX_START = "sandbox_start"           # bring the local sandbox up (onboarding)
     PROVIDER_SYNC = "provider_sync"           # check a Hetzner token, list what it offers
     SERVER_DELETE = "server_delete"           # delete a server at Hetzner, then in Keystone
+    # Postgres backups (issue 17.3)
+    DATABASE_BACKUP = "database_backup"       # pg_dump -Fc of a slice to a backup target
+    DATABASE_RESTORE = "database_restore"     # pg_restore of a backup into a slice
 
 
 class OperationStatus(StrEnum):

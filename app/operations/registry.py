@@ -37,6 +37,8 @@ TIMEOUTS: dict[OperationKind, int] = {
     OperationKind.SANDBOX_START: 30 * 60,      # the first bring-up builds images
     OperationKind.PROVIDER_SYNC: 3 * 60,
     OperationKind.SERVER_DELETE: 5 * 60,
+    OperationKind.DATABASE_BACKUP: 2 * 60 * 60,
+    OperationKind.DATABASE_RESTORE: 2 * 60 * 60,
 }
 JOB_TIMEOUT_GRACE = 120
 
@@ -51,6 +53,7 @@ HANDLER_MODULES: list[str] = [
     "app.providers.handlers",
     "app.registries.handlers",
     "app.sandbox.handlers",
+    "app.backups.handlers",
 ]
 
 # Kinds that only ever run inline, as children of another operation, with the

@@ -689,3 +689,68 @@ class Connection:
     def mkdir_p(self, path: str, timeout: float = 30) -> None:
         """``mkdir -p -- path``; raises :class:`CommandFailed` if it cannot."""
         self.run(make_mkdir_p(path), pty=False, timeout=timeout).check(f"mkdir -p {path}")
+
+    # ------------------------------------------------------------ streamed files (backups)
+
+    def stream_from(self, remote_path: str, sink: Callable[[bytes], None],
+                    chunk_size: int = 1024 * 1024,
+                    cancel: threading.Event | None = None) -> int:
+        """Read ``remote_path`` over SFTP in chunks, handing each to ``sink``; return the size.
+
+        Never holds the whole file in memory (a database dump can be larger than RAM).
+        ``cancel`` set between chunks stops the transfer (:class:`CommandCancelled`).
+        """
+        sftp = self._sftp_client()
+        total = 0
+        try:
+            with sftp.open(remote_path, "rb") as handle:
+                handle.prefetch()
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise CommandCancelled(f"Cancelled while downloading {remote_path}.")
+                    data = handle.read(chunk_size)
+                    if not data:
+                        return total
+                    total += len(data)
+                    sink(data)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._file_error("downloading", remote_path, exc) from None
+
+    def stream_to(self, remote_path: str, source: Callable[[int], bytes], mode: int = 0o600,
+                  chunk_size: int = 1024 * 1024,
+                  cancel: threading.Event | None = None) -> int:
+        """Write what ``source(n)`` returns (until b"") to ``remote_path``; return the size.
+
+        The file is created with ``mode`` before any byte is written, and its size is
+        checked against what was sent (a full disk can lose pipelined writes silently).
+        """
+        sftp = self._sftp_client()
+        total = 0
+        try:
+            with sftp.open(remote_path, "wb") as handle:
+                handle.chmod(mode)
+                handle.set_pipelined(True)
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise CommandCancelled(f"Cancelled while uploading {remote_path}.")
+                    data = source(chunk_size)
+                    if not data:
+                        break
+                    handle.write(data)
+                    total += len(data)
+            arrived = sftp.stat(remote_path).st_size
+            if arrived != total:
+                raise OSError(f"only {arrived} of {total} bytes arrived (is the disk full?)")
+            return total
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._file_error("uploading", remote_path, exc) from None
+
+    def remove_file(self, remote_path: str) -> None:
+        """Remove a file over SFTP; a file that is already gone is not an error."""
+        sftp = self._sftp_client()
+        try:
+            sftp.remove(remote_path)
+        except FileNotFoundError:
+            return
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._file_error("removing", remote_path, exc) from None

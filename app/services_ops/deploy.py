@@ -16,7 +16,7 @@ from app.drivers.base import (FirewallRule, RenderContext, RenderedCompose, defa
 from app.drivers.compose import compose_cmd
 from app.drivers.plan import StepPlan
 from app.extensions import db
-from app.models import Endpoint, Service, ServiceReplica
+from app.models import Endpoint, Operation, Service, ServiceReplica
 from app.models.enums import (EndpointScope, HealthStatus, OperationKind, ReplicaStatus,
                               ServiceStatus, UpdateStatus)
 from app.operations import OperationContext, StepFailed, operation_handler, start_operation
@@ -35,7 +35,8 @@ def update_warning(service: Service) -> str | None:
 
 
 def start_service_deploy(service: Service, user=None, *, image_digest: str | None = None,
-                         confirm_downtime: bool = False, enqueue: bool = True):
+                         confirm_downtime: bool = False, enqueue: bool = True,
+                         after_backups: list[int] | None = None):
     """Start a service_deploy (first deploy, redeploy or update to ``image_digest``).
 
     A service that is already running and would go down for it (Postgres,
@@ -49,6 +50,8 @@ def start_service_deploy(service: Service, user=None, *, image_digest: str | Non
     params = {"confirm_downtime": bool(confirm_downtime)}
     if image_digest:
         params["image_digest"] = image_digest
+    if after_backups:  # "back up first": queued behind them (service lock), checked at start
+        params["after_backups"] = [int(i) for i in after_backups]
     return start_operation(OperationKind.SERVICE_DEPLOY, target_type="service",
                            target_id=service.id, organisation_id=service.organisation_id,
                            user=user, params=params,
@@ -100,6 +103,7 @@ def deploy_service(ctx: OperationContext) -> None:
     service: Service = ctx.target
     if service is None:
         raise StepFailed("The service no longer exists.")
+    _require_backups(ctx)
     try:
         _deploy_service(ctx, service)
     except BaseException:
@@ -110,6 +114,21 @@ def deploy_service(ctx: OperationContext) -> None:
                 else UpdateStatus.UNKNOWN
         db.session.commit()
         raise
+
+
+def _require_backups(ctx: OperationContext) -> None:
+    """"Back up first": the update runs only if every backup it waited for succeeded."""
+    ids = [int(i) for i in ctx.params.get("after_backups") or []]
+    if not ids:
+        return
+    with ctx.step("Check the backups taken first") as step:
+        for op_id in ids:
+            op = db.session.get(Operation, op_id)
+            status = op.status.value if op is not None else "missing"
+            step.log(f"backup operation #{op_id}: {status}")
+            if status != "succeeded":
+                raise StepFailed(f"The backup taken first (operation #{op_id}) is {status}: "
+                                 "nothing was updated.")
 
 
 def _resolve_image(ctx: OperationContext, service: Service, driver: Driver) -> tuple[str, str]:

@@ -69,6 +69,12 @@ def provision_slice(ctx: OperationContext) -> None:
     slice_: ServiceSlice = ctx.target
     if slice_ is None:
         raise StepFailed("The slice no longer exists.")
+    provision_new_slice(ctx, slice_)
+
+
+def provision_new_slice(ctx: OperationContext, slice_: ServiceSlice) -> None:
+    """Provision ``slice_`` inside ``ctx`` (also the first part of "restore into a new
+    database", app.backups.handlers)."""
     slice_.status = SliceStatus.PROVISIONING
     db.session.commit()
     try:
@@ -140,4 +146,4 @@ def _delete(ctx: OperationContext, slice_: ServiceSlice) -> None:
     db.session.commit()
 
 
-__all__ = ["configure_slice", "provision_slice"]
+__all__ = ["configure_slice", "provision_slice", "provision_new_slice"]

@@ -98,7 +98,7 @@ def test_the_build_page_health_path_moves_to_the_web_service(tmp_path):
         cases = {"/healthz": "{}", "/up": "{}", "/mine": '{"health": {"path": "/own"}}'}
         env_ids = []
         for n, (path, web_config) in enumerate(cases.items()):
-            g = build_org(email=f"m{n}@example.com", organisation=f"Org {n}")
+            g = build_org(email=f"m{n}@example.com", organisation=f"Org {n}", with_backup=False)
             db.session.commit()
             with db.engine.begin() as conn:
                 conn.execute(sa.text("UPDATE environments SET build_config = :b WHERE id = :id"),

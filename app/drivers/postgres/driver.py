@@ -201,3 +201,28 @@ class PostgresDriver(Driver):
 
     def internal_host(self, service: "Service") -> str:
         return service_alias(service)
+
+
+# -- backups (issue 17.3) ----------------------------------------------------
+# Constant scripts: the container, database, role and file travel as positional
+# arguments ("$1"...), never pasted into the script text.
+_DUMP_SH = 'umask 077 && docker exec "$1" pg_dump -U postgres -Fc --no-password -d "$2" > "$3"'
+_RESTORE_SH = ('docker exec -i "$1" pg_restore -U postgres --no-password -d "$2" --clean '
+               '--if-exists --no-owner --role="$3" --single-transaction --exit-on-error < "$4"')
+
+
+def dump_command(container: str, database: str, path: str) -> Command:
+    """``pg_dump -Fc`` of ``database`` inside ``container``, written to ``path`` on the host."""
+    validate_identifier("database", database)
+    return cmd("sh", "-c", _DUMP_SH, "sh", container, database, path)
+
+
+def restore_command(container: str, database: str, role: str, path: str) -> Command:
+    """``pg_restore`` of the dump at ``path`` (on the host) into ``database`` as ``role``.
+
+    ``--clean --if-exists`` drops what the dump recreates; ``--single-transaction`` makes
+    the restore all or nothing, so connected applications see the old data or the new.
+    """
+    validate_identifier("database", database)
+    validate_identifier("user", role)
+    return cmd("sh", "-c", _RESTORE_SH, "sh", container, database, role, path)
