@@ -81,3 +81,23 @@ def check_health() -> dict:
             return {"error": type(exc).__name__}
         finally:
             db.session.remove()
+
+
+def deliver_notification(delivery_id: int) -> str:
+    """One attempt at one notification delivery (app.notifications.deliver); never raises."""
+    from flask import has_app_context
+
+    from app.notifications import deliver
+
+    if has_app_context():
+        return deliver(int(delivery_id))
+    app = get_app()
+    with app.app_context():
+        try:
+            return deliver(int(delivery_id))
+        except Exception as exc:  # noqa: BLE001 - logged, never in RQ's job data
+            db.session.rollback()
+            log.error("notification %s: %s", delivery_id, type(exc).__name__)
+            return "error"
+        finally:
+            db.session.remove()

@@ -4,6 +4,8 @@ from app.models.application import (Application, Environment, EnvironmentAttachm
 from app.models.audit import AuditEvent
 from app.models.build import BuildArtifact, Registry
 from app.models.enums import *  # noqa: F401,F403
+from app.models.hooks import (DeployHook, DeployHookDelivery, NotificationChannel,
+                              NotificationDelivery)
 from app.models.operation import Operation, OperationLock, OperationStep
 from app.models.organisation import Membership, Organisation, User
 from app.models.server import Provider, Server
@@ -15,4 +17,5 @@ __all__ = [
     "Environment", "EnvironmentAttachment", "EnvironmentVariable", "Service",
     "ServiceReplica", "ServiceSlice", "Endpoint", "Operation", "OperationStep",
     "OperationLock", "Registry", "BuildArtifact", "AuditEvent", "ApiToken",
+    "DeployHook", "DeployHookDelivery", "NotificationChannel", "NotificationDelivery",
 ]
