@@ -30,7 +30,8 @@ class ChannelForm(KeystoneForm):
     port = IntegerField("SMTP port", default=587,
                         validators=[Optional(), NumberRange(min=1, max=65535)])
     security = SelectField("SMTP security", choices=[("starttls", "STARTTLS"),
-                                                     ("tls", "TLS"), ("none", "None")])
+                                                     ("tls", "TLS"), ("none", "None")],
+                           validate_choice=False)  # checked with the email fields
     username = StringField("SMTP user name", validators=[Optional(), Length(max=200)])
     password = PasswordField("SMTP password", validators=[Optional(), Length(max=500)])
     from_address = StringField("From", validators=[Optional(), Length(max=254)])
