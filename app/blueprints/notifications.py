@@ -15,6 +15,7 @@ from app.forms import ActionForm, KeystoneForm
 from app.models import NotificationChannel
 from app.notifications import DEFAULT_EVENTS, EVENTS, KINDS
 from app.notifications import channels as ch
+from app.scoping import parse_id
 
 bp = Blueprint("notifications", __name__, url_prefix="/settings/notifications")
 
@@ -44,8 +45,9 @@ def _channels():
         .order_by(NotificationChannel.id)).scalars().all()
 
 
-def _channel_or_404(channel_id: int) -> NotificationChannel:
-    row = db.session.get(NotificationChannel, int(channel_id))
+def _channel_or_404(channel_id) -> NotificationChannel:
+    number = parse_id(channel_id)
+    row = db.session.get(NotificationChannel, number) if number is not None else None
     if row is None or row.organisation_id != current_user.organisation.id:
         abort(404)
     return row
@@ -94,9 +96,16 @@ def create():
     return _answer(201, message=msg, signing_secret=shown, new_channel=channel)
 
 
-@bp.route("/<int:channel_id>/<action>", methods=["POST"])
+ACTIONS = ("test", "toggle", "delete")
+
+
+# The id is parsed in the view (not by an int converter), so a request without a CSRF
+# token is refused as such (400) before anything looks the channel up.
+@bp.route("/<channel_id>/test", methods=["POST"], defaults={"action": "test"})
+@bp.route("/<channel_id>/toggle", methods=["POST"], defaults={"action": "toggle"})
+@bp.route("/<channel_id>/delete", methods=["POST"], defaults={"action": "delete"})
 @login_required
-def act(channel_id: int, action: str):
+def act(channel_id, action: str):
     channel = _channel_or_404(channel_id)
     form = ActionForm()
     if not form.validate_on_submit():
