@@ -206,16 +206,7 @@ def deploy_payload(op: Operation, env, secrets: list[str] = ()) -> dict:
         "summary": op.summary,
     }
     if OperationStatus(op.status) is not OperationStatus.SUCCEEDED:
-        failing = None
-        for step in op.steps:
-            if step.status.value == "failed" and not step.is_cleanup:
-                failing = step
-                break
-        if failing is None:
-            for child in op.children:
-                failing = next((s for s in child.steps if s.status.value == "failed"), None)
-                if failing is not None:
-                    break
+        failing = failing_step(op)
         payload["error"] = _redact_lines((op.error or "")[:1000], list(secrets))
         if failing is not None:
             text = "\n".join(x for x in ((failing.logs or ""), (failing.error_logs or "")) if x)
@@ -223,6 +214,21 @@ def deploy_payload(op: Operation, env, secrets: list[str] = ()) -> dict:
             payload["failing_step"] = failing.name
             payload["log_tail"] = [_redact_lines(ln, list(secrets))[:500] for ln in lines]
     return payload
+
+
+def failing_step(op: Operation):
+    """The step that failed first anywhere in the operation's tree (the cause: a parent's
+    step fails after its child's), clean-up steps aside; None if no step failed."""
+    failed, stack = [], [op]
+    while stack:
+        current = stack.pop()
+        failed.extend(s for s in current.steps
+                      if s.status.value == "failed" and not s.is_cleanup)
+        stack.extend(current.children)
+    if not failed:
+        return None
+    far = dt.datetime.max
+    return min(failed, key=lambda s: (s.finished_at or far, s.id))
 
 
 def operation_ended(op: Operation) -> None:

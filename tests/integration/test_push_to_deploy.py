@@ -10,6 +10,8 @@ receiver on 127.0.0.1, plus a dead channel (a closed port).
 """
 from __future__ import annotations
 
+import email
+import email.policy
 import hashlib
 import hmac
 import ipaddress
@@ -160,7 +162,7 @@ def test_a_failed_deploy_notifies_smtp_and_a_signed_webhook_and_retries_a_dead_o
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
         org = bed.org_id
-        email, _ = create_channel(org, "ops mail", "email", ["deploy.failed"],
+        mailbox, _ = create_channel(org, "ops mail", "email", ["deploy.failed"],
                                   host="127.0.0.1", port=smtp.port, security="none",
                                   from_address="keystone@example.com",
                                   to_addresses="ops@example.com")
@@ -178,16 +180,18 @@ def test_a_failed_deploy_notifies_smtp_and_a_signed_webhook_and_retries_a_dead_o
         assert "notif" not in (op.error or "").lower()
         rows = db.session.execute(sa.select(NotificationDelivery).order_by(
             NotificationDelivery.id)).scalars().all()
-        assert {r.channel_id for r in rows} == {email.id, hook_ch.id, dead.id}
+        assert {r.channel_id for r in rows} == {mailbox.id, hook_ch.id, dead.id}
         for r in rows:
             deliver_notification(r.id)
         db.session.expire_all()
         by_channel = {r.channel_id: r for r in rows}
-        assert by_channel[email.id].status == "sent" and by_channel[email.id].response_code == 250
+        assert by_channel[mailbox.id].status == "sent" and by_channel[mailbox.id].response_code == 250
         assert by_channel[hook_ch.id].status == "sent" and by_channel[hook_ch.id].response_code == 204
         # The email names the failing step and carries the last log lines, no secret.
         assert len(inbox.messages) == 1
-        mail = inbox.messages[0]
+        mail = email.message_from_string(inbox.messages[0], policy=email.policy.default)
+        assert mail["Subject"].startswith("[Keystone] Deploy failed")
+        mail = mail.get_content()
         assert "Deploy failed" in mail and "failing step:" in mail and broken[:12] in mail
         # The webhook body is signed with the channel's secret.
         headers, body = Receiver.received[-1]

@@ -188,3 +188,30 @@ def test_a_failed_deploy_event_names_the_step_and_hides_secrets(app, graph, rece
     event = json.loads(_Receiver.got[0][1])
     assert event["failing_step"] == "Health check" and event["log_tail"][-1] == "GET /up -> 500"
     assert secret_value not in _Receiver.got[0][1].decode()
+
+
+def test_the_failing_step_is_the_first_to_fail_anywhere_in_the_tree(app, graph):
+    import datetime as dt
+
+    from app.models import Operation
+    from app.models.enums import OperationKind
+    from app.notifications import deploy_payload
+    parent = graph.operation
+    graph.step.status = StepStatus.SUCCEEDED
+    child = Operation(organisation_id=graph.org.id, kind=OperationKind.SERVICE_DEPLOY,
+                      target_type="service", target_id=graph.web.id, parent=parent)
+    grandchild = Operation(organisation_id=graph.org.id, kind=OperationKind.REPLICA_DEPLOY,
+                           target_type="service", target_id=graph.web.id, parent=child)
+    t0 = dt.datetime(2026, 1, 1, 12)
+    _db.session.add_all([
+        OperationStep(operation=parent, name="Deploy web", order=5, status=StepStatus.FAILED,
+                      finished_at=t0 + dt.timedelta(seconds=9), logs="child failed"),
+        OperationStep(operation=grandchild, name="Health check", order=1,
+                      status=StepStatus.FAILED, finished_at=t0, logs="/up answered 500"),
+        OperationStep(operation=grandchild, name="Remove the new replica", order=2,
+                      status=StepStatus.FAILED, finished_at=t0, is_cleanup=True, logs="x")])
+    parent.status = OperationStatus.FAILED
+    _db.session.commit()
+    payload = deploy_payload(parent, graph.environment)
+    assert payload["failing_step"] == "Health check"
+    assert payload["log_tail"] == ["/up answered 500"]
