@@ -7,7 +7,8 @@ from app.accounts import create_account
 from app.api.tokens import create_token
 from app.extensions import db
 from app.models import (ApiToken, Application, BuildArtifact, Endpoint, Environment,
-                        EnvironmentAttachment, EnvironmentVariable, Operation, OperationStep,
+                        EnvironmentAttachment, EnvironmentVariable, NotificationChannel,
+                        Operation, OperationStep,
                         Provider, Registry, Server, Service, ServiceReplica, ServiceSlice)
 from app.models.enums import (AttachmentRole, DeployPolicy, EndpointScope, OperationKind,
                               ProviderType, ServiceCategory, SliceType, VariableSource)
@@ -22,6 +23,7 @@ SECRET_SENTINELS = {
     "management_key": "SENTINEL-management-key-private-4d4d",
     "service_secret": "SENTINEL-service-secret-9e9e",
     "bootstrap_password": "SENTINEL-bootstrap-password-3b3b",
+    "channel_url": "SENTINEL-channel-url-6c6c",
 }
 
 
@@ -46,6 +48,7 @@ class OrgGraph:
     artifact: BuildArtifact
     api_token: ApiToken
     token: str  # the API token itself (admin scope), for Authorization: Bearer
+    channel: object = None  # a notification channel (no events: it never receives one)
 
     @property
     def bearer(self) -> dict[str, str]:
@@ -61,6 +64,7 @@ class OrgGraph:
             "endpoint_id": self.endpoint.id, "operation_id": self.operation.id,
             "step_id": self.step.id, "registry_id": self.registry.id,
             "artifact_id": self.artifact.id, "token_id": self.api_token.id,
+            "channel_id": self.channel.id,
         }
 
 
@@ -110,6 +114,11 @@ def build_org(email: str = "b@example.com", organisation: str = "Org B",
     db.session.add_all([operation, step, artifact])
     db.session.commit()
     api_token, token = create_token(user, "ci", ["admin"], None)
+    channel = NotificationChannel(organisation_id=org.id, name="factory", kind="slack",
+                                  config={}, events=[],
+                                  secrets={"url": f"https://hooks.example.com/{s['channel_url']}"})
+    db.session.add(channel)
+    db.session.commit()
     return OrgGraph(user, org, provider, server, application, environment, web, postgres,
                     replica, slice_, attachment, variable, endpoint, operation, step, registry,
-                    artifact, api_token, token)
+                    artifact, api_token, token, channel)

@@ -32,7 +32,7 @@ class ChannelForm(KeystoneForm):
                         validators=[Optional(), NumberRange(min=1, max=65535)])
     security = SelectField("SMTP security", choices=[("starttls", "STARTTLS"),
                                                      ("tls", "TLS"), ("none", "None")],
-                           validate_choice=False)  # checked with the email fields
+                           default="starttls")
     username = StringField("SMTP user name", validators=[Optional(), Length(max=200)])
     password = PasswordField("SMTP password", validators=[Optional(), Length(max=500)])
     from_address = StringField("From", validators=[Optional(), Length(max=254)])
