@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from app.accounts import create_account
 from app.api.tokens import create_token
 from app.extensions import db
@@ -64,7 +66,7 @@ class OrgGraph:
             "endpoint_id": self.endpoint.id, "operation_id": self.operation.id,
             "step_id": self.step.id, "registry_id": self.registry.id,
             "artifact_id": self.artifact.id, "token_id": self.api_token.id,
-            "channel_id": self.channel.id,
+            **({"channel_id": self.channel.id} if self.channel is not None else {}),
         }
 
 
@@ -114,11 +116,14 @@ def build_org(email: str = "b@example.com", organisation: str = "Org B",
     db.session.add_all([operation, step, artifact])
     db.session.commit()
     api_token, token = create_token(user, "ci", ["admin"], None)
-    channel = NotificationChannel(organisation_id=org.id, name="factory", kind="slack",
-                                  config={}, events=[],
-                                  secrets={"url": f"https://hooks.example.com/{s['channel_url']}"})
-    db.session.add(channel)
-    db.session.commit()
+    channel = None
+    # (tests/db/test_migrations.py builds graphs at revisions before the channels' table)
+    if sa.inspect(db.engine).has_table("notification_channels"):
+        channel = NotificationChannel(
+            organisation_id=org.id, name="factory", kind="slack", config={}, events=[],
+            secrets={"url": f"https://hooks.example.com/{s['channel_url']}"})
+        db.session.add(channel)
+        db.session.commit()
     return OrgGraph(user, org, provider, server, application, environment, web, postgres,
                     replica, slice_, attachment, variable, endpoint, operation, step, registry,
                     artifact, api_token, token, channel)
