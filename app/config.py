@@ -125,6 +125,9 @@ class Config:
         # Requests per API token (Flask-Limiter syntax, several limits separated by ";").
         self.API_RATE_LIMIT = rate_limit_setting("KEYSTONE_API_RATE_LIMIT",
                                                  "600 per minute;10000 per hour")
+        # Seconds before each retry of a failed notification delivery (app.notifications).
+        self.NOTIFY_RETRY_DELAYS = [int(v) for v in os.environ.get(
+            "KEYSTONE_NOTIFY_RETRY_DELAYS", "30,120,600,1800").split(",") if v.strip()]
         # Every Redis key Keystone writes starts with this (app/redis_keys.py): two
         # installations sharing one Redis need different prefixes.
         self.REDIS_PREFIX = redis_prefix_setting()

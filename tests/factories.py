@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from app.accounts import create_account
 from app.api.tokens import create_token
 from app.extensions import db
 from app.models import (ApiToken, Application, BuildArtifact, Endpoint, Environment,
-                        EnvironmentAttachment, EnvironmentVariable, Operation, OperationStep,
+                        EnvironmentAttachment, EnvironmentVariable, NotificationChannel,
+                        Operation, OperationStep,
                         Provider, Registry, Server, Service, ServiceReplica, ServiceSlice)
 from app.models.enums import (AttachmentRole, DeployPolicy, EndpointScope, OperationKind,
                               ProviderType, ServiceCategory, SliceType, VariableSource)
@@ -23,6 +26,7 @@ SECRET_SENTINELS = {
     "service_secret": "SENTINEL-service-secret-9e9e",
     "bootstrap_password": "SENTINEL-bootstrap-password-3b3b",
     "backup_secret": "SENTINEL-backup-s3-secret-6f6f",
+    "channel_url": "SENTINEL-channel-url-6c6c",
 }
 
 
@@ -49,6 +53,7 @@ class OrgGraph:
     token: str  # the API token itself (admin scope), for Authorization: Bearer
     backup_target: object = None   # an S3 backup target (its secret key is a sentinel)
     backup: object = None          # a finished backup of ``slice`` on it
+    channel: object = None  # a notification channel (no events: it never receives one)
 
     @property
     def bearer(self) -> dict[str, str]:
@@ -64,7 +69,8 @@ class OrgGraph:
             "endpoint_id": self.endpoint.id, "operation_id": self.operation.id,
             "step_id": self.step.id, "registry_id": self.registry.id,
             "artifact_id": self.artifact.id, "token_id": self.api_token.id,
-            "backup_id": self.backup.id,
+            **({"backup_id": self.backup.id} if self.backup is not None else {}),
+            **({"channel_id": self.channel.id} if self.channel is not None else {}),
         }
 
 
@@ -115,24 +121,31 @@ def build_org(email: str = "b@example.com", organisation: str = "Org B",
     db.session.add_all([operation, step, artifact])
     db.session.commit()
     api_token, token = create_token(user, "ci", ["admin"], None)
-    if not with_backup:
-        return OrgGraph(user, org, provider, server, application, environment, web, postgres,
-                        replica, slice_, attachment, variable, endpoint, operation, step,
-                        registry, artifact, api_token, token)
-    from app.models.backup import Backup, BackupStatus, BackupTarget, BackupTargetKind
-    backup_target = BackupTarget(organisation_id=org.id, name="offsite", kind=BackupTargetKind.S3,
-                                 config={"endpoint_url": "http://127.0.0.1:9", "bucket": "bk",
-                                         "region": "us-east-1", "prefix": ""},
-                                 credentials={"access_key_id": "AKIAFACTORY",
-                                              "secret_access_key": s["backup_secret"]})
-    db.session.add(backup_target)
-    db.session.flush()
-    backup = Backup(organisation_id=org.id, slice_id=slice_.id, target_id=backup_target.id,
-                    status=BackupStatus.SUCCEEDED, database=slice_.name,
-                    key=f"postgres/{slice_.name}/20261201T000000Z-1.dump", size_bytes=5,
-                    sha256="0" * 64)
-    db.session.add(backup)
-    db.session.commit()
+    backup_target = backup = None
+    if with_backup:
+        from app.models.backup import Backup, BackupStatus, BackupTarget, BackupTargetKind
+        backup_target = BackupTarget(organisation_id=org.id, name="offsite",
+                                     kind=BackupTargetKind.S3,
+                                     config={"endpoint_url": "http://127.0.0.1:9", "bucket": "bk",
+                                             "region": "us-east-1", "prefix": ""},
+                                     credentials={"access_key_id": "AKIAFACTORY",
+                                                  "secret_access_key": s["backup_secret"]})
+        db.session.add(backup_target)
+        db.session.flush()
+        backup = Backup(organisation_id=org.id, slice_id=slice_.id, target_id=backup_target.id,
+                        status=BackupStatus.SUCCEEDED, database=slice_.name,
+                        key=f"postgres/{slice_.name}/20261201T000000Z-1.dump", size_bytes=5,
+                        sha256="0" * 64)
+        db.session.add(backup)
+        db.session.commit()
+    channel = None
+    # (tests/db/test_migrations.py builds graphs at revisions before the channels' table)
+    if sa.inspect(db.engine).has_table("notification_channels"):
+        channel = NotificationChannel(
+            organisation_id=org.id, name="factory", kind="slack", config={}, events=[],
+            secrets={"url": f"https://hooks.example.com/{s['channel_url']}"})
+        db.session.add(channel)
+        db.session.commit()
     return OrgGraph(user, org, provider, server, application, environment, web, postgres,
                     replica, slice_, attachment, variable, endpoint, operation, step, registry,
-                    artifact, api_token, token, backup_target, backup)
+                    artifact, api_token, token, backup_target, backup, channel)

@@ -132,5 +132,23 @@ def tail_logs() -> dict:
         except Exception as exc:  # noqa: BLE001 - logged, never in RQ's job data
             log.error("live logs tailer failed: %s", type(exc).__name__)
             return {"error": type(exc).__name__}
+
+
+def deliver_notification(delivery_id: int) -> str:
+    """One attempt at one notification delivery (app.notifications.deliver); never raises."""
+    from flask import has_app_context
+
+    from app.notifications import deliver
+
+    if has_app_context():
+        return deliver(int(delivery_id))
+    app = get_app()
+    with app.app_context():
+        try:
+            return deliver(int(delivery_id))
+        except Exception as exc:  # noqa: BLE001 - logged, never in RQ's job data
+            db.session.rollback()
+            log.error("notification %s: %s", delivery_id, type(exc).__name__)
+            return "error"
         finally:
             db.session.remove()

@@ -90,6 +90,12 @@ def _reaper_loop(app, stop: threading.Event, interval: float) -> None:
                 reap()
             except Exception:
                 log.warning("reaper pass failed", exc_info=True)
+            try:  # notification retries that are due (app.notifications)
+                from app.notifications import dispatch_due
+                dispatch_due()
+            except Exception:
+                db.session.rollback()
+                log.warning("notification dispatch failed", exc_info=True)
             finally:
                 db.session.remove()
 

@@ -5,6 +5,8 @@ from app.models.audit import AuditEvent
 from app.models.backup import Backup, BackupPolicy, BackupTarget
 from app.models.build import BuildArtifact, Registry
 from app.models.enums import *  # noqa: F401,F403
+from app.models.hooks import (DeployHook, DeployHookDelivery, NotificationChannel,
+                              NotificationDelivery)
 from app.models.operation import Operation, OperationLock, OperationStep
 from app.models.metrics import ServerMetric
 from app.models.organisation import Membership, Organisation, User
@@ -19,4 +21,5 @@ __all__ = [
     "OperationLock", "Registry", "BuildArtifact", "AuditEvent", "ApiToken",
     "ServerMetric",
     "Backup", "BackupPolicy", "BackupTarget",
+    "DeployHook", "DeployHookDelivery", "NotificationChannel", "NotificationDelivery",
 ]

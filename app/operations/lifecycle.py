@@ -287,12 +287,34 @@ def finish(operation_id: int, status: OperationStatus, error: str | None = None,
                               ancestor_ids(op) if op is not None else [])
     except Exception:  # the database is the truth; readers also poll it
         log.warning("could not publish the end of operation %s", operation_id, exc_info=True)
+    if op is not None and op.parent_id is None:
+        run_end_listeners(op)
     if dispatch:
         try:
             dispatch_queued()
         except Exception:
             log.warning("dispatch after operation %s failed", operation_id, exc_info=True)
     return True
+
+
+# Called with every top-level operation that just ended (once: finish is a compare-and-set),
+# in whichever process ended it. Each must be quick and never raise; a failure is logged.
+# app.hooks starts the coalesced follow-up deploy; app.notifications tells the channels.
+END_LISTENERS: list[str] = [
+    "app.hooks.service.operation_ended",
+    "app.notifications.operation_ended",
+]
+
+
+def run_end_listeners(op: Operation) -> None:
+    import importlib
+    for dotted in END_LISTENERS:
+        module, _, name = dotted.rpartition(".")
+        try:
+            getattr(importlib.import_module(module), name)(op)
+        except Exception:
+            db.session.rollback()
+            log.warning("end listener %s failed for operation %s", dotted, op.id, exc_info=True)
 
 
 # --------------------------------------------------------------------------- cancel

@@ -39,8 +39,13 @@ SSH_WAIT_EXISTING = 12
 
 
 def _set_status(server: Server, status: ServerStatus) -> None:
+    became_unreachable = status == ServerStatus.UNREACHABLE and server.status != status
     server.status = status
     db.session.commit()
+    if became_unreachable:
+        from app.notifications import notify
+        notify(server.organisation_id, "server.unreachable",
+               {"server": server.name, "server_id": server.id})
 
 
 def _create_at_provider(ctx, server: Server, org: Organisation) -> None:

@@ -118,6 +118,21 @@ class GitHost:
                'test -d "/srv/git/$1" || git init -q --bare -b main "/srv/git/$1"', "sh", name)
         return self.repo_url(name)
 
+    def install_webhook(self, repo: str, url: str, secret: str) -> None:
+        """Make pushes to ``repo`` POST a Gitea-signed push event to ``url`` (a real
+        ``post-receive`` hook in the git container, like a forge's webhook); an empty
+        ``url`` removes it. The secret goes in on stdin, never on a command line."""
+        name = _repo_name(repo)
+        self.create_repo(name)
+        hook = (Path(__file__).parent / "images" / "githost" / "keystone-post-receive").read_text()
+        docker("exec", "-i", "-u", "git", self.container, "sh", "-c",
+               'cat > "/srv/git/$1/hooks/post-receive" && chmod 0755 "/srv/git/$1/hooks/post-receive"',
+               "sh", name, input=hook)
+        docker("exec", "-i", "-u", "git", self.container, "sh", "-c",
+               'IFS= read -r url; IFS= read -r secret; cd "/srv/git/$1" && '
+               'git config keystone.webhook-url "$url" && git config keystone.webhook-secret "$secret"',
+               "sh", name, input=f"{url}\n{secret}\n")
+
     def git_env(self, key_path: Path | None = None) -> dict[str, str]:
         """Environment for `git` on the host authenticating with `key_path` (default: the admin key)."""
         return {**os.environ, "GIT_SSH_COMMAND": ssh_command(key_path or self.admin_key_path, self.known_hosts_path)}

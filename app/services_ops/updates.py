@@ -20,8 +20,13 @@ def check_for_update(service: Service, credentials: CredentialLookup | None = No
     creds = credentials or org_credentials(service.organisation_id)
     digest = resolve_digest(get_driver(service).image(service), creds)
     if service.current_image_digest and digest != service.current_image_digest:
+        is_new = service.available_image_digest != digest
         service.available_image_digest = digest
         service.update_status = UpdateStatus.AVAILABLE
+        if is_new:
+            from app.notifications import notify
+            notify(service.organisation_id, "image.update_available",
+                   {"service": service.name, "service_id": service.id, "digest": digest})
         return digest
     service.available_image_digest = None
     service.update_status = UpdateStatus.CURRENT if service.current_image_digest \

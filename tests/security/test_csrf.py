@@ -9,13 +9,28 @@ from tests.factories import build_org
 from tests.security.test_isolation import _database_digest
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+# Routes a browser never posts to, CSRF-exempt by design, each with its own credential and
+# its own test: the deploy webhook's HMAC signature (tests/web/test_deploy_hooks.py).
+SIGNED_NOT_SESSION = {"hooks.receive"}
 
 
 def _rules(app):
     for rule in app.url_map.iter_rules():
         methods = rule.methods & STATE_CHANGING
-        if methods and not rule.endpoint.startswith("static"):
+        if methods and not rule.endpoint.startswith("static") \
+                and rule.endpoint not in SIGNED_NOT_SESSION:
             yield rule, methods
+
+
+def test_the_signed_routes_refuse_an_unsigned_request_even_with_a_session(app, client):
+    owner = build_org()
+    sign_in(client, owner.user)
+    from app.hooks import service as hooks
+    hook, _ = hooks.enable(owner.environment)
+    before = _database_digest()
+    resp = client.post(f"/hooks/deploy/{hook.token}", data={"name": "x"})
+    assert resp.status_code == 401
+    assert _database_digest() == before
 
 
 def test_every_state_changing_route_needs_the_token(app, client):
