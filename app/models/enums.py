@@ -164,6 +164,7 @@ class OperationKind(StrEnum):
     SANDBOX_START = "sandbox_start"           # bring the local sandbox up (onboarding)
     PROVIDER_SYNC = "provider_sync"           # check a Hetzner token, list what it offers
     SERVER_DELETE = "server_delete"           # delete a server at Hetzner, then in Keystone
+    COMMAND_RUN = "command_run"               # argv in a one-off container of the current build
 
 
 class OperationStatus(StrEnum):

@@ -37,6 +37,7 @@ TIMEOUTS: dict[OperationKind, int] = {
     OperationKind.SANDBOX_START: 30 * 60,      # the first bring-up builds images
     OperationKind.PROVIDER_SYNC: 3 * 60,
     OperationKind.SERVER_DELETE: 5 * 60,
+    OperationKind.COMMAND_RUN: 30 * 60,        # the form may ask for less (app.oneoff)
 }
 JOB_TIMEOUT_GRACE = 120
 
@@ -51,6 +52,7 @@ HANDLER_MODULES: list[str] = [
     "app.providers.handlers",
     "app.registries.handlers",
     "app.sandbox.handlers",
+    "app.oneoff.handlers",
 ]
 
 # Kinds that only ever run inline, as children of another operation, with the
