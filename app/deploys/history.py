@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.orm import selectinload
 
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Operation
@@ -69,6 +70,7 @@ def deploy_history(env: Environment, limit: int = 20) -> list[HistoryRow]:
                                    Operation.target_type == "environment",
                                    Operation.target_id == env.id,
                                    Operation.parent_id.is_(None))
+        .options(selectinload(Operation.created_by))
         .order_by(Operation.id.desc()).limit(limit + 1)).scalars().all()
     ids = {int((op.result or {}).get("artifact_id") or (op.params or {}).get("artifact_id") or 0)
            for op in ops} - {0}
