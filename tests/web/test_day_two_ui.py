@@ -227,3 +227,17 @@ def test_history_shows_commit_author_starter_duration_result_and_compare(app, cl
     assert "1m 35s" in section or "95" in section
     assert "failed" in section and "running now" in section
     assert f"/environments/{g.environment.id}/rollback/{newer.id}" in section   # Redeploy this
+
+
+def test_dotenv_works_without_htmx(app, client, db, auth):
+    g = deployed(db)
+    sign_in(client, g.user)
+    url = f"/environments/{g.environment.id}/dotenv"
+    token = auth.csrf()
+    html = client.post(url + "/preview", data={"dotenv-text": "NEW_ONE=1\n",
+                                               "dotenv-csrf_token": token}).get_data(as_text=True)
+    assert 'id="history"' in html and "NEW_ONE" in html          # the whole page
+    fp = re.search(r'name="dotenv-fingerprint" value="([0-9a-f]+)"', html).group(1)
+    resp = client.post(url, data={"dotenv-text": "NEW_ONE=1\n", "dotenv-fingerprint": fp,
+                                  "dotenv-csrf_token": token})
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("#variables")

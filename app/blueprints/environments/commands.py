@@ -18,14 +18,17 @@ from app.models import Environment
 from app.oneoff.argv import MAX_TEXT, PRESETS, CommandError, parse_argv
 from app.oneoff.service import (MIN_TIMEOUT, max_timeout, migration_argv, migration_state,
                                 start_command)
+from app.models.enums import OperationKind
 from app.operations import OperationLocked
+from app.operations.registry import timeout_for
 
 
 class CommandForm(KeystoneForm):
     preset = HiddenField()
     command = StringField("Command", validators=[Optional(), Length(max=MAX_TEXT)])
     timeout_minutes = IntegerField("Time limit (minutes)", default=10,
-                                   validators=[Optional(), NumberRange(min=1, max=60)])
+                                   validators=[Optional(), NumberRange(
+                                       min=1, max=timeout_for(OperationKind.COMMAND_RUN) // 60)])
 
 
 def commands_context(env: Environment, form: CommandForm | None = None,

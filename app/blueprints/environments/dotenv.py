@@ -7,7 +7,8 @@ revealed is a POST, recorded as an audit event like revealing one variable.
 """
 from __future__ import annotations
 
-from flask import Response, current_app, render_template, request
+from flask import (Response, current_app, flash, redirect, render_template, request,
+                   url_for)
 from flask_login import current_user, login_required
 from wtforms import BooleanField, HiddenField, TextAreaField
 from wtforms.validators import Length
@@ -15,7 +16,7 @@ from wtforms.validators import Length
 from app import attachments as att
 from app import dotenv_bulk as bulk
 from app.blueprints.environments.blueprint import bp
-from app.blueprints.environments.page import load_environment
+from app.blueprints.environments.page import load_environment, render_page
 from app.deploys.handlers import ALWAYS_SECRET_KEYS
 from app.extensions import db
 from app.forms import ActionForm, KeystoneForm
@@ -64,7 +65,11 @@ def _fingerprint(form: DotenvForm) -> str:
 
 
 def _diff_fragment(env, form, **kw):
-    return render_template("environments/_dotenv_diff.html", c=dotenv_context(env, form, **kw))
+    """The diff (HTMX), or the whole page with it when the form was posted without HTMX."""
+    ctx = dotenv_context(env, form, **kw)
+    if not request.htmx:
+        return render_page(env.id, dotenv=ctx)[0]
+    return render_template("environments/_dotenv_diff.html", c=ctx)
 
 
 @bp.route("/<int:environment_id>/dotenv/preview", methods=["POST"])
@@ -122,6 +127,9 @@ def dotenv_save(environment_id):
     db.session.commit()
     message = (f"Saved: {counts['added']} added, {counts['changed']} changed, "
                f"{counts['removed']} removed. It takes effect at the next deploy.")
+    if not request.htmx:
+        flash(message, "success")
+        return redirect(url_for("environments.show", environment_id=env.id) + "#variables")
     resp = Response(_diff_fragment(env, DotenvForm(formdata=None, prefix="dotenv"),
                                    message=message))
     resp.headers["HX-Trigger"] = "variables-changed"
