@@ -241,3 +241,26 @@ def test_dotenv_works_without_htmx(app, client, db, auth):
     resp = client.post(url, data={"dotenv-text": "NEW_ONE=1\n", "dotenv-fingerprint": fp,
                                   "dotenv-csrf_token": token})
     assert resp.status_code == 302 and resp.headers["Location"].endswith("#variables")
+
+
+def test_a_command_operation_page_shows_its_exit_code(app, client, db):
+    from app.models import OperationStep
+    from app.models.enums import StepStatus
+    g = deployed(db)
+    op = Operation(organisation_id=g.org.id, kind=OperationKind.COMMAND_RUN,
+                   target_type="environment", target_id=g.environment.id,
+                   status=OperationStatus.FAILED, summary="Run php artisan nope",
+                   error="`docker compose ... php artisan nope` exited with 1",
+                   params={"argv": ["php", "artisan", "nope"], "artifact_id": g.artifact.id},
+                   result={"exit_code": 1})
+    db.session.add(op)
+    db.session.flush()
+    db.session.add(OperationStep(operation_id=op.id, name="Run php artisan nope", order=1,
+                                 status=StepStatus.FAILED, exit_code=1, logs="ERROR not defined",
+                                 error_logs=""))
+    db.session.commit()
+    sign_in(client, g.user)
+    resp = client.get(f"/operations/{op.id}")
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200
+    assert "command run" in html and "exited with 1" in html and "<td>1</td>" in html
