@@ -106,7 +106,7 @@ def test_failing_command_records_exit_code_and_fails(bed):
     run_step = next(s for s in op.steps if s.name.startswith("Run "))
     assert run_step.exit_code == 1 and run_step.status.value == "failed"
     # The clean-up ran although the command failed: no one-off container is left.
-    left = bed.sandbox_servers[0].exec("docker", "ps", "-a", "--filter", f"name=ks-cmd-",
+    left = bed.sandbox_servers[0].exec("docker", "ps", "-a", "--filter", "name=ks-cmd-",
                                        "--format", "{{.Names}}", check=False).stdout.split()
     assert left == []
 
@@ -116,3 +116,17 @@ def test_argv_is_never_read_by_a_shell(bed):
     argv = parse_argv("php -r 'echo getenv(\"KS_EXPANDED\"), \"|\", $argv[1];' -- '$(id); `id` | x'")
     op = _run(bed, argv, "succeeded")
     assert "plain-value/suffix|$(id); `id` | x" in _logs(op)
+
+
+def test_command_past_its_time_limit_is_stopped_and_its_container_removed(bed):
+    from app.oneoff.service import MIN_TIMEOUT, start_command
+    op = start_command(bed.env, ["php", "-r", "echo 'started', PHP_EOL; sleep(120);"], None,
+                       timeout_seconds=MIN_TIMEOUT, enqueue=False)
+    op = bed.run(op.id, expect="failed")
+    assert "time limit" in (op.error or "")
+    assert "started" in _logs(op)
+    cleanup = [s for s in op.steps if s.is_cleanup]
+    assert [s.status.value for s in cleanup] == ["succeeded"]
+    left = bed.sandbox_servers[0].exec("docker", "ps", "-a", "--filter", "name=ks-cmd-",
+                                       "--format", "{{.Names}}", check=False).stdout.split()
+    assert left == []
