@@ -4,8 +4,9 @@ One bed, ONE deploy: the hostile .env is pasted (parsed by python-dotenv, saved 
 the same diff the page shows) before the deploy, so the deployed web container proves
 the values arrive byte for byte; then commands run in one-off containers of that build:
 ``migrate:status`` (its pending list read), a failing command (exit code recorded,
-operation failed, output in the step log, container removed) and argv that a shell would
-have read as syntax.
+operation failed, output in the step log, container removed), argv that a shell would
+have read as syntax, a command past its time limit (stopped, container removed), and
+manual migration mode (a migration made pending is named, "Run migrations" runs it).
 """
 from __future__ import annotations
 
@@ -130,3 +131,21 @@ def test_command_past_its_time_limit_is_stopped_and_its_container_removed(bed):
     left = bed.sandbox_servers[0].exec("docker", "ps", "-a", "--filter", "name=ks-cmd-",
                                        "--format", "{{.Names}}", check=False).stdout.split()
     assert left == []
+
+
+def test_manual_mode_warns_about_a_pending_migration_and_runs_it(bed):
+    from app.extensions import db
+    from app.oneoff.service import migration_argv, migration_state
+    name = "2024_01_01_000001_create_schedule_runs_table"     # CREATE ... IF NOT EXISTS
+    web = next(s for s in bed.env.services if s.id == bed.web_id)
+    web.config = {**(web.config or {}), "migration_mode": "manual"}
+    db.session.commit()
+    bed.psql(f"DELETE FROM migrations WHERE migration = '{name}'")
+    check = _run(bed, ["php", "artisan", "migrate:status"], "succeeded")
+    assert check.result["pending_migrations"] == [name]
+    state = migration_state(bed.env)
+    assert state.mode == "manual" and state.warn and state.pending == [name]
+    migrate = _run(bed, migration_argv(bed.env), "succeeded")     # "Run migrations"
+    assert name in _logs(migrate)
+    assert not migration_state(bed.env).warn
+    assert name in bed.psql("SELECT migration FROM migrations")
