@@ -348,17 +348,17 @@ def fetch_and_archive(workdir: str | os.PathLike, private_key: str, known_hosts:
     return Path(tar_path)
 
 
-COMMIT_INFO_FORMAT = "%an%x00%ae%x00%s"
+COMMIT_INFO_FORMAT = "%an%n%ae%n%s"   # one line each: a subject has no line break
 
 
 def commit_info_command(sha: str) -> shell.Command:
-    return git_command("show", "-s", f"--format={COMMIT_INFO_FORMAT}", shell.end_of_options(),
-                       sha)
+    # --end-of-options, not "--": after "--" git show reads the sha as a path.
+    return git_command("show", "-s", f"--format={COMMIT_INFO_FORMAT}", "--end-of-options", sha)
 
 
 def parse_commit_info(output: str) -> dict[str, str]:
     """``{"author", "email", "message"}`` (the subject line) from :func:`commit_info_command`."""
-    parts = (output or "").rstrip("\n").split("\x00")
+    parts = (output or "").strip("\n").split("\n")
     if len(parts) != 3:
         return {}
     author, email, subject = (p.strip() for p in parts)

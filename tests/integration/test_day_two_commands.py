@@ -149,3 +149,11 @@ def test_manual_mode_warns_about_a_pending_migration_and_runs_it(bed):
     assert name in _logs(migrate)
     assert not migration_state(bed.env).warn
     assert name in bed.psql("SELECT migration FROM migrations")
+
+
+def test_history_shows_the_fetched_commits_author_and_subject(bed):
+    from app.deploys.history import deploy_history
+    (row,) = deploy_history(bed.env)
+    assert row.result == "succeeded" and row.current and row.commit == bed.env.current_artifact.commit_sha
+    assert row.author == "Keystone Sandbox" and row.message
+    assert row.duration and row.duration > 0
