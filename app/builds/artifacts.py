@@ -46,7 +46,7 @@ from app.operations.errors import StepFailed
 from app.registries import auth_commands, repository_for
 from app.registries.references import ImageReferenceError, repository_name, same_repository
 from app.repositories import workdir_base
-from app.repositories.git import fetch_and_archive
+from app.repositories.git import commit_info, fetch_and_archive
 from app.repositories.validation import ValidationError, is_commit_sha
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,11 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
                 raise _fail(str(exc)) from None
             size = tar_path.stat().st_size
             step.log(f"git archive {commit_sha[:12]}: {size} bytes")
+            info = commit_info(local_dir, commit_sha)
+            if info:
+                # Deployment history shows who wrote it and what it says (issue 17.6).
+                artifact.meta = {**artifact.meta, "commit": info}
+                db.session.commit()
         data = tar_path.read_bytes()
         tar_path.unlink()
 

@@ -175,6 +175,13 @@ def _last_line(result) -> str:
     return lines[-1] if lines else ""
 
 
+def commit_details(artifact: BuildArtifact) -> dict:
+    """The fetched commit's subject and author, for the deployment history (issue 17.6)."""
+    info = (artifact.meta or {}).get("commit") or {}
+    return {"commit_message": info.get("message"), "commit_author": info.get("author")} \
+        if info else {}
+
+
 # --------------------------------------------------------------------------- the deploy
 
 class EnvironmentDeploy:
@@ -232,7 +239,8 @@ class EnvironmentDeploy:
         ctx.result.update({"commit": self.artifact.commit_sha, "artifact_id": self.artifact.id,
                            "image_digest": self.artifact.image_digest,
                            "changed_services": [c.name for c in plan.changes],
-                           "noop": plan.noop, "rollback": bool(ctx.params.get("rollback"))})
+                           "noop": plan.noop, "rollback": bool(ctx.params.get("rollback")),
+                           **commit_details(self.artifact)})
         self.ctx.operation.image_digest = self.artifact.image_digest
         if plan.noop:
             env.current_artifact_id = self.artifact.id

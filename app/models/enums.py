@@ -167,6 +167,7 @@ class OperationKind(StrEnum):
     # Postgres backups (issue 17.3)
     DATABASE_BACKUP = "database_backup"       # pg_dump -Fc of a slice to a backup target
     DATABASE_RESTORE = "database_restore"     # pg_restore of a backup into a slice
+    COMMAND_RUN = "command_run"               # argv in a one-off container of the current build
 
 
 class OperationStatus(StrEnum):

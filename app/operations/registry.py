@@ -39,6 +39,7 @@ TIMEOUTS: dict[OperationKind, int] = {
     OperationKind.SERVER_DELETE: 5 * 60,
     OperationKind.DATABASE_BACKUP: 2 * 60 * 60,
     OperationKind.DATABASE_RESTORE: 2 * 60 * 60,
+    OperationKind.COMMAND_RUN: 30 * 60,        # the form may ask for less (app.oneoff)
 }
 JOB_TIMEOUT_GRACE = 120
 
@@ -54,6 +55,7 @@ HANDLER_MODULES: list[str] = [
     "app.registries.handlers",
     "app.sandbox.handlers",
     "app.backups.handlers",
+    "app.oneoff.handlers",
 ]
 
 # Kinds that only ever run inline, as children of another operation, with the

@@ -348,6 +348,34 @@ def fetch_and_archive(workdir: str | os.PathLike, private_key: str, known_hosts:
     return Path(tar_path)
 
 
+COMMIT_INFO_FORMAT = "%an%n%ae%n%s"   # one line each: a subject has no line break
+
+
+def commit_info_command(sha: str) -> shell.Command:
+    # --end-of-options, not "--": after "--" git show reads the sha as a path.
+    return git_command("show", "-s", f"--format={COMMIT_INFO_FORMAT}", "--end-of-options", sha)
+
+
+def parse_commit_info(output: str) -> dict[str, str]:
+    """``{"author", "email", "message"}`` (the subject line) from :func:`commit_info_command`."""
+    parts = (output or "").strip("\n").split("\n")
+    if len(parts) != 3:
+        return {}
+    author, email, subject = (p.strip() for p in parts)
+    return {"author": author[:200], "email": email[:200], "message": subject[:500]}
+
+
+def commit_info(workdir: str | os.PathLike, sha: str) -> dict[str, str]:
+    """Author and subject of ``sha`` in the repository :func:`fetch_and_archive` fetched
+    into ``workdir/repo`` (empty when git cannot say: history then shows only the sha)."""
+    if not is_commit_sha(sha):
+        return {}
+    result = run_local(commit_info_command(sha), cwd=Path(workdir) / "repo",
+                       env={"HOME": str(Path(workdir) / "git-home"),
+                            "GIT_CONFIG_GLOBAL": "/dev/null"}, timeout=30)
+    return parse_commit_info(result.stdout) if result.ok else {}
+
+
 class TemporaryWorkdir:
     """A 0700 directory under the system temp dir, removed on exit (success or failure)."""
 

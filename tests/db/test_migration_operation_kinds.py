@@ -59,3 +59,22 @@ def test_upgrade_keeps_steps_and_children_and_accepts_the_new_kinds(tmp_path):
         with pytest.raises(sa.exc.IntegrityError):    # the old schema refuses a new kind
             _insert("image_check", 100)
         db.engine.dispose()
+
+
+def test_at_head_the_check_accepts_exactly_the_model_s_kinds(tmp_path):
+    """Migrations that widen the CHECK are written in parallel branches and chained later;
+    at head it must list every OperationKind (a kind missing here fails its first insert)."""
+    from app.models.enums import OperationKind
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'k.db'}",
+                      "ENCRYPTION_KEYS": KEYS, "SECRET_KEY": "t", "TESTING": True},
+                     instance_path=str(tmp_path / "i"))
+    with app.app_context():
+        upgrade()
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO organisations (id, name, slug, onboarding_state, "
+                                 "created_at, updated_at) VALUES (1, 'o', 'o', '{}', "
+                                 "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        for i, kind in enumerate(OperationKind, start=1):
+            _insert(kind.value, i)
+        with pytest.raises(sa.exc.IntegrityError):
+            _insert("rm_rf", 999)

@@ -12,6 +12,7 @@ Each component is one HTMX target (``hx-target="this"``) returned by the actions
 that change it (architecture example 9); without HTMX the whole page is rendered.
 """
 from app.blueprints.environments import attachments, page, variables  # noqa: F401 (routes)
+from app.blueprints.environments import commands, dotenv  # noqa: F401 (routes, issue 17)
 from app.blueprints.environments.blueprint import bp
 from app.blueprints.environments.components import attachments_context, variables_context
 from app.blueprints.environments.page import load_environment, render_page

@@ -115,9 +115,13 @@ def show(environment_id):
 
 
 def render_page(environment_id, *, attachments: dict | None = None,
-                variables: dict | None = None, app_key: dict | None = None, status: int = 200):
+                variables: dict | None = None, app_key: dict | None = None,
+                commands: dict | None = None, dotenv: dict | None = None, status: int = 200):
     """The whole page; a component's view passes its context with its errors when a form
     was posted without HTMX (every page works on a full reload)."""
+    from app.blueprints.environments.commands import commands_context
+    from app.blueprints.environments.dotenv import dotenv_context
+    from app.deploys.history import deploy_history
     env = load_environment(environment_id)
     operations = db.session.execute(
         sa.select(Operation).where(Operation.organisation_id == current_org_id(),
@@ -133,7 +137,10 @@ def render_page(environment_id, *, attachments: dict | None = None,
                            scheduler_targets=scheduler_targets(env),
                            attachments=attachments or attachments_context(env),
                            variables=variables or variables_context(env),
-                           app_key=app_key or app_key_context(env)), status
+                           app_key=app_key or app_key_context(env),
+                           commands=commands or commands_context(env),
+                           dotenv=dotenv or dotenv_context(env),
+                           history=deploy_history(env)), status
 
 
 @bp.route("/<int:environment_id>/app-key/rotate", methods=["POST"])
