@@ -40,7 +40,7 @@ test: install
 	scripts/ensure-docker.sh
 	scripts/ensure-browser.sh
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 $(FAST_TIERS)
-	$(BIN)/pytest -q -p no:cacheprovider tests/integration tests/browser
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 tests/integration tests/browser
 
 ## make unit: the fast tiers (unit, web, db, security, api: no Docker, no browser), on both cores
 unit: install
