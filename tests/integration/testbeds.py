@@ -15,6 +15,10 @@ def running_testbed(sandbox: SandboxInfo, tmp_path_factory, migrated_db_template
     from app.sandbox.testbed import Testbed
     from app.extensions import db
     from tests.conftest import make_app
+    from app.sandbox.sample import push_new_commit
+    # A good head of the sample repository, whatever an earlier module left there (a
+    # "broken" commit answers 500 on /up): every bed starts deployable.
+    push_new_commit(sandbox.git)
     app = make_app(tmp_path_factory.mktemp(name), migrated_db_template, redis_url)
     ctx = app.app_context()
     ctx.push()
