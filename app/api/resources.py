@@ -7,8 +7,8 @@ from flask_login import current_user
 from sqlalchemy.orm import selectinload
 
 from app.api import serializers as ser
-from app.api.core import (ApiError, current_scopes, current_token, paginate, query_choice,
-                          route)
+from app.api.core import (ApiError, current_scopes, current_token, json_body, paginate,
+                          query_choice, route)
 from app.extensions import db
 from app.models import (Application, AuditEvent, Environment, EnvironmentAttachment,
                         EnvironmentVariable, Server, Service)
@@ -109,6 +109,73 @@ def reveal_variable(environment_id, variable_id):
                                                         "token_id": current_token().id}))
     db.session.commit()
     return jsonify(ser.variable(var, reveal=True))
+
+
+VARIABLE_BODY = {"type": "object", "additionalProperties": False, "required": ["key", "value"],
+                 "properties": {
+                     "key": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                             "maxLength": 255, "description": "The variable's name."},
+                     "value": {"type": "string", "maxLength": 65536,
+                               "description": "Its value, byte for byte (no NUL)."},
+                     "secret": {"type": "boolean", "default": False,
+                                "description": "Mask it on pages and in logs."}}}
+
+
+def _audit_variable(action: str, env: Environment, key: str) -> None:
+    db.session.add(AuditEvent(organisation_id=current_org_id(), user_id=current_user.id,
+                              action=action, target_type="environment", target_id=env.id,
+                              detail={"key": key, "via": "api", "token_id": current_token().id}))
+
+
+@route("/environments/<int:environment_id>/variables", "POST",
+       summary="Set one variable", tag="environments", scope="deploy", body=VARIABLE_BODY,
+       ok=(200, "The variable (a secret's value is null)", "Variable"), errors=(409,),
+       description="Creates or updates the environment's own variable KEY (what the "
+                   "environment page's form does); it takes effect at the next deploy. A "
+                   "variable an attachment manages and does not let you override answers 409. "
+                   "Recorded as an audit event (variable.set; never the value).")
+def set_variable(environment_id):
+    from app import attachments as att
+    env = get_for_org_or_404(Environment, environment_id)
+    data = json_body({"key": str, "value": str, "secret": bool})
+    if data.get("key") is None or data.get("value") is None:
+        raise ApiError(400, "invalid_request", "key and value are required.")
+    key, value = data["key"], data["value"]
+    try:
+        row = att.set_user_variable(env, key, value, is_secret=bool(data.get("secret")))
+    except att.AttachmentError as exc:
+        db.session.rollback()
+        raise ApiError(409, "variable_managed", str(exc), {"field": "key"}) from None
+    except ValueError as exc:  # the name or value refused; the message names the key only
+        db.session.rollback()
+        raise ApiError(400, "invalid_request", str(exc), {"field": "key"}) from None
+    _audit_variable("variable.set", env, key)
+    db.session.commit()
+    return jsonify(ser.variable(row))
+
+
+@route("/environments/<int:environment_id>/variables/unset", "POST",
+       summary="Remove one variable", tag="environments", scope="deploy",
+       body={"type": "object", "additionalProperties": False, "required": ["key"],
+             "properties": {"key": {"type": "string", "maxLength": 255}}},
+       ok=(200, "Whether the environment had its own variable of that name",
+           {"type": "object", "properties": {"key": {"type": "string"},
+                                             "deleted": {"type": "boolean"}},
+            "required": ["key", "deleted"]}),
+       description="Removes the environment's own variable KEY (variables an attachment "
+                   "manages go away with the attachment). Unsetting a name that is not set is "
+                   "not an error: deleted is false. Recorded as an audit event.")
+def unset_variable(environment_id):
+    from app import attachments as att
+    env = get_for_org_or_404(Environment, environment_id)
+    key = json_body({"key": str}).get("key")
+    if key is None:
+        raise ApiError(400, "invalid_request", "key is required.", {"field": "key"})
+    deleted = att.delete_user_variable(env, key[:255])
+    if deleted:
+        _audit_variable("variable.delete", env, key)
+    db.session.commit()
+    return jsonify({"key": key, "deleted": deleted})
 
 
 # --------------------------------------------------------------------------- servers, services

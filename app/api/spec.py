@@ -18,7 +18,8 @@ ERROR_TEXT = {400: "Invalid request (code invalid_request, csrf_failed)",
               403: "The token lacks the scope (code insufficient_scope)",
               404: "No such object in the token's organisation (code not_found)",
               409: "Another operation holds the environment and if_busy is refuse "
-                   "(code operation_locked)",
+                   "(code operation_locked), or the variable is one an attachment manages "
+                   "(code variable_managed)",
               422: "The request cannot be carried out as it stands (codes deploy_blocked, "
                    "no_earlier_build)",
               429: "Too many requests with this token (code rate_limited); see Retry-After"}

@@ -1,4 +1,4 @@
-"""``keystone login``, ``deploy``, ``rollback``, ``builds``, ``status``: the API from a terminal
+"""``keystone login``, ``deploy``, ``rollback``, ``builds``, ``status``, ``env``: the API from a terminal
 or a CI job. Exit codes: 0 success; 1 the deploy failed (or was cancelled/interrupted);
 2 a usage or API error; 130 interrupted (the deploy goes on on the server)."""
 from __future__ import annotations
@@ -171,4 +171,63 @@ def status_command():
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-COMMANDS = (login_command, deploy_command, rollback_command, builds_command, status_command)
+def _effective(variables: list[dict]) -> dict[str, dict]:
+    """One row per key: the environment's own variable wins over an attachment's."""
+    rows: dict[str, dict] = {}
+    for v in variables:
+        if v["key"] not in rows or v["source"] == "user":
+            rows[v["key"]] = v
+    return dict(sorted(rows.items()))
+
+
+@click.command("env")
+@click.argument("target", metavar="APP/ENV")
+@click.argument("action", required=False, default="list",
+                type=click.Choice(["list", "set", "unset", "pull"]))
+@click.argument("args", nargs=-1)
+@click.option("--secret", is_flag=True, help="set: mark the values secret.")
+@click.option("--reveal", is_flag=True, help="pull: include secret values (admin scope; "
+                                              "each reveal is recorded).")
+def env_command(target, action, args, secret, reveal):
+    """An environment's variables: `list`, `set KEY=VALUE...`, `unset KEY...`,
+    `pull > .env` (secrets as *** unless --reveal). Changes take effect at the next deploy."""
+    from app.dotenv_bulk import render
+    try:
+        client = Client.from_config()
+        env = client.environment(target)
+        base = f"/api/v1/environments/{env['id']}/variables"
+        if action == "set":
+            pairs = [a.partition("=") for a in args]
+            if not pairs or any(not sep or not key for key, sep, _ in pairs):
+                raise click.UsageError("set takes KEY=VALUE arguments, e.g. set APP_NAME=Shop")
+            for key, _, value in pairs:
+                client.post(base, {"key": key, "value": value, "secret": secret})
+                click.echo(f"{key} set{' (secret)' if secret else ''}.")
+            click.echo("It takes effect at the next deploy.")
+        elif action == "unset":
+            if not args:
+                raise click.UsageError("unset takes variable names, e.g. unset APP_DEBUG")
+            for key in args:
+                done = client.post(f"{base}/unset", {"key": key})
+                click.echo(f"{key} {'removed' if done['deleted'] else 'was not set'}.")
+        else:
+            rows = _effective(client.get(base)["items"])
+            if action == "pull":
+                values, secrets = {}, set()
+                for key, v in rows.items():
+                    if v["secret"]:
+                        secrets.add(key)
+                        if reveal:
+                            v = client.post(f"{base}/{v['id']}/reveal")
+                    values[key] = v["value"] if v["value"] is not None else ""
+                click.echo(render(values, secrets, reveal=reveal), nl=False)
+            else:
+                for key, v in rows.items():
+                    shown = "***" if v["secret"] else v["value"]
+                    click.echo(f"{key}={shown}  ({v['source']})")
+    except ClientError as exc:
+        _fail(exc)
+
+
+COMMANDS = (login_command, deploy_command, rollback_command, builds_command, status_command,
+            env_command)

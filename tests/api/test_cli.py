@@ -192,3 +192,44 @@ def test_builds_and_rollback(live):
             .order_by(Operation.id)).scalars().all()
         assert [op.params.get("artifact_id") for op in ops] == ids
         assert all(op.params.get("rollback") for op in ops)
+
+
+def test_env_set_list_pull_and_unset_round_trip_hostile_values(live):
+    """`keystone env`: set (plain and --secret), list masks secrets, pull writes a .env that
+    python-dotenv reads back byte for byte (secrets as *** unless --reveal, which is
+    recorded), unset removes only the environment's own variable."""
+    import io
+
+    from dotenv import dotenv_values
+
+    from app.models import AuditEvent
+    token, env_id, _previous = _seed(live)
+    env = {"KEYSTONE_URL": live.url, "KEYSTONE_TOKEN": token}
+    hostile = "it's \"quoted\" $HOME \\n back\\slash ünïcode\nsecond line"
+    run = CliRunner().invoke
+    ok = run(main, ["env", "shop/production", "set", f"GREETING={hostile}", "EMPTY="], env=env)
+    assert ok.exit_code == 0, ok.output
+    ok = run(main, ["env", "shop/production", "set", "--secret", "STRIPE_KEY=sk_live_s3cr3t"],
+             env=env)
+    assert ok.exit_code == 0, ok.output
+    listed = run(main, ["env", "shop/production"], env=env)
+    assert listed.exit_code == 0 and "STRIPE_KEY=***  (user)" in listed.output
+    assert "sk_live_s3cr3t" not in listed.output
+    pulled = run(main, ["env", "shop/production", "pull"], env=env)
+    values = dotenv_values(stream=io.StringIO(pulled.output), interpolate=False)
+    assert values["GREETING"] == hostile and values["EMPTY"] == ""
+    assert values["STRIPE_KEY"] == "***" and "sk_live_s3cr3t" not in pulled.output
+    revealed = run(main, ["env", "shop/production", "pull", "--reveal"], env=env)
+    values = dotenv_values(stream=io.StringIO(revealed.output), interpolate=False)
+    assert values["STRIPE_KEY"] == "sk_live_s3cr3t" and values["GREETING"] == hostile
+    gone = run(main, ["env", "shop/production", "unset", "GREETING", "NEVER_SET"], env=env)
+    assert gone.exit_code == 0 and "GREETING removed" in gone.output
+    assert "NEVER_SET was not set" in gone.output
+    bad = run(main, ["env", "shop/production", "set", "1BAD=x"], env=env)
+    assert bad.exit_code == 2 and "1BAD" in bad.output
+    with live.app.app_context():
+        actions = [a for (a,) in db.session.execute(sa.select(AuditEvent.action)).all()]
+        assert actions.count("variable.set") == 3 and "variable.reveal" in actions
+        assert "variable.delete" in actions
+        details = " ".join(str(d) for (d,) in db.session.execute(sa.select(AuditEvent.detail)))
+        assert "sk_live_s3cr3t" not in details and "quoted" not in details
