@@ -31,124 +31,78 @@ def get_app():
     return _app
 
 
+def _in_app(what: str, body, on_error):
+    """``body()`` in the app context: the caller's (tests, ``keystone`` commands) as is, else
+    the worker's, where it never raises (an exception's text could quote a secret and
+    would land in RQ's job data in Redis): it is logged by type and ``on_error(exc)``
+    answers instead; the session is rolled back and removed either way."""
+    from flask import has_app_context
+
+    if has_app_context():
+        return body()
+    with get_app().app_context():
+        try:
+            return body()
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            db.session.rollback()
+            log.error("%s: %s", what, type(exc).__name__)
+            return on_error(exc)
+        finally:
+            db.session.remove()
+
+
+def _once(lock: str, ttl: int, busy: str, body):
+    """``body()`` unless another worker's pass holds ``lock`` (a Redis key with a TTL)."""
+    import redis
+    from flask import current_app
+    conn = redis.Redis.from_url(current_app.config["REDIS_URL"])
+    if not conn.set(lock, "1", nx=True, ex=ttl):
+        return {"skipped": busy}
+    try:
+        return body()
+    finally:
+        conn.delete(lock)
+
+
+def _error(exc: Exception) -> dict:
+    return {"error": type(exc).__name__}
+
+
 def run_operation(operation_id: int) -> str:
     """Run operation ``operation_id`` to a terminal state; return its status.
 
-    Never raises: an exception would put its text (which could quote a
-    secret) into RQ's job data in Redis. Everything is recorded, redacted, on
-    the operation row instead.
+    Never raises: everything is recorded, redacted, on the operation row instead.
     """
-    from flask import has_app_context
-
-
-    if has_app_context():
-        return execute_operation(int(operation_id))
-    app = get_app()
-    with app.app_context():
-        try:
-            return execute_operation(int(operation_id))
-        except Exception as exc:  # noqa: BLE001 - see docstring
-            log.error("operation %s: engine error %s", operation_id, type(exc).__name__)
-            return "error"
-        finally:
-            db.session.remove()
+    return _in_app(f"operation {operation_id}: engine error",
+                   lambda: execute_operation(int(operation_id)), lambda exc: "error")
 
 
 def check_health() -> dict:
     """The periodic health job (app.health): one pass, never two at once, never raises."""
-    from flask import has_app_context
-
-
-    def once() -> dict:
-        import redis
-        from flask import current_app
-        conn = redis.Redis.from_url(current_app.config["REDIS_URL"])
-        if not conn.set(lock_key(), "1", nx=True, ex=HEALTH_INTERVAL * 5):
-            return {"skipped": "another health check is running"}
-        try:
-            return run_check()
-        finally:
-            conn.delete(lock_key())
-
-    if has_app_context():
-        return once()
-    app = get_app()
-    with app.app_context():
-        try:
-            return once()
-        except Exception as exc:  # noqa: BLE001 - logged, never in RQ's job data
-            log.error("health check failed: %s", type(exc).__name__)
-            return {"error": type(exc).__name__}
-        finally:
-            db.session.remove()
+    return _in_app("health check failed", lambda: _once(
+        lock_key(), HEALTH_INTERVAL * 5, "another health check is running", run_check), _error)
 
 
 def collect_metrics() -> dict:
     """The periodic metrics job (app.metrics): one pass, never two at once, never raises."""
-    from flask import has_app_context
-
-    def once() -> dict:
-        import redis
-        from flask import current_app
-
-        from app.metrics import METRICS_INTERVAL, collect_metrics as run_collect, lock_key
-        conn = redis.Redis.from_url(current_app.config["REDIS_URL"])
-        if not conn.set(lock_key(), "1", nx=True, ex=METRICS_INTERVAL * 3):
-            return {"skipped": "another metrics pass is running"}
-        try:
-            return run_collect()
-        finally:
-            conn.delete(lock_key())
-
-    if has_app_context():
-        return once()
-    app = get_app()
-    with app.app_context():
-        try:
-            return once()
-        except Exception as exc:  # noqa: BLE001 - logged, never in RQ's job data
-            log.error("metrics pass failed: %s", type(exc).__name__)
-            return {"error": type(exc).__name__}
-        finally:
-            db.session.remove()
+    from app.metrics import METRICS_INTERVAL, collect_metrics as run_collect, lock_key as key
+    return _in_app("metrics pass failed", lambda: _once(
+        key(), METRICS_INTERVAL * 3, "another metrics pass is running", run_collect), _error)
 
 
 def tail_logs() -> dict:
     """The live-logs tailer (app.logtail): serves every open log pane, returns when none is
     left. Runs on its own queue (``keystone worker --logs``) so it never holds up a deploy."""
-    from flask import has_app_context
-
-    def once() -> dict:
+    def serve() -> dict:
         from app.logtail import Tailer
         from app.operations import logstream
         return Tailer(logstream.redis_client(blocking=True)).serve()
 
-    if has_app_context():
-        return once()
-    app = get_app()
-    with app.app_context():
-        try:
-            return once()
-        except Exception as exc:  # noqa: BLE001 - logged, never in RQ's job data
-            log.error("live logs tailer failed: %s", type(exc).__name__)
-            return {"error": type(exc).__name__}
+    return _in_app("live logs tailer failed", serve, _error)
 
 
 def deliver_notification(delivery_id: int) -> str:
     """One attempt at one notification delivery (app.notifications.deliver); never raises."""
-    from flask import has_app_context
-
     from app.notifications import deliver
-
-    if has_app_context():
-        return deliver(int(delivery_id))
-    app = get_app()
-    with app.app_context():
-        try:
-            return deliver(int(delivery_id))
-        except Exception as exc:  # noqa: BLE001 - logged, never in RQ's job data
-            db.session.rollback()
-            log.error("notification %s: %s", delivery_id, type(exc).__name__)
-            return "error"
-        finally:
-            db.session.remove()
+    return _in_app(f"notification {delivery_id}", lambda: deliver(int(delivery_id)),
+                   lambda exc: "error")
