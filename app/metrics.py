@@ -433,4 +433,33 @@ def collect_metrics() -> dict:
         counts["servers"] += 1
     prune_old(db.session, now)
     db.session.commit()
+    by_id = {s.id: s for s in servers}
+    for server_id, sample, _ in results:
+        if sample is not None and sample.disk_percent > DISK_WARN:
+            counts.setdefault("disk_alerts", 0)
+            counts["disk_alerts"] += alert_disk(by_id[server_id], sample)
     return counts
+
+
+DISK_ALERT_EVERY = 6 * 3600
+"""A full disk is announced once per server in this many seconds, not every minute."""
+
+
+def alert_disk(server, sample: Sample) -> int:
+    """``disk.nearly_full`` to the organisation's channels, at most once per server per
+    DISK_ALERT_EVERY (a Redis key with that TTL); 1 when sent. Never raises."""
+    from app import redis_keys
+    from app.notifications import notify
+    from app.operations import logstream
+    try:
+        if not logstream.redis_client().set(redis_keys.key("alert", "disk", server.id), "1",
+                                            nx=True, ex=DISK_ALERT_EVERY):
+            return 0
+    except Exception:  # noqa: BLE001 - Redis down: the dashboard still warns
+        return 0
+    notify(server.organisation_id, "disk.nearly_full", {
+        "server": server.name, "server_id": server.id,
+        "disk_percent": round(sample.disk_percent, 1),
+        "disk_used_gb": round(sample.disk_used_gb, 1),
+        "disk_total_gb": round(sample.disk_total_gb, 1)})
+    return 1

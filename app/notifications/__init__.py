@@ -11,7 +11,8 @@ Events (:data:`EVENTS`). Emitted today: ``deploy.succeeded``, ``deploy.failed``,
 ``rollback.succeeded``, ``rollback.failed`` (the end of an environment deploy, from the
 operations' end listener), ``server.unreachable`` (provisioning cannot reach a server),
 ``image.update_available`` (a service's track has a newer image). Defined for the parts
-that will emit them: ``disk.nearly_full``, ``backup.failed``.
+that emit them: ``disk.nearly_full`` (app.metrics, once per server per 6 h) and
+``backup.failed`` (a failed or interrupted ``database_backup`` operation).
 """
 from __future__ import annotations
 
@@ -231,8 +232,28 @@ def failing_step(op: Operation):
     return min(failed, key=lambda s: (s.finished_at or far, s.id))
 
 
+def backup_payload(op: Operation) -> dict:
+    """What ``backup.failed`` says: the database, its service, the operation, the reason
+    and the failing step (the operation's text is already redacted by the engine)."""
+    from app.models import ServiceSlice
+    slice_ = db.session.get(ServiceSlice, op.target_id) if op.target_id else None
+    failing = failing_step(op)
+    return {"database": slice_.name if slice_ is not None else None,
+            "service": slice_.service.name if slice_ is not None and slice_.service else None,
+            "slice_id": op.target_id, "operation_id": op.id,
+            "status": OperationStatus(op.status).value,
+            "trigger": (op.params or {}).get("trigger"),
+            "error": (op.error or "")[:1000],
+            "failing_step": failing.name if failing is not None else None}
+
+
 def operation_ended(op: Operation) -> None:
-    """End listener: a top-level environment deploy ended -> deploy.* / rollback.* event."""
+    """End listener: a top-level environment deploy ended -> deploy.* / rollback.* event;
+    a database backup that failed -> backup.failed."""
+    if OperationKind(op.kind) is OperationKind.DATABASE_BACKUP:
+        if OperationStatus(op.status) in (OperationStatus.FAILED, OperationStatus.INTERRUPTED):
+            notify(op.organisation_id, "backup.failed", backup_payload(op))
+        return
     if OperationKind(op.kind) is not OperationKind.ENVIRONMENT_DEPLOY:
         return
     status = OperationStatus(op.status)

@@ -220,3 +220,39 @@ def test_the_failing_step_is_the_first_to_fail_anywhere_in_the_tree(app, graph):
     payload = deploy_payload(parent, graph.environment)
     assert payload["failing_step"] == "Health check"
     assert payload["log_tail"] == ["/up answered 500"]
+
+
+def test_a_failed_backup_is_announced_as_backup_failed(app, graph, receiver):
+    """Issue 17.3's "never silent", through the channels too: the operations' end listener
+    turns a failed database_backup into backup.failed (the database and the reason)."""
+    from app.backups.handlers import start_backup
+    channel, _ = create_channel(graph.org.id, "ops", "webhook", ["backup.failed"],
+                                url=f"http://127.0.0.1:{receiver.server_port}/in")
+    op = start_backup(graph.slice, graph.backup_target, enqueue=False)
+    _db.session.add(OperationStep(operation=op, name="pg_dump", order=1,
+                                  status=StepStatus.FAILED, logs="pg_dump: error"))
+    _db.session.commit()
+    assert lifecycle.finish(op.id, OperationStatus.FAILED, "pg_dump exited with 1",
+                            dispatch=False)
+    row = _db.session.execute(sa.select(NotificationDelivery)).scalar_one()
+    assert row.event == "backup.failed" and row.channel_id == channel.id
+    assert deliver(row.id) == "sent"
+    event = json.loads(_Receiver.got[-1][1])
+    assert event["database"] == graph.slice.name and event["failing_step"] == "pg_dump"
+    assert event["error"] == "pg_dump exited with 1" and event["trigger"] == "manual"
+    assert graph.backup_target.credentials["secret_access_key"] not in _Receiver.got[-1][1].decode()
+
+
+def test_a_full_disk_is_announced_once_per_server(app, graph):
+    """disk.nearly_full from the metrics pass: once per server per DISK_ALERT_EVERY."""
+    from app import metrics
+    channel, _ = create_channel(graph.org.id, "ops", "slack", ["disk.nearly_full"],
+                                url=SLACK_URL)
+    sample = metrics.Sample(cpu_percent=5.0, mem_used_mb=100.0, mem_total_mb=1000.0,
+                            disk_used_gb=37.0, disk_total_gb=40.0, load1=0.1, load5=0.1,
+                            load15=0.1, containers={})
+    assert metrics.alert_disk(graph.server, sample) == 1
+    assert metrics.alert_disk(graph.server, sample) == 0   # not again within the window
+    rows = _db.session.execute(sa.select(NotificationDelivery)).scalars().all()
+    assert [r.event for r in rows] == ["disk.nearly_full"] and rows[0].channel_id == channel.id
+    assert rows[0].payload["server"] == graph.server.name and rows[0].payload["disk_percent"] == 92.5
