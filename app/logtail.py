@@ -109,7 +109,7 @@ def close_session(client, sid: str) -> None:
 
 
 def follow(client, sid: str, *, gateway: bool = False, heartbeat: float = HEARTBEAT,
-           max_seconds: float | None = None) -> Iterator[str]:
+           max_seconds: float | None = None, as_json: bool = False) -> Iterator[str]:
     """SSE of a session's stream; refreshes the lease while the browser reads it.
 
     The keys are named here, in the view's app context (they carry the installation's Redis
@@ -117,11 +117,17 @@ def follow(client, sid: str, *, gateway: bool = False, heartbeat: float = HEARTB
     makes the next write fail, which closes the generator: its ``finally`` drops the lease.
     """
     return _follow(client, sid, stream_key(sid), lease_key(sid), gateway, heartbeat,
-                   max_seconds)
+                   max_seconds, as_json)
+
+
+def entry_json(fields: dict[str, str]) -> str:
+    """One line for the API (``as_json``): ``{replica, text, kind, stderr}``."""
+    return json.dumps({"replica": fields.get("r", ""), "text": fields.get("t", ""),
+                       "kind": fields.get("k", "line"), "stderr": fields.get("e") == "1"})
 
 
 def _follow(client, sid: str, key: str, lease: str, gateway: bool, heartbeat: float,
-            max_seconds: float | None) -> Iterator[str]:
+            max_seconds: float | None, as_json: bool = False) -> Iterator[str]:
     cursor = "0-0"  # the stream is this session's own: everything in it is for this browser
     started = time.monotonic()
     try:
@@ -135,7 +141,12 @@ def _follow(client, sid: str, key: str, lease: str, gateway: bool, heartbeat: fl
             chunk = []
             for entry_id, fields in result[0][1]:
                 cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                if as_json:  # the API: one event per line, its data JSON
+                    yield format_event("line", entry_json(_decode(fields)), cursor)
+                    continue
                 chunk.append(render_entry(_decode(fields), gateway))
+            if as_json:
+                continue
             # One event per batch: a burst of lines costs one DOM swap, not hundreds.
             yield format_event("line", "".join(chunk), cursor)
     finally:

@@ -219,3 +219,34 @@ def list_services():
 def get_service(service_id):
     return jsonify(ser.service(get_for_org_or_404(Service, service_id)))
 
+
+
+@route("/services/<int:service_id>/logs", summary="Live logs of a service's running replicas",
+       tag="services", ok=(200, "Events line (data: {replica, text, kind, stderr}), one per "
+                                "log line, every replica interleaved", "Event",
+                           "text/event-stream"),
+       query=[("since", {"enum": ["5m", "1h", "24h"]}, "Start this far back (default: the "
+                                                       "last `tail` lines)."),
+              ("tail", {"type": "integer", "minimum": 0, "maximum": 1000},
+               "Lines per replica to start with (default 200; 0: only new lines).")],
+       description="`docker logs --follow` of every running replica, read by the logs worker "
+                   "(`keystone worker --logs`) over its pooled SSH connection; this response "
+                   "only reads Redis. The remote tails stop when the client goes (or after a "
+                   "few minutes: reconnect). Comments (`: keepalive`) arrive every few seconds.")
+def service_logs(service_id):
+    from flask import Response, current_app
+
+    from app import logtail
+    from app.operations import logstream
+    service = get_for_org_or_404(Service, service_id)
+    since = request.args.get("since") or None
+    tail = int(request.args.get("tail") or 200)
+    client = logstream.redis_client(blocking=True)
+    sid = logtail.open_session(client, service.id, since=since, tail=tail)
+    logtail.ensure_tailer(client, current_app.config)
+    from app.operations.sse import MAX_SECONDS
+    max_seconds = current_app.config.get("API_SSE_MAX_SECONDS", MAX_SECONDS)
+    db.session.remove()  # the generator never uses the session
+    return Response(logtail.follow(client, sid, max_seconds=max_seconds, as_json=True),
+                    mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"})

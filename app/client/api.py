@@ -150,8 +150,19 @@ class Client:
                 return
 
 
-def parse_sse(lines) -> Iterator[tuple[str, str, str | None]]:
-    """Events of a text/event-stream (an iterable of byte lines)."""
+    def stream(self, path: str, **query) -> Iterator[tuple]:
+        """(event, data, id) of one SSE response, its comments as (":", text, None): a
+        client that stops when the stream goes quiet sees the keepalives."""
+        if query:
+            path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        with self._request("GET", path, headers={"Accept": "text/event-stream"},
+                           timeout=STREAM_TIMEOUT) as resp:
+            yield from parse_sse(resp, comments=True)
+
+
+def parse_sse(lines, comments: bool = False) -> Iterator[tuple[str, str, str | None]]:
+    """Events of a text/event-stream (an iterable of byte lines); with ``comments``, each
+    comment line too, as (":", text, None)."""
     event, data, event_id = "message", [], None
     for raw in lines:
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
@@ -161,6 +172,8 @@ def parse_sse(lines) -> Iterator[tuple[str, str, str | None]]:
             event, data = "message", []
             continue
         if line.startswith(":"):
+            if comments:
+                yield ":", line[1:].strip(), None
             continue
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value

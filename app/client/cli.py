@@ -1,4 +1,4 @@
-"""``keystone login``, ``deploy``, ``rollback``, ``builds``, ``status``, ``env``: the API from a terminal
+"""``keystone login``, ``deploy``, ``rollback``, ``builds``, ``status``, ``env``, ``logs``: the API from a terminal
 or a CI job. Exit codes: 0 success; 1 the deploy failed (or was cancelled/interrupted);
 2 a usage or API error; 130 interrupted (the deploy goes on on the server)."""
 from __future__ import annotations
@@ -229,5 +229,51 @@ def env_command(target, action, args, secret, reveal):
         _fail(exc)
 
 
+QUIET_KEEPALIVES = 4
+"""Without --follow: how many keepalives in a row with no line yet end the wait (~12 s)."""
+
+
+@click.command("logs")
+@click.argument("target", metavar="APP/ENV")
+@click.option("--service", "service_name", default="web", show_default=True,
+              help="A service of the environment by name, or its role (web, worker, ...).")
+@click.option("--since", type=click.Choice(["5m", "1h", "24h"]), default=None,
+              help="Start this far back (default: the last --tail lines).")
+@click.option("--tail", type=click.IntRange(0, 1000), default=200, show_default=True,
+              help="Lines per replica to start with.")
+@click.option("-f", "--follow", is_flag=True, help="Keep following until Ctrl-C.")
+def logs_command(target, service_name, since, tail, follow):
+    """The live log of a service's running replicas, each line tagged with its replica."""
+    try:
+        client = Client.from_config()
+        env = client.environment(target)
+        services = client.all_pages("/api/v1/services", environment_id=env["id"])
+        chosen = [s for s in services if s["name"] == service_name] or \
+            [s for s in services if service_name in s.get("process_roles", [])]
+        if not chosen:
+            names = ", ".join(s["name"] for s in services) or "none"
+            raise ClientError(f"No service {service_name!r} in {target} (services: {names}).")
+        while True:
+            seen, quiet = 0, 0
+            for event, data, _id in client.stream(f"/api/v1/services/{chosen[0]['id']}/logs",
+                                                   since=since, tail=tail):
+                if event == "line":
+                    line = json.loads(data)
+                    tag = f"[{line['replica']}] " if line.get("replica") else ""
+                    click.echo(f"{tag}{line.get('text', '')}", err=bool(line.get("stderr")))
+                    seen, quiet = seen + 1, 0
+                elif event == ":" and data == "keepalive" and not follow:
+                    quiet += 1
+                    if seen or quiet >= QUIET_KEEPALIVES:
+                        return  # the backlog is out and nothing new came
+            if not follow:
+                return
+            since, tail = None, 0  # the response ended (a time limit): go on from now
+    except KeyboardInterrupt:
+        return
+    except ClientError as exc:
+        _fail(exc)
+
+
 COMMANDS = (login_command, deploy_command, rollback_command, builds_command, status_command,
-            env_command)
+            env_command, logs_command)

@@ -233,3 +233,44 @@ def test_env_set_list_pull_and_unset_round_trip_hostile_values(live):
         assert "variable.delete" in actions
         details = " ".join(str(d) for (d,) in db.session.execute(sa.select(AuditEvent.detail)))
         assert "sk_live_s3cr3t" not in details and "quoted" not in details
+
+
+def test_logs_prints_each_replica_s_lines_and_stops_when_the_stream_goes_quiet(live):
+    """`keystone logs APP/ENV --service web`: GET /api/v1/services/{id}/logs opens a live
+    logs session (what the service page's pane does); a stand-in tailer writes lines into
+    its stream as the logs worker would; the CLI prints them tagged with their replica, and
+    without -f stops at the first keepalive after them."""
+    from app import logtail
+    from app.operations import logstream
+    token, _env_id, _previous = _seed(live)
+    env = {"KEYSTONE_URL": live.url, "KEYSTONE_TOKEN": token}
+    wrote = {}
+
+    def stand_in_tailer():
+        with live.app.app_context():
+            client = logstream.redis_client()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                sids = client.smembers(logtail.sessions_key())
+                if sids:
+                    sid = next(iter(sids))
+                    sid = sid.decode() if isinstance(sid, bytes) else sid
+                    wrote["session"] = client.hgetall(logtail.session_key(sid))
+                    key = logtail.stream_key(sid)
+                    client.xadd(key, {"r": "ks-web-1-blue-op7", "t": "GET / 200"})
+                    client.xadd(key, {"r": "ks-web-2-blue-op7", "t": "PHP Warning: x",
+                                      "e": "1"})
+                    return
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=stand_in_tailer)
+    thread.start()
+    result = CliRunner().invoke(main, ["logs", "shop/production", "--service", "web",
+                                       "--since", "5m"], env=env)
+    thread.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert "[ks-web-1-blue-op7] GET / 200" in result.output
+    assert "[ks-web-2-blue-op7] PHP Warning: x" in result.output
+    assert wrote["session"][b"since"] == b"5m" and wrote["session"][b"tail"] == b"200"
+    missing = CliRunner().invoke(main, ["logs", "shop/production", "--service", "nope"], env=env)
+    assert missing.exit_code == 2 and "No service 'nope'" in missing.output

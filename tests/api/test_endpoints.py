@@ -192,6 +192,7 @@ def test_errors_are_json_with_a_stable_code(app, client, org):
 
 def test_no_secret_in_any_read_response(app, client, org):
     _operation_with_log(org)  # finished: its event stream replays from the database
+    app.config["API_SSE_MAX_SECONDS"] = 2  # a service's live logs stream until this limit
     urls = [r.rule for r in app.url_map.iter_rules()
             if r.endpoint.startswith("api.") and "GET" in r.methods]
     ids = org.ids()
