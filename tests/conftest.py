@@ -126,3 +126,20 @@ def sign_in(client, user) -> None:
         sess["_fresh"] = True
         sess[SIGNED_IN_AT] = now
         sess[LAST_SEEN_AT] = now
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright, once per test session (tests/browser and the
+    integration tier's live-logs module share it: Playwright's sync API cannot be started
+    twice in one process)."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    assert Path(chromium).exists(), ("Debian's chromium is needed for the browser tests: "
+                                     "apt-get install chromium (scripts/ensure-browser.sh)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()

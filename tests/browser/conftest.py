@@ -97,17 +97,9 @@ def live_server(tmp_path_factory, request):
             proc.kill()
 
 
-@pytest.fixture(scope="session")
-def browser():
-    assert Path(CHROMIUM).exists(), ("Debian's chromium is needed for the browser tests: "
-                                     "apt-get install chromium (scripts/ensure-browser.sh)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield b
-        b.close()
+# ``browser`` (one chromium per session) lives in tests/conftest.py: the integration tier's
+# live-logs module uses it too, and two session fixtures would start Playwright twice in one
+# process ("Sync API inside the asyncio loop").
 
 
 @pytest.fixture()

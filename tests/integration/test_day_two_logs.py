@@ -176,8 +176,6 @@ def test_metrics_are_recorded_for_the_bed_servers(bed):
 # (provisioning, a build and a deploy) would cost ~2 minutes of the CI budget for one
 # assertion. The module's app is served on a real port by werkzeug (threaded, streaming).
 
-from tests.browser.conftest import browser  # noqa: E402,F401 - the session's chromium
-
 
 @pytest.fixture()
 def served(bed):
