@@ -160,14 +160,25 @@ def compose_cmd(directory: str, project_name: str, *args: str) -> Command:
                "--env-file", f"{directory}/{INTERPOLATION_ENV_NAME}", *args)
 
 
+NETWORK_LOCK = ".keystone-network.lock"
+"""flock(1)'s lock file for creating the network, relative to the SSH user's home directory
+(every Keystone command of a server runs as its one management user)."""
+
+
 def ensure_network_cmd() -> Command:
-    """Create the server's shared network if missing; a concurrent creator is fine."""
-    from app.shell import Raw, or_else
+    """Create the server's shared network if missing, one creator at a time.
+
+    Docker lets two concurrent ``docker network create`` of one name both succeed: two
+    networks named ``keystone``, and from then on every ``compose up`` fails with "network
+    keystone is ambiguous". Two workers deploying services to one server at once did that
+    (the wizard's "Attach recommended services"), so the check-then-create runs under
+    ``flock`` on the server.
+    """
+    from app.shell import Raw, or_else, sh_c
     inspect = cmd("docker", "network", "inspect", DOCKER_NETWORK, Raw(">/dev/null"), Raw("2>&1"))
     create = cmd("docker", "network", "create", "--label", f"{LABEL_PREFIX}.managed=true",
                  DOCKER_NETWORK, Raw(">/dev/null"))
-    return or_else(inspect, create, cmd("docker", "network", "inspect", DOCKER_NETWORK,
-                                        Raw(">/dev/null")))
+    return cmd("flock", "-w", "120", NETWORK_LOCK, sh_c(or_else(inspect, create)))
 
 
 def upload_project(step, rendered: RenderedCompose) -> None:
