@@ -22,7 +22,7 @@ HOST_RE = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*)"
     r"(?::[0-9]{1,5})?$")
 PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")  # used with fullmatch
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,255}$")
+USERNAME_RE = re.compile(r"[A-Za-z0-9_.@+-]{1,255}")
 
 DEFAULT_URLS = {
     RegistryType.GHCR: "ghcr.io",
