@@ -335,9 +335,17 @@ def ensure_image(key: str, base_tag: str | None = None) -> str:
     return spec.tag
 
 
+# One machine-wide lock for building: two sandboxes coming up at once (the test tiers' two
+# pytest workers, engineers side by side) build each missing image once, not twice.
+BUILD_LOCK = Path(tempfile.gettempdir()) / "keystone-sandbox-images.lock"
+
+
 def ensure_images(keys=INFRA_IMAGES) -> dict[str, str]:
     """Build every image in `keys` (base first); return {key: tag}."""
-    base = None
-    if any(SPECS[k].from_base for k in keys):
-        base = ensure_base_image()
-    return {k: ensure_image(k, base) for k in keys}
+    import fcntl
+    with open(BUILD_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        base = None
+        if any(SPECS[k].from_base for k in keys):
+            base = ensure_base_image()
+        return {k: ensure_image(k, base) for k in keys}

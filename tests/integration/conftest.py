@@ -20,7 +20,12 @@ import pytest
 from app.sandbox import Sandbox, SandboxInfo, docker_available
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_SANDBOX_NAME = os.environ.get("KEYSTONE_TEST_SANDBOX", "keystone-test")
+# `make test` runs the sandbox tiers on two pytest-xdist workers (--dist loadfile): each
+# worker has its own sandbox (NAME-gw0, NAME-gw1), so a module that restarts a server,
+# fills its disk or hardens the bare server never meets another module's deploy.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEST_SANDBOX_NAME = os.environ.get("KEYSTONE_TEST_SANDBOX", "keystone-test") + (
+    f"-{_WORKER}" if _WORKER else "")
 INSTALL_HINT = (
     "The integration tier needs a running Docker Engine and these tools. On Debian/Ubuntu as root run "
     "`scripts/ensure-docker.sh`, which does `apt-get install docker.io docker-compose debootstrap "
