@@ -107,7 +107,7 @@ SCHEMAS["Variable"] = _object({
 def is_secret(v: EnvironmentVariable) -> bool:
     """Secret by its flag, or by what it is (the same rule the deploy log redaction uses)."""
     from app.attachments import is_managed_secret
-    from app.deploys.handlers import ALWAYS_SECRET_KEYS
+    from app.deploys.values import ALWAYS_SECRET_KEYS
     return bool(v.is_secret or is_managed_secret(v.key) or v.key in ALWAYS_SECRET_KEYS)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from app.builds.artifacts import artifact_registry, image_ref, make_present
 from app.deploys import commands as dc
-from app.deploys.handlers import environment_secrets, environment_values, replica_environment
+from app.deploys.values import environment_secrets, environment_values, replica_environment
 from app.deploys.service import primary_web, service_server_ids
 from app.drivers import get_driver
 from app.drivers.compose import compose_cmd, ensure_network_cmd, upload_project

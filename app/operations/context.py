@@ -297,8 +297,8 @@ class OperationContext:
                 self._target = db.session.get(model, self.operation.target_id)
                 if self._target is not None and self.operation.target_type == "environment":
                     # Whatever this operation prints, the environment's secrets stay masked.
-                    # (Imported here: app.deploys.handlers imports the engine.)
-                    from app.deploys.handlers import environment_secrets
+                    # (Imported here: app.deploys.values -> app.attachments -> the engine.)
+                    from app.deploys.values import environment_secrets
                     for value in environment_secrets(self._target):
                         self.runtime.add_secret(value)
         return self._target

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.deploys.handlers import replica_environment
+from app.deploys.values import replica_environment
 from app.deploys.planning import PlanError, health_settings, stop_timeout
 from app.drivers import get_driver
 from app.drivers.laravel.settings import LaravelSettings, SettingsError

@@ -115,7 +115,7 @@ def test_environment_secrets_are_masked_in_every_environment_operation(app, clea
                                                                         handlers):
     """Secret variables, managed credentials and APP_KEY are registered for redaction as
     soon as an operation on the environment loads it, and by the deploy itself."""
-    from app.deploys.handlers import environment_secrets
+    from app.deploys.values import environment_secrets
     from app.models import EnvironmentVariable
     from app.models.enums import VariableSource
     g = build_org()

@@ -322,7 +322,7 @@ def test_sandbox_repository_is_prefilled_and_its_page_offers_the_sandbox_key_but
 def test_the_health_path_has_one_owner_the_web_service(client, auth):
     # Issue 13, defect 4: the build page's field writes the web service's health.path, which
     # is what the deploy probes and what every replica gets as KEYSTONE_HEALTH_PATH.
-    from app.deploys.handlers import replica_environment
+    from app.deploys.values import replica_environment
     from app.deploys.service import primary_web
     from app.drivers import get_driver
     auth.signup()

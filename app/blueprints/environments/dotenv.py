@@ -17,7 +17,7 @@ from app import attachments as att
 from app import dotenv_bulk as bulk
 from app.blueprints.environments.blueprint import bp
 from app.blueprints.environments.page import load_environment, render_page
-from app.deploys.handlers import ALWAYS_SECRET_KEYS
+from app.deploys.values import ALWAYS_SECRET_KEYS
 from app.extensions import db
 from app.forms import ActionForm, KeystoneForm
 from app.models import AuditEvent, Environment

@@ -1,0 +1,291 @@
+"""The steps that start one new replica of a deploy (``service_deploy`` / ``replica_deploy``):
+start in the free slot, health-check, arm it for the gateway, and remove what failed.
+A part of :class:`app.deploys.handlers.EnvironmentDeploy`, kept apart by concern."""
+from __future__ import annotations
+
+import logging
+import time
+
+from app.deploys import commands as dc
+from app.deploys.gateway_health import parse_stamp
+from app.deploys.planning import ServiceChange
+from app.deploys.slots import (APP_PORT, READY_PATH, container_name, project_name, slot_alias,
+                               slot_port)
+from app.deploys.values import last_line, replica_environment, stdout_text
+from app.drivers import get_driver
+from app.drivers.base import FirewallRule
+from app.drivers.compose import compose_cmd, dump_yaml, ensure_network_cmd, upload_project
+from app.extensions import db
+from app.models import Server, Service, ServiceReplica
+from app.models.enums import HealthStatus, OperationKind, ReplicaStatus
+from app.models.service import REMOVED_BY_KEYSTONE
+from app.operations import OperationContext, StepFailed
+from app.services_ops.steps import open_firewall
+from app.shell import cmd
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 40
+OBSERVE_SECONDS = 10.0
+"""How long a new worker must keep running, without a restart, before it counts as up."""
+READY_TRIES = 5
+
+
+class ReplicaSteps:
+    """New replicas: mixed into EnvironmentDeploy (self.ctx, self.env, self.new, ...)."""
+
+    # ---------------------------------------------------------------- new replicas
+    def _service_deploy(self, cctx: OperationContext, change: ServiceChange) -> None:
+        service = db.session.get(Service, change.service_id)
+        for placement in change.placements:
+            if not placement.slot:
+                continue
+            server = db.session.get(Server, placement.server_id)
+            cctx.run_child(OperationKind.REPLICA_DEPLOY, "service", service.id,
+                           lambda rctx, p=placement: self._replica_deploy(rctx, change, p),
+                           summary=f"{service.name}: {placement.slot} slot on {server.name}")
+
+    def _replica_deploy(self, rctx: OperationContext, change: ServiceChange, placement) -> None:
+        service = db.session.get(Service, change.service_id)
+        server = db.session.get(Server, placement.server_id)
+        fact = self.facts[service.id]
+        slot = placement.slot
+        role = change.role
+        name = container_name(service.name, service.id, slot, self.ctx.id)
+        project = project_name(service.id, slot, self.ctx.id)
+        routed = role in ("web", "websocket")
+        multi = len(fact.server_ids) > 1
+        published = slot_port(service.id, slot) if (routed and multi) else None
+        if published and not server.private_ip:
+            raise StepFailed(f"{server.name} has no private IP: its replicas cannot be reached "
+                             "from the other servers' gateways")
+        replica = ServiceReplica(
+            service_id=service.id, server_id=server.id, operation_id=self.ctx.id,
+            container_name=name, image_digest=self.artifact.image_digest,
+            internal_host=slot_alias(service.name, service.id, slot) if routed else name,
+            internal_port=APP_PORT if routed else None, public_port=published,
+            status=ReplicaStatus.STARTING, health_status=HealthStatus.STARTING,
+            config={"slot": slot, "revision": service.desired_revision,
+                    "config_hash": fact.config_hash, "project": project, "role": role,
+                    "artifact_id": self.artifact.id})
+        db.session.add(replica)
+        db.session.commit()
+        self.started.append(replica.id)
+        driver = get_driver(service)
+        rendered = driver.render_replica(
+            service, image=self.image, project_name=project, container_name=name,
+            environment=replica_environment(service, self.values, server.id),
+            replica_id=replica.id,
+            operation_id=self.ctx.id, role=role,
+            private_ip=server.private_ip if published else None, published_port=published)
+        entry = rendered.compose["services"][role]
+        # An init as PID 1 forwards SIGTERM: php -S (or artisan) as PID 1 would ignore it and
+        # every stop would wait out the whole timeout before SIGKILL.
+        entry["init"] = True
+        if routed:
+            # The slot's fixed alias: what every gateway on this server already lists.
+            net = entry["networks"]["keystone"]
+            net["aliases"] = list(dict.fromkeys([*net.get("aliases", []),
+                                                 slot_alias(service.name, service.id, slot)]))
+        rendered.compose_yaml = dump_yaml(rendered.compose)
+        replica.config = {**replica.config, "directory": rendered.directory}
+        db.session.commit()
+        try:
+            with rctx.step(f"Start {name} in the {slot} slot on {server.name}",
+                           server=server) as step:
+                step.run(ensure_network_cmd(), timeout=60)
+                step.run(dc.remove(name), check=False, timeout=60)  # a leftover of a crash
+                self._remove_leftovers(step, placement, slot)
+                started = parse_stamp(stdout_text(step.run(dc.server_time(), check=False,
+                                                       pty=False, timeout=30)))
+                replica.config = {**(replica.config or {}), "started_at": started}
+                db.session.commit()
+                upload_project(step, rendered)
+                step.run(compose_cmd(rendered.directory, project, "up", "-d", "--no-build"),
+                         timeout=600)
+            if published:
+                # Other servers' gateways reach this slot on the private network only.
+                open_firewall(rctx, server, [FirewallRule(published, "tcp",
+                                                          f"laravel {service.id} {slot}")])
+            self._health_check(rctx, service, change, replica, server, role)
+        except BaseException:
+            self._remove_failed(rctx, replica, server)
+            raise
+        self.new[(service.id, server.id)] = replica
+
+    def _remove_leftovers(self, step, placement, slot: str) -> None:
+        """An interrupted deploy's replica in this slot (it never passed its checks, so it
+        was never armed and no gateway sends it anything) goes before the new one starts:
+        two containers answering one slot alias would make the gateway's checks flap."""
+        for fact in placement.old:
+            if fact.slot != slot or fact.status != ReplicaStatus.STARTING.value:
+                continue
+            leftover = self._replica(fact.id)
+            if leftover is None or leftover.status != ReplicaStatus.STARTING:
+                continue
+            step.log(f"removing {leftover.container_name}, left in the {slot} slot by an "
+                     f"interrupted deploy (never armed)")
+            self._teardown(step, leftover, timeout=5, drain_first=False)
+            leftover.status = ReplicaStatus.REMOVED
+            leftover.container_state = REMOVED_BY_KEYSTONE
+            db.session.commit()
+
+    def _check_not_crashing(self, step, name: str, what: str) -> list[str]:
+        """Inspect ``name``; fail when it is not running or has restarted (a crash loop).
+
+        A new container starts with a restart count of 0: any restart during the
+        deploy means its process exited and Docker's restart policy brought it back.
+        """
+        res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
+        parts = stdout_text(res).split()
+        if res.exit_code != 0 or len(parts) < 3:
+            raise StepFailed(f"{name} is gone ({what})")
+        restarts = int(parts[4]) if len(parts) > 4 and parts[4].isdigit() else 0
+        exit_code = parts[5] if len(parts) > 5 else "?"
+        if restarts > 0:
+            raise StepFailed(f"{name} is crash-looping: it restarted {restarts} time"
+                             f"{'s' if restarts != 1 else ''} {what} (last exit code "
+                             f"{exit_code})")
+        if parts[2] != "true":
+            raise StepFailed(f"{name} exited with code {exit_code} {what}")
+        return parts
+
+    def _observe(self, rctx, step, name: str, seconds: float) -> list[str]:
+        """Watch ``name`` for ``seconds``: it must keep running without a single restart."""
+        deadline = time.monotonic() + seconds
+        parts = self._check_not_crashing(step, name, "right after it started")
+        while time.monotonic() < deadline:
+            rctx.check_cancelled()
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            parts = self._check_not_crashing(step, name, f"within {seconds:g}s of starting")
+        return parts
+
+    def _health_check(self, rctx, service, change, replica, server, role) -> None:
+        h = change.health
+        name = replica.container_name
+        if role == "worker":
+            with rctx.step(f"Check {name} keeps running", server=server) as step:
+                observe = max(OBSERVE_SECONDS, float(h["interval"]) * 2)
+                step.log(f"a worker has no HTTP endpoint: it must run for {observe:g}s "
+                         "without exiting or restarting")
+                parts = self._observe(rctx, step, name, observe)
+                step.log(f"{name} ran {observe:g}s with 0 restarts")
+                self._mark_running(replica, parts)
+            return
+        path, interval, timeout, retries = h["path"], float(h["interval"]), float(h["timeout"]), \
+            int(h["retries"])
+        with rctx.step(f"Health check {name}: GET {path} every {interval:g}s, timeout "
+                       f"{timeout:g}s, up to {retries} tries", server=server) as step:
+            healthy = False
+            last = ""
+            for attempt in range(1, retries + 1):
+                rctx.check_cancelled()
+                res = step.run(dc.probe(name, path, APP_PORT, timeout), check=False, pty=False,
+                               timeout=timeout + 15)
+                code = last_line(res) or "000"
+                if code == "404" and path != "/":
+                    res2 = step.run(dc.probe(name, "/", APP_PORT, timeout), check=False,
+                                    pty=False, timeout=timeout + 15)
+                    fallback = last_line(res2) or "000"
+                    step.log(f"try {attempt}/{retries}: {path} -> 404, / -> {fallback}")
+                    code = "200" if fallback[:1] in ("2", "3") else fallback
+                else:
+                    step.log(f"try {attempt}/{retries}: {path} -> {code}")
+                last = code
+                if code == "200":
+                    healthy = True
+                    break
+                if attempt < retries:
+                    time.sleep(interval)
+            if not healthy:
+                raise StepFailed(f"{name} never became healthy: {path} answered {last} after "
+                                 f"{retries} tries")
+            self._check_not_crashing(step, name, "while it was health-checked")
+            if role == "web":
+                self._check_ready_handler(rctx, step, name)
+            elif role == "websocket":
+                # Laravel Reverb serves its own GET /up (checked above) and no Keystone ready
+                # handler: the gateway checks the health path on websocket slots, and an old
+                # replica leaves the rotation when it stops (the gateway retries the dial).
+                step.log(f"the gateway checks {path} on the websocket slots")
+            res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
+            self._mark_running(replica, stdout_text(res).split())
+
+    def _check_ready_handler(self, rctx, step, name: str) -> None:
+        """The image answers the ready path, and 503 "not armed" until Keystone arms it."""
+        ready = ""
+        for attempt in range(1, READY_TRIES + 1):
+            rctx.check_cancelled()
+            res = step.run(dc.ready_probe(name, APP_PORT), check=False, pty=False, timeout=30)
+            ready = last_line(res) or "000"
+            step.log(f"{READY_PATH} -> {ready} (what the gateways check; 503 until armed), "
+                     f"try {attempt}/{READY_TRIES}")
+            if ready in ("503", "200"):
+                return
+            if ready == "404":
+                raise StepFailed(f"{name} is healthy but {READY_PATH} answered 404: the image "
+                                 "lacks Keystone's ready handler")
+            time.sleep(1)
+        raise StepFailed(f"{name} is healthy but {READY_PATH} answered {ready} {READY_TRIES} "
+                         "times in a row")
+
+    def _arm(self, step, replica: ServiceReplica) -> None:
+        """Keystone's checks passed: let the gateways see the replica (ready path -> 200)."""
+        name = replica.container_name
+        res = step.run(dc.arm(name), check=False, pty=False, timeout=30)
+        armed_at = parse_stamp(stdout_text(res))
+        if res.exit_code != 0 or armed_at is None:
+            raise StepFailed(f"could not arm {name}: {last_line(res) or 'no answer'}")
+        replica.config = {**(replica.config or {}), "armed_at": armed_at}
+        db.session.commit()
+        r2 = step.run(dc.ready_probe(name, APP_PORT), check=False, pty=False, timeout=30)
+        ready = last_line(r2) or "000"
+        step.log(f"{READY_PATH} -> {ready}: armed")
+        if ready != "200":
+            raise StepFailed(f"{name} was armed but {READY_PATH} answered {ready}")
+
+    def _mark_running(self, replica: ServiceReplica, parts: list[str]) -> None:
+        if parts:
+            replica.container_id = parts[0][:80]
+        replica.status = ReplicaStatus.RUNNING
+        replica.health_status = HealthStatus.HEALTHY
+        db.session.commit()
+
+    def _remove_failed(self, ctx: OperationContext, replica: ServiceReplica,
+                       server: Server) -> None:
+        """Take a new replica away again, keeping its last log lines on the step."""
+        name = replica.container_name
+        try:
+            with ctx.step(f"Remove {name} (kept: its last {LOG_TAIL_LINES} log lines)",
+                          server=server, cleanup=True) as step:
+                step.run(dc.logs_tail(name, LOG_TAIL_LINES), check=False, timeout=60)
+                # Never armed: no gateway ever sent it a request, it can go at once. Armed
+                # (it failed later): drain it like any other replica first.
+                armed = bool((replica.config or {}).get("armed_at"))
+                self._teardown(step, replica, timeout=10 if armed else 5, drain_first=armed)
+        except Exception:
+            # Cancelled or unreachable: the operation's clean-up tries again.
+            log.warning("could not remove failed replica %s", name, exc_info=True)
+            return
+        replica.status = ReplicaStatus.FAILED
+        replica.health_status = HealthStatus.UNHEALTHY
+        replica.container_state = REMOVED_BY_KEYSTONE
+        db.session.commit()
+
+    def _teardown(self, step, replica: ServiceReplica, timeout: int, drain_first: bool) -> None:
+        name = replica.container_name
+        if drain_first:
+            res = step.run(dc.drain(name), check=False, pty=False, timeout=30)
+            drained_at = parse_stamp(stdout_text(res))
+            if res.exit_code == 0 and drained_at is not None:
+                self._await_out_of_rotation(step.ctx, [(replica, drained_at)])
+        step.run(dc.stop(name, timeout), check=False, timeout=timeout + 60)
+        cfg = replica.config or {}
+        directory, project = cfg.get("directory"), cfg.get("project")
+        if directory and project:
+            step.run(compose_cmd(directory, project, "down", "--timeout", str(int(timeout))),
+                     check=False, timeout=timeout + 60)
+        step.run(dc.remove(name), check=False, timeout=60)
+        if directory and directory.startswith("/home/keystone/services/"):
+            step.run(cmd("rm", "-rf", "--", directory), check=False, timeout=60)
+
