@@ -230,9 +230,32 @@ def open_firewall(ctx: OperationContext, server: "Server", rules,
             step.log(f"{rule.comment}: {server.private_ip}:{rule.port}/tcp from "
                      f"{', '.join(sources)}")
             for command in commands:
-                step.run(command, pty=False, timeout=60)
+                _run_iptables_command(step, command)
         if not have_ufw and not have_helper:
             step.unchanged("neither ufw nor keystone-firewall is installed on this server")
+
+
+IPTABLES_BUSY = ("problem running", "xtables lock", "Resource temporarily unavailable")
+IPTABLES_TRIES = 5
+
+
+def _run_iptables_command(step, command) -> None:
+    """Run a ufw / keystone-firewall command, again when iptables was busy.
+
+    Docker changes the same tables whenever a container with a published port starts
+    (another replica of this deploy, on this server, at this very moment): ufw then
+    fails with "ERROR: problem running" (iptables-restore could not take the xtables
+    lock). That is transient; anything else fails the step at once."""
+    for attempt in range(1, IPTABLES_TRIES + 1):
+        res = step.run(command, pty=False, timeout=60, check=False)
+        if res.exit_code == 0:
+            return
+        text = (res.stdout or "") + (getattr(res, "stderr", "") or "")
+        if attempt == IPTABLES_TRIES or not any(m in text for m in IPTABLES_BUSY):
+            step.run(command, pty=False, timeout=60)  # fails the step with its output
+            return
+        step.log(f"iptables was busy (attempt {attempt} of {IPTABLES_TRIES}): trying again")
+        time.sleep(attempt)
 
 
 def _organisation_private_addresses(server: "Server") -> list[str]:
