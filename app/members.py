@@ -261,3 +261,29 @@ def create_organisation(user: User, name: str) -> Organisation:
     _audit(org.id, user, "organisation.created", "organisation", org.id, name=name)
     db.session.commit()
     return org
+
+
+def rename_organisation(org: Organisation, name: str, actor: User) -> None:
+    name = (name or "").strip()
+    if not name or len(name) > 120:
+        raise MemberError("Name the organisation (at most 120 characters).")
+    before, org.name = org.name, name
+    _audit(org.id, actor, "organisation.renamed", "organisation", org.id, before=before,
+           after=name)
+    db.session.commit()
+
+
+def delete_organisation(org: Organisation, actor: User, confirm: str) -> None:
+    """Delete the organisation and everything it holds in Keystone. Refused while it has
+    servers (delete them first: that stops what runs on them and, for Hetzner, the bill)."""
+    from app.models import Server
+    from app.models.enums import ServerStatus
+    if (confirm or "").strip() != org.name:
+        raise MemberError("Type the organisation's name to confirm.")
+    servers = db.session.execute(sa.select(sa.func.count()).select_from(Server).where(
+        Server.organisation_id == org.id, Server.status != ServerStatus.DELETED)).scalar_one()
+    if servers:
+        raise MemberError(f"Delete the organisation's {servers} server(s) first.")
+    log.info("organisation %s deleted by user %s", org.id, actor.id)
+    db.session.execute(sa.delete(Organisation).where(Organisation.id == org.id))
+    db.session.commit()

@@ -3,7 +3,7 @@ switching and creating organisations. Every change goes through app.members."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user
 from wtforms import EmailField, HiddenField, PasswordField, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
@@ -17,7 +17,8 @@ from app.forms import ActionForm, KeystoneForm
 from app.models import Invitation, Membership, Organisation, User
 from app.models.enums import MembershipRole
 from app.policy import can, current_role, requires
-from app.scoping import (current_membership, current_org_id, get_for_org_or_404, parse_id,
+from app.scoping import (ORG_SESSION_KEY, current_membership, current_org_id,
+                         forget_current_membership, get_for_org_or_404, parse_id,
                          switch_organisation)
 
 bp = Blueprint("members", __name__)
@@ -210,6 +211,59 @@ def accept(token: str):
 
 
 # --------------------------------------------------------------------------- organisations
+
+class DeleteOrganisationForm(KeystoneForm):
+    confirm = StringField("Type the organisation's name to delete it", validators=[
+        DataRequired(), Length(max=120)])
+
+
+def _org_page(status: int = 200, form=None, delete_form=None, error=None):
+    org = current_user.organisation
+    return render_template("members/organisation.html", org=org,
+                           form=form or OrganisationForm(formdata=None, name=org.name),
+                           delete_form=delete_form or DeleteOrganisationForm(formdata=None),
+                           error=error), status
+
+
+@bp.route("/settings/organisation")
+@requires("read")
+def organisation():
+    return _org_page()
+
+
+@bp.route("/settings/organisation", methods=["POST"])
+@requires("org.manage")
+def rename_organisation():
+    form = OrganisationForm()
+    if not form.validate_on_submit():
+        return _org_page(422, form=form)
+    try:
+        mb.rename_organisation(current_user.organisation, form.name.data, current_user)
+    except mb.MemberError as exc:
+        db.session.rollback()
+        return _org_page(422, form=form, error=str(exc))
+    flash("Organisation renamed.", "success")
+    return redirect(url_for("members.organisation"))
+
+
+@bp.route("/settings/organisation/delete", methods=["POST"])
+@requires("org.manage")
+def delete_organisation():
+    form = DeleteOrganisationForm()
+    if not form.validate_on_submit():
+        return _org_page(422, delete_form=form)
+    org = current_user.organisation
+    name = org.name
+    try:
+        mb.delete_organisation(org, current_user, form.confirm.data)
+    except mb.MemberError as exc:
+        db.session.rollback()
+        return _org_page(422, delete_form=form, error=str(exc))
+    session.pop(ORG_SESSION_KEY, None)
+    forget_current_membership()
+    flash(f"{name} was deleted.", "info")
+    return redirect(url_for("dashboard.index"))
+
 
 @bp.route("/organisations/switch", methods=["POST"])
 @requires("signed_in")
