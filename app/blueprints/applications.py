@@ -34,7 +34,6 @@ from app.repositories import (assign_deploy_key, deploy_key_instructions, forget
                               parse_known_hosts)
 from app.repositories import validation as rv
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query
-
 from app.policy import requires
 
 bp = Blueprint("applications", __name__, url_prefix="/applications")

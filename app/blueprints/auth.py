@@ -14,7 +14,6 @@ from app.accounts import SignupError, create_account, signup_open
 from app.extensions import db, limiter
 from app.forms import LoginForm, SignupForm
 from app.models import User
-
 from app.policy import requires
 
 bp = Blueprint("auth", __name__)

@@ -25,7 +25,6 @@ from app.models.base import utcnow
 from app.models.enums import OperationKind, SliceStatus, SliceType
 from app.operations import OperationLocked, StepFailed
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404
-
 from app.policy import requires
 
 bp = Blueprint("backups", __name__)

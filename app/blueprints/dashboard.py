@@ -11,7 +11,6 @@ from app.extensions import db
 from app.models import Application, Environment, EnvironmentAttachment, Operation, Server
 from app.onboarding import environment_url
 from app.scoping import current_membership, current_org_id
-
 from app.policy import requires
 
 bp = Blueprint("dashboard", __name__)

@@ -20,7 +20,6 @@ from app.operations import OperationLocked
 from app.operations.lifecycle import blocking_operation, describe_operation
 from app.operations.state import ACTIVE
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404
-
 from app.policy import requires
 
 bp = Blueprint("deploys", __name__, url_prefix="/environments")

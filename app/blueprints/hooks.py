@@ -21,10 +21,9 @@ from app.forms import ActionForm
 from app.hooks import service as hooks
 from app.hooks.signatures import Refused, parse_push, verify
 from app.models import DeployHook
+from app.policy import requires
 
 log = logging.getLogger(__name__)
-
-from app.policy import requires
 
 bp = Blueprint("hooks", __name__)
 

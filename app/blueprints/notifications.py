@@ -16,7 +16,6 @@ from app.models import NotificationChannel
 from app.notifications import DEFAULT_EVENTS, EVENTS, KINDS
 from app.notifications import channels as ch
 from app.scoping import parse_id
-
 from app.policy import requires
 
 bp = Blueprint("notifications", __name__, url_prefix="/settings/notifications")

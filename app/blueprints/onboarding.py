@@ -13,7 +13,6 @@ from flask_login import current_user
 from app import onboarding
 from app.models.enums import OperationKind
 from app.operations.lifecycle import latest_operation, start_or_join
-
 from app.policy import requires
 
 bp = Blueprint("onboarding", __name__, url_prefix="/onboarding")

@@ -12,7 +12,6 @@ from app.models.enums import OperationKind, OperationStatus
 from app.onboarding import environment_url
 from app.operations import lifecycle, logstream, sse
 from app.scoping import current_org_id, get_for_org_or_404, parse_id
-
 from app.policy import requires
 
 bp = Blueprint("operations", __name__)

@@ -17,7 +17,6 @@ from app.forms import KeystoneForm, name_field
 from app.models import Environment, Registry
 from app.models.enums import RegistryType
 from app.scoping import current_org_id, get_for_org_or_404, org_query
-
 from app.policy import requires
 
 bp = Blueprint("registries", __name__, url_prefix="/registries")

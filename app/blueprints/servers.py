@@ -32,7 +32,6 @@ from app.providers.custom import check_private_key
 from app.providers.keys import ensure_management_key
 from app.scoping import current_org_id, get_for_org_or_404
 from app.security import SERVER_CHECK_PER_USER, current_user_key
-
 from app.policy import requires
 
 bp = Blueprint("servers", __name__, url_prefix="/servers")

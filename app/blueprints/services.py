@@ -35,7 +35,6 @@ from app.operations.lifecycle import latest_operation, start_or_join
 from app.registries.images import ImageError
 from app.services_ops.deploy import start_service_deploy, update_warning
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query
-
 from app.policy import requires
 
 bp = Blueprint("services", __name__)

@@ -13,7 +13,6 @@ from app.forms import KeystoneForm
 from app.models import ApiToken
 from app.models.base import utcnow
 from app.scoping import parse_id
-
 from app.policy import requires
 
 bp = Blueprint("tokens", __name__, url_prefix="/settings/tokens")

@@ -162,14 +162,25 @@ def test_every_route_answers_as_the_matrix_says(app, client, role):
         assert denied == 0
 
 
-def test_the_viewer_s_pages_show_no_secret_buttons(app, client):
+def test_pages_offer_only_what_the_role_may_do(app):
     graph = build_org()
-    viewer = _member(graph, "viewer")
-    sign_in(client, viewer)
-    page = client.get(f"/environments/{graph.environment.id}").get_data(as_text=True)
-    assert f"/variables/{graph.variable.id}/reveal" not in page
-    members = client.get("/settings/members/").get_data(as_text=True)
-    assert "Send invitation" not in members and "viewer@example.com" in members
+    env = graph.environment.id
+    reveal = f"/variables/{graph.variable.id}/reveal"
+    deploy, set_var = f"/environments/{env}/deploy\"", f"/environments/{env}/variables\""
+    pages = {}
+    for role in ROLES:
+        client = app.test_client()
+        sign_in(client, _member(graph, role))
+        pages[role] = (client.get(f"/environments/{env}").get_data(as_text=True),
+                       client.get("/settings/members/").get_data(as_text=True))
+    viewer, viewer_members = pages["viewer"]
+    assert reveal not in viewer and deploy not in viewer and set_var not in viewer
+    assert "Send invitation" not in viewer_members and "viewer@example.com" in viewer_members
+    deployer, _ = pages["deployer"]
+    assert reveal not in deployer and deploy in deployer and set_var in deployer
+    for role in ("owner", "admin"):
+        page, members = pages[role]
+        assert reveal in page and deploy in page and "Send invitation" in members
 
 
 def test_tokens_follow_the_role(app):
