@@ -64,9 +64,6 @@ def _enforce_lifetime(app: Flask):
         # The user is loaded afresh for each request, even when a caller (a test) keeps
         # one application context across requests: a revoked session must not linger.
         g.pop("_login_user", None)
-        # Likewise Flask-WTF's per-request CSRF token (kept on ``g``): it belongs to one
-        # session, and a second client in the same application context has another.
-        g.pop("csrf_token", None)
         if "_user_id" not in session:
             return None
         now = int(time.time())
