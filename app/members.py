@@ -131,7 +131,7 @@ def _enqueue(invitation_id: int) -> bool:
         Queue(current_app.config["RQ_QUEUE"], connection=logstream.redis_client()).enqueue(
             "app.jobs.send_invitation", int(invitation_id), job_timeout=60)
         return True
-    except Exception as exc:  # noqa: BLE001 - Redis away: the members page offers "resend"
+    except Exception as exc:  # noqa: BLE001 - Redis away: the page shows mail status pending
         log.warning("invitation %s: could not enqueue (%s)", invitation_id, type(exc).__name__)
         return False
 
