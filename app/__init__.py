@@ -74,6 +74,12 @@ def create_app(config: dict | None = None, instance_path: str | None = None) -> 
     from app.templating import register_filters
     register_filters(app)
 
+    from app import policy
+    policy.check_declared(app)  # every endpoint declares its permission, or no app at all
+    app.jinja_env.globals.update(policy.template_globals())
+    from app.blueprints.members import my_organisations
+    app.jinja_env.globals["my_organisations"] = my_organisations
+
     endpoints = frozenset(app.view_functions)
 
     @app.context_processor

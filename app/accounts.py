@@ -36,15 +36,22 @@ def signup_open() -> bool:
     return db.session.execute(sa.select(User.id).limit(1)).first() is None
 
 
-def create_account(*, organisation: str, email: str, password: str, name: str = "") -> User:
+def new_user(*, email: str, password: str, name: str = "") -> User:
+    """A user not yet committed (the caller adds a membership: sign-up or an invitation)."""
     email = email.strip().lower()
     if db.session.execute(sa.select(User.id).where(User.email == email)).first():
         raise SignupError("An account with this email already exists. Sign in instead.")
     if len(password) < 10:
         raise SignupError("Use at least 10 characters.")
-    org = Organisation(name=organisation.strip(), slug=unique_slug(organisation))
     user = User(email=email, name=name.strip())
     user.set_password(password)
+    db.session.add(user)
+    return user
+
+
+def create_account(*, organisation: str, email: str, password: str, name: str = "") -> User:
+    user = new_user(email=email, password=password, name=name)
+    org = Organisation(name=organisation.strip(), slug=unique_slug(organisation))
     db.session.add_all([org, user, Membership(organisation=org, user=user,
                                               role=MembershipRole.OWNER)])
     db.session.commit()

@@ -1,4 +1,10 @@
-"""Organisation scoping: the one way views load objects.
+"""Organisation scoping: the one way views load objects, and the one place that says
+which organisation a request works in.
+
+`current_membership()` is the signed-in user's membership of the current organisation,
+read from the database once per request (never cached in the session): the session only
+names the organisation (``ks_org``), an API request works in its token's organisation.
+A member who is removed loses the organisation at the next request.
 
 `get_for_org_or_404(Model, id)` answers 404 unless the object belongs to the
 current user's organisation, following the model's `org_path` relationships.
@@ -10,17 +16,83 @@ from __future__ import annotations
 import re
 
 import sqlalchemy as sa
-from flask import abort
+from flask import abort, has_request_context, request, session
 from flask_login import current_user
 
 from app.extensions import db
 
+ORG_SESSION_KEY = "ks_org"
+_MEMBERSHIP_KEY = "keystone.membership"  # per request (request.environ), never across requests
+
+
+def _wanted_org_id() -> int | None:
+    from app.api.core import current_token, is_api_request
+    if is_api_request():
+        token = current_token()
+        return token.organisation_id if token is not None else None
+    return parse_id(session.get(ORG_SESSION_KEY))
+
+
+def _load_membership(user):
+    from app.models import Membership
+    rows = db.session.execute(sa.select(Membership).where(Membership.user_id == user.id)
+                              .order_by(Membership.id)).scalars().all()
+    if not rows:
+        return None
+    if has_request_context():
+        from app.api.core import is_api_request
+        wanted = _wanted_org_id()
+        chosen = next((m for m in rows if m.organisation_id == wanted), None)
+        if is_api_request():
+            return chosen  # a token works in its own organisation or nowhere
+        return chosen or rows[0]
+    return rows[0]
+
+
+def membership_of(user):
+    """``user``'s membership of the organisation they work in: inside a request of that
+    user, the current one; elsewhere (CLI, jobs) the first."""
+    if has_request_context() and current_user and getattr(current_user, "id", None) == user.id \
+            and current_user.is_authenticated:
+        return current_membership()
+    from app.models import Membership
+    return db.session.execute(sa.select(Membership).where(Membership.user_id == user.id)
+                              .order_by(Membership.id).limit(1)).scalar_one_or_none()
+
+
+def current_membership():
+    """The signed-in user's membership of the current organisation, or None."""
+    if not has_request_context() or not current_user.is_authenticated:
+        return None
+    if _MEMBERSHIP_KEY not in request.environ:
+        request.environ[_MEMBERSHIP_KEY] = _load_membership(current_user._get_current_object())
+    return request.environ[_MEMBERSHIP_KEY]
+
+
+def forget_current_membership() -> None:
+    """After switching organisation or changing memberships within a request."""
+    if has_request_context():
+        request.environ.pop(_MEMBERSHIP_KEY, None)
+
+
+def switch_organisation(org_id: int) -> bool:
+    """Work in ``org_id`` from now on (the session remembers it), if the user is a member."""
+    from app.models import Membership
+    found = db.session.execute(sa.select(Membership.id).where(
+        Membership.user_id == current_user.id,
+        Membership.organisation_id == org_id)).first()
+    if found is None:
+        return False
+    session[ORG_SESSION_KEY] = org_id
+    forget_current_membership()
+    return True
+
 
 def current_org_id() -> int:
-    org = current_user.organisation if current_user.is_authenticated else None
-    if org is None:
+    membership = current_membership()
+    if membership is None:
         abort(404)
-    return org.id
+    return membership.organisation_id
 
 
 def org_query(model, org_id: int | None = None):

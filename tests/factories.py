@@ -54,6 +54,8 @@ class OrgGraph:
     backup_target: object = None   # an S3 backup target (its secret key is a sentinel)
     backup: object = None          # a finished backup of ``slice`` on it
     channel: object = None  # a notification channel (no events: it never receives one)
+    membership: object = None   # the owner's membership
+    invitation: object = None   # an open invitation (viewer) to invitee@example.com
 
     @property
     def bearer(self) -> dict[str, str]:
@@ -71,6 +73,8 @@ class OrgGraph:
             "artifact_id": self.artifact.id, "token_id": self.api_token.id,
             **({"backup_id": self.backup.id} if self.backup is not None else {}),
             **({"channel_id": self.channel.id} if self.channel is not None else {}),
+            **({"membership_id": self.membership.id} if self.membership is not None else {}),
+            **({"invitation_id": self.invitation.id} if self.invitation is not None else {}),
         }
 
 
@@ -146,6 +150,24 @@ def build_org(email: str = "b@example.com", organisation: str = "Org B",
             secrets={"url": f"https://hooks.example.com/{s['channel_url']}"})
         db.session.add(channel)
         db.session.commit()
+    membership = invitation = None
+    if sa.inspect(db.engine).has_table("invitations"):
+        import datetime as dt
+        import secrets as _secrets
+
+        from app.members import hash_token
+        from app.models import Invitation, Membership
+        from app.models.base import utcnow
+        from app.models.enums import MembershipRole
+        membership = db.session.execute(sa.select(Membership).where(
+            Membership.user_id == user.id, Membership.organisation_id == org.id)).scalar_one()
+        invitation = Invitation(organisation_id=org.id, email=f"invitee-{org.id}@example.com",
+                                role=MembershipRole.VIEWER, invited_by_id=user.id,
+                                token_hash=hash_token(_secrets.token_urlsafe(32)),
+                                expires_at=utcnow() + dt.timedelta(days=7))
+        db.session.add(invitation)
+        db.session.commit()
     return OrgGraph(user, org, provider, server, application, environment, web, postgres,
                     replica, slice_, attachment, variable, endpoint, operation, step, registry,
-                    artifact, api_token, token, backup_target, backup, channel)
+                    artifact, api_token, token, backup_target, backup, channel, membership,
+                    invitation)

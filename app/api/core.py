@@ -205,10 +205,19 @@ PAGINATION_QUERY = [
 ]
 
 
-def route(rule: str, method: str = "GET", *, summary: str, tag: str, scope: str | None = "read",
-          ok: tuple = (), query=(), body: dict | None = None, paginated: bool = False,
-          errors=(), description: str = ""):
-    """Register a view on the API blueprint, check its scope first, record its document.
+def require_permission(permission: str) -> None:
+    """The member's role must hold ``permission`` (app.policy.MATRIX), whatever the scope."""
+    from app.policy import can
+    if not can(permission):
+        raise ApiError(403, "forbidden", f"Your role in this organisation lacks the "
+                                         f"{permission!r} permission.")
+
+
+def route(rule: str, method: str = "GET", *, summary: str, tag: str, permission: str,
+          scope: str | None = "read", ok: tuple = (), query=(), body: dict | None = None,
+          paginated: bool = False, errors=(), description: str = ""):
+    """Register a view on the API blueprint, check its scope and the role's ``permission``
+    (app.policy) first, record its document.
 
     ``ok`` is (status, description, schema or schema name, media type = application/json).
     """
@@ -221,9 +230,12 @@ def route(rule: str, method: str = "GET", *, summary: str, tag: str, scope: str 
         def view(*args, **kwargs):
             if scope is not None:
                 require_scope(scope)
+            require_permission(permission)
             check_query(q)
             return fn(*args, **kwargs)
 
+        from app.policy import mark
+        mark(view, permission)
         bp.add_url_rule(rule, endpoint, view, methods=[method])
         status, desc, schema, *mime = ok
         responses = {status: (desc, schema, mime[0] if mime else "application/json")}

@@ -58,14 +58,14 @@ def _accepted(op: Operation):
     return resp
 
 
-@route("/environments/<int:environment_id>/deploys", summary="An environment's deploys",
+@route("/environments/<int:environment_id>/deploys", permission="read", summary="An environment's deploys",
        tag="deploys", paginated=True, ok=(200, "A page of deploy operations, newest first",
                                           "Page_Operation"))
 def list_deploys(environment_id):
     return paginate(_deploys_of(get_for_org_or_404(Environment, environment_id)), ser.operation)
 
 
-@route("/environments/<int:environment_id>/deploys", "POST", summary="Start a deploy",
+@route("/environments/<int:environment_id>/deploys", "POST", permission="deploy", summary="Start a deploy",
        tag="deploys", scope="deploy", ok=OPERATION_202, errors=DEPLOY_ERRORS,
        body={"type": "object", "additionalProperties": False, "properties": {
            "commit": {"type": "string", "pattern": "^([0-9a-f]{40}|[0-9a-f]{64})$",
@@ -91,7 +91,7 @@ def start_deploy(environment_id):
     return _accepted(_start(env, on_conflict=if_busy, commit_sha=commit))
 
 
-@route("/environments/<int:environment_id>/builds", summary="Finished builds to roll back to",
+@route("/environments/<int:environment_id>/builds", permission="read", summary="Finished builds to roll back to",
        tag="deploys", paginated=True, ok=(200, "A page of ready builds, newest first",
                                           "Page_Build"))
 def list_builds(environment_id):
@@ -102,7 +102,7 @@ def list_builds(environment_id):
     return paginate(stmt, lambda a: ser.build(a, env.current_artifact_id))
 
 
-@route("/environments/<int:environment_id>/rollback", "POST", summary="Roll back",
+@route("/environments/<int:environment_id>/rollback", "POST", permission="deploy", summary="Roll back",
        tag="deploys", scope="deploy", ok=OPERATION_202, errors=DEPLOY_ERRORS,
        body={"type": "object", "additionalProperties": False, "properties": {
            "build_id": {"type": "integer", "minimum": 1,
@@ -136,7 +136,7 @@ def rollback(environment_id):
 
 # --------------------------------------------------------------------------- operations
 
-@route("/operations", summary="List operations", tag="operations", paginated=True,
+@route("/operations", permission="read", summary="List operations", tag="operations", paginated=True,
        query=[("kind", {"enum": [k.value for k in OperationKind]}, "Only this kind."),
               ("status", {"enum": [s.value for s in OperationStatus]}, "Only this status.")],
        ok=(200, "A page of top-level operations, newest first", "Page_Operation"))
@@ -152,7 +152,7 @@ def list_operations():
     return paginate(stmt.order_by(Operation.id.desc()), ser.operation)
 
 
-@route("/operations/<int:operation_id>", summary="An operation: status and steps",
+@route("/operations/<int:operation_id>", permission="read", summary="An operation: status and steps",
        tag="operations", ok=(200, "The operation", "OperationDetail"))
 def get_operation(operation_id):
     from app.blueprints.operations import _progress
@@ -186,7 +186,7 @@ def _recorded_lines(op: Operation):
     yield from walk(op)
 
 
-@route("/operations/<int:operation_id>/log", summary="The log as JSON lines", tag="operations",
+@route("/operations/<int:operation_id>/log", permission="read", summary="The log as JSON lines", tag="operations",
        ok=(200, "One LogLine object per line", "LogLine", "application/x-ndjson"),
        description="What has been recorded so far (the live stream while it lasts, then the "
                    "database). Secrets were redacted when the lines were recorded.")
@@ -265,7 +265,7 @@ def _replay(op: Operation, last_id: str | None):
     return gen()
 
 
-@route("/operations/<int:operation_id>/events", summary="The live log as server-sent events",
+@route("/operations/<int:operation_id>/events", permission="read", summary="The live log as server-sent events",
        tag="operations", ok=(200, "Events line, step, status and end; data is JSON",
                              "Event", "text/event-stream"),
        query=[("last_event_id", {"type": "string", "maxLength": 64},

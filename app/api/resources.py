@@ -25,7 +25,7 @@ def _name_filter(stmt, column):
     return stmt
 
 
-@route("/me", summary="The token in use, its user and organisation", tag="tokens", scope=None,
+@route("/me", permission="read", summary="The token in use, its user and organisation", tag="tokens", scope=None,
        ok=(200, "The token", "Token"))
 def me():
     return jsonify(ser.token(current_token(), current_scopes()))
@@ -33,14 +33,14 @@ def me():
 
 # --------------------------------------------------------------------------- applications
 
-@route("/applications", summary="List applications", tag="applications", paginated=True,
+@route("/applications", permission="read", summary="List applications", tag="applications", paginated=True,
        query=[NAME_QUERY], ok=(200, "A page of applications", "Page_Application"))
 def list_applications():
     stmt = _name_filter(org_query(Application), Application.name).order_by(Application.id)
     return paginate(stmt.options(selectinload(Application.environments)), ser.application)
 
 
-@route("/applications/<int:application_id>", summary="One application", tag="applications",
+@route("/applications/<int:application_id>", permission="read", summary="One application", tag="applications",
        ok=(200, "The application", "Application"))
 def get_application(application_id):
     return jsonify(ser.application(get_for_org_or_404(Application, application_id)))
@@ -48,7 +48,7 @@ def get_application(application_id):
 
 # --------------------------------------------------------------------------- environments
 
-@route("/environments", summary="List environments", tag="environments", paginated=True,
+@route("/environments", permission="read", summary="List environments", tag="environments", paginated=True,
        query=[NAME_QUERY, ("application", {"type": "string", "maxLength": 63},
                            "Only environments of the application with this name."),
               ("application_id", {"type": "integer", "minimum": 1},
@@ -73,13 +73,13 @@ def list_environments():
     return paginate(stmt.order_by(Environment.id), ser.environment)
 
 
-@route("/environments/<int:environment_id>", summary="One environment", tag="environments",
+@route("/environments/<int:environment_id>", permission="read", summary="One environment", tag="environments",
        ok=(200, "The environment", "Environment"))
 def get_environment(environment_id):
     return jsonify(ser.environment(get_for_org_or_404(Environment, environment_id)))
 
 
-@route("/environments/<int:environment_id>/variables", summary="An environment's variables",
+@route("/environments/<int:environment_id>/variables", permission="read", summary="An environment's variables",
        tag="environments", ok=(200, "Every variable; secret values are null",
                                {"type": "object", "properties": {"items": {
                                    "type": "array",
@@ -92,7 +92,7 @@ def list_variables(environment_id):
     return jsonify({"items": [ser.variable(v) for v in env.variables]})
 
 
-@route("/environments/<int:environment_id>/variables/<int:variable_id>/reveal", "POST",
+@route("/environments/<int:environment_id>/variables/<int:variable_id>/reveal", "POST", permission="secrets.reveal",
        summary="Reveal one variable's value", tag="environments", scope="admin",
        ok=(200, "The variable with its value", "Variable"),
        description="Needs the admin scope. Recorded as an audit event (variable.reveal), "
@@ -127,7 +127,7 @@ def _audit_variable(action: str, env: Environment, key: str) -> None:
                               detail={"key": key, "via": "api", "token_id": current_token().id}))
 
 
-@route("/environments/<int:environment_id>/variables", "POST",
+@route("/environments/<int:environment_id>/variables", "POST", permission="variables.edit",
        summary="Set one variable", tag="environments", scope="deploy", body=VARIABLE_BODY,
        ok=(200, "The variable (a secret's value is null)", "Variable"), errors=(409,),
        description="Creates or updates the environment's own variable KEY (what the "
@@ -154,7 +154,7 @@ def set_variable(environment_id):
     return jsonify(ser.variable(row))
 
 
-@route("/environments/<int:environment_id>/variables/unset", "POST",
+@route("/environments/<int:environment_id>/variables/unset", "POST", permission="variables.edit",
        summary="Remove one variable", tag="environments", scope="deploy",
        body={"type": "object", "additionalProperties": False, "required": ["key"],
              "properties": {"key": {"type": "string", "maxLength": 255}}},
@@ -180,7 +180,7 @@ def unset_variable(environment_id):
 
 # --------------------------------------------------------------------------- servers, services
 
-@route("/servers", summary="List servers", tag="servers", paginated=True,
+@route("/servers", permission="read", summary="List servers", tag="servers", paginated=True,
        query=[NAME_QUERY, ("status", {"enum": [s.value for s in ServerStatus]},
                            "Only servers in this status.")],
        ok=(200, "A page of servers", "Page_Server"))
@@ -192,13 +192,13 @@ def list_servers():
     return paginate(stmt.options(selectinload(Server.provider)).order_by(Server.id), ser.server)
 
 
-@route("/servers/<int:server_id>", summary="One server", tag="servers",
+@route("/servers/<int:server_id>", permission="read", summary="One server", tag="servers",
        ok=(200, "The server", "Server"))
 def get_server(server_id):
     return jsonify(ser.server(get_for_org_or_404(Server, server_id)))
 
 
-@route("/services", summary="List services", tag="services", paginated=True,
+@route("/services", permission="read", summary="List services", tag="services", paginated=True,
        query=[NAME_QUERY, ("environment_id", {"type": "integer", "minimum": 1},
                            "Only services of this environment.")],
        ok=(200, "A page of services", "Page_Service"))
@@ -214,14 +214,14 @@ def list_services():
                     ser.service)
 
 
-@route("/services/<int:service_id>", summary="One service", tag="services",
+@route("/services/<int:service_id>", permission="read", summary="One service", tag="services",
        ok=(200, "The service", "Service"))
 def get_service(service_id):
     return jsonify(ser.service(get_for_org_or_404(Service, service_id)))
 
 
 
-@route("/services/<int:service_id>/logs", summary="Live logs of a service's running replicas",
+@route("/services/<int:service_id>/logs", permission="read", summary="Live logs of a service's running replicas",
        tag="services", ok=(200, "Events line (data: {replica, text, kind, stderr}), one per "
                                 "log line, every replica interleaved", "Event",
                            "text/event-stream"),

@@ -92,7 +92,7 @@ def build_spec() -> dict:
     return spec.to_dict()
 
 
-@route("/openapi.json", summary="This document", tag="meta", scope=None,
+@route("/openapi.json", permission="public", summary="This document", tag="meta", scope=None,
        ok=(200, "The OpenAPI 3.1 document", {"type": "object"}))
 def openapi():
     """No token needed."""

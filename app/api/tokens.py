@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from app.extensions import db
 from app.models import ApiToken, Membership, User
 from app.models.base import utcnow
-from app.models.enums import MembershipRole
+from app.policy import TOKEN_SCOPE_PERMISSION, role_allows
 
 PREFIX = "kst_"
 SCOPES = ("read", "deploy", "admin")
@@ -31,8 +31,6 @@ TOKEN_RE = re.compile(r"kst_[A-Za-z0-9_-]{43}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}")
 # last_used_at is rewritten at most this often (a busy CI token would write on every call).
 TOUCH_EVERY = dt.timedelta(minutes=1)
-# Roles whose tokens may hold the admin scope.
-ADMIN_ROLES = frozenset({MembershipRole.OWNER, MembershipRole.ADMIN})
 
 
 class TokenError(ValueError):
@@ -47,13 +45,16 @@ def membership(user: User, organisation_id: int) -> Membership | None:
     return next((m for m in user.memberships if m.organisation_id == organisation_id), None)
 
 
-def allowed_scopes(user: User) -> tuple[str, ...]:
-    """The scopes the user may put on a token (admin only for owners and admins)."""
-    org = user.organisation
-    m = membership(user, org.id) if org is not None else None
+def allowed_scopes(user: User, organisation_id: int | None = None) -> tuple[str, ...]:
+    """The scopes the user's role in the organisation (default: the current one) lets them
+    put on a token (app.policy.TOKEN_SCOPE_PERMISSION)."""
+    if organisation_id is None:
+        org = user.organisation
+        organisation_id = org.id if org is not None else None
+    m = membership(user, organisation_id) if organisation_id is not None else None
     if m is None:
         return ()
-    return SCOPES if m.role in ADMIN_ROLES else ("read", "deploy")
+    return tuple(s for s in SCOPES if role_allows(m.role, TOKEN_SCOPE_PERMISSION[s]))
 
 
 def create_token(user: User, name: str, scopes,
@@ -98,15 +99,14 @@ def authenticate(presented: str | None) -> ApiToken | None:
     if row is None or not is_usable(row):
         return None
     user = row.user
-    if user is None or not user.is_active or user.organisation is None \
-            or user.organisation.id != row.organisation_id:
+    if user is None or not user.is_active or membership(user, row.organisation_id) is None:
         return None
     return row
 
 
 def effective_scopes(row: ApiToken) -> set[str]:
     """The token's scopes (expanded), limited by what the user's role allows today."""
-    allowed = set(allowed_scopes(row.user))
+    allowed = set(allowed_scopes(row.user, row.organisation_id))
     out: set[str] = set()
     for scope in row.scopes or ():
         out |= IMPLIES.get(scope, set())

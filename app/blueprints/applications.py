@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask_login import current_user
 from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional, ValidationError as FormError
 
@@ -34,6 +34,7 @@ from app.repositories import (assign_deploy_key, deploy_key_instructions, forget
                               parse_known_hosts)
 from app.repositories import validation as rv
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query
+from app.policy import requires
 
 bp = Blueprint("applications", __name__, url_prefix="/applications")
 
@@ -155,14 +156,14 @@ def _access_context(application: Application) -> dict:
 
 
 @bp.route("/")
-@login_required
+@requires("read")
 def index():
     apps = db.session.execute(org_query(Application).order_by(Application.name)).scalars().all()
     return render_template("applications/index.html", applications=apps)
 
 
 @bp.route("/new", methods=["GET", "POST"])
-@login_required
+@requires("resources.manage")
 def new():
     form = ApplicationForm()
     sandbox_url = sandbox_repository_url()
@@ -202,7 +203,7 @@ def new():
 
 
 @bp.route("/<int:application_id>")
-@login_required
+@requires("read")
 def show(application_id):
     application = _load(application_id)
     environments = []
@@ -219,7 +220,7 @@ def show(application_id):
 
 
 @bp.route("/<int:application_id>/verify", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def verify(application_id):
     application = _load(application_id)
     op = start_verify(application)
@@ -230,7 +231,7 @@ def verify(application_id):
 
 
 @bp.route("/<int:application_id>/access")
-@login_required
+@requires("read")
 def access(application_id):
     """The access component, polled while a verification runs."""
     application = _load(application_id)
@@ -238,7 +239,7 @@ def access(application_id):
 
 
 @bp.route("/<int:application_id>/forget-host-key", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def forget_host(application_id):
     application = _load(application_id)
     forget_host_key(application)
@@ -251,7 +252,7 @@ def forget_host(application_id):
 
 
 @bp.route("/<int:application_id>/rotate-key", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def rotate_key(application_id):
     application = _load(application_id)
     assign_deploy_key(application)
@@ -262,7 +263,7 @@ def rotate_key(application_id):
 
 
 @bp.route("/<int:application_id>/environments", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def add_environment(application_id):
     application = _load(application_id)
     form = EnvironmentForm()
@@ -287,7 +288,7 @@ def _registry_choices() -> list[tuple[str, str]]:
 
 
 @bp.route("/<int:application_id>/environments/<int:environment_id>/build", methods=["GET", "POST"])
-@login_required
+@requires("resources.manage")
 def build_settings(application_id, environment_id):
     application = _load(application_id)
     environment = _load_env(application, environment_id)

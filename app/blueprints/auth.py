@@ -5,7 +5,7 @@ import re
 from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required, login_user, logout_user
+from flask_login import current_user, login_user, logout_user
 
 import sqlalchemy as sa
 
@@ -14,6 +14,7 @@ from app.accounts import SignupError, create_account, signup_open
 from app.extensions import db, limiter
 from app.forms import LoginForm, SignupForm
 from app.models import User
+from app.policy import requires
 
 bp = Blueprint("auth", __name__)
 
@@ -46,6 +47,7 @@ def _safe_next(target: str | None):
 
 
 @bp.route("/signup", methods=["GET", "POST"])
+@requires("public")
 @limiter.limit(security.SIGNUP_PER_ADDRESS, methods=["POST"], key_func=security.client_address)
 @limiter.limit(security.SIGNUP_PER_ACCOUNT, methods=["POST"], key_func=security.posted_account)
 def signup():
@@ -70,6 +72,7 @@ def signup():
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@requires("public")
 @limiter.limit(security.LOGIN_PER_ADDRESS, methods=["POST"], key_func=security.client_address,
                deduct_when=security.failed_form)
 @limiter.limit(security.LOGIN_PER_ACCOUNT, methods=["POST"], key_func=security.posted_account,
@@ -92,7 +95,7 @@ def login():
 
 
 @bp.route("/logout", methods=["POST"])
-@login_required
+@requires("signed_in")
 def logout():
     # Server-side: every session of this user ends, including cookies saved earlier.
     current_user.end_sessions()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, redirect, render_template, request, send_file, url_for
-from flask_login import current_user, login_required
+from flask_login import current_user
 
 from app.backups import human_size, is_late, next_due
 from app.backups.forms import BackupNowForm, PolicyForm, RestoreForm, TargetForm
@@ -25,6 +25,7 @@ from app.models.base import utcnow
 from app.models.enums import OperationKind, SliceStatus, SliceType
 from app.operations import OperationLocked, StepFailed
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404
+from app.policy import requires
 
 bp = Blueprint("backups", __name__)
 bp.add_app_template_filter(human_size, "human_size")
@@ -39,7 +40,7 @@ def _targets() -> list[BackupTarget]:
 # --------------------------------------------------------------------------- targets
 
 @bp.route("/backups/targets", methods=["GET", "POST"])
-@login_required
+@requires("resources.manage")
 def targets():
     form = TargetForm()
     status = 200
@@ -98,7 +99,7 @@ def section_context(service: Service, **kw) -> dict:
 
 
 @bp.route("/services/<int:service_id>/backups")
-@login_required
+@requires("read")
 def section(service_id):
     service = get_for_org_or_404(Service, service_id)
     return render_template("backups/_section.html", **section_context(service))
@@ -122,7 +123,7 @@ def _target_or_none(target_id) -> BackupTarget | None:
 
 
 @bp.route("/services/<int:service_id>/slices/<int:slice_id>/backups/policy", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def save_policy(service_id, slice_id):
     service, slice_ = _slice(service_id, slice_id)
     form = PolicyForm()
@@ -146,7 +147,7 @@ def save_policy(service_id, slice_id):
 
 
 @bp.route("/services/<int:service_id>/slices/<int:slice_id>/backups/now", methods=["POST"])
-@login_required
+@requires("deploy")
 def backup_now(service_id, slice_id):
     from app.backups.handlers import start_backup
     service, slice_ = _slice(service_id, slice_id)
@@ -175,7 +176,7 @@ def _backup(backup_id) -> Backup:
 
 
 @bp.route("/backups/<int:backup_id>/restore", methods=["GET", "POST"])
-@login_required
+@requires("resources.manage")
 def restore(backup_id):
     from app.backups.handlers import start_restore
     backup = _backup(backup_id)
@@ -219,7 +220,7 @@ class _FormError(Exception):
 
 
 @bp.route("/backups/<int:backup_id>/download")
-@login_required
+@requires("secrets.reveal")
 def download(backup_id):
     from app.backups.targets import DirectoryStore, TargetError, store_for
     backup = _backup(backup_id)

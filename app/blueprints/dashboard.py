@@ -3,28 +3,31 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, render_template
-from flask_login import current_user, login_required
+from flask_login import current_user
 from sqlalchemy.orm import selectinload
 
 from app.accounts import signup_open
 from app.extensions import db
 from app.models import Application, Environment, EnvironmentAttachment, Operation, Server
 from app.onboarding import environment_url
-from app.scoping import current_org_id
+from app.scoping import current_membership, current_org_id
+from app.policy import requires
 
 bp = Blueprint("dashboard", __name__)
 
 
 @bp.route("/")
+@requires("public")
 def index():
+    from flask import redirect, url_for
     if not current_user.is_authenticated:
-        from flask import redirect, url_for
-
         return redirect(url_for("auth.signup" if signup_open() else "auth.login"))
+    if current_membership() is None:  # removed from every organisation: start a new one
+        return redirect(url_for("members.new_organisation"))
     return _dashboard()
 
 
-@login_required
+@requires("read")
 def _dashboard():
     org_id = current_org_id()
     environments = db.session.execute(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask_login import current_user
 
 from app.blueprints.environments import render_page
 from app.deploys import service as deploy_service
@@ -20,6 +20,7 @@ from app.operations import OperationLocked
 from app.operations.lifecycle import blocking_operation, describe_operation
 from app.operations.state import ACTIVE
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404
+from app.policy import requires
 
 bp = Blueprint("deploys", __name__, url_prefix="/environments")
 
@@ -74,14 +75,14 @@ def _done(env: Environment, message: str | None = None, error: str | None = None
 # --------------------------------------------------------------------------- deploy
 
 @bp.route("/<int:environment_id>/deploy-button")
-@login_required
+@requires("read")
 def button(environment_id):
     env = get_for_org_or_404(Environment, environment_id)
     return _component(env)
 
 
 @bp.route("/<int:environment_id>/deploy", methods=["POST"])
-@login_required
+@requires("deploy")
 def deploy(environment_id):
     env = get_for_org_or_404(Environment, environment_id)
     on_conflict = "refuse" if request.form.get("if_busy") == "refuse" else "queue"
@@ -103,7 +104,7 @@ def deploy(environment_id):
 # --------------------------------------------------------------------------- rollback
 
 @bp.route("/<int:environment_id>/rollback")
-@login_required
+@requires("read")
 def rollback_choices(environment_id):
     env = get_for_org_or_404(Environment, environment_id)
     artifacts = db.session.execute(
@@ -115,7 +116,7 @@ def rollback_choices(environment_id):
 
 
 @bp.route("/<int:environment_id>/rollback/<int:artifact_id>", methods=["POST"])
-@login_required
+@requires("deploy")
 def rollback(environment_id, artifact_id):
     env = get_for_org_or_404(Environment, environment_id)
     artifact = get_child_or_404(env, BuildArtifact, artifact_id, "environment_id")
@@ -154,19 +155,19 @@ def _add_role(environment_id: int, role: str):
 
 
 @bp.route("/<int:environment_id>/workers", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def add_worker(environment_id):
     return _add_role(environment_id, "worker")
 
 
 @bp.route("/<int:environment_id>/websocket", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def add_websocket(environment_id):
     return _add_role(environment_id, "websocket")
 
 
 @bp.route("/<int:environment_id>/services/<int:service_id>/embedded-worker", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def embedded_worker(environment_id, service_id):
     env = get_for_org_or_404(Environment, environment_id)
     service = get_child_or_404(env, Service, service_id, "environment_id")
@@ -182,7 +183,7 @@ def embedded_worker(environment_id, service_id):
 
 
 @bp.route("/<int:environment_id>/scheduler", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def scheduler(environment_id):
     """Mode (disabled / single / every_replica, the last confirmed) and target (web or a
     worker service): stored on the environment and applied at once by a config_change

@@ -13,7 +13,7 @@ import logging
 
 import sqlalchemy as sa
 from flask import Blueprint, jsonify, render_template, request
-from flask_login import login_required
+
 
 from app.blueprints.environments.page import load_environment
 from app.extensions import csrf, db, limiter
@@ -21,6 +21,7 @@ from app.forms import ActionForm
 from app.hooks import service as hooks
 from app.hooks.signatures import Refused, parse_push, verify
 from app.models import DeployHook
+from app.policy import requires
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def _answer(status: int, outcome: str, reason: str, **extra):
 
 
 @bp.route("/hooks/deploy/<token>", methods=["POST"])
+@requires("public")
 @csrf.exempt
 @limiter.limit(HOOK_RATE, key_func=_hook_key)
 @limiter.limit("600 per minute")
@@ -106,13 +108,13 @@ def _panel(env, secret: str = "", message: str | None = None, status: int = 200)
 
 
 @bp.route("/environments/<int:environment_id>/deploy-hook")
-@login_required
+@requires("read")
 def panel(environment_id: int):
     return _panel(load_environment(environment_id))
 
 
 @bp.route("/environments/<int:environment_id>/deploy-hook", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def change(environment_id: int):
     env = load_environment(environment_id)
     form = ActionForm()

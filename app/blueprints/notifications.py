@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, render_template, request
-from flask_login import current_user, login_required
+from flask_login import current_user
 from wtforms import IntegerField, PasswordField, SelectField, SelectMultipleField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
@@ -16,6 +16,7 @@ from app.models import NotificationChannel
 from app.notifications import DEFAULT_EVENTS, EVENTS, KINDS
 from app.notifications import channels as ch
 from app.scoping import parse_id
+from app.policy import requires
 
 bp = Blueprint("notifications", __name__, url_prefix="/settings/notifications")
 
@@ -67,13 +68,13 @@ def _answer(status: int = 200, form: ChannelForm | None = None, **kw):
 
 
 @bp.route("/")
-@login_required
+@requires("read")
 def index():
     return _answer()
 
 
 @bp.route("/", methods=["POST"])
-@login_required
+@requires("notifications.manage")
 def create():
     form = ChannelForm()
     if not form.validate_on_submit():
@@ -104,7 +105,7 @@ ACTIONS = ("test", "toggle", "delete")
 @bp.route("/<channel_id>/test", methods=["POST"], defaults={"action": "test"})
 @bp.route("/<channel_id>/toggle", methods=["POST"], defaults={"action": "toggle"})
 @bp.route("/<channel_id>/delete", methods=["POST"], defaults={"action": "delete"})
-@login_required
+@requires("notifications.manage")
 def act(channel_id, action: str):
     channel = _channel_or_404(channel_id)
     form = ActionForm()

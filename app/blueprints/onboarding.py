@@ -8,11 +8,12 @@ log: the views start them and the pages poll a small component.
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask_login import current_user
 
 from app import onboarding
 from app.models.enums import OperationKind
 from app.operations.lifecycle import latest_operation, start_or_join
+from app.policy import requires
 
 bp = Blueprint("onboarding", __name__, url_prefix="/onboarding")
 
@@ -39,7 +40,7 @@ def _next_step():
 
 
 @bp.route("/")
-@login_required
+@requires("read")
 def start():
     org = _org()
     steps = onboarding.steps_for(org)
@@ -81,7 +82,7 @@ def _sample_application_form(org):
 
 
 @bp.route("/watch")
-@login_required
+@requires("read")
 def watch():
     """Polled by the open wizard: reload it (``HX-Refresh``) when what it shows has changed,
     so it continues on its own when an operation it waits for ends."""
@@ -93,7 +94,7 @@ def watch():
 
 
 @bp.route("/sandbox/authorize/<int:application_id>", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def authorize_sandbox_key(application_id):
     """The sandbox git host stands in for GitHub: add the deploy key there, read-only, then
     verify at once (one ``repository_verify`` operation; the access component shows it)."""
@@ -112,7 +113,7 @@ def authorize_sandbox_key(application_id):
 
 
 @bp.route("/skip/<step>", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def skip(step):
     try:
         onboarding.skip(_org(), step)
@@ -122,7 +123,7 @@ def skip(step):
 
 
 @bp.route("/sandbox", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def use_sandbox():
     from app.sandbox import docker_available
     org = _org()
@@ -145,7 +146,7 @@ def _sandbox_op(org):
 
 
 @bp.route("/sandbox/status")
-@login_required
+@requires("read")
 def sandbox_status():
     org = _org()
     state = (org.onboarding_state or {}).get("sandbox")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
                    url_for)
-from flask_login import login_required
+
 
 from app.extensions import db
 from app.models import Environment, Operation
@@ -12,6 +12,7 @@ from app.models.enums import OperationKind, OperationStatus
 from app.onboarding import environment_url
 from app.operations import lifecycle, logstream, sse
 from app.scoping import current_org_id, get_for_org_or_404, parse_id
+from app.policy import requires
 
 bp = Blueprint("operations", __name__)
 
@@ -20,7 +21,7 @@ MAX_PAGE = 10**9  # far past any real history; keeps OFFSET inside 64 bits
 
 
 @bp.route("/operations")
-@login_required
+@requires("read")
 def index():
     org_id = current_org_id()
     kind = request.args.get("kind", "")
@@ -119,7 +120,7 @@ def _outcome(op: Operation) -> dict:
 
 
 @bp.route("/operations/<int:operation_id>")
-@login_required
+@requires("read")
 def show(operation_id: int):
     op = get_for_org_or_404(Operation, operation_id)
     replay = [] if not op.is_terminal else sse.replay_lines(op)
@@ -127,14 +128,14 @@ def show(operation_id: int):
 
 
 @bp.route("/operations/<int:operation_id>/panel")
-@login_required
+@requires("read")
 def panel(operation_id: int):
     op = get_for_org_or_404(Operation, operation_id)
     return render_template("operations/_panel.html", **_panel_context(op))
 
 
 @bp.route("/operations/<int:operation_id>/row")
-@login_required
+@requires("read")
 def row(operation_id: int):
     """One list row, polled by rows of operations that have not ended."""
     op = get_for_org_or_404(Operation, operation_id)
@@ -142,7 +143,7 @@ def row(operation_id: int):
 
 
 @bp.route("/operations/<int:operation_id>/badge")
-@login_required
+@requires("read")
 def badge(operation_id: int):
     """Status badge and age, polled where a page names one operation (e.g. the last deploy)."""
     op = get_for_org_or_404(Operation, operation_id)
@@ -150,7 +151,7 @@ def badge(operation_id: int):
 
 
 @bp.route("/operations/<int:operation_id>/cancel", methods=["POST"])
-@login_required
+@requires("deploy")
 def cancel(operation_id: int):
     op = get_for_org_or_404(Operation, operation_id)
     message = lifecycle.cancel_operation(op)
@@ -163,7 +164,7 @@ def cancel(operation_id: int):
 
 
 @bp.route("/operations/<int:operation_id>/events")
-@login_required
+@requires("read")
 def events(operation_id: int):
     op = get_for_org_or_404(Operation, operation_id)
     last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import login_required
+
 from wtforms import PasswordField, SelectField, StringField
 from wtforms.validators import Length, Optional
 
@@ -17,6 +17,7 @@ from app.forms import KeystoneForm, name_field
 from app.models import Environment, Registry
 from app.models.enums import RegistryType
 from app.scoping import current_org_id, get_for_org_or_404, org_query
+from app.policy import requires
 
 bp = Blueprint("registries", __name__, url_prefix="/registries")
 
@@ -38,7 +39,7 @@ class RegistryForm(KeystoneForm):
 
 
 @bp.route("/")
-@login_required
+@requires("read")
 def index():
     registries = db.session.execute(org_query(Registry).order_by(Registry.name)).scalars().all()
     used = {}
@@ -50,7 +51,7 @@ def index():
 
 
 @bp.route("/new", methods=["GET", "POST"])
-@login_required
+@requires("registries.manage")
 def new():
     form = RegistryForm()
     if form.validate_on_submit():
@@ -84,7 +85,7 @@ def new():
 
 
 @bp.route("/<int:registry_id>/delete", methods=["POST"])
-@login_required
+@requires("registries.manage")
 def delete(registry_id):
     registry = get_for_org_or_404(Registry, registry_id)
     db.session.delete(registry)

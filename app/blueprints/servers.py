@@ -14,7 +14,7 @@ import re
 import sqlalchemy as sa
 from flask import (Blueprint, abort, flash, redirect, render_template, request,
                    url_for)
-from flask_login import current_user, login_required
+from flask_login import current_user
 from wtforms import (HiddenField, IntegerField, PasswordField, SelectField, StringField,
                      TextAreaField)
 from wtforms.validators import (DataRequired, Length, NumberRange, Optional,
@@ -32,6 +32,7 @@ from app.providers.custom import check_private_key
 from app.providers.keys import ensure_management_key
 from app.scoping import current_org_id, get_for_org_or_404
 from app.security import SERVER_CHECK_PER_USER, current_user_key
+from app.policy import requires
 
 bp = Blueprint("servers", __name__, url_prefix="/servers")
 
@@ -127,7 +128,7 @@ def _provisioning_history(server: Server) -> list[Operation]:
 # --------------------------------------------------------------------------- list
 
 @bp.route("/")
-@login_required
+@requires("read")
 def index():
     org = _org()
     ensure_management_key(org)
@@ -142,7 +143,7 @@ def index():
 # --------------------------------------------------------------------------- Hetzner
 
 @bp.route("/providers/hetzner/new", methods=["GET", "POST"])
-@login_required
+@requires("servers.manage")
 def new_hetzner():
     """Save the token (encrypted) and start a ``provider_sync`` operation that checks it with
     Hetzner and lists what the create-server form offers."""
@@ -193,7 +194,7 @@ def _sync_state(provider: Provider) -> dict:
 
 
 @bp.route("/providers/<int:provider_id>/servers/new", methods=["GET", "POST"])
-@login_required
+@requires("servers.manage")
 def create_hetzner(provider_id: int):
     provider = get_for_org_or_404(Provider, provider_id)
     if provider.type != ProviderType.HETZNER:
@@ -227,7 +228,7 @@ def create_hetzner(provider_id: int):
 
 
 @bp.route("/providers/<int:provider_id>/sync", methods=["POST"])
-@login_required
+@requires("servers.manage")
 def sync_provider(provider_id: int):
     provider = get_for_org_or_404(Provider, provider_id)
     if provider.type != ProviderType.HETZNER:
@@ -239,7 +240,7 @@ def sync_provider(provider_id: int):
 
 
 @bp.route("/providers/<int:provider_id>/delete", methods=["POST"])
-@login_required
+@requires("servers.manage")
 def delete_provider(provider_id: int):
     provider = get_for_org_or_404(Provider, provider_id)
     form = ActionForm()
@@ -257,7 +258,7 @@ def delete_provider(provider_id: int):
 # --------------------------------------------------------------------------- custom servers
 
 @bp.route("/custom/new", methods=["GET", "POST"])
-@login_required
+@requires("servers.manage")
 @limiter.limit(SERVER_CHECK_PER_USER, methods=["POST"], key_func=current_user_key)
 def new_custom():
     org = _org()
@@ -309,7 +310,7 @@ def _host_key_context(server: Server, form, error=None) -> dict:
 
 
 @bp.route("/<int:server_id>/host-key", methods=["GET", "POST"])
-@login_required
+@requires("servers.manage")
 def confirm_host_key(server_id: int):
     """Confirm (first time) or re-pin (explicit, recorded) the host key the last scan read.
 
@@ -333,7 +334,7 @@ def confirm_host_key(server_id: int):
 
 
 @bp.route("/<int:server_id>/host-key/scan", methods=["POST"])
-@login_required
+@requires("servers.manage")
 @limiter.limit(SERVER_CHECK_PER_USER, key_func=current_user_key)
 def scan_host_key(server_id: int):
     server = get_for_org_or_404(Server, server_id)
@@ -375,7 +376,7 @@ def _pin_host_key(server: Server, presented: str):
 # --------------------------------------------------------------------------- a server
 
 @bp.route("/<int:server_id>")
-@login_required
+@requires("read")
 def show(server_id: int):
     server = get_for_org_or_404(Server, server_id)
     history = _provisioning_history(server)
@@ -394,14 +395,14 @@ def show(server_id: int):
 
 
 @bp.route("/<int:server_id>/status")
-@login_required
+@requires("read")
 def status(server_id: int):
     server = get_for_org_or_404(Server, server_id)
     return render_template("servers/_status.html", server=server)
 
 
 @bp.route("/<int:server_id>/provision", methods=["POST"])
-@login_required
+@requires("servers.manage")
 def provision(server_id: int):
     server = get_for_org_or_404(Server, server_id)
     form = ActionForm()
@@ -418,7 +419,7 @@ def provision(server_id: int):
 
 
 @bp.route("/provision-all", methods=["POST"])
-@login_required
+@requires("servers.manage")
 def provision_all():
     """Provision every server of the organisation that is not provisioned yet, in one action
     (the sandbox hands over several servers; each needs provisioning once)."""
@@ -450,7 +451,7 @@ def provision_all():
 
 
 @bp.route("/<int:server_id>/delete", methods=["POST"])
-@login_required
+@requires("servers.manage")
 def delete(server_id: int):
     server = get_for_org_or_404(Server, server_id)
     form = ActionForm()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask_login import current_user
 from wtforms import BooleanField, SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
@@ -35,6 +35,7 @@ from app.operations.lifecycle import latest_operation, start_or_join
 from app.registries.images import ImageError
 from app.services_ops.deploy import start_service_deploy, update_warning
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query
+from app.policy import requires
 
 bp = Blueprint("services", __name__)
 bp.add_app_template_global(service_stand_in)
@@ -74,7 +75,7 @@ def _fill_new_service(form: NewServiceForm, servers: list[Server]) -> None:
 
 
 @bp.route("/services/")
-@login_required
+@requires("read")
 def index():
     services = db.session.execute(
         org_query(Service).order_by(Service.type, Service.name)).scalars().all()
@@ -86,7 +87,7 @@ def index():
 
 
 @bp.route("/services/new", methods=["GET", "POST"])
-@login_required
+@requires("resources.manage")
 def new():
     servers = org_servers()
     form = NewServiceForm()
@@ -152,7 +153,7 @@ def _service_context(service: Service, **kw) -> dict:
 
 
 @bp.route("/services/<int:service_id>")
-@login_required
+@requires("read")
 def show(service_id):
     service = get_for_org_or_404(Service, service_id)
     if service.type not in drivers.offered() and service.environment_id:
@@ -174,7 +175,7 @@ def _image_check(service: Service) -> dict:
 
 
 @bp.route("/services/<int:service_id>/check-updates", methods=["POST"])
-@login_required
+@requires("deploy")
 def check_updates(service_id):
     """Start an ``image_check`` operation: the registry is asked in the worker."""
     service = get_for_org_or_404(Service, service_id)
@@ -190,7 +191,7 @@ def check_updates(service_id):
 
 
 @bp.route("/services/<int:service_id>/image")
-@login_required
+@requires("read")
 def image_component(service_id):
     """The image component, polled while an image check runs."""
     service = get_for_org_or_404(Service, service_id)
@@ -198,7 +199,7 @@ def image_component(service_id):
 
 
 @bp.route("/services/<int:service_id>/deploy", methods=["POST"])
-@login_required
+@requires("deploy")
 def deploy(service_id):
     service = get_for_org_or_404(Service, service_id)
     if service.type not in drivers.offered():
@@ -246,7 +247,7 @@ def _backups_first(service: Service) -> list[int]:
 
 
 @bp.route("/services/<int:service_id>/slices", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def create_slice(service_id):
     service = get_for_org_or_404(Service, service_id)
     slice_type = get_driver(service).user_slice_type
@@ -280,7 +281,7 @@ def _service_slice(service_id, slice_id) -> tuple[Service, ServiceSlice]:
 
 
 @bp.route("/services/<int:service_id>/slices/<int:slice_id>/delete", methods=["GET", "POST"])
-@login_required
+@requires("resources.manage")
 def delete_slice(service_id, slice_id):
     service, slice_ = _service_slice(service_id, slice_id)
     form = DeleteSliceForm()
@@ -319,7 +320,7 @@ def _log_params() -> tuple[str | None, int]:
 
 
 @bp.route("/services/<int:service_id>/logs")
-@login_required
+@requires("read")
 def logs(service_id):
     """The live log of every running replica of a service (app.logtail)."""
     from app.shell import LOG_SINCE
@@ -332,7 +333,7 @@ def logs(service_id):
 
 
 @bp.route("/services/<int:service_id>/logs/events")
-@login_required
+@requires("read")
 def log_events(service_id):
     """SSE of the live log. Only Redis here: the tail itself runs in the logs worker."""
     from flask import Response, current_app

@@ -3,7 +3,7 @@ tokens (app.api.tokens). A user sees and revokes only their own tokens."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, render_template, request
-from flask_login import current_user, login_required
+from flask_login import current_user
 from wtforms import BooleanField, SelectField, StringField
 from wtforms.validators import DataRequired, Length
 
@@ -13,6 +13,7 @@ from app.forms import KeystoneForm
 from app.models import ApiToken
 from app.models.base import utcnow
 from app.scoping import parse_id
+from app.policy import requires
 
 bp = Blueprint("tokens", __name__, url_prefix="/settings/tokens")
 
@@ -55,13 +56,13 @@ def _answer(status: int = 200, **kw):
 
 
 @bp.route("/")
-@login_required
+@requires("read")
 def index():
     return _answer()
 
 
 @bp.route("/", methods=["POST"])
-@login_required
+@requires("read")
 def create():
     form = TokenForm()
     if not form.validate_on_submit():
@@ -79,7 +80,7 @@ def create():
 
 
 @bp.route("/<int:token_id>/revoke", methods=["POST"])
-@login_required
+@requires("read")
 def revoke(token_id):
     row = db.session.get(ApiToken, parse_id(token_id) or 0)
     if row is None or row.user_id != current_user.id:

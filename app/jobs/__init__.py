@@ -106,3 +106,10 @@ def deliver_notification(delivery_id: int) -> str:
     from app.notifications import deliver
     return _in_app(f"notification {delivery_id}", lambda: deliver(int(delivery_id)),
                    lambda exc: "error")
+
+
+def send_invitation(invitation_id: int) -> str:
+    """Mail one invitation through the organisation's email channel (app.members)."""
+    from app.members import send_invitation_mail
+    return _in_app(f"invitation {invitation_id}",
+                   lambda: send_invitation_mail(int(invitation_id)), lambda exc: "error")

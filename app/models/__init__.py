@@ -9,13 +9,13 @@ from app.models.hooks import (DeployHook, DeployHookDelivery, NotificationChanne
                               NotificationDelivery)
 from app.models.operation import Operation, OperationLock, OperationStep
 from app.models.metrics import ServerMetric
-from app.models.organisation import Membership, Organisation, User
+from app.models.organisation import Invitation, Membership, Organisation, User
 from app.models.server import Provider, Server
 from app.models.service import Endpoint, Service, ServiceReplica, ServiceSlice
 from app.models.token import ApiToken
 
 __all__ = [
-    "Organisation", "User", "Membership", "Provider", "Server", "Application",
+    "Organisation", "User", "Membership", "Invitation", "Provider", "Server", "Application",
     "Environment", "EnvironmentAttachment", "EnvironmentVariable", "Service",
     "ServiceReplica", "ServiceSlice", "Endpoint", "Operation", "OperationStep",
     "OperationLock", "Registry", "BuildArtifact", "AuditEvent", "ApiToken",

@@ -16,7 +16,8 @@ class StrEnum(str, enum.Enum):
 class MembershipRole(StrEnum):
     OWNER = "owner"
     ADMIN = "admin"
-    MEMBER = "member"
+    DEPLOYER = "deployer"
+    VIEWER = "viewer"
 
 
 class ProviderType(StrEnum):

@@ -1,13 +1,15 @@
 """Organisations own everything; users reach them through memberships."""
 from __future__ import annotations
 
+import datetime as dt
+
 from flask_login import UserMixin
 from sqlalchemy.orm import relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.crypto import EncryptedText
 from app.models.base import (Mapped, OrgScoped, TimestampMixin, db, enum_column, fk,
-                             mapped_column, sa)
+                             mapped_column, sa, utcnow)
 from app.models.enums import MembershipRole
 
 
@@ -62,18 +64,50 @@ class User(UserMixin, TimestampMixin, db.Model):
 
     @property
     def organisation(self) -> Organisation | None:
-        """The organisation the user works in (the first membership)."""
-        return self.memberships[0].organisation if self.memberships else None
+        """The organisation the user works in: inside a request of this user, the current
+        one (chosen in the session, or the API token's); elsewhere the first membership."""
+        from app.scoping import membership_of
+        m = membership_of(self)
+        return m.organisation if m is not None else None
 
 
-class Membership(TimestampMixin, db.Model):
+class Membership(TimestampMixin, OrgScoped, db.Model):
     __tablename__ = "memberships"
     __table_args__ = (sa.UniqueConstraint("organisation_id", "user_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     organisation_id: Mapped[int] = fk("organisations.id")
     user_id: Mapped[int] = fk("users.id")
-    role: Mapped[MembershipRole] = enum_column(MembershipRole, MembershipRole.MEMBER)
+    role: Mapped[MembershipRole] = enum_column(MembershipRole, MembershipRole.VIEWER)
 
     organisation = relationship("Organisation", back_populates="memberships")
     user = relationship("User", back_populates="memberships")
+
+
+class Invitation(OrgScoped, db.Model):
+    """An invitation to join an organisation with a role, by email. Only the SHA-256 of
+    its single-use token is kept; it expires after 7 days (app.members)."""
+    __tablename__ = "invitations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organisation_id: Mapped[int] = fk("organisations.id")
+    email: Mapped[str] = mapped_column(sa.String(254), nullable=False)
+    role: Mapped[MembershipRole] = enum_column(MembershipRole, MembershipRole.VIEWER)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), nullable=False, unique=True)
+    invited_by_id: Mapped[int | None] = fk("users.id", nullable=True, ondelete="SET NULL")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, nullable=False)
+    expires_at: Mapped[dt.datetime] = mapped_column(nullable=False)
+    accepted_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    accepted_by_id: Mapped[int | None] = fk("users.id", nullable=True, ondelete="SET NULL")
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    # The link with the token, encrypted, only until the mail job has sent it (then NULL).
+    mail_link = mapped_column(EncryptedText, nullable=True)
+    mail_status: Mapped[str] = mapped_column(sa.String(32), nullable=False, default="pending",
+                                             server_default="pending")
+
+    organisation = relationship("Organisation")
+    invited_by = relationship("User", foreign_keys=[invited_by_id])
+
+    def is_open(self, now: dt.datetime | None = None) -> bool:
+        now = now or utcnow()
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > now

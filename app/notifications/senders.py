@@ -110,7 +110,11 @@ def send(channel, delivery) -> int:
 
 
 def _send_email(config: dict, secrets: dict, payload: dict) -> int:
-    msg = email_message(config, payload)
+    return send_mail(config, secrets, email_message(config, payload))
+
+
+def send_mail(config: dict, secrets: dict, msg: EmailMessage) -> int:
+    """Send ``msg`` through an email channel's SMTP settings (also invitations, app.members)."""
     host, port = config["host"], int(config["port"])
     security = config.get("security", "starttls")
     try:

@@ -170,9 +170,9 @@ def test_secret_values_need_admin_and_an_explicit_recorded_reveal(app, client, o
 def test_admin_scope_follows_the_users_role(app, client, org):
     membership = db.session.execute(sa.select(Membership).where(
         Membership.user_id == org.user.id)).scalar_one()
-    membership.role = MembershipRole.MEMBER
+    membership.role = MembershipRole.DEPLOYER
     db.session.commit()
-    # The admin token of a member reads and deploys, but reveals nothing.
+    # The admin token of a deployer reads and deploys, but reveals nothing.
     me = client.get("/api/v1/me", headers=org.bearer)
     assert me.json["effective_scopes"] == ["read", "deploy"]
     assert client.post(f"/api/v1/environments/{org.environment.id}/variables/"
@@ -182,7 +182,7 @@ def test_admin_scope_follows_the_users_role(app, client, org):
     except tk.TokenError as exc:
         assert "admin" in str(exc)
     else:
-        raise AssertionError("a member created an admin token")
+        raise AssertionError("a deployer created an admin token")
     sign_in(client, org.user)
     assert "scope_admin" not in client.get("/settings/tokens/").get_data(as_text=True)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask_login import current_user
 
 from app import attachments as att
 from app.blueprints.environments.blueprint import bp
+from app.policy import requires
 from app.blueprints.environments.components import (NEXT_TARGETS, _AttachForm,
                                                     attachment_forms, attachments_context,
                                                     posted_next_target, recommended_plan)
@@ -143,7 +144,7 @@ _RECOMMENDED_ATTACH = {"pg_form": lambda env, service, form: att.attach_postgres
 
 
 @bp.route("/<int:environment_id>/attachments/recommended", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def attach_recommended(environment_id):
     """One action for what a Laravel app needs: Postgres, Valkey (cache) and, on the sandbox,
     its ``NAME.localhost`` domain. Each is the same attachment its own form makes."""
@@ -173,21 +174,21 @@ def attach_recommended(environment_id):
 
 
 @bp.route("/<int:environment_id>/attachments")
-@login_required
+@requires("read")
 def attachments_component(environment_id):
     env = load_environment(environment_id)
     return render_template("environments/_attachments.html", c=attachments_context(env))
 
 
 @bp.route("/<int:environment_id>/attachments/postgres", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def attach_postgres(environment_id):
     return _attach(environment_id, "pg_form", "postgres",
                    lambda env, service, form: att.attach_postgres(env, service))
 
 
 @bp.route("/<int:environment_id>/attachments/valkey", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def attach_valkey(environment_id):
     return _attach(environment_id, "vk_form", "valkey",
                    lambda env, service, form: att.attach_valkey(
@@ -225,13 +226,13 @@ def _attach_domain(env, gateway, form):
 
 
 @bp.route("/<int:environment_id>/attachments/domain", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def attach_domain(environment_id):
     return _attach(environment_id, "dom_form", "caddy", _attach_domain)
 
 
 @bp.route("/<int:environment_id>/recommendations", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def apply_recommendations(environment_id):
     env = load_environment(environment_id)
     forms = attachment_forms(env, request.form)

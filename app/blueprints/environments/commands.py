@@ -7,11 +7,12 @@ its live log; errors come back in the component (HTMX) or on the page, never a 5
 from __future__ import annotations
 
 from flask import flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask_login import current_user
 from wtforms import HiddenField, IntegerField, StringField
 from wtforms.validators import Length, NumberRange, Optional
 
 from app.blueprints.environments.blueprint import bp
+from app.policy import requires
 from app.blueprints.environments.page import load_environment, render_page
 from app.forms import KeystoneForm
 from app.models import Environment
@@ -54,7 +55,7 @@ def _started(op):
 
 
 @bp.route("/<int:environment_id>/commands", methods=["POST"])
-@login_required
+@requires("deploy")
 def run_command(environment_id):
     env = load_environment(environment_id)
     form = CommandForm(prefix="cmd")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from flask import (Response, current_app, flash, redirect, render_template, request,
                    url_for)
-from flask_login import current_user, login_required
+from flask_login import current_user
 from wtforms import BooleanField, HiddenField, TextAreaField
 from wtforms.validators import Length
 
 from app import attachments as att
 from app import dotenv_bulk as bulk
 from app.blueprints.environments.blueprint import bp
+from app.policy import requires
 from app.blueprints.environments.page import load_environment, render_page
 from app.deploys.values import ALWAYS_SECRET_KEYS
 from app.extensions import db
@@ -73,7 +74,7 @@ def _diff_fragment(env, form, **kw):
 
 
 @bp.route("/<int:environment_id>/dotenv/preview", methods=["POST"])
-@login_required
+@requires("variables.edit")
 def dotenv_preview(environment_id):
     env = load_environment(environment_id)
     form = DotenvForm(prefix="dotenv")
@@ -89,7 +90,7 @@ def dotenv_preview(environment_id):
 
 
 @bp.route("/<int:environment_id>/dotenv", methods=["POST"])
-@login_required
+@requires("variables.edit")
 def dotenv_save(environment_id):
     env = load_environment(environment_id)
     form = DotenvForm(prefix="dotenv")
@@ -146,14 +147,14 @@ def _export(env: Environment, reveal: bool) -> Response:
 
 
 @bp.route("/<int:environment_id>/dotenv/export")
-@login_required
+@requires("read")
 def dotenv_export(environment_id):
     """The effective variables as a ``.env``; secret values are ``***``."""
     return _export(load_environment(environment_id), reveal=False)
 
 
 @bp.route("/<int:environment_id>/dotenv/export", methods=["POST"])
-@login_required
+@requires("secrets.reveal")
 def dotenv_export_revealed(environment_id):
     """The same with secret values: a POST (CSRF), recorded like a reveal."""
     env = load_environment(environment_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
+from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy.orm import selectinload
 from wtforms import StringField
@@ -18,6 +18,7 @@ from app.app_key import ROTATE_WARNING, AppKeyError, app_key_variable
 from app.app_key import rotate_app_key as rotate
 from app.attachments import queue_sync_warning
 from app.blueprints.environments.blueprint import bp
+from app.policy import requires
 from app.blueprints.environments.components import attachments_context, variables_context
 from app.deploys.scheduler import scheduler_targets
 from app.deploys.service import app_services, service_server_ids
@@ -109,7 +110,7 @@ def scheduler_placement(env: Environment) -> dict:
 
 
 @bp.route("/<int:environment_id>")
-@login_required
+@requires("read")
 def show(environment_id):
     return render_page(environment_id)
 
@@ -144,7 +145,7 @@ def render_page(environment_id, *, attachments: dict | None = None,
 
 
 @bp.route("/<int:environment_id>/app-key/rotate", methods=["POST"])
-@login_required
+@requires("variables.edit")
 def rotate_app_key(environment_id):
     """Replace APP_KEY after the user typed the environment's name (sessions are lost)."""
     env = get_for_org_or_404(Environment, environment_id)
@@ -166,7 +167,7 @@ def rotate_app_key(environment_id):
 
 
 @bp.route("/<int:environment_id>/variables/<int:variable_id>/reveal", methods=["POST"])
-@login_required
+@requires("secrets.reveal")
 def reveal_variable(environment_id, variable_id):
     env = get_for_org_or_404(Environment, environment_id)
     var = get_child_or_404(env, EnvironmentVariable, variable_id, "environment_id")

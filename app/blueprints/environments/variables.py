@@ -5,10 +5,11 @@ secret value is never sent back to the browser). Each answers with the component
 from __future__ import annotations
 
 from flask import abort, flash, redirect, render_template, request, url_for
-from flask_login import login_required
+
 
 from app import attachments as att
 from app.blueprints.environments.blueprint import bp
+from app.policy import requires
 from app.blueprints.environments.components import (EditVariableForm, VariableForm,
                                                     variables_context)
 from app.blueprints.environments.page import load_environment, render_page
@@ -40,7 +41,7 @@ def _blank_value_on_error(form: VariableForm) -> None:
 
 
 @bp.route("/<int:environment_id>/variables", methods=["POST"])
-@login_required
+@requires("variables.edit")
 def set_variable(environment_id):
     env = load_environment(environment_id)
     form = VariableForm()
@@ -71,7 +72,7 @@ def _user_variable(environment_id, variable_id) -> tuple[Environment, Environmen
 
 
 @bp.route("/<int:environment_id>/variables/<int:variable_id>", methods=["POST"])
-@login_required
+@requires("variables.edit")
 def edit_variable(environment_id, variable_id):
     env, var = _user_variable(environment_id, variable_id)
     if var.source != VariableSource.USER:
@@ -99,7 +100,7 @@ def edit_variable(environment_id, variable_id):
 
 @bp.route("/<int:environment_id>/variables/<int:variable_id>/delete",
           methods=["POST"])
-@login_required
+@requires("variables.edit")
 def delete_variable(environment_id, variable_id):
     env, var = _user_variable(environment_id, variable_id)
     if not ActionForm().validate_on_submit():
