@@ -83,5 +83,6 @@ def test_enrol_then_sign_in_with_a_code_and_with_a_recovery_code_once(page, live
     page.get_by_role("button", name="Verify").click()
     assert page.get_by_text("That code is not right (or was used already).").is_visible()
     assert page.url == base + "/login/two-factor"
-    page.goto(base + "/")
-    page.wait_for_url(re.compile(r".*/login\?next=.*"))
+    page.goto(base + "/")                                   # not signed in: sent away
+    assert not page.url.startswith(base + "/?") and page.url != base + "/"
+    assert page.get_by_role("button", name="Sign out").count() == 0
