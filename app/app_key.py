@@ -25,7 +25,8 @@ import base64
 import secrets
 
 from app.extensions import db
-from app.models import AuditEvent, Environment, EnvironmentVariable
+from app import audit
+from app.models import Environment, EnvironmentVariable
 from app.models.enums import VariableSource
 
 APP_KEY = "APP_KEY"
@@ -77,9 +78,8 @@ def rotate_app_key(environment: Environment, *, confirm: str, user=None) -> Envi
         while new == old:  # pragma: no cover - 2**-256
             new = generate_app_key()
         row.value = new
-    db.session.add(AuditEvent(organisation_id=environment.application.organisation_id,
-                              user_id=getattr(user, "id", None), action="app_key.rotate",
-                              target_type="environment", target_id=environment.id,
-                              detail={"environment_id": environment.id, "key": APP_KEY}))
+    audit.record("app_key.rotate", environment, {"environment_id": environment.id, "key": APP_KEY},
+                 target_type="environment",
+                 organisation_id=environment.application.organisation_id, user=user)
     db.session.flush()
     return row

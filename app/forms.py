@@ -72,6 +72,13 @@ class LoginForm(KeystoneForm):
     password = PasswordField("Password", validators=[DataRequired()])
 
 
+class TwoFactorCodeForm(KeystoneForm):
+    """A 6-digit code from the authenticator app, or a recovery code (XXXX-XXXX-XXXX-XXXX)."""
+    code = StringField("Code", validators=[DataRequired(), Length(max=40)],
+                       render_kw={"autocomplete": "one-time-code", "spellcheck": "false",
+                                  "autocapitalize": "off"})
+
+
 NAME_RE = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 NAME_MESSAGE = ("Use 1-63 lower-case letters, digits and hyphens, starting and ending "
                 "with a letter or digit.")

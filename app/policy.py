@@ -54,6 +54,9 @@ MATRIX: dict[str, frozenset] = {
     "notifications.manage": frozenset({OWNER, ADMIN}),
     # Invite members, revoke invitations, change roles, remove members.
     "members.manage": frozenset({OWNER, ADMIN}),
+    # Read the audit log (and export it as CSV); require two-factor sign-in of every member.
+    "audit.read": frozenset({OWNER, ADMIN}),
+    "security.manage": frozenset({OWNER, ADMIN}),
     # Make someone an owner, rename or delete the organisation.
     "org.manage": frozenset({OWNER}),
 }
@@ -70,6 +73,8 @@ DESCRIPTIONS = {
     "resources.manage": "Applications, environments, services, attachments, hooks, restores",
     "notifications.manage": "Notification channels",
     "members.manage": "Invite, change roles, remove members",
+    "audit.read": "Read and export the audit log",
+    "security.manage": "Require two-factor sign-in for every member",
     "org.manage": "Make owners, rename or delete the organisation",
 }
 

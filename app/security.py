@@ -36,6 +36,9 @@ LOGIN_PER_ACCOUNT = "10 per minute;50 per hour"
 SIGNUP_PER_ADDRESS = "10 per minute;30 per hour"
 SIGNUP_PER_ACCOUNT = "5 per hour"
 SERVER_CHECK_PER_USER = "10 per minute;60 per hour"
+# Wrong two-factor codes (sign-in, enrolment, disabling) per account; sign-in's second step
+# also counts against LOGIN_PER_ADDRESS. A code has 10**6 values, 3 of them valid at a time.
+TWO_FACTOR_PER_ACCOUNT = "5 per minute;30 per hour"
 
 SIGNED_IN_AT = "ks_signed_in_at"
 LAST_SEEN_AT = "ks_last_seen_at"
@@ -100,6 +103,21 @@ def posted_account() -> str:
     return _scoped(f"account:{email}")
 
 
+def pending_account() -> str:
+    """The rate-limit key of the account halfway through signing in (password accepted,
+    waiting for its second factor), else the client's address."""
+    from app.two_factor import pending_user_id
+    uid = pending_user_id()
+    return _scoped(f"two_factor:{uid}") if uid is not None else client_address()
+
+
+def two_factor_user_key() -> str:
+    """The rate-limit key of a signed-in user's code attempts (shared with sign-in's)."""
+    if current_user.is_authenticated:
+        return _scoped(f"two_factor:{current_user.id}")
+    return client_address()
+
+
 def current_user_key() -> str:
     if current_user.is_authenticated:
         return _scoped(f"user:{current_user.id}")
@@ -109,6 +127,12 @@ def current_user_key() -> str:
 def failed_form(response) -> bool:
     """Count an attempt against the limit only when it did not succeed."""
     return response.status_code != 302
+
+
+def failed_code(response) -> bool:
+    """A code attempt that failed (a wrong code answers 4xx; success redirects or shows
+    the recovery codes)."""
+    return response.status_code >= 400
 
 
 _DUMMY_HASH: list[str] = []

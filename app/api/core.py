@@ -168,6 +168,11 @@ def authenticate_request():
             return None  # the document is public
         raise ApiError(401, "unauthorized", "Send a valid token: Authorization: Bearer <token> "
                                             "(create one under Settings, API tokens).")
+    from app.two_factor import required_for
+    if required_for(row.user):
+        raise ApiError(403, "two_factor_required",
+                       "Your organisation requires two-factor sign-in: enrol in Keystone "
+                       "(Account, Two-factor) before using the API.")
     # The token acts as its user for this request only (no session is written).
     g._login_user = row.user
     request.environ[_SCOPES_KEY] = tokens.effective_scopes(row)

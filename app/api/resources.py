@@ -3,14 +3,14 @@ services. Every object is loaded through app.scoping (the user's organisation on
 from __future__ import annotations
 
 from flask import jsonify, request
-from flask_login import current_user
 from sqlalchemy.orm import selectinload
 
 from app.api import serializers as ser
 from app.api.core import (ApiError, current_scopes, current_token, json_body, paginate,
                           query_choice, route)
 from app.extensions import db
-from app.models import (Application, AuditEvent, Environment, EnvironmentAttachment,
+from app import audit
+from app.models import (Application, Environment, EnvironmentAttachment,
                         EnvironmentVariable, Server, Service)
 from app.models.enums import ServerStatus
 from app.scoping import current_org_id, get_for_org_or_404, org_query, parse_id
@@ -102,11 +102,9 @@ def reveal_variable(environment_id, variable_id):
     var = get_for_org_or_404(EnvironmentVariable, variable_id)
     if var.environment_id != env.id:
         raise ApiError(404, "not_found", "No such variable in this environment.")
-    db.session.add(AuditEvent(organisation_id=current_org_id(), user_id=current_user.id,
-                              action="variable.reveal", target_type="environment_variable",
-                              target_id=var.id, detail={"key": var.key, "environment_id": env.id,
-                                                        "via": "api",
-                                                        "token_id": current_token().id}))
+    audit.record("variable.reveal", var, {"key": var.key, "environment_id": env.id,
+                                          "via": "api", "token_id": current_token().id},
+                 target_type="environment_variable", organisation_id=current_org_id())
     db.session.commit()
     return jsonify(ser.variable(var, reveal=True))
 
@@ -122,9 +120,8 @@ VARIABLE_BODY = {"type": "object", "additionalProperties": False, "required": ["
 
 
 def _audit_variable(action: str, env: Environment, key: str) -> None:
-    db.session.add(AuditEvent(organisation_id=current_org_id(), user_id=current_user.id,
-                              action=action, target_type="environment", target_id=env.id,
-                              detail={"key": key, "via": "api", "token_id": current_token().id}))
+    audit.record(action, env, {"key": key, "via": "api", "token_id": current_token().id},
+                 target_type="environment", organisation_id=current_org_id())
 
 
 @route("/environments/<int:environment_id>/variables", "POST", permission="variables.edit",

@@ -19,6 +19,7 @@ import secrets
 import sqlalchemy as sa
 
 from app.extensions import db
+from app import audit
 from app.models import ApiToken, Membership, User
 from app.models.base import utcnow
 from app.policy import TOKEN_SCOPE_PERMISSION, role_allows
@@ -80,6 +81,10 @@ def create_token(user: User, name: str, scopes,
                    expires_at=(now + dt.timedelta(days=expires_in_days)
                                if expires_in_days is not None else None))
     db.session.add(row)
+    db.session.flush()
+    audit.record("api_token.create", row, {"name": name, "prefix": row.prefix,
+                                           "scopes": scopes, "expires_in_days": expires_in_days},
+                 target_type="api_token", user=user)
     db.session.commit()
     return row, token
 
@@ -125,6 +130,8 @@ def touch(row: ApiToken, address: str | None) -> None:
 def revoke(row: ApiToken) -> None:
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        audit.record("api_token.revoke", row, {"name": row.name, "prefix": row.prefix},
+                     target_type="api_token")
         db.session.commit()
 
 

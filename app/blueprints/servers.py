@@ -23,7 +23,8 @@ from wtforms.validators import (DataRequired, Length, NumberRange, Optional,
 from app.blueprints.helpers import hx_redirect
 from app.extensions import db, limiter
 from app.forms import FullMatch, KeystoneForm, name_field
-from app.models import (AuditEvent, Operation, Organisation, Provider, Server, Service,
+from app import audit
+from app.models import (Operation, Organisation, Provider, Server, Service,
                         ServiceReplica)
 from app.models.enums import OperationKind, OperationStatus, ProviderType, ServerStatus
 from app.operations.lifecycle import latest_operation, start_or_join
@@ -217,6 +218,11 @@ def create_hetzner(provider_id: int):
                                                "location": form.location.data,
                                                "network_id": form.network.data or None}})
             db.session.add(server)
+            db.session.flush()
+            audit.record("server.create", server, {"name": server.name, "provider": "hetzner",
+                                                   "server_type": form.server_type.data,
+                                                   "location": form.location.data},
+                         target_type="server")
             db.session.commit()
             op = _provision_or_flash(server, f"Create and provision {server.name}")
             if op is not None:
@@ -249,6 +255,8 @@ def delete_provider(provider_id: int):
     if provider.servers:
         flash(f"{provider.name} still has servers; delete them first.", "error")
     else:
+        audit.record("provider.delete", provider, {"name": provider.name},
+                     target_type="provider")
         db.session.delete(provider)
         db.session.commit()
         flash(f"Provider {provider.name} removed (its token is deleted from Keystone).", "success")
@@ -280,6 +288,10 @@ def new_custom():
                                 facts={})
                 db.session.add(server)
                 db.session.flush()
+                audit.record("server.create", server,
+                             {"name": server.name, "provider": "custom",
+                              "host": server.public_ip, "port": server.ssh_port},
+                             target_type="server")
                 start_host_key_scan(server)   # commits the server with the operation
                 return hx_redirect(url_for("servers.confirm_host_key", server_id=server.id))
     if request.method == "POST":
@@ -352,15 +364,11 @@ def _pin_host_key(server: Server, presented: str):
     facts["host_key_pinned"] = "confirmed by user" if previous is None else "re-pinned by user"
     server.facts = facts
     if previous is not None and previous != presented:
-        db.session.add(AuditEvent(organisation_id=server.organisation_id,
-                                  user_id=current_user.id, action="server.host_key_repinned",
-                                  target_type="server", target_id=server.id,
-                                  detail={"previous": previous, "new": presented}))
+        audit.record("server.host_key_repinned", server,
+                     {"previous": previous, "new": presented}, target_type="server")
     elif previous is None:
-        db.session.add(AuditEvent(organisation_id=server.organisation_id,
-                                  user_id=current_user.id, action="server.host_key_confirmed",
-                                  target_type="server", target_id=server.id,
-                                  detail={"fingerprint": presented}))
+        audit.record("server.host_key_confirmed", server, {"fingerprint": presented},
+                     target_type="server")
     if server.status == ServerStatus.UNREACHABLE:
         server.status = ServerStatus.NEW if not server.provisioned_at else ServerStatus.FAILED
     db.session.commit()
@@ -484,6 +492,7 @@ def delete(server_id: int):
         flash(f"Deleting {server.name} at Hetzner (operation #{op.id}).", "success")
         return redirect(url_for("operations.show", operation_id=op.id))
     name = server.name
+    audit.record("server.delete", server, {"name": name}, target_type="server")
     db.session.delete(server)
     db.session.commit()
     flash(f"Server {name} removed from Keystone.", "success")

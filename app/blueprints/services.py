@@ -22,6 +22,7 @@ from wtforms import BooleanField, SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
 from app import attachments as att
+from app import audit
 from app.blueprints.helpers import hx_redirect
 from app.drivers import drivers, get_driver
 from app.drivers.base import DriverError
@@ -110,6 +111,11 @@ def new():
                 error = str(exc)
                 form.server_id.errors.append(error)
             else:
+                db.session.flush()
+                audit.record("service.create", service,
+                             {"name": service.name, "type": form.type.data,
+                              "server_id": server.id, "image": form.image.data or ""},
+                             target_type="service")
                 db.session.commit()
                 op = start_service_deploy(service, current_user)
                 flash(f"{service.name} created; deploying it on {server.name}.", "success")

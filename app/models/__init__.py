@@ -13,13 +13,14 @@ from app.models.organisation import Invitation, Membership, Organisation, User
 from app.models.server import Provider, Server
 from app.models.service import Endpoint, Service, ServiceReplica, ServiceSlice
 from app.models.token import ApiToken
+from app.models.two_factor import RecoveryCode
 
 __all__ = [
     "Organisation", "User", "Membership", "Invitation", "Provider", "Server", "Application",
     "Environment", "EnvironmentAttachment", "EnvironmentVariable", "Service",
     "ServiceReplica", "ServiceSlice", "Endpoint", "Operation", "OperationStep",
     "OperationLock", "Registry", "BuildArtifact", "AuditEvent", "ApiToken",
-    "ServerMetric",
+    "ServerMetric", "RecoveryCode",
     "Backup", "BackupPolicy", "BackupTarget",
     "DeployHook", "DeployHookDelivery", "NotificationChannel", "NotificationDelivery",
 ]

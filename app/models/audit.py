@@ -1,6 +1,8 @@
 """Audit events: who looked at or changed something that is not an operation.
 
 Revealing a secret environment variable is recorded here (the value never is).
+Rows are written by ``app.audit.record`` only (actor, organisation and client
+address come from the request).
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ class AuditEvent(OrgScoped, db.Model):
     target_type: Mapped[str] = mapped_column(sa.String(32), nullable=False)
     target_id: Mapped[int] = mapped_column(nullable=False)
     detail: Mapped[dict] = json_column()
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, nullable=False)
+    # The client's address as the web tier sees it (ProxyFix honours
+    # KEYSTONE_TRUSTED_PROXIES); None outside a request (a job, the CLI).
+    ip: Mapped[str | None] = mapped_column(sa.String(45))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, nullable=False, index=True)
 
     user = relationship("User")

@@ -24,6 +24,10 @@ class Organisation(TimestampMixin, OrgScoped, db.Model):
     management_key_private = mapped_column(EncryptedText, nullable=True)
     management_key_fingerprint: Mapped[str | None] = mapped_column(sa.String(100))
     onboarding_state: Mapped[dict] = mapped_column(sa.JSON, default=dict, nullable=False)
+    # Every member must have two-factor sign-in (app.two_factor): one without it is sent to
+    # enrolment after signing in and can do nothing else until enrolled.
+    require_two_factor: Mapped[bool] = mapped_column(default=False, server_default="0",
+                                                     nullable=False)
 
     memberships = relationship("Membership", back_populates="organisation",
                                cascade="all, delete-orphan")
@@ -42,7 +46,20 @@ class User(UserMixin, TimestampMixin, db.Model):
     session_generation: Mapped[int] = mapped_column(default=0, server_default="0",
                                                     nullable=False)
 
+    # Two-factor sign-in (app.two_factor): the TOTP secret (encrypted at rest; set while
+    # enrolling, kept once confirmed), when it was confirmed (None: not enrolled) and the
+    # last accepted time step (a code is accepted once: no replay inside its window).
+    totp_secret = mapped_column(EncryptedText, nullable=True)
+    totp_enabled_at: Mapped[dt.datetime | None] = mapped_column()
+    totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
+
     memberships = relationship("Membership", back_populates="user", cascade="all, delete-orphan")
+    recovery_codes = relationship("RecoveryCode", back_populates="user",
+                                  cascade="all, delete-orphan", passive_deletes=True)
+
+    @property
+    def two_factor_enabled(self) -> bool:
+        return self.totp_enabled_at is not None
 
     def set_password(self, password: str) -> None:
         self.password_hash = generate_password_hash(password, method="scrypt")

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
+from app import audit
 from app.extensions import db
 from app.models import Operation, OperationLock, OperationStep
 from app.models.base import utcnow
@@ -118,6 +119,10 @@ def start_operation(kind: OperationKind, *, target_type: str, target_id: int,
                    timeout_seconds=int(timeout_seconds or timeout_for(kind)),
                    status=S.QUEUED if blocker is not None else S.PENDING)
     db.session.add(op)
+    db.session.flush()
+    # The one audit hook of operation-driven actions (deploys, rollbacks, commands,
+    # servers, service deploys, backups): recorded in the same commit as the operation.
+    audit.record_operation(op)
     db.session.commit()
     logstream.clear(op.id)
     if op.status is S.PENDING and enqueue:

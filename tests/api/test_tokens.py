@@ -148,7 +148,8 @@ def test_scopes_nest_and_are_enforced(app, client, org):
     reveal = f"/api/v1/environments/{env}/variables/{var}/reveal"
     assert client.post(reveal, headers=as_deploy).status_code == 403
     assert client.post(reveal, headers=as_read).status_code == 403
-    assert db.session.execute(sa.select(AuditEvent)).first() is None
+    assert db.session.execute(sa.select(AuditEvent).where(
+        AuditEvent.action == "variable.reveal")).first() is None
 
 
 def test_secret_values_need_admin_and_an_explicit_recorded_reveal(app, client, org):
@@ -161,7 +162,8 @@ def test_secret_values_need_admin_and_an_explicit_recorded_reveal(app, client, o
                            headers=org.bearer)
     assert revealed.status_code == 200
     assert revealed.json["value"] == SECRET_SENTINELS["env_value"] and revealed.json["revealed"]
-    event = db.session.execute(sa.select(AuditEvent)).scalar_one()
+    event = db.session.execute(sa.select(AuditEvent).where(
+        AuditEvent.action == "variable.reveal")).scalar_one()
     assert (event.action, event.target_id, event.user_id) == ("variable.reveal", var, org.user.id)
     assert event.detail["via"] == "api" and event.detail["token_id"] == org.api_token.id
     assert SECRET_SENTINELS["env_value"] not in repr(event.detail)

@@ -41,6 +41,8 @@ EXPECTED = {
     "resources.manage": STAFF,
     "notifications.manage": STAFF,
     "members.manage": STAFF,
+    "audit.read": STAFF,
+    "security.manage": STAFF,
     "org.manage": {"owner"},
 }
 
@@ -71,6 +73,11 @@ PINNED = {
     "members.rename_organisation": "org.manage",
     "members.delete_organisation": "org.manage",
     "auth.login": "public",
+    "auth.two_factor": "public",
+    "audit_log.index": "audit.read",
+    "audit_log.export": "audit.read",
+    "two_factor.organisation_setting": "security.manage",
+    "two_factor.index": "signed_in",
     "hooks.receive": "public",
 }
 # Run last: they end the session or the membership the walk depends on.

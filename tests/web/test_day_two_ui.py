@@ -184,10 +184,11 @@ def test_export_masks_secrets_and_the_revealed_export_is_recorded(app, client, d
     assert "APP_KEY=***" in masked.get_data(as_text=True)
     assert SECRET_SENTINELS["env_value"] not in masked.get_data(as_text=True)
     assert client.post(url).status_code == 400                        # no CSRF token
-    assert db.session.execute(sa.select(AuditEvent)).scalars().all() == []
+    reveals = sa.select(AuditEvent).where(AuditEvent.action == "variables.export_reveal")
+    assert db.session.execute(reveals).scalars().all() == []
     shown = client.post(url, data={"csrf_token": auth.csrf()})
     assert SECRET_SENTINELS["env_value"] in shown.get_data(as_text=True)
-    event = db.session.execute(sa.select(AuditEvent)).scalar_one()
+    event = db.session.execute(reveals).scalar_one()
     assert event.action == "variables.export_reveal" and event.user_id == g.user.id
     assert "APP_KEY" in event.detail["keys"]
     assert SECRET_SENTINELS["env_value"] not in repr(event.detail)

@@ -28,7 +28,8 @@ def test_reveal_returns_the_value_and_is_recorded(app, client, db, auth):
                        headers={"X-CSRFToken": token, "HX-Request": "true"})
     assert resp.status_code == 200
     assert SECRET_SENTINELS["env_value"] in resp.get_data(as_text=True)
-    event = db.session.execute(sa.select(AuditEvent)).scalar_one()
+    event = db.session.execute(sa.select(AuditEvent).where(
+        AuditEvent.action == "variable.reveal")).scalar_one()
     assert event.action == "variable.reveal" and event.user_id == g.user.id
     assert SECRET_SENTINELS["env_value"] not in repr(event.detail)
 

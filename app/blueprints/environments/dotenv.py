@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from flask import (Response, current_app, flash, redirect, render_template, request,
                    url_for)
-from flask_login import current_user
 from wtforms import BooleanField, HiddenField, TextAreaField
 from wtforms.validators import Length
 
 from app import attachments as att
+from app import audit
 from app import dotenv_bulk as bulk
 from app.blueprints.environments.blueprint import bp
 from app.policy import requires
@@ -21,7 +21,7 @@ from app.blueprints.environments.page import load_environment, render_page
 from app.deploys.values import ALWAYS_SECRET_KEYS
 from app.extensions import db
 from app.forms import ActionForm, KeystoneForm
-from app.models import AuditEvent, Environment
+from app.models import Environment
 from app.models.enums import VariableSource
 from app.scoping import current_org_id
 
@@ -120,11 +120,9 @@ def dotenv_save(environment_id):
         db.session.rollback()
         return _diff_fragment(env, form, diff=d, error=f"Nothing was saved: {exc}"), 200
     counts = {k: len(d.of(k)) for k in ("added", "changed", "removed")}
-    db.session.add(AuditEvent(organisation_id=current_org_id(), user_id=current_user.id,
-                              action="variables.bulk_import", target_type="environment",
-                              target_id=env.id,
-                              detail={**counts, "keys": [c.key for c in d.changes
-                                                         if c.kind != "unchanged"]}))
+    audit.record("variables.bulk_import", env,
+                 {**counts, "keys": [c.key for c in d.changes if c.kind != "unchanged"]},
+                 target_type="environment", organisation_id=current_org_id())
     db.session.commit()
     message = (f"Saved: {counts['added']} added, {counts['changed']} changed, "
                f"{counts['removed']} removed. It takes effect at the next deploy.")
@@ -160,10 +158,9 @@ def dotenv_export_revealed(environment_id):
     env = load_environment(environment_id)
     if not ActionForm().validate_on_submit():
         return Response("The form expired: reload the page.", status=400, mimetype="text/plain")
-    db.session.add(AuditEvent(organisation_id=current_org_id(), user_id=current_user.id,
-                              action="variables.export_reveal", target_type="environment",
-                              target_id=env.id,
-                              detail={"keys": sorted(k for k in secret_keys(env)
-                                                     if k in att.effective_environment(env))}))
+    audit.record("variables.export_reveal", env,
+                 {"keys": sorted(k for k in secret_keys(env)
+                                 if k in att.effective_environment(env))},
+                 target_type="environment", organisation_id=current_org_id())
     db.session.commit()
     return _export(env, reveal=True)

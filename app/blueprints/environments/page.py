@@ -23,7 +23,8 @@ from app.blueprints.environments.components import attachments_context, variable
 from app.deploys.scheduler import scheduler_targets
 from app.deploys.service import app_services, service_server_ids
 from app.extensions import db
-from app.models import (AuditEvent, Environment, EnvironmentAttachment, EnvironmentVariable,
+from app import audit
+from app.models import (Environment, EnvironmentAttachment, EnvironmentVariable,
                         Operation, Service, ServiceReplica)
 from app.models.enums import DeployPolicy, SchedulerMode
 from app.onboarding import environment_url
@@ -171,10 +172,8 @@ def rotate_app_key(environment_id):
 def reveal_variable(environment_id, variable_id):
     env = get_for_org_or_404(Environment, environment_id)
     var = get_child_or_404(env, EnvironmentVariable, variable_id, "environment_id")
-    db.session.add(AuditEvent(organisation_id=current_org_id(), user_id=current_user.id,
-                              action="variable.reveal", target_type="environment_variable",
-                              target_id=var.id, detail={"key": var.key,
-                                                        "environment_id": env.id}))
+    audit.record("variable.reveal", var, {"key": var.key, "environment_id": env.id},
+                 target_type="environment_variable", organisation_id=current_org_id())
     db.session.commit()
     hide = request.args.get("hide") == "1"
     return render_template("environments/_variable_value.html", env=env, var=var,
