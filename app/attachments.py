@@ -417,6 +417,23 @@ def start_slice_provision(slice_: ServiceSlice, user=None, *, enqueue: bool = Tr
                            enqueue=enqueue)
 
 
+def start_credential_rotation(slice_: ServiceSlice, user=None, *, enqueue: bool = True):
+    """New credentials for a slice (a ``credential_rotation`` operation, SPEC 3): the
+    driver re-keys the slice on the running replica and the managed variables follow."""
+    from app.operations import start_operation
+    from app.models.enums import OperationKind
+    if not slice_.credentials:
+        raise AttachmentError("this slice has no credentials to rotate")
+    if slice_.status != SliceStatus.READY:
+        raise AttachmentError(f"the slice is {slice_.status.value}: only a ready slice is re-keyed")
+    service = slice_.service
+    return start_operation(OperationKind.CREDENTIAL_ROTATION, target_type="service_slice",
+                           target_id=slice_.id, organisation_id=service.organisation_id,
+                           user=user, lock_keys=[f"service:{service.id}"],
+                           summary=f"Rotate the credentials of {slice_.name} on {service.name}",
+                           enqueue=enqueue)
+
+
 def request_slice_delete(slice_: ServiceSlice, *, confirm: str, drop_data: bool = False,
                          user=None, enqueue: bool = True):
     """Delete a slice after the user typed its name. Data is kept unless ``drop_data``.

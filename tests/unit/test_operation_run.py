@@ -334,3 +334,17 @@ def test_keystone_reap_command(app, clean_streams):
     assert result.exit_code == 0 and f"[{op.id}]" in result.output
     db.session.expire_all()
     assert db.session.get(Operation, op.id).status is S.INTERRUPTED
+
+
+def test_every_handler_module_registers_a_handler(app):
+    """No stale entry in HANDLER_MODULES: each listed module registers at least one handler
+    (an operation kind or a config_change)."""
+    import importlib
+    from app.operations import registry
+    registry.load_handlers()
+    registered = {fn.__module__ for fn in registry._HANDLERS.values()} | \
+        {fn.__module__ for fn in registry._CONFIG_CHANGES.values()}
+    for name in registry.HANDLER_MODULES:
+        importlib.import_module(name)
+    assert sorted(set(registry.HANDLER_MODULES) - registered) == []
+    assert registry.handler_for(OperationKind.CREDENTIAL_ROTATION).__name__ == "rotate_credentials"

@@ -767,3 +767,43 @@ def test_the_deploy_step_waits_for_attachments_to_be_ready_and_says_so(client, d
     db.session.commit()
     html = client.get("/onboarding/").get_data(as_text=True)
     assert "Deploy production" in html and "Waiting for" not in html
+
+
+# --------------------------------------------------------------------------- credential rotation
+
+def test_rotate_credentials_starts_a_credential_rotation_operation(client, db, g, token):
+    """SPEC 3: a password rotation is a ``credential_rotation``, not a slice_configure; the
+    operations list filters it by that kind."""
+    g.slice.status = SliceStatus.READY
+    db.session.commit()
+    html = client.get(f"/services/{g.postgres.id}").get_data(as_text=True)
+    url = f"/services/{g.postgres.id}/slices/{g.slice.id}/rotate"
+    assert f'action="{url}"' in html and "Rotate credentials" in html
+    resp = post(client, url, token)
+    assert resp.status_code == 302
+    op = ops(db, OperationKind.CREDENTIAL_ROTATION)[-1]
+    assert (op.target_type, op.target_id) == ("service_slice", g.slice.id)
+    assert op.lock_keys == [f"service:{g.postgres.id}"]
+    assert resp.headers["Location"].endswith(f"/operations/{op.id}")
+    assert not ops(db, OperationKind.SLICE_CONFIGURE)
+    listed = client.get("/operations?kind=credential_rotation").get_data(as_text=True)
+    assert f"/operations/{op.id}" in listed and "credential rotation" in listed
+    other = client.get("/operations?kind=slice_configure").get_data(as_text=True)
+    assert f"/operations/{op.id}\"" not in other
+
+
+def test_rotate_needs_a_ready_slice_with_credentials(client, db, g, token):
+    g.slice.status = SliceStatus.PENDING
+    db.session.commit()
+    html = client.get(f"/services/{g.postgres.id}").get_data(as_text=True)
+    assert "Rotate credentials" not in html
+    resp = post(client, f"/services/{g.postgres.id}/slices/{g.slice.id}/rotate", token)
+    assert resp.status_code == 302 and resp.headers["Location"].endswith(f"/services/{g.postgres.id}")
+    assert not ops(db, OperationKind.CREDENTIAL_ROTATION)
+    assert "only a ready slice" in client.get(f"/services/{g.postgres.id}").get_data(as_text=True)
+
+
+def test_rotate_without_csrf_is_refused(client, db, g):
+    resp = client.post(f"/services/{g.postgres.id}/slices/{g.slice.id}/rotate")
+    assert resp.status_code == 400
+    assert not ops(db, OperationKind.CREDENTIAL_ROTATION)
