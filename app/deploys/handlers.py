@@ -19,6 +19,7 @@ step -- and leaves the old ones serving; the gateway is not touched.
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 
 import sqlalchemy as sa
@@ -31,6 +32,7 @@ from app.deploys import commands as dc
 from app.drivers import get_driver
 from app.drivers.base import FirewallRule, service_alias
 from app.drivers.compose import compose_cmd, dump_yaml, ensure_network_cmd, upload_project
+from app.drivers.laravel.settings import LaravelSettings, SettingsError
 from app.services_ops.steps import apply_service_config, open_firewall, running_container
 from app.deploys.gateway_health import health_events, parse_stamp
 from app.deploys.planning import (DeployPlan, EnvironmentSnapshot, PlanError, ReplicaFact,
@@ -388,26 +390,34 @@ class EnvironmentDeploy:
         commands = []
         for change in self.plan.changes:
             svc = db.session.get(Service, change.service_id)
-            for command in (svc.config or {}).get("pre_switch_commands") or []:
-                commands.append((svc, str(command)))
+            try:  # the typed settings own them: argv lists, validated
+                argvs = LaravelSettings.from_config(svc.config, svc.name).pre_switch
+            except SettingsError as exc:
+                raise StepFailed(str(exc)) from None
+            commands.extend((svc, argv) for argv in argvs)
         if not commands:
             with self.ctx.step("Pre-switch steps") as step:
                 step.unchanged("no pre-switch commands configured")
             return
-        for svc, command in commands:
+        for index, (svc, argv) in enumerate(commands):
             self._one_off(svc, self.plan.migration.server_id if self.plan.migration else
-                          service_server_ids(svc)[0], command, f"Pre-switch: {command}",
-                          "pre")
+                          service_server_ids(svc)[0], list(argv),
+                          f"Pre-switch: {shlex.join(argv)}", f"pre{index}")
 
     def _migrate(self, plan: DeployPlan) -> None:
         m = plan.migration
         svc = db.session.get(Service, m.service_id)
-        self._one_off(svc, m.server_id, m.command,
+        try:
+            argv = dc.migration_argv(m.command)
+        except ValueError as exc:
+            raise StepFailed(f"{svc.name}: {exc}") from None
+        self._one_off(svc, m.server_id, argv,
                       f"Run migrations once ({m.command}) in a one-off container of the new build",
                       "migrate")
         self.ctx.result["migrations_ran"] = self.ctx.result.get("migrations_ran", 0) + 1
 
-    def _one_off(self, svc: Service, server_id: int, command: str, title: str, tag: str) -> None:
+    def _one_off(self, svc: Service, server_id: int, argv: list[str], title: str,
+                 tag: str) -> None:
         server = db.session.get(Server, server_id)
         driver = get_driver(svc)
         name = f"ks-{tag}-{svc.id}-op{self.ctx.id}"
@@ -418,10 +428,6 @@ class EnvironmentDeploy:
                                                                          server.id),
                                          operation_id=self.ctx.id, role="worker",
                                          directory=directory)
-        try:
-            argv = dc.migration_argv(command)
-        except ValueError as exc:
-            raise StepFailed(f"{svc.name}: {exc}") from None
         with self.ctx.step(title, server=server) as step:
             step.run(ensure_network_cmd(), timeout=60)
             upload_project(step, rendered)
