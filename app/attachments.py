@@ -150,6 +150,56 @@ def attach(environment: Environment, service: Service, role: AttachmentRole | No
     return _attach(environment, service, role, driver.slice_types[0], name)
 
 
+def attachable_slices(organisation_id: int, service_type: str,
+                      environment: Environment | None = None) -> list[ServiceSlice]:
+    """Existing slices an environment may attach instead of creating one (SPEC 12, advanced):
+    ready, of a ``service_type`` service of the organisation, not attached elsewhere (made by
+    hand on the service page, or released by another environment's detach)."""
+    rows = db.session.execute(
+        sa.select(ServiceSlice).join(Service, ServiceSlice.service_id == Service.id)
+        .where(Service.organisation_id == organisation_id, Service.type == service_type,
+               ServiceSlice.status == SliceStatus.READY)
+        .order_by(Service.name, ServiceSlice.name)).scalars().all()
+    attached = set(db.session.execute(
+        sa.select(EnvironmentAttachment.service_slice_id)
+        .where(EnvironmentAttachment.service_slice_id.is_not(None))).scalars())
+    return [sl for sl in rows if sl.id not in attached
+            and sl.type in get_driver(sl.service).slice_types
+            and (sl.environment_id is None
+                 or (environment is not None and sl.environment_id == environment.id))]
+
+
+def attach_existing_slice(environment: Environment, slice_: ServiceSlice,
+                          role: AttachmentRole | None = None
+                          ) -> tuple[EnvironmentAttachment, ServiceSlice]:
+    """Attach a slice that already exists (SPEC 12: "advanced users can select existing
+    slices"): no new database or user, no operation; its variables are set at once
+    (flushes, no commit). Only a ready slice that no environment uses."""
+    service = slice_.service
+    driver = get_driver(service)
+    if service.organisation_id != environment.application.organisation_id:
+        raise AttachmentError("service and environment belong to different organisations")
+    if slice_ not in attachable_slices(service.organisation_id, service.type, environment):
+        raise AttachmentError(f"{slice_.name} cannot be attached: only a ready slice that no "
+                              "environment uses can be")
+    role = AttachmentRole(role or driver.attach_roles[0])
+    if role not in driver.attach_roles:
+        raise AttachmentError(f"a {driver.short_label or service.type} attachment is for the "
+                              + " or the ".join(r.value for r in driver.attach_roles))
+    if any(a.service_id == service.id and a.role == role for a in environment.attachments):
+        raise AttachmentError(f"{service.name} is already attached to {environment.name} as "
+                              f"{role.value}")
+    has_primary = any(a.role == role and a.is_primary for a in environment.attachments)
+    slice_.environment = environment
+    attachment = EnvironmentAttachment(environment=environment, service=service,
+                                       service_slice=slice_, role=role,
+                                       is_primary=not has_primary)
+    db.session.add(attachment)
+    db.session.flush()
+    regenerate_managed_variables(environment)
+    return attachment, slice_
+
+
 def attach_postgres(environment: Environment, service: Service,
                     name: str | None = None) -> tuple[EnvironmentAttachment, ServiceSlice]:
     """Create the database+user slice, its password and the DB_* variables (flushes, no commit)."""
