@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import sqlalchemy as sa
+from sqlalchemy.orm import contains_eager
 
 from app.drivers import all_drivers, get_driver
 from app.drivers.base import DriverError, ExportField, service_alias
@@ -155,18 +156,19 @@ def attachable_slices(organisation_id: int, service_type: str,
     """Existing slices an environment may attach instead of creating one (SPEC 12, advanced):
     ready, of a ``service_type`` service of the organisation, not attached elsewhere (made by
     hand on the service page, or released by another environment's detach)."""
-    rows = db.session.execute(
+    attached = sa.select(EnvironmentAttachment.service_slice_id).where(
+        EnvironmentAttachment.service_slice_id.is_not(None))
+    free = ServiceSlice.environment_id.is_(None)
+    if environment is not None:
+        free = sa.or_(free, ServiceSlice.environment_id == environment.id)
+    rows = db.session.execute(  # one query, whatever the number of slices (services joined)
         sa.select(ServiceSlice).join(Service, ServiceSlice.service_id == Service.id)
+        .options(contains_eager(ServiceSlice.service))
         .where(Service.organisation_id == organisation_id, Service.type == service_type,
-               ServiceSlice.status == SliceStatus.READY)
+               ServiceSlice.status == SliceStatus.READY, free,
+               ServiceSlice.id.not_in(attached))
         .order_by(Service.name, ServiceSlice.name)).scalars().all()
-    attached = set(db.session.execute(
-        sa.select(EnvironmentAttachment.service_slice_id)
-        .where(EnvironmentAttachment.service_slice_id.is_not(None))).scalars())
-    return [sl for sl in rows if sl.id not in attached
-            and sl.type in get_driver(sl.service).slice_types
-            and (sl.environment_id is None
-                 or (environment is not None and sl.environment_id == environment.id))]
+    return [sl for sl in rows if sl.type in get_driver(sl.service).slice_types]
 
 
 def attach_existing_slice(environment: Environment, slice_: ServiceSlice,
