@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import sqlalchemy as sa
+from sqlalchemy.orm import contains_eager
 
 from app.drivers import all_drivers, get_driver
 from app.drivers.base import DriverError, ExportField, service_alias
@@ -148,6 +149,57 @@ def attach(environment: Environment, service: Service, role: AttachmentRole | No
         raise AttachmentError(f"a {driver.short_label or service.type} attachment is for the "
                               + " or the ".join(r.value for r in driver.attach_roles))
     return _attach(environment, service, role, driver.slice_types[0], name)
+
+
+def attachable_slices(organisation_id: int, service_type: str,
+                      environment: Environment | None = None) -> list[ServiceSlice]:
+    """Existing slices an environment may attach instead of creating one (SPEC 12, advanced):
+    ready, of a ``service_type`` service of the organisation, not attached elsewhere (made by
+    hand on the service page, or released by another environment's detach)."""
+    attached = sa.select(EnvironmentAttachment.service_slice_id).where(
+        EnvironmentAttachment.service_slice_id.is_not(None))
+    free = ServiceSlice.environment_id.is_(None)
+    if environment is not None:
+        free = sa.or_(free, ServiceSlice.environment_id == environment.id)
+    rows = db.session.execute(  # one query, whatever the number of slices (services joined)
+        sa.select(ServiceSlice).join(Service, ServiceSlice.service_id == Service.id)
+        .options(contains_eager(ServiceSlice.service))
+        .where(Service.organisation_id == organisation_id, Service.type == service_type,
+               ServiceSlice.status == SliceStatus.READY, free,
+               ServiceSlice.id.not_in(attached))
+        .order_by(Service.name, ServiceSlice.name)).scalars().all()
+    return [sl for sl in rows if sl.type in get_driver(sl.service).slice_types]
+
+
+def attach_existing_slice(environment: Environment, slice_: ServiceSlice,
+                          role: AttachmentRole | None = None
+                          ) -> tuple[EnvironmentAttachment, ServiceSlice]:
+    """Attach a slice that already exists (SPEC 12: "advanced users can select existing
+    slices"): no new database or user, no operation; its variables are set at once
+    (flushes, no commit). Only a ready slice that no environment uses."""
+    service = slice_.service
+    driver = get_driver(service)
+    if service.organisation_id != environment.application.organisation_id:
+        raise AttachmentError("service and environment belong to different organisations")
+    if slice_ not in attachable_slices(service.organisation_id, service.type, environment):
+        raise AttachmentError(f"{slice_.name} cannot be attached: only a ready slice that no "
+                              "environment uses can be")
+    role = AttachmentRole(role or driver.attach_roles[0])
+    if role not in driver.attach_roles:
+        raise AttachmentError(f"a {driver.short_label or service.type} attachment is for the "
+                              + " or the ".join(r.value for r in driver.attach_roles))
+    if any(a.service_id == service.id and a.role == role for a in environment.attachments):
+        raise AttachmentError(f"{service.name} is already attached to {environment.name} as "
+                              f"{role.value}")
+    has_primary = any(a.role == role and a.is_primary for a in environment.attachments)
+    slice_.environment = environment
+    attachment = EnvironmentAttachment(environment=environment, service=service,
+                                       service_slice=slice_, role=role,
+                                       is_primary=not has_primary)
+    db.session.add(attachment)
+    db.session.flush()
+    regenerate_managed_variables(environment)
+    return attachment, slice_
 
 
 def attach_postgres(environment: Environment, service: Service,
@@ -414,6 +466,23 @@ def start_slice_provision(slice_: ServiceSlice, user=None, *, enqueue: bool = Tr
                            target_id=slice_.id, organisation_id=service.organisation_id,
                            user=user, lock_keys=[f"service:{service.id}"],
                            summary=f"Create {slice_.type} {slice_.name} on {service.name}",
+                           enqueue=enqueue)
+
+
+def start_credential_rotation(slice_: ServiceSlice, user=None, *, enqueue: bool = True):
+    """New credentials for a slice (a ``credential_rotation`` operation, SPEC 3): the
+    driver re-keys the slice on the running replica and the managed variables follow."""
+    from app.operations import start_operation
+    from app.models.enums import OperationKind
+    if not slice_.credentials:
+        raise AttachmentError("this slice has no credentials to rotate")
+    if slice_.status != SliceStatus.READY:
+        raise AttachmentError(f"the slice is {slice_.status.value}: only a ready slice is re-keyed")
+    service = slice_.service
+    return start_operation(OperationKind.CREDENTIAL_ROTATION, target_type="service_slice",
+                           target_id=slice_.id, organisation_id=service.organisation_id,
+                           user=user, lock_keys=[f"service:{service.id}"],
+                           summary=f"Rotate the credentials of {slice_.name} on {service.name}",
                            enqueue=enqueue)
 
 

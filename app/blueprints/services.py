@@ -309,6 +309,22 @@ def delete_slice(service_id, slice_id):
                            form=form, error=error), status
 
 
+@bp.route("/services/<int:service_id>/slices/<int:slice_id>/rotate", methods=["POST"])
+@login_required
+def rotate_slice(service_id, slice_id):
+    """New credentials for a slice: a ``credential_rotation`` operation."""
+    service, slice_ = _service_slice(service_id, slice_id)
+    form = ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        op = att.start_credential_rotation(slice_, current_user)
+    except (att.AttachmentError, OperationLocked) as exc:
+        flash(str(exc), "error")
+        return hx_redirect(url_for("services.show", service_id=service.id))
+    return hx_redirect(url_for("operations.show", operation_id=op.id))
+
+
 # --------------------------------------------------------------------------- live logs
 
 LOG_TAIL_CHOICES = (100, 200, 1000)

@@ -18,6 +18,7 @@ step -- and leaves the old ones serving; the gateway is not touched.
 """
 from __future__ import annotations
 
+import shlex
 import time
 
 from app.builds.artifacts import (BuildError, artifact_registry, ensure_artifact, image_ref,
@@ -34,6 +35,7 @@ from app.deploys.values import (commit_details, environment_secrets, environment
                                 replica_environment, snapshot, stdout_text)
 from app.drivers import get_driver
 from app.drivers.compose import compose_cmd, ensure_network_cmd, upload_project
+from app.drivers.laravel.settings import LaravelSettings, SettingsError
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Server, Service, ServiceReplica, ServiceSlice
 from app.models.enums import (ArtifactStatus, DeployPolicy, EnvironmentStatus, HealthStatus,
@@ -253,26 +255,34 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         commands = []
         for change in self.plan.changes:
             svc = db.session.get(Service, change.service_id)
-            for command in (svc.config or {}).get("pre_switch_commands") or []:
-                commands.append((svc, str(command)))
+            try:  # the typed settings own them: argv lists, validated
+                argvs = LaravelSettings.from_config(svc.config, svc.name).pre_switch
+            except SettingsError as exc:
+                raise StepFailed(str(exc)) from None
+            commands.extend((svc, argv) for argv in argvs)
         if not commands:
             with self.ctx.step("Pre-switch steps") as step:
                 step.unchanged("no pre-switch commands configured")
             return
-        for svc, command in commands:
+        for index, (svc, argv) in enumerate(commands):
             self._one_off(svc, self.plan.migration.server_id if self.plan.migration else
-                          service_server_ids(svc)[0], command, f"Pre-switch: {command}",
-                          "pre")
+                          service_server_ids(svc)[0], list(argv),
+                          f"Pre-switch: {shlex.join(argv)}", f"pre{index}")
 
     def _migrate(self, plan: DeployPlan) -> None:
         m = plan.migration
         svc = db.session.get(Service, m.service_id)
-        self._one_off(svc, m.server_id, m.command,
+        try:
+            argv = dc.migration_argv(m.command)
+        except ValueError as exc:
+            raise StepFailed(f"{svc.name}: {exc}") from None
+        self._one_off(svc, m.server_id, argv,
                       f"Run migrations once ({m.command}) in a one-off container of the new build",
                       "migrate")
         self.ctx.result["migrations_ran"] = self.ctx.result.get("migrations_ran", 0) + 1
 
-    def _one_off(self, svc: Service, server_id: int, command: str, title: str, tag: str) -> None:
+    def _one_off(self, svc: Service, server_id: int, argv: list[str], title: str,
+                 tag: str) -> None:
         server = db.session.get(Server, server_id)
         driver = get_driver(svc)
         name = f"ks-{tag}-{svc.id}-op{self.ctx.id}"
@@ -283,10 +293,6 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                                                                          server.id),
                                          operation_id=self.ctx.id, role="worker",
                                          directory=directory)
-        try:
-            argv = dc.migration_argv(command)
-        except ValueError as exc:
-            raise StepFailed(f"{svc.name}: {exc}") from None
         with self.ctx.step(title, server=server) as step:
             step.run(ensure_network_cmd(), timeout=60)
             upload_project(step, rendered)

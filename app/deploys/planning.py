@@ -31,9 +31,6 @@ from app.deploys.slots import SLOTS, other_slot
 from app.drivers.laravel.settings import LaravelSettings, SettingsError
 
 WITH_ENVIRONMENT = "with_environment"
-DEFAULT_MIGRATION_COMMAND = "php artisan migrate --force"
-MIGRATION_MODES = ("auto", "manual", "disabled")
-MIGRATION_TIMINGS = ("pre_switch", "post_switch")
 ROLE_ORDER = {"web": 0, "websocket": 1, "worker": 2}
 
 # The health check and the stop grace period are owned by the Laravel driver's typed
@@ -198,19 +195,11 @@ def _runtime_config(config: Mapping) -> dict:
     return {k: v for k, v in (config or {}).items() if k not in _NON_RUNTIME_KEYS}
 
 
-def migration_settings(config: Mapping) -> tuple[str, str, str]:
-    """(mode, timing, command) with SPEC 18's defaults: auto, pre_switch, migrate --force."""
-    config = config or {}
-    mode = config.get("migration_mode") or "auto"
-    timing = config.get("migration_timing") or "pre_switch"
-    command = (config.get("migration_command") or DEFAULT_MIGRATION_COMMAND).strip()
-    if mode not in MIGRATION_MODES:
-        raise PlanError(f"migration_mode: must be one of {', '.join(MIGRATION_MODES)}")
-    if timing not in MIGRATION_TIMINGS:
-        raise PlanError(f"migration_timing: must be one of {', '.join(MIGRATION_TIMINGS)}")
-    if not command or "\n" in command or len(command) > 500:
-        raise PlanError("migration_command: one line, at most 500 characters")
-    return mode, timing, command
+def migration_settings(config: Mapping, where: str = "service") -> tuple[str, str, str]:
+    """(mode, timing, command) with SPEC 18's defaults: auto, pre_switch, migrate --force
+    (the typed settings', app.drivers.laravel.settings)."""
+    m = _settings(config, where).migration
+    return m.mode, m.timing, m.command
 
 
 def _settings(config: Mapping, where: str) -> LaravelSettings:

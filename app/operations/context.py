@@ -10,6 +10,7 @@ reaches Redis or the database.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import logging
@@ -39,6 +40,8 @@ HEARTBEAT_INTERVAL = 3.0      # seconds between heartbeat_at writes
 CANCEL_POLL_INTERVAL = 1.0    # seconds between cancel_requested_at reads
 CLEANUP_MIN_SECONDS = 120     # clean-up steps get at least this long, even after a timeout
 CHILD_LOCK_WAIT = 600         # how long a child waits for a lock held by another tree
+STDERR_KEEP_LINES = 200       # a step keeps the last lines its commands wrote to stderr...
+STDERR_KEEP_CHARS = 16000     # ...at most this much of them (error_logs)
 
 # Tests and the benchmark may swap the SSH connection class (e.g. app.remote's
 # RecordingConnection); None means app.remote.Connection.
@@ -591,6 +594,9 @@ class StepHandle:
         self.exit_code: int | None = None
         self._scripts: list[str] = []
         self._secrets: dict[str, str] = dict(row.secrets or {})
+        # What the step's commands wrote to stderr (redacted), kept apart from the merged log:
+        # error_logs holds it, and a failed step shows it first (SPEC 3).
+        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_KEEP_LINES)
 
     def connection(self):
         if self.server is None:
@@ -649,6 +655,7 @@ class StepHandle:
         elif remaining is not None:
             timeout = min(timeout, remaining)
         recorder, ctx, step_id = self.ctx.runtime.recorder, self.ctx, self.id
+        stderr_lines = self._stderr
 
         def on_line(stream: str, line: str) -> None:
             if not check:
@@ -657,7 +664,9 @@ class StepHandle:
                 if expected is not None:
                     recorder.line(ctx, step_id, expected)
                     return
-            recorder.line(ctx, step_id, line, stderr=(stream == "stderr"))
+            text = recorder.line(ctx, step_id, line, stderr=(stream == "stderr"))
+            if stream == "stderr" and text:
+                stderr_lines.append(text)
 
         result = conn.run(command, on_line=None if quiet else on_line, timeout=timeout,
                           cancel=self.ctx.active_cancel_event, pty=pty, stdin=stdin)
@@ -718,8 +727,9 @@ class StepHandle:
             values["changed"] = False
         elif status is StepStatus.SUCCEEDED:
             values["changed"] = True
-        if message:
-            values["error_logs"] = message
+        stderr = "\n".join(self._stderr)[-STDERR_KEEP_CHARS:]
+        if stderr or message:  # stderr first, the reason it failed last
+            values["error_logs"] = "\n".join(x for x in (stderr, message) if x)
         if not db.session.is_active:
             db.session.rollback()
         db.session.execute(sa.update(OperationStep).where(OperationStep.id == self.id)

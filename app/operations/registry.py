@@ -61,8 +61,8 @@ HANDLER_MODULES: list[str] = [
 # Kinds that only ever run inline, as children of another operation, with the
 # handler their parent passes to ``ctx.run_child``: they need no registered handler.
 CHILD_KINDS = frozenset({OperationKind.REPLICA_DEPLOY, OperationKind.GATEWAY_CUTOVER})
-# Kinds the schema allows but nothing starts yet (no handler, no caller).
-RESERVED_KINDS = frozenset({OperationKind.CREDENTIAL_ROTATION})
+# Kinds the schema allows but nothing starts yet (no handler, no caller): none today.
+RESERVED_KINDS: frozenset[OperationKind] = frozenset()
 
 
 def operation_handler(kind: OperationKind) -> Callable[[Handler], Handler]:

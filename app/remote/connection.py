@@ -13,10 +13,14 @@ with a line callback, put file, disconnect):
   same transport, so an operation of ten steps costs one handshake (sshd's
   MaxSessions limits *concurrent* channels to 10, not sequential ones).
 * **Lines as they are printed.** A pty is requested by default so remote
-  programs line-buffer their output (through a pipe they block-buffer); the
-  pty merges stderr into stdout, which is what a log pane wants anyway. With
+  programs line-buffer their output (through a pipe they block-buffer). A pty
+  would merge stderr into stdout: the wrapper passes the command's stderr
+  through ``sed -u`` that tags each line with a nonce, back onto the pty, so
+  lines keep their order and still arrive as printed, and :meth:`run` files the
+  tagged ones as ``stderr`` (SPEC 3: a step keeps its stderr). With
   ``pty=False`` (forced when ``stdin`` is given, because a pty would echo and
-  mangle the input) stdout and stderr stay separate, possibly block-buffered.
+  mangle the input) stdout and stderr are the channel's two streams, possibly
+  block-buffered.
 * **Commands can be killed.** Each command is wrapped so that it first prints
   its process group id (sshd puts each session in its own session/process
   group); on timeout or cancel we send ``kill -TERM -<pgid>`` over a second
@@ -391,7 +395,7 @@ class Connection:
         ``command`` is a :class:`app.shell.Command` (preferred) or a string
         already rendered by app.shell. ``on_line(stream, line)`` is called
         from this thread for each line as it arrives (``stream`` is
-        ``"stdout"`` or ``"stderr"``; with a pty everything is ``"stdout"``).
+        ``"stdout"`` or ``"stderr"``, with a pty too).
         If ``on_line`` raises, the remote command is terminated and the
         exception propagates.
 
@@ -406,7 +410,11 @@ class Connection:
         if stdin is not None:
             pty = False  # a pty would echo the input and interpret control bytes
         marker = "KEYSTONE_PGID_" + _secrets.token_hex(4) + "="
-        wrapped = shell.report_pgid_then(text, marker, stdin_devnull=stdin is None).render()
+        # With a pty, stderr would be lost in stdout: each of its lines comes back tagged
+        # with a nonce (the command's output cannot forge it) and is filed as stderr.
+        err_marker = ("KEYSTONE_ERR_" + _secrets.token_hex(4) + "=") if pty else None
+        wrapped = shell.report_pgid_then(text, marker, stdin_devnull=stdin is None,
+                                         stderr_marker=err_marker).render()
 
         started = time.monotonic()
         deadline = started + timeout if timeout is not None else None
@@ -421,6 +429,11 @@ class Connection:
                 if line[len(marker) :].isdigit():
                     state["pgid"] = int(line[len(marker) :])
                     return
+            if err_marker is not None and stream == "stdout" and line.startswith(err_marker):
+                # A stderr line under a pty: ``stdout`` keeps the merged text as the
+                # terminal showed it (what callers have always parsed), ``stderr`` gets it too.
+                stream, line = "stderr", line[len(err_marker):]
+                captures["stdout"].add(line)
             captures[stream].add(line)
             if on_line is not None:
                 on_line(stream, line)

@@ -162,7 +162,7 @@ class RecordingConnection:
             raise rule.raises
         if on_line is not None:
             for stream, line in rule.lines:
-                on_line(stream if not call.pty else "stdout", line)
+                on_line(stream, line)  # a pty keeps stderr apart too (tagged lines)
         return Result(rule.result.exit_code, rule.result.stdout, rule.result.stderr)
 
     def put_file(self, remote_path: str, data: bytes, mode: int = 0o644) -> None:

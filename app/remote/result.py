@@ -14,8 +14,9 @@ NO_EXIT_STATUS = -1
 class Result:
     """Exit code and captured output of a finished command.
 
-    With a pty (the default) stderr is merged into ``stdout`` by the terminal
-    and ``stderr`` is empty. Captured text is capped (``truncated`` says so);
+    With a pty (the default) ``stdout`` holds both streams merged in order, as the
+    terminal showed them, and ``stderr`` holds the stderr lines alone (tagged by the
+    wrapper, app.shell.report_pgid_then). Captured text is capped (``truncated`` says so);
     the full output went to ``on_line`` as it was printed.
     """
 

@@ -1,4 +1,5 @@
-"""``slice_provision`` and ``slice_configure``: slice actions against a running replica.
+"""``slice_provision``, ``slice_configure`` and ``credential_rotation``: slice actions
+against a running replica.
 
 Generic: each action asks the slice's driver for its plan
 (``slice_provision_steps``, ``slice_delete_steps``, ``slice_deleted_steps``,
@@ -92,19 +93,12 @@ def provision_new_slice(ctx: OperationContext, slice_: ServiceSlice) -> None:
 
 @operation_handler(OperationKind.SLICE_CONFIGURE)
 def configure_slice(ctx: OperationContext) -> None:
-    """Slice actions: ``rotate`` the password, ``update`` a route, ``delete`` (confirmed)."""
+    """Slice actions: ``update`` a route, ``delete`` (confirmed). New credentials are a
+    ``credential_rotation`` of their own (:func:`rotate_credentials`)."""
     slice_: ServiceSlice = ctx.target
     if slice_ is None:
         raise StepFailed("The slice no longer exists.")
     action = ctx.params.get("action")
-    if action == "rotate":
-        slice_.credentials = _plan(get_driver(slice_.service).new_slice_credentials, slice_)
-        db.session.commit()
-        _provision(ctx, slice_, "rotate")
-        _regenerate(slice_)
-        ctx.result["note"] = "running containers keep the old password until redeployed"
-        db.session.commit()
-        return
     if action == "update":
         _provision(ctx, slice_)
         slice_.status = SliceStatus.READY
@@ -113,6 +107,21 @@ def configure_slice(ctx: OperationContext) -> None:
     if action != "delete":
         raise StepFailed(f"unknown slice action {action!r}")
     _delete(ctx, slice_)
+
+
+@operation_handler(OperationKind.CREDENTIAL_ROTATION)
+def rotate_credentials(ctx: OperationContext) -> None:
+    """New credentials for a slice, re-keyed on the running replica (no redeploy); the
+    environment's managed variables follow, its containers get them at the next deploy."""
+    slice_: ServiceSlice = ctx.target
+    if slice_ is None:
+        raise StepFailed("The slice no longer exists.")
+    slice_.credentials = _plan(get_driver(slice_.service).new_slice_credentials, slice_)
+    db.session.commit()
+    _provision(ctx, slice_, "rotate")
+    _regenerate(slice_)
+    ctx.result["note"] = "running containers keep the old password until redeployed"
+    db.session.commit()
 
 
 def _delete(ctx: OperationContext, slice_: ServiceSlice) -> None:
@@ -146,4 +155,4 @@ def _delete(ctx: OperationContext, slice_: ServiceSlice) -> None:
     db.session.commit()
 
 
-__all__ = ["configure_slice", "provision_slice", "provision_new_slice"]
+__all__ = ["configure_slice", "provision_slice", "provision_new_slice", "rotate_credentials"]

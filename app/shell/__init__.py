@@ -535,7 +535,18 @@ def sh_c(command: Command, *, shell: str = "sh") -> Command:
     return Command((_coerce_scalar(shell), "-c", _Quoted(command)))
 
 
-def report_pgid_then(command: "Command | str", marker: str, *, stdin_devnull: bool = False) -> Command:
+# The command's stderr through a line-buffered sed that puts a marker before each line, back
+# onto the session's stderr (the pty: merged in order with stdout, so lines still arrive as
+# they are printed); the remote layer strips the marker and files the line as stderr. A
+# pipeline, so sed has printed its last line before the session ends (a process
+# substitution would not be waited for); sed is in the command's process group, so a kill
+# of the group ends it too; the exit status is the command's (PIPESTATUS).
+_TAG_STDERR = ('exec 3>&1; sh -c "$1" 2>&1 1>&3 3>&- | sed -u "s/^/{marker}/" >&2; '
+               'exit "${{PIPESTATUS[0]}}"')
+
+
+def report_pgid_then(command: "Command | str", marker: str, *, stdin_devnull: bool = False,
+                     stderr_marker: str | None = None) -> Command:
     """``printf '<marker>%s\\n' "$$" ; exec sh -c '<command>'``.
 
     Used by the remote layer so it can kill the whole remote process group on
@@ -550,9 +561,14 @@ def report_pgid_then(command: "Command | str", marker: str, *, stdin_devnull: bo
     is only ever interpreted by the inner ``sh -c``, exactly as it would have
     been by sshd). ``stdin_devnull`` gives the command an empty stdin so a
     stray prompt fails instead of hanging until the timeout.
+
+    ``stderr_marker`` (a plain token) tags every line the command writes to stderr:
+    ``exec bash -c '<tagger>' keystone '<command>'``, the command itself still run by
+    ``sh -c`` (bash and sed are part of every Debian system).
     """
-    if not re.fullmatch(r"[A-Za-z0-9_.:=-]+", marker):
-        raise ValueError("marker must be a plain token")
+    for token in (marker, stderr_marker):
+        if token is not None and not re.fullmatch(r"[A-Za-z0-9_.:=-]+", token):
+            raise ValueError("marker must be a plain token")
     if isinstance(command, Command):
         script: _Token = _Quoted(command)
     elif isinstance(command, str):
@@ -565,10 +581,12 @@ def report_pgid_then(command: "Command | str", marker: str, *, stdin_devnull: bo
         _Trusted('"$$"'),
         Raw(";"),
         _Trusted("exec"),
-        _Trusted("sh"),
-        "-c",
-        script,
     ]
+    if stderr_marker is None:
+        tokens += [_Trusted("sh"), "-c", script]
+    else:
+        tokens += [_Trusted("bash"), "-c", _TAG_STDERR.format(marker=stderr_marker), "keystone",
+                   script]
     if stdin_devnull:
         tokens.append(Raw("</dev/null"))
     return Command(tokens)

@@ -18,6 +18,9 @@ SCRIPTS = {
              "i=$((i+1)); sleep \"$2\"; done",
     "sleep": "echo started; exec sleep \"$1\"",
     "echo_secret": "echo \"the secret is $1\"; echo \"$1\" | rev | rev",
+    # a failing command: progress on stdout, the reason on stderr
+    "fail_stderr": "echo \"migrating $1\"; echo \"SQLSTATE: table $1 exists\" >&2; "
+                   "echo done-ish; exit 4",
 }
 
 

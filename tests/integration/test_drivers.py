@@ -437,11 +437,11 @@ def test_delete_slice_requires_confirmation_and_keeps_data_by_default(world):
 
 
 def test_valkey_slice_rotate_then_drop_removes_keys_and_user(world):
-    from app.attachments import attach_valkey, request_slice_delete, start_slice_provision
+    from app.attachments import (attach_valkey, request_slice_delete, start_credential_rotation,
+                                 start_slice_provision)
     from app.extensions import db
     from app.models import Environment
     from app.models.enums import AttachmentRole, OperationKind, SliceStatus
-    from app.operations import start_operation
     w = world
     env2 = Environment(application=w.env.application, name="staging", branch="dev")
     db.session.add(env2)
@@ -459,9 +459,8 @@ def test_valkey_slice_rotate_then_drop_removes_keys_and_user(world):
 
     assert cli("SET", f"{prefix}job", "1") == "OK"
     old_password = s.credentials["password"]
-    op = start_operation(OperationKind.SLICE_CONFIGURE, target_type="service_slice",
-                         target_id=s.id, organisation_id=w.org.id, params={"action": "rotate"},
-                         enqueue=False)
+    op = start_credential_rotation(s, enqueue=False)
+    assert op.kind == OperationKind.CREDENTIAL_ROTATION
     _run_op(op.id)
     db.session.refresh(s)
     assert s.credentials["password"] != old_password

@@ -240,6 +240,23 @@ def test_cut_ssh_connection_fails_the_step_and_leaves_nothing_running(app, graph
     _wait(lambda: not _remote_processes(server, "sleep 3033"), 20)
 
 
+def test_a_failed_step_keeps_its_stderr_apart_and_first(app, graph, clean_streams, scripted):
+    """SPEC 3 on a real server under the pty: error_logs holds the stderr line (then the
+    reason), the merged log every line, and the step's exit code is the command's."""
+    op = _start(graph, [{"name": "migrate", "script": "fail_stderr", "args": ["users"]}],
+                enqueue=False)
+    assert run_operation(op.id) == "failed"
+    db.session.expire_all()
+    step = _op(op.id).steps[0]
+    assert step.status is T.FAILED and step.exit_code == 4
+    assert step.error_logs.splitlines()[0] == "SQLSTATE: table users exists"
+    assert "exited with 4: SQLSTATE: table users exists" in step.error_logs.splitlines()[-1]
+    stderr = "\n".join(step.error_logs.splitlines()[:-1])  # the last line is the reason
+    assert stderr == "SQLSTATE: table users exists"
+    assert "migrating users" in step.logs and "SQLSTATE: table users exists" in step.logs
+    assert "KEYSTONE_ERR_" not in step.logs + step.error_logs
+
+
 def test_changed_host_key_is_refused_and_names_both_fingerprints(app, graph, clean_streams, scripted):
     _, _, other_fp = generate_ed25519("old host key")
     graph.server.host_key_fingerprint = other_fp  # what we pinned when we first met it

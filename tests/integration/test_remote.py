@@ -264,11 +264,17 @@ def test_lines_arrive_as_they_are_printed(conn):
     assert r.ok
 
 
-def test_pty_merges_stderr_and_no_pty_separates_it(conn):
+def test_stderr_is_kept_apart_with_and_without_a_pty(conn):
+    """SPEC 3: under the pty (lines as printed) stderr lines still come back as stderr;
+    ``stdout`` keeps the merged text the terminal showed, the exit status is the command's."""
     script = shell.seq(shell.cmd("echo", "out"), shell.cmd("echo", "err", shell.Raw(">&2")))
     seen = []
-    conn.run(script, on_line=lambda s, l: seen.append((s, l)))
-    assert sorted(seen) == [("stdout", "err"), ("stdout", "out")]
+    r = conn.run(script, on_line=lambda s, l: seen.append((s, l)))
+    assert sorted(seen) == [("stderr", "err"), ("stdout", "out")]
+    assert r.stderr == "err\n" and sorted(r.stdout.split()) == ["err", "out"]
+    failing = shell.seq(shell.cmd("echo", "err2", shell.Raw(">&2")), shell.cmd("exit", 5))
+    r = conn.run(failing)
+    assert r.exit_code == 5 and r.stderr == "err2\n"
     seen.clear()
     r = conn.run(script, on_line=lambda s, l: seen.append((s, l)), pty=False)
     assert sorted(seen) == [("stderr", "err"), ("stdout", "out")]
@@ -301,14 +307,17 @@ def test_timeout_kills_the_remote_process_group(sshd, conn):
     assert conn.run(shell.cmd("true")).ok  # the connection is still usable
 
 
-def test_cancel_terminates_the_command(sshd, conn):
+@pytest.mark.parametrize("pty", [False, True])
+def test_cancel_terminates_the_command(sshd, conn, pty):
+    # with the pty the command runs under the stderr tagger (bash + sed): all one group
     cancel = threading.Event()
     threading.Timer(0.7, cancel.set).start()
     start = time.monotonic()
     with pytest.raises(CommandCancelled):
-        conn.run(shell.cmd("sleep", "3019"), cancel=cancel, pty=False)
+        conn.run(shell.cmd("sleep", "3019"), cancel=cancel, pty=pty)
     assert time.monotonic() - start < 30  # vs. the 3019 s sleep
     assert _wait_gone(sshd, "sleep 3019") == []
+    assert _wait_gone(sshd, "KEYSTONE_ERR_") == []
 
 
 def test_on_line_exception_terminates_the_command(sshd, conn):

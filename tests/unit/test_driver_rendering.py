@@ -160,9 +160,10 @@ def test_laravel_roles_golden():
            "WEIRD": "${HOME} $(id)"}
     r = lv.render_replica(s, image=f"registry.test/shop@{DIGEST}", project_name="ks-web-5-r8",
                           container_name="ks-web-5-r8", environment=env, replica_id=8,
-                          operation_id=41, scheduler=True, private_ip="10.0.0.2",
+                          operation_id=41, private_ip="10.0.0.2",
                           published_port=20001)
     golden("laravel/web-compose.yml", r.compose_yaml)
+    assert set(r.compose["services"]) == {"web"}  # no scheduler container (SPEC 8: a role)
     golden("laravel/web-env", r.env_file)
     assert r.directory == "/home/keystone/services/5/replicas/ks-web-5-r8"
     assert r.compose["services"]["web"]["environment"] == {"WEIRD": "$${HOME} $$(id)"}

@@ -78,3 +78,22 @@ def test_bad_values_are_refused_with_their_path(config, message):
         get_driver("laravel").settings(_web(config))
     with pytest.raises(PlanError, match="^web\\."):
         stop_timeout("web", config, 0, "web")
+
+
+def test_migration_and_pre_switch_settings_are_typed_and_named_by_path():
+    s = LaravelSettings.from_config({"pre_switch_commands": ["php artisan config:cache",
+                                                             ["php", "artisan", "view:cache"]]})
+    assert s.pre_switch == (("php", "artisan", "config:cache"), ("php", "artisan", "view:cache"))
+    assert (s.migration.mode, s.migration.timing, s.migration.argv) == \
+        ("auto", "pre_switch", ("php", "artisan", "migrate", "--force"))
+    for config, message in (
+            ({"migration_mode": "sometimes"}, "web.migration_mode: must be one of"),
+            ({"migration_timing": "later"}, "web.migration_timing: must be one of"),
+            ({"migration_command": "a\nb"}, "web.migration_command: one line"),
+            ({"migration_command": "-rf /"}, "web.migration_command: "),
+            ({"pre_switch_commands": "php artisan x"}, "web.pre_switch_commands: must be a list"),
+            ({"pre_switch_commands": ["ok", ["--x"]]}, "web.pre_switch_commands[1]: "),
+            ({"pre_switch_commands": [[]]}, "web.pre_switch_commands[0]: ")):
+        with pytest.raises(SettingsError) as exc:
+            LaravelSettings.from_config(config, where="web")
+        assert str(exc.value).startswith(message), str(exc.value)

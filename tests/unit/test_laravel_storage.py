@@ -45,13 +45,6 @@ def test_every_role_mounts_the_environments_storage_volume():
         assert "external" not in doc["volumes"][volume]
 
 
-def test_the_scheduler_container_shares_it_too():
-    doc = render(laravel(7, ["web"]), scheduler=True)
-    assert set(doc["services"]) == {"web", "scheduler"}
-    for entry in doc["services"].values():
-        assert entry["volumes"] == [f"keystone_env_42_storage:{STORAGE_PATH}"]
-
-
 def test_blue_green_replicas_and_the_worker_of_one_environment_use_one_volume():
     web = laravel(7, ["web"])
     worker = laravel(8, ["worker"])

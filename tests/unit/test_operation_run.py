@@ -15,6 +15,7 @@ from app.operations.lifecycle import claim
 from app.operations.reaper import reap
 from app.remote import ConnectionLost
 from app.shell import cmd
+from tests.conftest import sign_in
 from tests.factories import build_org
 from tests.opsupport import clean_streams, fake_servers, handlers, slow_servers  # noqa: F401
 
@@ -78,6 +79,44 @@ def test_nonzero_exit_fails_step_and_operation(app, clean_streams, handlers):
     assert not ran_after
     assert op.steps[0].status is T.FAILED and op.steps[0].exit_code == 3
     assert "exited with 3" in op.error and "exited with 3" in op.steps[0].error_logs
+
+
+def test_stderr_is_kept_apart_and_shown_first_when_a_step_fails(app, client, clean_streams,
+                                                                   handlers):
+    """SPEC 3: error_logs keeps what the commands wrote to stderr (redacted), the reason last;
+    the merged log still has every line; the operation page shows it above the script."""
+    g = build_org()
+
+    @handlers(K)
+    def handler(ctx):
+        ctx.secret("hunter2-secret")
+        with ctx.step("ok", server=g.server) as step:
+            step.run(cmd("compose", "pull"))
+        with ctx.step("migrate", server=g.server) as step:
+            step.run(cmd("php", "artisan", "migrate"))
+
+    with fake_servers() as fake:
+        fake.script("compose", output="pulled\n", stderr="Pulling web ... done\n")
+        fake.script("artisan", exit_code=1, output="Migrating: 2026_01_01_create_users\n",
+                    stderr="SQLSTATE[42P07]: relation users already exists\n"
+                           "password hunter2-secret rejected\n")
+        op = _start(g)
+        assert _run(op) == "failed"
+    op = db.session.get(Operation, op.id)
+    ok, bad = op.steps
+    assert ok.error_logs == "Pulling web ... done" and "pulled" in ok.logs
+    assert bad.error_logs.startswith("SQLSTATE[42P07]: relation users already exists\n"
+                                     "password *** rejected\n")
+    assert "exited with 1: SQLSTATE" in bad.error_logs.splitlines()[-1]
+    assert "Migrating: 2026_01_01_create_users" not in bad.error_logs
+    assert "Migrating" in bad.logs and "SQLSTATE" in bad.logs
+    assert "hunter2-secret" not in bad.error_logs + bad.logs
+    sign_in(client, g.user)
+    html = client.get(f"/operations/{op.id}").get_data(as_text=True)
+    failed_row = html.split(f'id="step-{bad.id}"')[1].split("</tr>")[0]
+    assert failed_row.index("data-step-stderr") < failed_row.index("script</summary>")
+    ok_row = html.split(f'id="step-{ok.id}"')[1].split("</tr>")[0]
+    assert "<summary class=\"muted\">stderr</summary>" in ok_row
 
 
 def test_a_failed_command_s_last_words_are_the_step_s_reason(app, clean_streams, handlers):
@@ -334,3 +373,17 @@ def test_keystone_reap_command(app, clean_streams):
     assert result.exit_code == 0 and f"[{op.id}]" in result.output
     db.session.expire_all()
     assert db.session.get(Operation, op.id).status is S.INTERRUPTED
+
+
+def test_every_handler_module_registers_a_handler(app):
+    """No stale entry in HANDLER_MODULES: each listed module registers at least one handler
+    (an operation kind or a config_change)."""
+    import importlib
+    from app.operations import registry
+    registry.load_handlers()
+    registered = {fn.__module__ for fn in registry._HANDLERS.values()} | \
+        {fn.__module__ for fn in registry._CONFIG_CHANGES.values()}
+    for name in registry.HANDLER_MODULES:
+        importlib.import_module(name)
+    assert sorted(set(registry.HANDLER_MODULES) - registered) == []
+    assert registry.handler_for(OperationKind.CREDENTIAL_ROTATION).__name__ == "rotate_credentials"

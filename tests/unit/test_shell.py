@@ -339,3 +339,19 @@ def test_every_rendered_command_is_a_command_value():
     assert isinstance(sh_c(cmd("x")), Command)
     assert isinstance(env(cmd("x"), A="1"), Command)
     assert os.sep == "/"
+
+
+def test_report_pgid_then_tags_stderr_lines_and_keeps_the_exit_status(canary, tmp_path):
+    c = report_pgid_then(cmd("sh", "-c", "echo out; echo err >&2; echo out2; exit 3"), "PG=",
+                         stderr_marker="ERR7=")
+    assert "exec bash -c" in c.render()
+    proc = subprocess.run(["bash", "-c", c.render()], cwd=tmp_path, capture_output=True)
+    assert proc.returncode == 3
+    assert proc.stdout.split(b"\n")[1:] == [b"out", b"out2", b""]
+    assert proc.stderr == b"ERR7=err\n"
+    for value in _payloads(canary)[:12]:  # the command is still data, whatever it holds
+        out = _sh(report_pgid_then(cmd("printf", "%s\\n", value), "PG=",
+                                   stderr_marker="E=").render(), tmp_path)
+        assert out.split(b"\n", 1)[1] == value.encode() + b"\n"
+    with pytest.raises(ValueError):
+        report_pgid_then(cmd("x"), "PG=", stderr_marker="bad/marker")

@@ -767,3 +767,118 @@ def test_the_deploy_step_waits_for_attachments_to_be_ready_and_says_so(client, d
     db.session.commit()
     html = client.get("/onboarding/").get_data(as_text=True)
     assert "Deploy production" in html and "Waiting for" not in html
+
+
+# --------------------------------------------------------------------------- credential rotation
+
+def test_rotate_credentials_starts_a_credential_rotation_operation(client, db, g, token):
+    """SPEC 3: a password rotation is a ``credential_rotation``, not a slice_configure; the
+    operations list filters it by that kind."""
+    g.slice.status = SliceStatus.READY
+    db.session.commit()
+    html = client.get(f"/services/{g.postgres.id}").get_data(as_text=True)
+    url = f"/services/{g.postgres.id}/slices/{g.slice.id}/rotate"
+    assert f'action="{url}"' in html and "Rotate credentials" in html
+    resp = post(client, url, token)
+    assert resp.status_code == 302
+    op = ops(db, OperationKind.CREDENTIAL_ROTATION)[-1]
+    assert (op.target_type, op.target_id) == ("service_slice", g.slice.id)
+    assert op.lock_keys == [f"service:{g.postgres.id}"]
+    assert resp.headers["Location"].endswith(f"/operations/{op.id}")
+    assert not ops(db, OperationKind.SLICE_CONFIGURE)
+    listed = client.get("/operations?kind=credential_rotation").get_data(as_text=True)
+    assert f"/operations/{op.id}" in listed and "credential rotation" in listed
+    other = client.get("/operations?kind=slice_configure").get_data(as_text=True)
+    assert f"/operations/{op.id}\"" not in other
+
+
+def test_rotate_needs_a_ready_slice_with_credentials(client, db, g, token):
+    g.slice.status = SliceStatus.PENDING
+    db.session.commit()
+    html = client.get(f"/services/{g.postgres.id}").get_data(as_text=True)
+    assert "Rotate credentials" not in html
+    resp = post(client, f"/services/{g.postgres.id}/slices/{g.slice.id}/rotate", token)
+    assert resp.status_code == 302 and resp.headers["Location"].endswith(f"/services/{g.postgres.id}")
+    assert not ops(db, OperationKind.CREDENTIAL_ROTATION)
+    assert "only a ready slice" in client.get(f"/services/{g.postgres.id}").get_data(as_text=True)
+
+
+def test_rotate_without_csrf_is_refused(client, db, g):
+    resp = client.post(f"/services/{g.postgres.id}/slices/{g.slice.id}/rotate")
+    assert resp.status_code == 400
+    assert not ops(db, OperationKind.CREDENTIAL_ROTATION)
+
+
+# --------------------------------------------------------------------------- existing slices
+
+def _hand_made_slice(db, service, name, slice_type=SliceType.POSTGRES_DATABASE,
+                     status=SliceStatus.READY):
+    from app.drivers import get_driver
+    config, credentials = get_driver(service).new_slice_config(name)
+    sl = ServiceSlice(service=service, name=name, type=slice_type, status=status,
+                      config=config, credentials=credentials)
+    db.session.add(sl)
+    db.session.commit()
+    return sl
+
+
+def test_attach_an_existing_database_slice_creates_nothing(client, db, g, token):
+    """SPEC 12 (advanced): a slice made by hand on the service page is attached as it is:
+    no new slice, no operation, the DB_* variables point at it."""
+    pg = make_service(db, g, "postgres", "pg2", running=True, digest=DIGEST_A)
+    reporting = _hand_made_slice(db, pg, "reporting")
+    _hand_made_slice(db, pg, "half_made", status=SliceStatus.PENDING)
+    db.session.delete(g.attachment)  # the environment's own database is released
+    db.session.commit()
+    html = _env_html(client, g)
+    assert "Advanced: an existing database" in html
+    assert f'<option value="{reporting.id}">reporting on pg2</option>' in html
+    assert "half_made" not in html  # only ready slices
+    slices_before = db.session.execute(sa.select(sa.func.count(ServiceSlice.id))).scalar()
+    resp = post(client, f"/environments/{g.environment.id}/attachments/postgres", token,
+                {"pg-target": str(pg.id), "pg-existing_slice": str(reporting.id)})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    assert db.session.execute(sa.select(sa.func.count(ServiceSlice.id))).scalar() == slices_before
+    assert not ops(db)  # ready already: nothing to run
+    db.session.expire_all()
+    att = db.session.execute(sa.select(EnvironmentAttachment).where(
+        EnvironmentAttachment.service_slice_id == reporting.id)).scalar_one()
+    assert att.environment_id == g.environment.id and att.role.value == "database"
+    assert db.session.get(ServiceSlice, reporting.id).environment_id == g.environment.id
+    values = {v.key: v.value for v in db.session.execute(sa.select(EnvironmentVariable).where(
+        EnvironmentVariable.environment_id == g.environment.id,
+        EnvironmentVariable.service_slice_id == reporting.id)).scalars()}
+    assert values["DB_DATABASE"] == "reporting"
+    assert values["DB_PASSWORD"] == reporting.credentials["password"]
+    # now it is used: no longer offered, and posting it again is refused on its field
+    assert "reporting on pg2</option>" not in _env_html(client, g)
+    resp = post(client, f"/environments/{g.environment.id}/attachments/postgres", token,
+                {"pg-target": str(pg.id), "pg-existing_slice": str(reporting.id)})
+    assert resp.status_code == 400 and "Not a valid choice" in resp.get_data(as_text=True)
+
+
+def test_an_existing_valkey_slice_in_the_chosen_role(client, db, g, token):
+    vk = make_service(db, g, "valkey", "vk2", running=True, digest=DIGEST_A)
+    jobs = _hand_made_slice(db, vk, "jobs", SliceType.VALKEY_NAMESPACE)
+    resp = post(client, f"/environments/{g.environment.id}/attachments/valkey", token,
+                {"vk-target": str(vk.id), "vk-role": "queue", "vk-existing_slice": str(jobs.id)})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    assert not ops(db)
+    att = db.session.execute(sa.select(EnvironmentAttachment).where(
+        EnvironmentAttachment.service_slice_id == jobs.id)).scalar_one()
+    assert att.role.value == "queue"
+
+
+def test_a_slice_used_by_another_environment_or_org_is_not_offered(client, db, g, token):
+    from app.attachments import AttachmentError, attach_existing_slice, attachable_slices
+    other = build_org(email="o@example.com", organisation="Other")
+    theirs = _hand_made_slice(db, other.postgres, "theirs")
+    used = g.slice  # attached to g.environment
+    used.status = SliceStatus.READY
+    db.session.commit()
+    offered = attachable_slices(g.org.id, "postgres", g.environment)
+    assert theirs not in offered and used not in offered
+    with pytest.raises(AttachmentError, match="different organisations"):
+        attach_existing_slice(g.environment, theirs)
+    with pytest.raises(AttachmentError, match="no environment uses"):
+        attach_existing_slice(g.environment, used)

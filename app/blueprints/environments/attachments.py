@@ -98,9 +98,32 @@ def _attachments_done(env: Environment, forms: dict, message=None, error=None):
     return redirect(url_for("environments.show", environment_id=env.id) + "#attachments")
 
 
+def _attach_existing(env, form, service_type: str) -> str | None:
+    """The advanced choice: attach a slice that exists already (no operation: it is ready)."""
+    slice_ = next((sl for sl in att.attachable_slices(env.application.organisation_id,
+                                                      service_type, env)
+                   if str(sl.id) == form.existing_slice.data), None)
+    if slice_ is None:
+        form.existing_slice.errors.append("Choose a slice from the list.")
+        return None
+    role = AttachmentRole(form.role.data) if hasattr(form, "role") else None
+    try:
+        att.attach_existing_slice(env, slice_, role)
+    except (att.AttachmentError, DriverError) as exc:
+        db.session.rollback()
+        form.existing_slice.errors.append(str(exc))
+        return None
+    db.session.commit()
+    return (f"{slice_.service.name} attached with the existing "
+            f"{slice_.type.value.replace('_', ' ')} {slice_.name}: its variables are set, "
+            "deploy to use them.")
+
+
 def _attach_one(env, form, form_key: str, service_type: str, do_attach) -> str | None:
     """Attach what a validated form names; a message, or None with the errors on the form
     (an OperationLocked propagates)."""
+    if getattr(form, "existing_slice", None) is not None and form.existing_slice.data:
+        return _attach_existing(env, form, service_type)
     service = _resolve_target(form, service_type, env)
     if service is None:
         db.session.rollback()

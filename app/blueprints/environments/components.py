@@ -42,13 +42,29 @@ class _AttachForm(KeystoneForm):
     target = SelectField("Service", coerce=str, choices=[], validators=[DataRequired()])
 
 
+def _optional_id(value) -> str:
+    """An optional choice: absent from the form (older pages, the one-click plan) is ""."""
+    return "" if value is None else str(value)
+
+
 class AttachPostgresForm(_AttachForm):
-    pass
+    # Advanced (SPEC 12): a slice that exists already instead of a new one.
+    existing_slice = SelectField("Use an existing database", coerce=_optional_id, choices=[],
+                                 default="")
 
 
 class AttachValkeyForm(_AttachForm):
     role = SelectField("Use it for", choices=[("cache", "Cache and sessions"),
                                                ("queue", "Queues")], default="cache")
+    existing_slice = SelectField("Use an existing ACL user", coerce=_optional_id, choices=[],
+                                 default="")
+
+
+def _slice_choices(env: Environment, service_type: str) -> list[tuple[str, str]]:
+    from app.attachments import attachable_slices
+    slices = attachable_slices(env.application.organisation_id, service_type, env)
+    return [("", "No: create a new one")] + [(str(sl.id), f"{sl.name} on {sl.service.name}")
+                                             for sl in slices]
 
 
 class AttachDomainForm(_AttachForm):
@@ -108,6 +124,8 @@ def attachment_forms(env: Environment, formdata=None) -> dict:
     pg.target.choices = _choices(by_type["postgres"], servers, "postgres")
     vk = AttachValkeyForm(formdata=formdata, prefix="vk")
     vk.target.choices = _choices(by_type["valkey"], servers, "valkey")
+    pg.existing_slice.choices = _slice_choices(env, "postgres")
+    vk.existing_slice.choices = _slice_choices(env, "valkey")
     dom = AttachDomainForm(formdata=formdata, prefix="dom")
     dom.target.choices = _choices(by_type["caddy"], servers, "caddy", gateway_servers)
     if formdata is None and not dom.hostname.data and env.application is not None:

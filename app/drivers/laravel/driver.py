@@ -13,15 +13,15 @@ Roles differ only by command:
   finish, ``stop_grace_period`` bounds how long that may take.
 * ``websocket``: ``php artisan reverb:start`` on :8080.
 
-``scheduler=True`` adds a ``scheduler`` container (``php artisan
-schedule:work``) to *that* replica's project: the environment's single
-scheduler runner moves with the replica chosen by the deploy.
+The scheduler is no container of its own (SPEC 8: a role of a selected web or
+worker service): ``schedule:run`` runs inside the chosen replica(s), ``single``
+or ``every_replica`` (app.deploys.scheduler).
 
 Persistent ``storage/``: every container of every replica of the
 environment on a server mounts one named volume,
 ``keystone_env_<environment id>_storage``, at the app's storage path
 (:data:`STORAGE_PATH`), so uploads (``storage/app``), sessions on the file
-driver and logs survive a deploy and are shared by web, worker and scheduler
+driver and logs survive a deploy and are shared by the web, worker and websocket
 containers on that server. The name is explicit (no project prefix), so the
 blue and the green replica, which are different Compose projects, get the
 same volume. On first use Docker copies the image's ``storage/`` (owned by
@@ -176,7 +176,7 @@ class LaravelDriver(Driver):
                        container_name: str, environment: Mapping[str, str],
                        replica_id: int | None = None, operation_id: int | None = None,
                        role: str | None = None, resources: Resources | None = None,
-                       scheduler: bool = False, private_ip: str | None = None,
+                       private_ip: str | None = None,
                        published_port: int | None = None,
                        directory: str | None = None) -> RenderedCompose:
         """A self-contained compose project for ONE replica of a Laravel service.
@@ -197,21 +197,6 @@ class LaravelDriver(Driver):
                             resources=resources or self.resources_for(service),
                             private_ip=private_ip, published_port=published_port)
         services = {role: self._entry(service, ctx, role)}
-        if scheduler:
-            sched_ctx = RenderContext(image=image, project_name=project_name,
-                                      container_name=f"{container_name}-scheduler",
-                                      operation_id=operation_id, replica_id=replica_id,
-                                      environment=ctx.environment,
-                                      resources=ctx.resources)
-            sched = base_service(self, service, sched_ctx, role="scheduler",
-                                 aliases=[sched_ctx.container_name])
-            sched["command"] = ["php", "artisan", "schedule:work"]
-            sched.update({"stop_signal": "SIGTERM", "stop_grace_period": "60s"})
-            # Replace the image's web health check, which would probe :8080 here.
-            sched["healthcheck"] = HealthCheck(("grep -q schedule:work /proc/1/cmdline",),
-                                               shell_form=True, interval="10s", timeout="3s",
-                                               retries=3, start_period="5s").compose()
-            services["scheduler"] = sched
         mount = storage_mount(service)
         if mount:
             for entry in services.values():
