@@ -164,8 +164,8 @@ def attach_valkey(environment: Environment, service: Service,
 
 
 def attach_domain(environment: Environment, gateway: Service, hostnames: list[str],
-                  tls: str = "auto", redirect_from: list[str] | None = None
-                  ) -> tuple[EnvironmentAttachment, ServiceSlice]:
+                  tls: str = "auto", redirect_from: list[str] | None = None,
+                  hsts: bool = False) -> tuple[EnvironmentAttachment, ServiceSlice]:
     """A route slice on the gateway for the environment's web service.
 
     An environment may have several (www next to the apex, another name): one slice and
@@ -185,7 +185,8 @@ def attach_domain(environment: Environment, gateway: Service, hostnames: list[st
     try:
         config, _ = driver.new_slice_config(name, hostnames, tls=tls,
                                             environment_id=environment.id,
-                                            redirect_from=redirect_from)
+                                            redirect_from=redirect_from,
+                                            **({"hsts": True} if hsts else {}))
     except ValueError as exc:
         raise AttachmentError(str(exc)) from None
     taken = {h for s in gateway.slices if s.type == route_type

@@ -143,6 +143,8 @@ def _service_context(service: Service, **kw) -> dict:
            "image_message": None, "image_error": None, "image_checking": None,
            "deploy_error": None}
     ctx.update(_image_check(service))
+    if service.type == "caddy":
+        ctx.update(certificates_context(service))
     if service.type == "postgres":
         from app.blueprints.backups import section_context
         ctx.update({k: v for k, v in section_context(service).items()
@@ -171,6 +173,40 @@ def _image_check(service: Service) -> dict:
     if op.status == OperationStatus.SUCCEEDED:
         return {"image_message": (op.result or {}).get("message"), "image_check": op}
     return {"image_error": op.error or f"The check {op.status.value}.", "image_check": op}
+
+
+def certificates_context(service: Service) -> dict:
+    """What the gateway's Certificates card shows: stored rows only (no network here)."""
+    from app.certificates import WARN_DAYS, renewal_failing, rows_for
+    from app.drivers.caddy.caddyfile import CaddyfileError
+    from app.drivers.caddy.tls import AcmeSettings
+    rows = rows_for(db.session, service.id)
+    for r in rows:
+        r.warn = renewal_failing(r)
+    try:
+        acme = AcmeSettings.for_gateway(service)
+    except CaddyfileError:
+        acme = AcmeSettings()
+    return {"certificates": rows, "warn_days": WARN_DAYS, "acme": acme, "cert_message": None}
+
+
+@bp.route("/services/<int:service_id>/certificates", methods=["POST"])
+@login_required
+def check_certificates(service_id):
+    """Enqueue a certificate check of this gateway; the card shows the stored rows."""
+    from app.certificates import enqueue_check
+    service = get_for_org_or_404(Service, service_id)
+    if service.type != "caddy" or not ActionForm().validate_on_submit():
+        abort(400)
+    queued = enqueue_check(service.id)
+    message = ("Checking the certificates on the server; reload in a few seconds."
+               if queued else "The worker queue is not reachable; try again later.")
+    if request.htmx:
+        ctx = _service_context(service)
+        ctx["cert_message"] = message
+        return render_template("services/_certificates.html", **ctx)
+    flash(message, "success" if queued else "error")
+    return redirect(url_for("services.show", service_id=service.id))
 
 
 @bp.route("/services/<int:service_id>/check-updates", methods=["POST"])

@@ -1,0 +1,72 @@
+"""HTTPS settings of a Caddy gateway, in one typed home (issue 22).
+
+Caddy's automatic HTTPS does the work: every site whose route has ``tls: auto`` gets a
+certificate from an ACME CA, renewed by Caddy itself, and port 80 redirects to HTTPS.
+Keystone decides only what Caddy's global options say:
+
+* ``email``: the ACME account email, from the gateway (``acme_email`` in its config) or
+  else its organisation (``Organisation.acme_email``). Let's Encrypt writes to it about
+  expiring certificates and policy changes.
+* ``acme_ca`` / ``acme_ca_root``: another CA than Caddy's default (Let's Encrypt, ZeroSSL
+  as fallback). Only the sandbox sets them, to its Pebble; the rest of the path is the
+  production one.
+
+Every value is validated by allowlist before it reaches the Caddyfile; the root is parsed
+as X.509 and written back as clean PEM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.drivers.caddy.caddyfile import CaddyfileError, validate_acme_ca, validate_email
+
+if TYPE_CHECKING:  # pragma: no cover
+    from app.models import Service
+
+
+def clean_root_pem(value: object) -> str:
+    """One or more PEM certificates, re-serialised (nothing else survives), or raise."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    if not isinstance(value, str) or "-----BEGIN CERTIFICATE-----" not in value:
+        raise CaddyfileError("ACME CA root: must be a PEM certificate")
+    try:
+        certs = x509.load_pem_x509_certificates(value.encode())
+    except ValueError:
+        raise CaddyfileError("ACME CA root: not a readable PEM certificate") from None
+    return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    email: str | None = None
+    ca: str | None = None  # None: Caddy's default CAs (Let's Encrypt)
+    ca_root_pem: str | None = None
+
+    @classmethod
+    def from_values(cls, email=None, ca=None, ca_root_pem=None) -> "AcmeSettings":
+        return cls(email=validate_email(email) if email else None,
+                   ca=validate_acme_ca(ca) if ca else None,
+                   ca_root_pem=clean_root_pem(ca_root_pem) if ca_root_pem else None)
+
+    @classmethod
+    def for_gateway(cls, service: "Service") -> "AcmeSettings":
+        cfg = service.config or {}
+        email = cfg.get("acme_email")
+        if not email:
+            from app.extensions import db
+            from app.models import Organisation
+            org = db.session.get(Organisation, service.organisation_id) \
+                if service.organisation_id else None
+            email = getattr(org, "acme_email", None)
+        return cls.from_values(email, cfg.get("acme_ca"), cfg.get("acme_ca_root_pem"))
+
+
+def gateway_acme_config(ca: str, ca_root_pem: str | None) -> dict:
+    """The gateway config keys that point it at another ACME CA (the sandbox's Pebble)."""
+    settings = AcmeSettings.from_values(ca=ca, ca_root_pem=ca_root_pem)
+    out = {"acme_ca": settings.ca}
+    if settings.ca_root_pem:
+        out["acme_ca_root_pem"] = settings.ca_root_pem
+    return out
