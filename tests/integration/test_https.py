@@ -168,3 +168,102 @@ def test_two_gateways_serve_a_valid_certificate_for_the_same_name(hbed, acme, sa
     assert serials[0] != serials[1]  # each gateway holds its own certificate
     log = hbed.gateway_log(0)
     assert "certificate obtained successfully" in log and host in log
+
+
+class _Load:
+    """Keep-alive HTTPS clients hammering one gateway; every error or non-200 is counted."""
+
+    def __init__(self, host: str, port: int, ctx, clients: int = 4, max_seconds: float = 120):
+        self.host, self.port, self.ctx = host, port, ctx
+        self.ok = self.failed = 0
+        self.errors: list[str] = []
+        self.serials: set[str] = set()
+        self.stop = threading.Event()
+        self.deadline = time.monotonic() + max_seconds  # bounded: stops by itself
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self):
+        conn = None
+        mine = 0
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            try:
+                if conn is None:
+                    conn = _Conn(self.host, self.port, self.ctx)
+                    conn.connect()
+                    serial = conn.sock.getpeercert()["serialNumber"]
+                    with self.lock:
+                        self.serials.add(serial)
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                resp.read()
+                mine += 1
+                with self.lock:
+                    if resp.status == 200:
+                        self.ok += 1
+                    else:
+                        self.failed += 1
+                        self.errors.append(f"status {resp.status}")
+            except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+                with self.lock:
+                    self.failed += 1
+                    self.errors.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+            # Every 50th request opens a new connection: new handshakes see the new certificate.
+            if conn is not None and mine % 50 == 0:
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
+def test_a_forced_renewal_under_load_loses_nothing(hbed, acme, sandbox):
+    """The gateway is told to renew at once (Caddy's renewal_window_ratio near 1, checked
+    every 2 s): a real renewal by Caddy's own maintenance, under keep-alive HTTPS load."""
+    from app.attachments import start_slice_provision
+    from app.extensions import db
+    from app.models import Service
+    host = f"renew-{uuid.uuid4().hex[:6]}.test"
+    acme.set_a(host, [sandbox.servers[0].private_ip])
+    (route,) = attach_https(hbed, host, [0])
+    port = sandbox.servers[0].https_port
+    _, _, cert = serves_https(host, port, acme)
+    first = cert["serialNumber"]
+
+    gateway = db.session.get(Service, hbed.gateway_ids[0])
+    normal = dict(gateway.config)
+    # The renewal settings go in first (a reload, as any route change: measured elsewhere,
+    # bench.cutover); the load then runs across the renewals Caddy does by itself.
+    gateway.config = {**normal, "renewal_window_ratio": 0.9999999, "renew_interval": "2s"}
+    db.session.commit()
+    hbed.run(start_slice_provision(route, enqueue=False).id)
+    ctx = tls_context(acme)
+    with _Load(host, port, ctx) as load:
+        assert wait_until(lambda: load.ok > 20, timeout=30, interval=0.2), load.errors[:5]
+        start = set(load.serials)
+        renewed = wait_until(lambda: len(load.serials - start - {first}) >= 2, timeout=90,
+                             interval=0.5)
+        before_end = load.ok
+        assert wait_until(lambda: load.ok > before_end + 20, timeout=30, interval=0.2)
+    gateway = db.session.get(Service, hbed.gateway_ids[0])
+    gateway.config = normal
+    db.session.commit()
+    hbed.run(start_slice_provision(route, enqueue=False).id)
+    print(f"\nrenewal under load: {load.ok} ok, {load.failed} failed, "
+          f"{len(load.serials)} certificates seen")
+    assert renewed, f"no renewal seen: serials {load.serials}"
+    assert load.failed == 0, load.errors[:10]
+    log = hbed.gateway_log(0)
+    assert "certificate renewed successfully" in log

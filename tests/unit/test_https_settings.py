@@ -128,3 +128,16 @@ def test_parse_probe_reads_certificates_and_the_tls_log():
     assert shop.last_attempt_at == dt.datetime(2026, 12, 2, 19, 33, 20, 500000) and not shop.last_error
     other = probe.certs["other.test"]
     assert other.not_after is None and "HTTP 400" in other.last_error
+
+
+def test_renewal_timing_is_validated_and_accepted_by_caddy():
+    text = render_caddyfile([_route()], GatewayOptions(renewal_window_ratio=0.9999999,
+                                                       renew_interval="5s"))
+    assert "\trenewal_window_ratio 0.9999999\n" in text and "\trenew_interval 5s\n" in text
+    tls = json.loads(check_caddyfile(text))["apps"]["tls"]["automation"]
+    assert tls["renew_interval"] == 5_000_000_000
+    for bad in (0, 1, 1.5, "0.5", True):
+        with pytest.raises(CaddyfileError):
+            render_caddyfile([_route()], GatewayOptions(renewal_window_ratio=bad))
+    with pytest.raises(CaddyfileError):
+        AcmeSettings.from_values(renew_interval="5s\n}")

@@ -156,7 +156,9 @@ class CaddyDriver(Driver):
         cfg = service.config or {}
         acme = AcmeSettings.for_gateway(service)
         options = GatewayOptions(email=acme.email, grace_period=cfg.get("grace_period", "10s"),
-                                 acme_ca=acme.ca, acme_ca_root=bool(acme.ca_root_pem))
+                                 acme_ca=acme.ca, acme_ca_root=bool(acme.ca_root_pem),
+                                 renewal_window_ratio=acme.renewal_window_ratio,
+                                 renew_interval=acme.renew_interval)
         routes = self.routes(service.slices if slices is None else slices)
         for route in routes:
             route.challenge_peers = challenge_peers(service, route)

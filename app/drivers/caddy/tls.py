@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.drivers.caddy.caddyfile import CaddyfileError, validate_acme_ca, validate_email
+from app.drivers.caddy.caddyfile import (_DURATION_RE, CaddyfileError, validate_acme_ca,
+                                         validate_email, validate_ratio)
 
 if TYPE_CHECKING:  # pragma: no cover
     from app.models import Service
@@ -43,12 +44,21 @@ class AcmeSettings:
     email: str | None = None
     ca: str | None = None  # None: Caddy's default CAs (Let's Encrypt)
     ca_root_pem: str | None = None
+    renewal_window_ratio: float | None = None
+    renew_interval: str | None = None
 
     @classmethod
-    def from_values(cls, email=None, ca=None, ca_root_pem=None) -> "AcmeSettings":
+    def from_values(cls, email=None, ca=None, ca_root_pem=None, renewal_window_ratio=None,
+                    renew_interval=None) -> "AcmeSettings":
+        if renew_interval is not None and (not isinstance(renew_interval, str) or
+                                           not _DURATION_RE.fullmatch(renew_interval)):
+            raise CaddyfileError(f"renew interval {renew_interval!r}: must look like 30s, 10m")
         return cls(email=validate_email(email) if email else None,
                    ca=validate_acme_ca(ca) if ca else None,
-                   ca_root_pem=clean_root_pem(ca_root_pem) if ca_root_pem else None)
+                   ca_root_pem=clean_root_pem(ca_root_pem) if ca_root_pem else None,
+                   renewal_window_ratio=(validate_ratio(renewal_window_ratio)
+                                         if renewal_window_ratio is not None else None),
+                   renew_interval=renew_interval)
 
     @classmethod
     def for_gateway(cls, service: "Service") -> "AcmeSettings":
@@ -60,7 +70,8 @@ class AcmeSettings:
             org = db.session.get(Organisation, service.organisation_id) \
                 if service.organisation_id else None
             email = getattr(org, "acme_email", None)
-        return cls.from_values(email, cfg.get("acme_ca"), cfg.get("acme_ca_root_pem"))
+        return cls.from_values(email, cfg.get("acme_ca"), cfg.get("acme_ca_root_pem"),
+                               cfg.get("renewal_window_ratio"), cfg.get("renew_interval"))
 
 
 def gateway_acme_config(ca: str, ca_root_pem: str | None) -> dict:
