@@ -113,6 +113,9 @@ class Testbed:
     # Extra gateway config for every gateway (e.g. the sandbox's ACME CA:
     # app.drivers.caddy.tls.gateway_acme_config(acme.directory_url, acme.server_root_pem)).
     gateway_config: dict = field(default_factory=dict)
+    # The domain route's TLS mode: "off" (plain HTTP, the default) or "auto" (a certificate
+    # from the gateway's ACME CA: point gateway_config at the sandbox's Pebble).
+    tls: str = "off"
 
     def __post_init__(self):
         self.tag = uuid.uuid4().hex[:6]
@@ -205,9 +208,12 @@ class Testbed:
         db.session.commit()
         for s in (pg_slice, vk_slice):
             self.run(start_slice_provision(s, enqueue=False).id)
-        for gw in gateways:
-            _, route = attach_domain(env, gw, [self.hostname], tls="off")
+        routes = []
+        for gw in gateways:  # every route exists before any is installed: gateways know peers
+            _, route = attach_domain(env, gw, [self.hostname], tls=self.tls)
             db.session.commit()
+            routes.append(route)
+        for route in routes:
             self.run(start_slice_provision(route, enqueue=False).id)
         # PHP workers of the sandbox stand-in's php-fpm pool (FrankenPHP sizes its own).
         for key, value in {"PHP_FPM_PM_MAX_CHILDREN": "8", **self.extra_env}.items():

@@ -1,0 +1,81 @@
+"""The gateway's Certificates card (issue 22): stored rows only, a warning when renewal
+fails close to expiry, "Check now" enqueues the job (no network in the view), and the
+organisation's channels hear ``certificate.expiring`` once a day."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from app.models import GatewayCertificate, NotificationDelivery
+from app.models.base import utcnow
+from tests.web.test_services_ui import g, make_service, post, token  # noqa: F401
+
+
+@pytest.fixture()
+def gateway(db, g):  # noqa: F811
+    svc = make_service(db, g, "caddy", "gateway", running=True)
+    svc.config = {"acme_email": "ops@example.com"}
+    db.session.commit()
+    return svc
+
+
+def _row(db, svc, host, days, error=None):
+    now = utcnow()
+    row = GatewayCertificate(service_id=svc.id, hostname=host, issuer="R11",
+                             not_before=now - dt.timedelta(days=60),
+                             not_after=now + dt.timedelta(days=days),
+                             last_attempt_at=now if error else None, last_error=error,
+                             checked_at=now)
+    db.session.add(row)
+    db.session.commit()
+    return row
+
+
+def test_card_shows_issuer_and_expiry_and_warns_only_when_renewal_fails(client, db, gateway):
+    ok = _row(db, gateway, "shop.example.com", 60)
+    _row(db, gateway, "late.example.com", 10)  # close to expiry, but no failure seen
+    bad = _row(db, gateway, "broken.example.com", 5, error="could not get certificate: 403")
+    page = client.get(f"/services/{gateway.id}").get_data(as_text=True)
+    assert "Certificates" in page and "R11" in page and "ops@example.com" in page
+    assert ok.not_after.strftime("%Y-%m-%d %H:%M") in page
+    assert page.count("data-cert-warning") == 1
+    warn_row = page.split('data-cert-host="broken.example.com"')[1].split("</tr>")[0]
+    assert "renewal is failing" in warn_row and "403" in warn_row
+    del bad
+
+
+def test_check_now_enqueues_the_job_and_returns_the_card(client, db, gateway, token):  # noqa: F811
+    from rq import Queue
+
+    from app.operations import logstream
+    from flask import current_app
+    queue = Queue(current_app.config["RQ_QUEUE"], connection=logstream.redis_client())
+    before = queue.count
+    resp = post(client, f"/services/{gateway.id}/certificates", token, htmx=True)
+    assert resp.status_code == 200
+    body = resp.get_data(as_text=True)
+    assert 'id="certificates"' in body and "Checking the certificates" in body
+    jobs = [j for j in queue.get_jobs() if j.func_name == "app.jobs.check_certificates"]
+    assert queue.count == before + 1 and jobs[-1].args == (gateway.id,)
+
+
+def test_check_now_refuses_other_services(client, db, g, token):  # noqa: F811
+    pg = make_service(db, g, "postgres", "pg", running=True)
+    assert post(client, f"/services/{pg.id}/certificates", token).status_code == 400
+
+
+def test_expiring_with_failing_renewal_notifies_once(db, g, gateway):  # noqa: F811
+    from app.certificates import alert_expiring, renewal_failing
+    from app.notifications.channels import create_channel
+    create_channel(g.org.id, "ops", "slack", ["certificate.expiring"],
+                   url="https://hooks.slack.com/services/T000/B000/XXXX")
+    db.session.commit()
+    row = _row(db, gateway, "broken.example.com", 5, error="renewal failed")
+    assert renewal_failing(row)
+    assert alert_expiring(gateway, row) == 1
+    assert alert_expiring(gateway, row) == 0  # once per day
+    rows = db.session.query(NotificationDelivery).all()
+    assert [r.event for r in rows] == ["certificate.expiring"]
+    assert rows[0].payload["hostname"] == "broken.example.com"
+    assert rows[0].payload["error"] == "renewal failed" and rows[0].payload["not_after"]
