@@ -418,6 +418,25 @@ def start_slice_provision(slice_: ServiceSlice, user=None, *, enqueue: bool = Tr
                            enqueue=enqueue)
 
 
+def start_gateway_reinstall(gateway: Service, user=None, *, enqueue: bool = True):
+    """Reinstall a gateway's Caddyfile after a gateway-wide setting changed (ACME email):
+    a route ``update`` on one of its live routes (the whole file is rendered and installed,
+    validated, last good kept). None when the gateway routes nothing yet (the first route
+    installs it)."""
+    from app.operations import start_operation
+    from app.models.enums import OperationKind
+    route = next((s for s in gateway.slices if s.type == SliceType.CADDY_ROUTE
+                  and s.status == SliceStatus.READY), None)
+    if route is None:
+        return None
+    return start_operation(OperationKind.SLICE_CONFIGURE, target_type="service_slice",
+                           target_id=route.id, organisation_id=gateway.organisation_id,
+                           user=user, lock_keys=[f"service:{gateway.id}"],
+                           params={"action": "update"},
+                           summary=f"Install {gateway.name}'s configuration (HTTPS settings)",
+                           enqueue=enqueue)
+
+
 def request_slice_delete(slice_: ServiceSlice, *, confirm: str, drop_data: bool = False,
                          user=None, enqueue: bool = True):
     """Delete a slice after the user typed its name. Data is kept unless ``drop_data``.

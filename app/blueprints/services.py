@@ -187,7 +187,57 @@ def certificates_context(service: Service) -> dict:
         acme = AcmeSettings.for_gateway(service)
     except CaddyfileError:
         acme = AcmeSettings()
-    return {"certificates": rows, "warn_days": WARN_DAYS, "acme": acme, "cert_message": None}
+    form = AcmeEmailForm(formdata=None, gateway_email=(service.config or {}).get("acme_email", ""),
+                         organisation_email=service.organisation.acme_email or ""
+                         if service.organisation else "")
+    return {"certificates": rows, "warn_days": WARN_DAYS, "acme": acme, "cert_message": None,
+            "acme_form": form, "acme_error": None}
+
+
+class AcmeEmailForm(KeystoneForm):
+    gateway_email = StringField("ACME email for this gateway", validators=[Optional(),
+                                                                          Length(max=254)])
+    organisation_email = StringField("ACME email for the organisation (every gateway without "
+                                     "its own)", validators=[Optional(), Length(max=254)])
+
+
+@bp.route("/services/<int:service_id>/acme-email", methods=["POST"])
+@login_required
+def acme_email(service_id):
+    """Save the ACME account emails and reinstall the gateway's Caddyfile (an operation)."""
+    from app.drivers.caddy.caddyfile import CaddyfileError, validate_email
+    service = get_for_org_or_404(Service, service_id)
+    if service.type != "caddy":
+        abort(400)
+    form = AcmeEmailForm()
+    message, error = None, None
+    if form.validate_on_submit():
+        try:
+            gw = (form.gateway_email.data or "").strip()
+            org = (form.organisation_email.data or "").strip()
+            gw, org = (validate_email(gw) if gw else None), (validate_email(org) if org else None)
+        except CaddyfileError as exc:
+            error = str(exc)
+        else:
+            cfg = dict(service.config or {})
+            if gw:
+                cfg["acme_email"] = gw
+            else:
+                cfg.pop("acme_email", None)
+            service.config = cfg
+            service.organisation.acme_email = org
+            db.session.commit()
+            op = att.start_gateway_reinstall(service, current_user)
+            message = (f"Saved; installing the gateway's configuration (operation #{op.id})."
+                       if op else "Saved; the gateway uses it from its first route.")
+    else:
+        error = "; ".join(e for errs in form.errors.values() for e in errs)
+    if request.htmx:
+        ctx = _service_context(service)
+        ctx.update(cert_message=message or None, acme_error=error, acme_form=form)
+        return render_template("services/_certificates.html", **ctx)
+    flash(message or error, "success" if message else "error")
+    return redirect(url_for("services.show", service_id=service.id))
 
 
 @bp.route("/services/<int:service_id>/certificates", methods=["POST"])
