@@ -784,4 +784,6 @@ def info_as_dict(info: SandboxInfo) -> dict:
     d = conv(asdict(info))
     d["registry"]["url"] = info.registry.url
     d["git"]["sample_repo_url"] = info.git.sample_repo_url
+    if info.acme is not None:
+        d["acme"]["directory_url"] = info.acme.directory_url
     return d
