@@ -108,3 +108,35 @@ def test_acme_emails_are_validated_saved_and_installed_by_an_operation(client, d
     assert op.target_id == route.id and op.params["action"] == "update"
     from app.drivers import get_driver
     assert "\temail certs@example.com\n" in get_driver(gateway).render_gateway_config(gateway)
+
+
+def test_gateways_sharing_a_name_form_a_challenge_ring(db, g, gateway):  # noqa: F811
+    """Two gateways route shop.example.com: each forwards challenges it did not start to
+    the other's private address, and provisioning one reinstalls the other (slice_peers)."""
+    from app.drivers import get_driver
+    from app.models import Server, ServiceSlice
+    from app.models.enums import ServerStatus, SliceStatus, SliceType
+    g.server.private_ip = "10.0.0.11"
+    other_server = Server(organisation=g.org, name="web-2", public_ip="203.0.113.11",
+                          private_ip="10.0.0.12", status=ServerStatus.ACTIVE)
+    db.session.add(other_server)
+    db.session.commit()
+    other = make_service(db, g, "caddy", "gateway-2", server=other_server, running=True)
+    routes = []
+    for svc in (gateway, other):
+        routes.append(ServiceSlice(service_id=svc.id, name="shop", type=SliceType.CADDY_ROUTE,
+                                   status=SliceStatus.READY,
+                                   config={"hostnames": ["shop.example.com"], "tls": "auto",
+                                           "upstreams": []}))
+    lone = ServiceSlice(service_id=gateway.id, name="lone", type=SliceType.CADDY_ROUTE,
+                        status=SliceStatus.READY, config={"hostnames": ["lone.example.com"],
+                                                          "tls": "auto", "upstreams": []})
+    db.session.add_all([*routes, lone])
+    db.session.commit()
+    driver = get_driver(gateway)
+    first, second = (driver.render_gateway_config(s) for s in (gateway, other))
+    assert "reverse_proxy @hop0 10.0.0.12:80" in first and "http://shop.example.com {" in first
+    assert "reverse_proxy @hop0 10.0.0.11:80" in second
+    assert "http://lone.example.com" not in first  # one gateway: Caddy's defaults
+    assert [p.id for p in driver.slice_peers(gateway, routes[0])] == [other.id]
+    assert driver.slice_peers(gateway, lone) == []

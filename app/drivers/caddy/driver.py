@@ -143,6 +143,20 @@ class CaddyDriver(Driver):
     def slice_released_steps(self, service, container):
         return self.reconfigure_steps(service, container)
 
+    def slice_peers(self, service, slice_):
+        """The other gateways serving one of the route's names: their ACME challenge ring
+        now includes this gateway, so their Caddyfiles change (docs/https.md)."""
+        from app.extensions import db
+        from app.models import Service as ServiceModel
+        route = Route.from_config(slice_.config or {}, name=slice_.name)
+        peers = []
+        for gid in _ring(service, route):
+            if gid != service.id:
+                peer = db.session.get(ServiceModel, gid)
+                if peer is not None and peer.server_id is not None:
+                    peers.append(peer)
+        return peers
+
     # -- routes -----------------------------------------------------------
 
     def routes(self, slices: Iterable["ServiceSlice"]) -> list[Route]:
@@ -221,40 +235,48 @@ class CaddyDriver(Driver):
         raise DriverError("caddy routes are applied by installing the rendered Caddyfile")
 
 
-def challenge_peers(service: "Service", route: Route) -> list[str]:
-    """Private addresses of the other gateways that serve one of ``route``'s names, in ring
-    order starting after this one (by service id): where an ACME HTTP-01 challenge this
-    gateway did not start is forwarded (app.drivers.caddy.caddyfile, docs/https.md)."""
+def _ring(service: "Service", route: Route) -> list[int]:
+    """Ids of the gateways (this one included) with a live ``tls auto`` route for one of
+    ``route``'s names, in the organisation, sorted: the ACME challenge ring."""
     from app.extensions import db
-    from app.models import Server, Service as ServiceModel, ServiceSlice
+    from app.models import Service as ServiceModel, ServiceSlice
     if route.tls != "auto" or service.id is None:
         return []
     names = set(route.all_hostnames)
     with db.session.no_autoflush:
         rows = db.session.execute(
-            db.select(ServiceSlice, ServiceModel).join(ServiceModel,
-                                                       ServiceSlice.service_id == ServiceModel.id)
+            db.select(ServiceSlice.config, ServiceModel.id).join(
+                ServiceModel, ServiceSlice.service_id == ServiceModel.id)
             .where(ServiceModel.type == CaddyDriver.type,
                    ServiceModel.organisation_id == service.organisation_id,
                    ServiceSlice.type == SliceType.CADDY_ROUTE,
                    ServiceSlice.status.not_in([SliceStatus.DELETED, SliceStatus.DELETING]))
         ).all()
-        gateways: dict[int, "ServiceModel"] = {}
-        for slice_, gw in rows:
-            cfg = slice_.config or {}
-            hosts = set(cfg.get("hostnames") or []) | set(cfg.get("redirect_from") or [])
-            if hosts & names and cfg.get("tls", "auto") == "auto":
-                gateways[gw.id] = gw
-        gateways[service.id] = service
-        ring = sorted(gateways)
-        if len(ring) < 2:
-            return []
-        at = ring.index(service.id)
-        peers = []
-        for gid in ring[at + 1:] + ring[:at]:
-            server = db.session.get(Server, gateways[gid].server_id)
-            if server is not None and server.private_ip:
-                peers.append(server.private_ip)
+    ids = {service.id}
+    for cfg, gid in rows:
+        cfg = cfg or {}
+        hosts = set(cfg.get("hostnames") or []) | set(cfg.get("redirect_from") or [])
+        if hosts & names and cfg.get("tls", "auto") == "auto":
+            ids.add(gid)
+    return sorted(ids)
+
+
+def challenge_peers(service: "Service", route: Route) -> list[str]:
+    """Private addresses of the other gateways that serve one of ``route``'s names, in ring
+    order starting after this one (by service id): where an ACME HTTP-01 challenge this
+    gateway did not start is forwarded (app.drivers.caddy.caddyfile, docs/https.md)."""
+    from app.extensions import db
+    from app.models import Server, Service as ServiceModel
+    ring = _ring(service, route)
+    if len(ring) < 2:
+        return []
+    at = ring.index(service.id)
+    peers = []
+    for gid in ring[at + 1:] + ring[:at]:
+        gateway = db.session.get(ServiceModel, gid)
+        server = db.session.get(Server, gateway.server_id) if gateway is not None else None
+        if server is not None and server.private_ip:
+            peers.append(server.private_ip)
     return peers
 
 
