@@ -187,18 +187,14 @@ def certificates_context(service: Service) -> dict:
         acme = AcmeSettings.for_gateway(service)
     except CaddyfileError:
         acme = AcmeSettings()
-    form = AcmeEmailForm(formdata=None, gateway_email=(service.config or {}).get("acme_email", ""),
-                         organisation_email=service.organisation.acme_email or ""
-                         if service.organisation else "")
+    form = AcmeEmailForm(formdata=None, email=(service.config or {}).get("acme_email", ""))
     return {"certificates": rows, "warn_days": WARN_DAYS, "acme": acme, "cert_message": None,
             "acme_form": form, "acme_error": None}
 
 
 class AcmeEmailForm(KeystoneForm):
-    gateway_email = StringField("ACME email for this gateway", validators=[Optional(),
-                                                                          Length(max=254)])
-    organisation_email = StringField("ACME email for the organisation (every gateway without "
-                                     "its own)", validators=[Optional(), Length(max=254)])
+    email = StringField("ACME account email", validators=[Optional(), Length(max=254)])
+    every_gateway = BooleanField("Set it on every gateway of the organisation")
 
 
 @bp.route("/services/<int:service_id>/acme-email", methods=["POST"])
@@ -213,23 +209,31 @@ def acme_email(service_id):
     message, error = None, None
     if form.validate_on_submit():
         try:
-            gw = (form.gateway_email.data or "").strip()
-            org = (form.organisation_email.data or "").strip()
-            gw, org = (validate_email(gw) if gw else None), (validate_email(org) if org else None)
+            email = (form.email.data or "").strip()
+            email = validate_email(email) if email else None
         except CaddyfileError as exc:
             error = str(exc)
         else:
-            cfg = dict(service.config or {})
-            if gw:
-                cfg["acme_email"] = gw
-            else:
-                cfg.pop("acme_email", None)
-            service.config = cfg
-            service.organisation.acme_email = org
+            gateways = [service]
+            if form.every_gateway.data:
+                gateways = db.session.execute(org_query(Service).where(
+                    Service.type == "caddy")).scalars().all()
+            ops = []
+            for gw in gateways:
+                cfg = dict(gw.config or {})
+                if email:
+                    cfg["acme_email"] = email
+                else:
+                    cfg.pop("acme_email", None)
+                gw.config = cfg
             db.session.commit()
-            op = att.start_gateway_reinstall(service, current_user)
-            message = (f"Saved; installing the gateway's configuration (operation #{op.id})."
-                       if op else "Saved; the gateway uses it from its first route.")
+            for gw in gateways:
+                op = att.start_gateway_reinstall(gw, current_user)
+                if op is not None:
+                    ops.append(f"#{op.id}")
+            message = (f"Saved on {len(gateways)} gateway(s); installing "
+                       f"(operation {', '.join(ops)})." if ops else
+                       "Saved; a gateway uses it from its first route.")
     else:
         error = "; ".join(e for errs in form.errors.values() for e in errs)
     if request.htmx:

@@ -22,9 +22,6 @@ class Organisation(TimestampMixin, OrgScoped, db.Model):
     management_key_private = mapped_column(EncryptedText, nullable=True)
     management_key_fingerprint: Mapped[str | None] = mapped_column(sa.String(100))
     onboarding_state: Mapped[dict] = mapped_column(sa.JSON, default=dict, nullable=False)
-    # The ACME account email every gateway of the organisation gives its CA (Caddy's
-    # global ``email``) unless the gateway names its own (app.drivers.caddy.tls).
-    acme_email: Mapped[str | None] = mapped_column(sa.String(254), nullable=True)
 
     memberships = relationship("Membership", back_populates="organisation",
                                cascade="all, delete-orphan")

@@ -1,4 +1,4 @@
-"""HTTPS: the organisation's ACME email and what each gateway's Caddy holds (issue 22)
+"""HTTPS: what each gateway's Caddy holds (issue 22)
 
 Revision ID: c2e8a4f61b93
 Revises: d41c7e9a2f58
@@ -16,8 +16,6 @@ depends_on = None
 
 
 def upgrade():
-    with op.batch_alter_table('organisations', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('acme_email', sa.String(length=254), nullable=True))
     op.create_table('gateway_certificates',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('service_id', sa.Integer(), nullable=False),
@@ -41,5 +39,3 @@ def downgrade():
     with op.batch_alter_table('gateway_certificates', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_gateway_certificates_service_id'))
     op.drop_table('gateway_certificates')
-    with op.batch_alter_table('organisations', schema=None) as batch_op:
-        batch_op.drop_column('acme_email')

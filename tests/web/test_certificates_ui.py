@@ -81,32 +81,33 @@ def test_expiring_with_failing_renewal_notifies_once(db, g, gateway):  # noqa: F
     assert rows[0].payload["error"] == "renewal failed" and rows[0].payload["not_after"]
 
 
-def test_acme_emails_are_validated_saved_and_installed_by_an_operation(client, db, g, gateway,
-                                                                       token):  # noqa: F811
+def test_acme_email_is_validated_saved_and_installed_by_an_operation(client, db, g, gateway,
+                                                                      token):  # noqa: F811
+    from app.drivers import get_driver
     from app.models import Operation, ServiceSlice
     from app.models.enums import OperationKind, SliceStatus, SliceType
     route = ServiceSlice(service_id=gateway.id, name="shop", type=SliceType.CADDY_ROUTE,
                          status=SliceStatus.READY, config={"hostnames": ["shop.example.com"],
                                                            "tls": "auto", "upstreams": []})
+    other = make_service(db, g, "caddy", "gateway-2", running=True)
     db.session.add(route)
     db.session.commit()
     bad = post(client, f"/services/{gateway.id}/acme-email", token,
-               {"gateway_email": "ops@example.com\n}", "organisation_email": ""}, htmx=True)
+               {"email": "ops@example.com\n}"}, htmx=True)
     assert bad.status_code == 200 and "control characters" in bad.get_data(as_text=True)
     bad = post(client, f"/services/{gateway.id}/acme-email", token,
-               {"gateway_email": "ops@example.com {", "organisation_email": ""}, htmx=True)
+               {"email": "ops@example.com {"}, htmx=True)
     assert "not a valid address" in bad.get_data(as_text=True)
     db.session.refresh(gateway)
     assert gateway.config["acme_email"] == "ops@example.com"  # unchanged
     resp = post(client, f"/services/{gateway.id}/acme-email", token,
-                {"gateway_email": "", "organisation_email": "certs@example.com"}, htmx=True)
-    assert "installing the gateway" in resp.get_data(as_text=True)
+                {"email": "certs@example.com", "every_gateway": "y"}, htmx=True)
+    assert "installing" in resp.get_data(as_text=True)
     db.session.refresh(gateway)
-    assert "acme_email" not in gateway.config and gateway.organisation.acme_email == \
-        "certs@example.com"
+    db.session.refresh(other)
+    assert gateway.config["acme_email"] == other.config["acme_email"] == "certs@example.com"
     op = db.session.query(Operation).filter_by(kind=OperationKind.SLICE_CONFIGURE).one()
-    assert op.target_id == route.id and op.params["action"] == "update"
-    from app.drivers import get_driver
+    assert op.target_id == route.id and op.params["action"] == "update"  # other routes nothing
     assert "\temail certs@example.com\n" in get_driver(gateway).render_gateway_config(gateway)
 
 

@@ -4,9 +4,9 @@ Caddy's automatic HTTPS does the work: every site whose route has ``tls: auto`` 
 certificate from an ACME CA, renewed by Caddy itself, and port 80 redirects to HTTPS.
 Keystone decides only what Caddy's global options say:
 
-* ``email``: the ACME account email, from the gateway (``acme_email`` in its config) or
-  else its organisation (``Organisation.acme_email``). Let's Encrypt writes to it about
-  expiring certificates and policy changes.
+* ``email``: the ACME account email (``acme_email`` in the gateway's config; the gateway
+  page can set it on every gateway of the organisation at once). Let's Encrypt writes to
+  it about expiring certificates and policy changes.
 * ``acme_ca`` / ``acme_ca_root``: another CA than Caddy's default (Let's Encrypt, ZeroSSL
   as fallback). Only the sandbox sets them, to its Pebble; the rest of the path is the
   production one.
@@ -63,14 +63,7 @@ class AcmeSettings:
     @classmethod
     def for_gateway(cls, service: "Service") -> "AcmeSettings":
         cfg = service.config or {}
-        email = cfg.get("acme_email")
-        if not email:
-            from app.extensions import db
-            from app.models import Organisation
-            org = db.session.get(Organisation, service.organisation_id) \
-                if service.organisation_id else None
-            email = getattr(org, "acme_email", None)
-        return cls.from_values(email, cfg.get("acme_ca"), cfg.get("acme_ca_root_pem"),
+        return cls.from_values(cfg.get("acme_email"), cfg.get("acme_ca"), cfg.get("acme_ca_root_pem"),
                                cfg.get("renewal_window_ratio"), cfg.get("renew_interval"))
 
 
