@@ -240,8 +240,9 @@ def _ring(service: "Service", route: Route) -> list[int]:
     ``route``'s names, in the organisation, sorted: the ACME challenge ring."""
     from app.extensions import db
     from app.models import Service as ServiceModel, ServiceSlice
-    if route.tls != "auto" or service.id is None:
-        return []
+    from flask import has_app_context
+    if route.tls != "auto" or service.id is None or not has_app_context():
+        return []  # rendering from data alone (no database): no other gateway is known
     names = set(route.all_hostnames)
     with db.session.no_autoflush:
         rows = db.session.execute(
