@@ -216,8 +216,8 @@ def attach_valkey(environment: Environment, service: Service,
 
 
 def attach_domain(environment: Environment, gateway: Service, hostnames: list[str],
-                  tls: str = "auto", redirect_from: list[str] | None = None
-                  ) -> tuple[EnvironmentAttachment, ServiceSlice]:
+                  tls: str = "auto", redirect_from: list[str] | None = None,
+                  hsts: bool = False) -> tuple[EnvironmentAttachment, ServiceSlice]:
     """A route slice on the gateway for the environment's web service.
 
     An environment may have several (www next to the apex, another name): one slice and
@@ -237,7 +237,8 @@ def attach_domain(environment: Environment, gateway: Service, hostnames: list[st
     try:
         config, _ = driver.new_slice_config(name, hostnames, tls=tls,
                                             environment_id=environment.id,
-                                            redirect_from=redirect_from)
+                                            redirect_from=redirect_from,
+                                            **({"hsts": True} if hsts else {}))
     except ValueError as exc:
         raise AttachmentError(str(exc)) from None
     taken = {h for s in gateway.slices if s.type == route_type
@@ -483,6 +484,25 @@ def start_credential_rotation(slice_: ServiceSlice, user=None, *, enqueue: bool 
                            target_id=slice_.id, organisation_id=service.organisation_id,
                            user=user, lock_keys=[f"service:{service.id}"],
                            summary=f"Rotate the credentials of {slice_.name} on {service.name}",
+                           enqueue=enqueue)
+
+
+def start_gateway_reinstall(gateway: Service, user=None, *, enqueue: bool = True):
+    """Reinstall a gateway's Caddyfile after a gateway-wide setting changed (ACME email):
+    a route ``update`` on one of its live routes (the whole file is rendered and installed,
+    validated, last good kept). None when the gateway routes nothing yet (the first route
+    installs it)."""
+    from app.operations import start_operation
+    from app.models.enums import OperationKind
+    route = next((s for s in gateway.slices if s.type == SliceType.CADDY_ROUTE
+                  and s.status == SliceStatus.READY), None)
+    if route is None:
+        return None
+    return start_operation(OperationKind.SLICE_CONFIGURE, target_type="service_slice",
+                           target_id=route.id, organisation_id=gateway.organisation_id,
+                           user=user, lock_keys=[f"service:{gateway.id}"],
+                           params={"action": "update"},
+                           summary=f"Install {gateway.name}'s configuration (HTTPS settings)",
                            enqueue=enqueue)
 
 

@@ -18,6 +18,14 @@ before any re-send), post_failures, deploys, p50/p95 deploy seconds (the
 whole operation: resolve, build, migrate, start, health, cutover) and the
 same for the cutover child alone. Every loop is bounded in count and time.
 
+    python -m bench.cutover --https
+
+The same over TLS: the gateways get their certificate for the route's name from the
+sandbox's ACME CA (Pebble; ``acme_ca``/``acme_ca_root`` on the gateways, the only
+difference from Let's Encrypt), and every load connection is an HTTPS keep-alive
+connection to the gateway's published port 443 with SNI, verifying the certificate
+against Pebble's root alone. Adds ``https: true`` and ``certificate_issuer``.
+
     python -m bench.cutover --saturate
 
 The harder bed (issue 12): the app saturated. A web replica, a queue worker and
@@ -74,6 +82,14 @@ def _testbed(args, queue: str, **options):
     redis_proc = embedded_redis.start(work / "redis.sock", work / "redis")
     sb = Sandbox(name=args.sandbox, state_dir=root / "instance" / "sandbox" / args.sandbox)
     info = sb.up(servers=max(2, args.servers), bare=False, stand_ins=True)
+    if getattr(args, "https", False):
+        # The route's name resolves (for Pebble's validation) to the first server.
+        from app.drivers.caddy.tls import gateway_acme_config
+        options["hostname"] = f"bench-{time.time_ns() % 10**9:09d}.test"
+        options["tls"] = "auto"
+        options["gateway_config"] = gateway_acme_config(info.acme.directory_url,
+                                                        info.acme.server_root_pem)
+        info.acme.set_a(options["hostname"], [s.private_ip for s in info.servers[:1]])
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{work / 'keystone.db'}",
                       "ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
                       "SECRET_KEY": "bench", "REDIS_URL": f"unix://{work / 'redis.sock'}",
@@ -108,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sandbox", default="keystone-bench")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
     parser.add_argument("--max-seconds", type=float, default=3600)
+    parser.add_argument("--https", action="store_true",
+                        help="the route gets a certificate from the sandbox's ACME CA and the "
+                             "load uses TLS keep-alive connections (issue 22)")
     parser.add_argument("--saturate", action="store_true",
                         help="closed-loop load on / plus POST /items, a worker, builds on the "
                              "same server; 5 deploys and 1 failing deploy (issue 12)")
@@ -125,8 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     with _testbed(args, "bench-cutover", server_count=args.servers) as (bed, info):
         push_new_commit(info.git)  # a good head, whatever an earlier run left there
         bed.deploy()  # the first deploy routes the slots; it is not measured
-        load = LoadGenerator(bed.http_port(), bed.hostname, rps=args.rps, path=args.path,
-                             connections=args.connections, max_seconds=args.max_seconds)
+        port, tls, issuer = bed.http_port(), None, None
+        if args.https:
+            port = bed.sandbox_servers[0].https_port
+            tls, issuer = _https_ready(info.acme, port, bed.hostname)
+        load = LoadGenerator(port, bed.hostname, rps=args.rps, path=args.path,
+                             connections=args.connections, max_seconds=args.max_seconds,
+                             tls_context=tls)
         load_started = time.monotonic()
         durations: list[float] = []
         cutovers: list[float] = []
@@ -160,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                   "load_seconds": round(load_seconds, 1), "connections": args.connections,
                   "path": args.path,
                   "servers": args.servers}
+        if args.https:
+            result.update({"https": True, "certificate_issuer": issuer})
         if stats.errors:
             result["error_kinds"] = dict(stats.errors)
         if failed:
@@ -168,6 +194,28 @@ def main(argv: list[str] | None = None) -> int:
             result["statuses"] = {str(k): v for k, v in stats.statuses.items()}
     print(json.dumps(result))
     return 0 if result and not result.get("deploys_failed") else 1
+
+
+def _https_ready(acme, port: int, hostname: str, timeout: float = 120):
+    """Wait until the gateway serves ``hostname`` with a certificate Pebble issued; return a
+    client context trusting Pebble's issuing root alone, and the certificate's issuer."""
+    import http.client
+    import socket
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=acme.issuing_root())
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname=hostname) as s:
+                    issuer = dict(x[0] for x in s.getpeercert()["issuer"]).get("commonName")
+                    return ctx, issuer
+        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+            last = exc
+        time.sleep(1)
+    raise RuntimeError(f"no certificate for {hostname} on :{port}: {last!r}")
 
 
 def saturate(args) -> int:

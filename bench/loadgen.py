@@ -70,13 +70,28 @@ class LoadStats:
                 "post_failures": self.post_failures}
 
 
+class _TLSConnection(http.client.HTTPSConnection):
+    """HTTPS to ``address:port`` with SNI and certificate verification for ``server_name``."""
+
+    def __init__(self, address: str, port: int, server_name: str, context, timeout: float):
+        super().__init__(server_name, port, context=context, timeout=timeout)
+        self._address = address
+
+    def connect(self):
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
 class LoadGenerator:
-    """``with LoadGenerator(port, host_header, rps=200): ...`` runs load for the block."""
+    """``with LoadGenerator(port, host_header, rps=200): ...`` runs load for the block.
+
+    ``tls_context`` (an ``ssl.SSLContext``) makes every connection HTTPS with SNI and
+    certificate checks for ``host_header`` (TLS keep-alive connections)."""
 
     def __init__(self, port: int, host_header: str, *, rps: float = 200, connections: int = 8,
                  post_ratio: float = 0.3, path: str = "/", address: str = "127.0.0.1",
                  timeout: float = 10.0, max_seconds: float = 1800, max_requests: int = 2_000_000,
-                 body_key=None, post_path: str | None = None):
+                 body_key=None, post_path: str | None = None, tls_context=None):
         if not ipaddress.ip_address(address).is_loopback:
             raise ValueError("load is only sent to 127.0.0.0/8")
         self.port, self.host_header, self.address = port, host_header, address
@@ -85,6 +100,7 @@ class LoadGenerator:
         self.post_path = post_path or path
         self.max_seconds, self.max_requests = max_seconds, max_requests
         self.body_key = body_key  # fn(bytes) -> str: counted in stats.bodies (e.g. the commit)
+        self.tls_context = tls_context
         self.stats = LoadStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -131,7 +147,7 @@ class LoadGenerator:
             name = f"w{index}-{seq}-{rng.getrandbits(32):08x}"
             for attempt in (0, 1):
                 if conn is None:
-                    conn = http.client.HTTPConnection(self.address, self.port, timeout=self.timeout)
+                    conn = self._connection()
                 # http.client connects lazily: a socket here means an earlier answer kept it open.
                 reused = conn.sock is not None
                 t0 = time.monotonic()
@@ -175,6 +191,12 @@ class LoadGenerator:
                     break
         if conn is not None:
             conn.close()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.tls_context is not None:
+            return _TLSConnection(self.address, self.port, self.host_header, self.tls_context,
+                                  self.timeout)
+        return http.client.HTTPConnection(self.address, self.port, timeout=self.timeout)
 
     # ------------------------------------------------------------------ control
     def start(self) -> "LoadGenerator":

@@ -150,6 +150,8 @@ def _service_context(service: Service, **kw) -> dict:
            "image_message": None, "image_error": None, "image_checking": None,
            "deploy_error": None}
     ctx.update(_image_check(service))
+    if service.type == "caddy":
+        ctx.update(certificates_context(service))
     if service.type == "postgres":
         from app.blueprints.backups import section_context
         ctx.update({k: v for k, v in section_context(service).items()
@@ -178,6 +180,94 @@ def _image_check(service: Service) -> dict:
     if op.status == OperationStatus.SUCCEEDED:
         return {"image_message": (op.result or {}).get("message"), "image_check": op}
     return {"image_error": op.error or f"The check {op.status.value}.", "image_check": op}
+
+
+def certificates_context(service: Service) -> dict:
+    """What the gateway's Certificates card shows: stored rows only (no network here)."""
+    from app.certificates import WARN_DAYS, renewal_failing, rows_for
+    from app.drivers.caddy.caddyfile import CaddyfileError
+    from app.drivers.caddy.tls import AcmeSettings
+    rows = rows_for(db.session, service.id)
+    for r in rows:
+        r.warn = renewal_failing(r)
+    try:
+        acme = AcmeSettings.for_gateway(service)
+    except CaddyfileError:
+        acme = AcmeSettings()
+    form = AcmeEmailForm(formdata=None, email=(service.config or {}).get("acme_email", ""))
+    return {"certificates": rows, "warn_days": WARN_DAYS, "acme": acme, "cert_message": None,
+            "acme_form": form, "acme_error": None}
+
+
+class AcmeEmailForm(KeystoneForm):
+    email = StringField("ACME account email", validators=[Optional(), Length(max=254)])
+    every_gateway = BooleanField("Set it on every gateway of the organisation")
+
+
+@bp.route("/services/<int:service_id>/acme-email", methods=["POST"])
+@requires("resources.manage")
+def acme_email(service_id):
+    """Save the ACME account emails and reinstall the gateway's Caddyfile (an operation)."""
+    from app.drivers.caddy.caddyfile import CaddyfileError, validate_email
+    service = get_for_org_or_404(Service, service_id)
+    if service.type != "caddy":
+        abort(400)
+    form = AcmeEmailForm()
+    message, error = None, None
+    if form.validate_on_submit():
+        try:
+            email = (form.email.data or "").strip()
+            email = validate_email(email) if email else None
+        except CaddyfileError as exc:
+            error = str(exc)
+        else:
+            gateways = [service]
+            if form.every_gateway.data:
+                gateways = db.session.execute(org_query(Service).where(
+                    Service.type == "caddy")).scalars().all()
+            ops = []
+            for gw in gateways:
+                cfg = dict(gw.config or {})
+                if email:
+                    cfg["acme_email"] = email
+                else:
+                    cfg.pop("acme_email", None)
+                gw.config = cfg
+            db.session.commit()
+            for gw in gateways:
+                op = att.start_gateway_reinstall(gw, current_user)
+                if op is not None:
+                    ops.append(f"#{op.id}")
+            message = (f"Saved on {len(gateways)} gateway(s); installing "
+                       f"(operation {', '.join(ops)})." if ops else
+                       "Saved; a gateway uses it from its first route.")
+    else:
+        error = "; ".join(e for errs in form.errors.values() for e in errs)
+    if request.htmx:
+        ctx = _service_context(service)
+        ctx.update(cert_message=message or None, acme_error=error, acme_form=form)
+        return render_template("services/_certificates.html", **ctx)
+    flash(message or error, "success" if message else "error")
+    return redirect(url_for("services.show", service_id=service.id))
+
+
+@bp.route("/services/<int:service_id>/certificates", methods=["POST"])
+@requires("read")  # only queues a read of the gateway's certificates
+def check_certificates(service_id):
+    """Enqueue a certificate check of this gateway; the card shows the stored rows."""
+    from app.certificates import enqueue_check
+    service = get_for_org_or_404(Service, service_id)
+    if service.type != "caddy" or not ActionForm().validate_on_submit():
+        abort(400)
+    queued = enqueue_check(service.id)
+    message = ("Checking the certificates on the server; reload in a few seconds."
+               if queued else "The worker queue is not reachable; try again later.")
+    if request.htmx:
+        ctx = _service_context(service)
+        ctx["cert_message"] = message
+        return render_template("services/_certificates.html", **ctx)
+    flash(message, "success" if queued else "error")
+    return redirect(url_for("services.show", service_id=service.id))
 
 
 @bp.route("/services/<int:service_id>/check-updates", methods=["POST"])
@@ -310,7 +400,7 @@ def delete_slice(service_id, slice_id):
 
 
 @bp.route("/services/<int:service_id>/slices/<int:slice_id>/rotate", methods=["POST"])
-@login_required
+@requires("resources.manage")
 def rotate_slice(service_id, slice_id):
     """New credentials for a slice: a ``credential_rotation`` operation."""
     service, slice_ = _service_slice(service_id, slice_id)

@@ -410,6 +410,11 @@ class Driver:
         """After the deleted slice's attachments are removed and committed."""
         return []
 
+    def slice_peers(self, service: "Service", slice_: "ServiceSlice") -> list["Service"]:
+        """Other services whose configuration depends on ``slice_`` (reconfigured, where
+        changed, after it is provisioned): the other gateways serving a route's names."""
+        return []
+
     def attach_recommendations(self, role: AttachmentRole) -> tuple[tuple[str, str], ...]:
         """Settings an attachment in ``role`` suggests (applied only when the user confirms)."""
         return tuple(self.recommended.get(role, ()))

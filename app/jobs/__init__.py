@@ -90,6 +90,21 @@ def collect_metrics() -> dict:
         key(), METRICS_INTERVAL * 3, "another metrics pass is running", run_collect), _error)
 
 
+def check_certificates(service_id: int | None = None) -> dict:
+    """The certificate status pass (app.certificates): one gateway (``service_id``, the
+    gateway page's "Check now") or all of them (hourly); never raises."""
+    from app.certificates import CERT_INTERVAL, check_all, check_gateway, lock_key as key
+
+    def one() -> dict:
+        rows = check_gateway(int(service_id))
+        return {"gateways": 1, "certificates": sum(1 for r in rows if r.not_after)}
+
+    if service_id is not None:
+        return _in_app(f"certificate check of gateway {service_id} failed", one, _error)
+    return _in_app("certificate pass failed", lambda: _once(
+        key(), CERT_INTERVAL, "another certificate pass is running", check_all), _error)
+
+
 def tail_logs() -> dict:
     """The live-logs tailer (app.logtail): serves every open log pane, returns when none is
     left. Runs on its own queue (``keystone worker --logs``) so it never holds up a deploy."""

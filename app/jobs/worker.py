@@ -133,6 +133,17 @@ def schedule_metrics(app, conn, queue) -> bool:
     return True
 
 
+def schedule_certificates(app, conn, queue) -> bool:
+    """Enqueue the hourly certificate status pass (app.certificates) unless one was enqueued
+    in the last interval, the way :func:`schedule_health_check` does."""
+    from app.certificates import CERT_INTERVAL, schedule_key as cert_key
+    if not conn.set(cert_key(app.config), "1", nx=True, ex=max(1, CERT_INTERVAL - 5)):
+        return False
+    queue.enqueue("app.jobs.check_certificates", job_timeout=600, result_ttl=CERT_INTERVAL,
+                  failure_ttl=3600, description="keystone certificate status pass")
+    return True
+
+
 def _health_loop(app, conn, queue, stop: threading.Event, interval: float) -> None:
     from app.backups.handlers import schedule_tick
     while not stop.wait(interval):
@@ -144,6 +155,10 @@ def _health_loop(app, conn, queue, stop: threading.Event, interval: float) -> No
             schedule_metrics(app, conn, queue)
         except Exception:
             log.warning("could not enqueue the metrics pass", exc_info=True)
+        try:
+            schedule_certificates(app, conn, queue)
+        except Exception:
+            log.warning("could not enqueue the certificate pass", exc_info=True)
         try:  # scheduled Postgres backups (app.backups.handlers), same cadence
             schedule_tick(app, conn, queue)
         except Exception:

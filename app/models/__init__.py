@@ -4,6 +4,7 @@ from app.models.application import (Application, Environment, EnvironmentAttachm
 from app.models.audit import AuditEvent
 from app.models.backup import Backup, BackupPolicy, BackupTarget
 from app.models.build import BuildArtifact, Registry
+from app.models.certificate import GatewayCertificate
 from app.models.enums import *  # noqa: F401,F403
 from app.models.hooks import (DeployHook, DeployHookDelivery, NotificationChannel,
                               NotificationDelivery)
@@ -20,7 +21,7 @@ __all__ = [
     "Environment", "EnvironmentAttachment", "EnvironmentVariable", "Service",
     "ServiceReplica", "ServiceSlice", "Endpoint", "Operation", "OperationStep",
     "OperationLock", "Registry", "BuildArtifact", "AuditEvent", "ApiToken",
-    "ServerMetric", "RecoveryCode",
+    "ServerMetric", "RecoveryCode", "GatewayCertificate",
     "Backup", "BackupPolicy", "BackupTarget",
     "DeployHook", "DeployHookDelivery", "NotificationChannel", "NotificationDelivery",
 ]

@@ -38,9 +38,10 @@ EVENTS: dict[str, str] = {
     "disk.nearly_full": "Disk nearly full",
     "backup.failed": "Backup failed",
     "image.update_available": "Image update available",
+    "certificate.expiring": "Certificate expiring, renewal failing",
 }
 DEFAULT_EVENTS = ["deploy.failed", "rollback.failed", "server.unreachable",
-                  "disk.nearly_full", "backup.failed"]
+                  "disk.nearly_full", "backup.failed", "certificate.expiring"]
 KINDS: dict[str, str] = {
     "email": "Email (SMTP)",
     "slack": "Slack incoming webhook",

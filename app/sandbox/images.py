@@ -264,6 +264,7 @@ SERVER_IMAGE = "keystone-sandbox/server:latest"
 BARE_IMAGE = "keystone-sandbox/bare:latest"
 REGISTRY_IMAGE = "keystone-sandbox/registry:latest"
 GITHOST_IMAGE = "keystone-sandbox/githost:latest"
+ACME_IMAGE = "keystone-sandbox/acme:latest"
 CADDY_IMAGE = "keystone-sandbox/caddy:2"
 POSTGRES_IMAGE = "keystone-sandbox/postgres:18"
 VALKEY_IMAGE = "keystone-sandbox/valkey:8"
@@ -280,6 +281,7 @@ SPECS: dict[str, ImageSpec] = {
         ImageSpec("bare", (BARE_IMAGE,), "bare", common=("entrypoint.sh",)),
         ImageSpec("registry", (REGISTRY_IMAGE,), "registry"),
         ImageSpec("githost", (GITHOST_IMAGE,), "githost"),
+        ImageSpec("acme", (ACME_IMAGE,), "acme"),
         ImageSpec("caddy", (CADDY_IMAGE,), "caddy", from_base=False,
                   extras=(("busybox", _busybox), ("caddy", _caddy_binary), ("ca-certificates.crt", _ca_bundle))),
         ImageSpec("postgres", (POSTGRES_IMAGE,), "postgres"),
@@ -288,7 +290,7 @@ SPECS: dict[str, ImageSpec] = {
         ImageSpec("busybox", (BUSYBOX_IMAGE,), "busybox", from_base=False, extras=(("busybox", _busybox),)),
     )
 }
-INFRA_IMAGES = ("server", "bare", "registry", "githost")
+INFRA_IMAGES = ("server", "bare", "registry", "githost", "acme")
 STAND_IN_IMAGES = ("caddy", "postgres", "valkey", "php-base")
 # What each stand-in really runs (see images/*/Dockerfile), for the UI to say so honestly.
 STAND_IN_RUNS = {"postgres": "PostgreSQL 15", "valkey": "redis-server 7"}

@@ -139,6 +139,58 @@ class GitHost:
 
 
 @dataclass
+class AcmeCA:
+    """The sandbox's ACME CA: Pebble (Let's Encrypt's test CA) and pebble-challtestsrv's DNS.
+
+    Gateways reach ``directory_url`` on the private network and trust Pebble's HTTPS
+    through ``server_root_pem`` (Caddy's ``acme_ca_root``); Pebble validates HTTP-01 on
+    port 80 of whatever address :meth:`set_a` gave the name. A client that should
+    trust the issued certificates trusts :meth:`issuing_root` and nothing else.
+    """
+
+    private_ip: str
+    container: str
+    directory_port: int  # Pebble's ACME directory, published on 127.0.0.1
+    management_port: int  # Pebble's management API (roots, intermediates)
+    dns_port: int  # pebble-challtestsrv's management API (A records)
+    server_root_pem: str  # the CA of Pebble's own HTTPS certificate
+
+    @property
+    def directory_url(self) -> str:
+        """The ACME directory as a gateway on a sandbox server reaches it."""
+        return f"https://{self.private_ip}:14000/dir"
+
+    def _ssl_context(self):
+        import ssl
+        ctx = ssl.create_default_context(cadata=self.server_root_pem)
+        ctx.check_hostname = False  # Pebble's certificate names its private address
+        return ctx
+
+    def _request(self, port: int, path: str, body: dict | None = None, https: bool = True) -> str:
+        import json as _json
+        import urllib.request
+        scheme = "https" if https else "http"
+        data = _json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{scheme}://127.0.0.1:{port}{path}", data=data,
+                                     method="POST" if data is not None else "GET")
+        with urllib.request.urlopen(req, timeout=10,
+                                    context=self._ssl_context() if https else None) as resp:
+            return resp.read().decode()
+
+    def set_a(self, host: str, addresses: list[str]) -> None:
+        """Make ``host`` resolve to ``addresses`` for Pebble's validation (DNS A records)."""
+        self._request(self.dns_port, "/add-a", {"host": host.rstrip(".") + ".",
+                                                "addresses": list(addresses)}, https=False)
+
+    def clear_a(self, host: str) -> None:
+        self._request(self.dns_port, "/clear-a", {"host": host.rstrip(".") + "."}, https=False)
+
+    def issuing_root(self) -> str:
+        """PEM of the root that signs every certificate Pebble issues (new per Pebble start)."""
+        return self._request(self.management_port, "/roots/0")
+
+
+@dataclass
 class SandboxInfo:
     """Everything `keystone sandbox up` reports: what onboarding asks for."""
 
@@ -154,6 +206,7 @@ class SandboxInfo:
     sample_commit: str | None = None
     running: bool = True
     images: dict[str, str] = field(default_factory=dict)  # stand-in key -> registry ref
+    acme: AcmeCA | None = None
 
 
 def _repo_name(repo: str) -> str:

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 
 from . import images as img
 from .docker import SandboxError, docker, docker_available, docker_out, pipe, run
-from .results import GitHost, Registry, SandboxInfo, Server
+from .results import AcmeCA, GitHost, Registry, SandboxInfo, Server
 from .sample import push_sample_commit
 
 DEFAULT_NAME = "keystone-sandbox"
@@ -222,6 +222,10 @@ class Sandbox:
         return f"{self.name}-git"
 
     @property
+    def acme_name(self) -> str:
+        return f"{self.name}-acme"
+
+    @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
 
@@ -296,7 +300,7 @@ class Sandbox:
         state.setdefault("name", self.name)
         default = self.name == DEFAULT_NAME
         taken: set[int] = set()
-        for key in ("registry", "git", "bare"):
+        for key in ("registry", "git", "bare", "acme"):
             for k, v in state.get(key, {}).items():
                 if k.endswith("port"):
                     taken.add(v)
@@ -315,6 +319,8 @@ class Sandbox:
                 "password": secrets.token_urlsafe(18),
             }
         state.setdefault("git", {"port": port(2222)})
+        state.setdefault("acme", {"directory_port": port(14000), "management_port": port(15000),
+                                  "dns_port": port(8055)})
         state.setdefault("bare", {"ssh_port": port(2200), "http_port": port(8080),
                                   "https_port": port(8440),
                                   "root_password": secrets.token_urlsafe(12)})
@@ -489,6 +495,19 @@ class Sandbox:
             "-e", f"KEYSTONE_ADMIN_PUBKEY={admin_pub}",
         ])
 
+        # The ACME CA (Pebble + challtestsrv) at SUBNET.4: gateways on the servers reach it
+        # through their server's NAT, as the registry; it validates on the servers' own ports.
+        acme = state["acme"]
+        self._run_container(self.acme_name, "acme", built["acme"], [
+            "--restart", "unless-stopped", "--network", self.network, "--ip", self._ip(state, 4),
+            "--network-alias", "acme",
+            "-p", f"{HOST}:{acme['directory_port']}:14000",
+            "-p", f"{HOST}:{acme['management_port']}:15000",
+            "-p", f"{HOST}:{acme['dns_port']}:8055",
+            "-v", f"{self._ensure_volume(self.acme_name + '-data', 'acme')}:/var/lib/pebble",
+            "-e", f"KEYSTONE_ACME_ADDRESS={self._ip(state, 4)}",
+        ])
+
         root_pub = self.root_key_path.with_suffix(".pub").read_text().strip()
         forwards = f"{reg['port']}={reg_ip}:5000 {git['port']}={git_ip}:22"
         daemon_json = self._daemon_json(state, inner_storage_driver())
@@ -552,11 +571,30 @@ class Sandbox:
         jobs = [lambda i=i: server_ready(i) for i in range(1, servers + 1)]
         jobs.append(lambda: _wait_http(state["registry"]["port"], deadline))
         jobs.append(lambda: _wait_ssh_banner(state["git"]["port"], deadline))
+        jobs.append(lambda: self._wait_acme(state, deadline))
         if bare:
             jobs.append(lambda: _wait_ssh_banner(state["bare"]["ssh_port"], deadline))
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
             for f in [pool.submit(j) for j in jobs]:
                 f.result()
+
+    def _wait_acme(self, state: dict, deadline: float) -> None:
+        """Pebble's directory and challtestsrv's management API both answer."""
+        while True:
+            ok = docker("exec", self.acme_name, "sh", "-c",
+                        "test -s /var/lib/pebble/cert.pem && "
+                        "openssl s_client -connect 127.0.0.1:14000 </dev/null >/dev/null 2>&1",
+                        check=False, timeout=30).returncode == 0
+            if ok:
+                try:
+                    with socket.create_connection((HOST, state["acme"]["dns_port"]), timeout=2):
+                        return
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                log = docker("logs", "--tail", "30", self.acme_name, check=False)
+                raise SandboxError(f"the ACME CA did not start:\n{log.stdout}{log.stderr}")
+            time.sleep(0.3)
 
     def _host_key(self, container: str) -> str:
         return docker_out("exec", container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
@@ -604,15 +642,24 @@ class Sandbox:
         git = GitHost(host=HOST, port=state["git"]["port"], private_ip=self._ip(state, 3),
                       container=self.git_name, admin_key_path=self.admin_key_path,
                       known_hosts_path=self.known_hosts_path, host_key=gkey, host_key_fingerprint=gfp)
+        acme = None
+        if "acme" in state and self.acme_name in running:
+            a = state["acme"]
+            root = docker("exec", self.acme_name, "cat", "/var/lib/pebble/ca.pem", check=False)
+            if root.returncode == 0 and root.stdout.strip():
+                acme = AcmeCA(private_ip=self._ip(state, 4), container=self.acme_name,
+                              directory_port=a["directory_port"],
+                              management_port=a["management_port"], dns_port=a["dns_port"],
+                              server_root_pem=root.stdout)
         tmp = self.known_hosts_path.with_name(f".known_hosts.{os.getpid()}")
         tmp.write_text("\n".join(known) + ("\n" if known else ""))
         tmp.replace(self.known_hosts_path)  # atomic: concurrent sessions read it
-        expected = {self.registry_name, self.git_name, *(s.name for s in servers)} | ({bare.name} if bare else set())
+        expected = {self.registry_name, self.git_name, self.acme_name, *(s.name for s in servers)} | ({bare.name} if bare else set())
         return SandboxInfo(
             name=self.name, state_dir=self.state_dir, network=self.network, subnet=state["subnet"],
             servers=servers, bare=bare, registry=registry, git=git, known_hosts_path=self.known_hosts_path,
             sample_commit=state.get("sample_commit") if self.git_name in running else None,
-            running=expected <= running, images=state.get("images", {}),
+            running=expected <= running, images=state.get("images", {}), acme=acme,
         )
 
     def down(self) -> list[str]:
@@ -737,4 +784,6 @@ def info_as_dict(info: SandboxInfo) -> dict:
     d = conv(asdict(info))
     d["registry"]["url"] = info.registry.url
     d["git"]["sample_repo_url"] = info.git.sample_repo_url
+    if info.acme is not None:
+        d["acme"]["directory_url"] = info.acme.directory_url
     return d

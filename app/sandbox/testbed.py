@@ -110,6 +110,12 @@ class Testbed:
     # Who deploys log in as: the provisioned servers' ``keystone`` (provision_sandbox_servers
     # first), the way every real server is run.
     management_user: str = MANAGEMENT_USER
+    # Extra gateway config for every gateway (e.g. the sandbox's ACME CA:
+    # app.drivers.caddy.tls.gateway_acme_config(acme.directory_url, acme.server_root_pem)).
+    gateway_config: dict = field(default_factory=dict)
+    # The domain route's TLS mode: "off" (plain HTTP, the default) or "auto" (a certificate
+    # from the gateway's ACME CA: point gateway_config at the sandbox's Pebble).
+    tls: str = "off"
 
     def __post_init__(self):
         self.tag = uuid.uuid4().hex[:6]
@@ -185,7 +191,8 @@ class Testbed:
                 id=b + 2 + i, organisation_id=org.id, server_id=server.id, name=f"gateway-{i + 1}",
                 type="caddy", driver_name="caddy", category=ServiceCategory.GATEWAY,
                 version_track="2", deploy_policy=DeployPolicy.MANUAL_OR_ON_ROUTE_CHANGE,
-                config={"image": images.get("caddy", f"{reg.url}/keystone-sandbox/caddy:2")}))
+                config={"image": images.get("caddy", f"{reg.url}/keystone-sandbox/caddy:2"),
+                        **self.gateway_config}))
         db.session.add_all([pg, vk, *gateways])
         db.session.commit()
         self.org_id, self.user_id = org.id, user.id
@@ -201,9 +208,12 @@ class Testbed:
         db.session.commit()
         for s in (pg_slice, vk_slice):
             self.run(start_slice_provision(s, enqueue=False).id)
-        for gw in gateways:
-            _, route = attach_domain(env, gw, [self.hostname], tls="off")
+        routes = []
+        for gw in gateways:  # every route exists before any is installed: gateways know peers
+            _, route = attach_domain(env, gw, [self.hostname], tls=self.tls)
             db.session.commit()
+            routes.append(route)
+        for route in routes:
             self.run(start_slice_provision(route, enqueue=False).id)
         # PHP workers of the sandbox stand-in's php-fpm pool (FrankenPHP sizes its own).
         for key, value in {"PHP_FPM_PM_MAX_CHILDREN": "8", **self.extra_env}.items():

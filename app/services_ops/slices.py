@@ -39,6 +39,17 @@ def _provision(ctx: OperationContext, slice_: ServiceSlice, action: str = "provi
     container = running_container(service)
     run_plan(ctx, service.server,
              _plan(driver.slice_provision_steps, service, slice_, container, action))
+    # Services whose configuration depends on this slice (another gateway serving the same
+    # name): reinstalled where it changed, an explicit no-op elsewhere.
+    for peer in _plan(driver.slice_peers, service, slice_):
+        peer_container = _running_or_none(peer)
+        if peer_container is not None:
+            run_plan(ctx, peer.server, _plan(driver.reconfigure_steps, peer, peer_container))
+
+
+def _running_or_none(service) -> str | None:
+    return next((r.container_name for r in service.replicas
+                 if r.status == ReplicaStatus.RUNNING), None)
 
 
 def _route_environment_slots(ctx: OperationContext, slice_: ServiceSlice) -> None:

@@ -244,7 +244,8 @@ def test_up_is_idempotent_and_status_reports_the_same(sandbox_manager: Sandbox, 
     out = subprocess.run(["docker", "ps", "-a", "--filter", f"label=keystone.sandbox={sandbox.name}",
                           "--format", "{{.Names}}"], capture_output=True, text=True, check=True).stdout.split()
     assert sorted(out) == sorted([s.name for s in sandbox.servers] +
-                                 [sandbox.bare.name, sandbox.registry.container, sandbox.git.container])
+                                 [sandbox.bare.name, sandbox.registry.container, sandbox.git.container,
+                                  sandbox.acme.container])
 
 
 def test_cli_status_prints_what_onboarding_needs(sandbox: SandboxInfo):
@@ -425,3 +426,18 @@ def test_deploy_key_authorisation_rejects_injection(sandbox: SandboxInfo, tmp_pa
                           capture_output=True, text=True, check=True).stdout
     assert "/bin/sh" not in keys and "bad" not in keys
     assert all(line.startswith("restrict,command=") for line in keys.splitlines() if line.strip())
+
+
+def test_the_acme_ca_serves_its_directory_to_servers_and_answers_dns(sandbox: SandboxInfo):
+    """Pebble's directory is reachable from inside a server (where gateways run) over HTTPS
+    that verifies with the CA root the sandbox reports; challtestsrv takes A records."""
+    acme = sandbox.acme
+    assert acme is not None and acme.private_ip.endswith(".4")
+    server = sandbox.servers[0]
+    server.exec("sh", "-c", 'cat > /tmp/acme-root.pem', input=acme.server_root_pem)
+    out = server.exec("curl", "-sS", "--cacert", "/tmp/acme-root.pem", acme.directory_url,
+                      check=False)
+    assert out.returncode == 0 and "newOrder" in out.stdout, out.stderr
+    acme.set_a("probe.test", [server.private_ip])
+    acme.clear_a("probe.test")
+    assert acme.issuing_root().startswith("-----BEGIN CERTIFICATE-----")

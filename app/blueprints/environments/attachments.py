@@ -241,8 +241,11 @@ def _attach_domain(env, gateway, form):
             raise att.AttachmentError("This domain already starts with www.: attach the apex "
                                       "domain with the www redirect instead.")
         redirect_from = [f"www.{hostname}"]
+    if form.hsts.data and tls == "off":
+        raise att.AttachmentError("HSTS needs HTTPS: choose automatic HTTPS for this domain.")
     attachment, slice_ = att.attach_domain(env, gateway, [hostname], tls=tls,
-                                           redirect_from=redirect_from)
+                                           redirect_from=redirect_from,
+                                           hsts=bool(form.hsts.data))
     slice_.config = {**(slice_.config or {}),
                      **route_extras(gateway, slice_.config["hostnames"], tls)}
     return attachment, slice_

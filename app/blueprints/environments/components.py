@@ -72,6 +72,7 @@ class AttachDomainForm(_AttachForm):
     target = SelectField("Gateway", coerce=str, choices=[], validators=[DataRequired()])
     tls = SelectField("TLS", choices=[("", "Default for the server")] + TLS_CHOICES, default="")
     www_redirect = BooleanField("Also answer www. of this domain with a permanent redirect to it")
+    hsts = BooleanField("Send HSTS (Strict-Transport-Security, one year)")
 
 
 class MultiCheckboxField(SelectMultipleField):

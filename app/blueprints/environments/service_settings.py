@@ -11,13 +11,13 @@ compose renderer and the manual "Run migrations". An error names its setting's p
 from __future__ import annotations
 
 from flask import abort, flash, redirect, render_template, url_for
-from flask_login import login_required
 from wtforms import DecimalField, IntegerField, SelectField, StringField, TextAreaField
 from wtforms.validators import Length, NumberRange, Optional
 
 from app.blueprints.environments.blueprint import bp
 from app.drivers.laravel.settings import (MIGRATION_MODES, MIGRATION_TIMINGS, LaravelSettings,
                                           SettingsError, apply_deploy_settings)
+from app.policy import requires
 from app.extensions import db
 from app.forms import KeystoneForm
 from app.models import Environment, Service
@@ -88,7 +88,7 @@ def _number(value, whole: bool = False):
 
 
 @bp.route("/<int:environment_id>/services/<int:service_id>/settings", methods=["GET", "POST"])
-@login_required
+@requires("resources.manage")
 def service_settings(environment_id, service_id):
     env, service = _load(environment_id, service_id)
     form = DeploySettingsForm()

