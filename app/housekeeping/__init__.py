@@ -281,7 +281,8 @@ def parse_images(text: str) -> list[ImageFact]:
                                                 if d and not d.startswith("<none>")),
                              labels=dict(cfg.get("Labels") or {}),
                              size=int(item.get("Size") or 0)))
-    return [i for i in out if i.id]
+    seen: set[str] = set()
+    return [i for i in out if i.id and not (i.id in seen or seen.add(i.id))]
 
 
 def parse_containers(text: str) -> list[ContainerFact]:
