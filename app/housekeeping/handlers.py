@@ -8,8 +8,9 @@ Started (never twice at once per server: a second start joins the active one)
   the backups tick): every active server whose last housekeeping is a day old;
 * at once when the metrics pass sees a disk over 85 % (:func:`disk_pressure`).
 
-It holds the ``environment:<id>`` lock of every environment on the server, so no deploy or
-rollback of theirs runs while it decides what is kept. Steps: read facts (images,
+It takes no environment's lock (a deploy never waits behind it): an environment with a
+deploy or rollback active while it runs keeps every ready artifact this time, so what a
+running deploy may need is never removed. Steps: read facts (images,
 containers, directories, disk), then remove stopped Keystone containers of removed
 replicas, Keystone images no kept artifact is, directories of finished operations and gone
 replicas, build cache above its cap, and the registry manifests of artifacts no
@@ -43,17 +44,6 @@ _PATH_RE = re.compile(r"/[A-Za-z0-9._/-]{0,250}")
 
 # --------------------------------------------------------------------------- starting
 
-def environment_ids_on(server: Server) -> list[int]:
-    """Environments with a service or a replica on ``server``."""
-    by_service = sa.select(Service.environment_id).where(Service.server_id == server.id)
-    by_replica = (sa.select(Service.environment_id)
-                  .join(ServiceReplica, ServiceReplica.service_id == Service.id)
-                  .where(ServiceReplica.server_id == server.id))
-    ids = set(db.session.execute(by_service).scalars()) | set(
-        db.session.execute(by_replica).scalars())
-    return sorted(i for i in ids if i is not None)
-
-
 def active_housekeeping(server_id: int) -> Operation | None:
     return db.session.execute(
         sa.select(Operation).where(Operation.kind == OperationKind.HOUSEKEEPING.value,
@@ -70,8 +60,7 @@ def start_housekeeping(server: Server, *, user=None, reason: str = "manual",
     active = active_housekeeping(server.id)
     if active is not None and active.status.value in ("pending", "queued"):
         return active
-    keys = [f"housekeeping:server/{server.id}"] + \
-        [f"environment:{i}" for i in environment_ids_on(server)]
+    keys = [f"housekeeping:server/{server.id}"]
     return start_operation(OperationKind.HOUSEKEEPING, target_type="server",
                            target_id=server.id, organisation_id=server.organisation_id,
                            user=user, params={"reason": reason}, lock_keys=keys,
@@ -124,7 +113,12 @@ def _artifact_facts(organisation_id: int):
              for a in rows]
     current = {e.id: e.current_artifact_id for e in envs}
     keep = {e.id: e.keep_artifacts for e in envs}
-    return rows, facts, hk.kept_artifacts(facts, current, keep)
+    kept = hk.kept_artifacts(facts, current, keep)
+    busy = set(db.session.execute(sa.select(Operation.target_id).where(
+        Operation.kind == OperationKind.ENVIRONMENT_DEPLOY.value,
+        Operation.target_type == "environment", Operation.status.in_(ACTIVE))).scalars())
+    kept |= {f.id for f in facts if f.environment_id in busy and f.status == "ready"}
+    return rows, facts, kept
 
 
 def _replica_statuses(server_id: int) -> dict[int, str]:
