@@ -78,9 +78,11 @@ class ImageFact:
 
     @property
     def references(self) -> tuple[str, ...]:
-        """What ``docker image rm`` takes to remove it without --force: every tag and
-        digest reference (an id alone fails for an image in several repositories)."""
-        return (*self.repo_tags, *self.repo_digests) or (self.id,)
+        """What ``docker image rm`` takes to remove it without --force: every tag (an id
+        alone fails for an image in several repositories; removing the last tag deletes
+        the image with its digest references, so naming those too would fail), else its
+        digest references, else its id."""
+        return self.repo_tags or self.repo_digests or (self.id,)
 
 
 @dataclass(frozen=True)

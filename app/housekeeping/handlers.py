@@ -202,13 +202,17 @@ def housekeeping(ctx: OperationContext) -> None:
         if not image_plan:
             step.unchanged("no Keystone image to remove")
         for r in image_plan:
-            res = step.run(hc.remove_image(r.references), check=False, pty=False, timeout=300)
-            if res.exit_code == 0:
+            step.run(hc.remove_image(r.references), check=False, pty=False, timeout=300)
+            still = step.run(hc.image_exists(r.ref), check=False, pty=False, timeout=60,
+                             quiet=True)
+            if still.exit_code != 0:
                 result["images_removed"] += 1
                 if r.artifact_id is not None:
                     removed_artifacts.add(r.artifact_id)
             else:
                 step.log(f"kept {r.ref[:19]}: docker refused to remove it")
+                continue
+            step.log(f"removed {r.ref[:19]} ({r.reason}, {hk.human_bytes(r.size)})")
     for artifact_id in removed_artifacts:
         a = by_id.get(artifact_id)
         if a is not None:

@@ -55,6 +55,11 @@ def remove_image(references: Sequence[str]) -> Command:
     return cmd("docker", "image", "rm", end_of_options(), *references)
 
 
+def image_exists(image_id: str) -> Command:
+    """Exit 0 while the image is still there (after ``docker image rm``: did it go?)."""
+    return cmd("docker", "image", "inspect", "--format", "{{.Id}}", end_of_options(), image_id)
+
+
 def remove_container(container_id: str) -> Command:
     return cmd("docker", "container", "rm", "--volumes", end_of_options(), container_id)
 

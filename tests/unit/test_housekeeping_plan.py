@@ -65,6 +65,8 @@ def test_images_without_keystone_label_are_never_candidates():
     assert next(r for r in plan if r.ref == "sha256:img2").references == \
         ("reg:5000/app-prod@sha256:dig2",)
     assert next(r for r in plan if r.ref == "sha256:dangling").references == ("sha256:dangling",)
+    both = ImageFact("sha256:b", ("r/a:1", "r/a:2"), ("r/a@sha256:d",), KS)
+    assert both.references == ("r/a:1", "r/a:2")     # the last tag takes the digest with it
 
 
 def test_kept_artifact_found_by_digest_and_images_in_use_stay():
