@@ -9,8 +9,9 @@ Keystone's directories) and this module decides, with no I/O:
   other ready artifacts (the rollback targets, ``Environment.keep_artifacts``, default 5);
 * :func:`plan_images` -- Keystone's images (the managed Dockerfile's
   ``dev.keystone.managed-dockerfile`` label) that no kept artifact is and no container
-  uses: older artifacts and dangling (untagged, undigested) ones. An image without the
-  label is never a candidate, whatever its name;
+  uses: older artifacts of this installation and dangling (untagged, undigested) ones. An
+  image without the label is never a candidate, whatever its name, and neither is a
+  labelled one this installation has no artifact for;
 * :func:`plan_containers` -- stopped containers with ``dev.keystone.managed=true`` whose
   replica Keystone already removed (or marked failed);
 * :func:`plan_directories` -- operation directories of operations no longer active and
@@ -194,7 +195,10 @@ def plan_images(images: Iterable[ImageFact], containers: Iterable[ContainerFact]
         elif artifact is not None:
             reason = f"artifact #{artifact.id} is older than the artifacts kept"
         else:
-            reason = "Keystone image of no known artifact"
+            # Built by Keystone but not an artifact this installation knows (another
+            # Keystone on the same server, a database restored from before it): not ours
+            # to judge, so it stays.
+            continue
         out.append(Removal("image", image.id, reason, image.references, image.size,
                            artifact.id if artifact is not None else None))
     return out

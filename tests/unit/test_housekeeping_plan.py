@@ -58,6 +58,7 @@ def test_images_without_keystone_label_are_never_candidates():
               ImageFact("sha256:img3", ("keystone/app:c",), (), KS, 100),
               ImageFact("sha256:foreign", ("keystone/app:old",), (), {"other": "x"}, 100),
               ImageFact("sha256:dangling", (), (), KS, 5),
+              ImageFact("sha256:other-keystone", ("x/y:1",), (), KS, 5),   # not our artifact
               ImageFact("sha256:foreign-dangling", (), (), {}, 5)]
     plan = plan_images(images, [], arts, {3})
     assert {r.ref: r.artifact_id for r in plan} == {"sha256:img1": 1, "sha256:img2": 2,
