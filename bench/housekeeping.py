@@ -10,11 +10,10 @@ needs. One bed on the sandbox (one provisioned server, the sandbox registry, kee
 
 Growth is measured with ``du`` of the server's Docker root and /home/keystone (the inner
 engine's vfs storage: each image is a full copy, the sandbox's worst case), before and
-after each phase; "on" runs first, so "off" starts from a housekept server. Also reports
-the DB size after 10,000 operations (bench.housekeeping_db's figure is separate).
-Prints one JSON line.
+after each phase; "on" runs first, so "off" starts from a housekept server. The DB size
+after 10,000 operations is bench.housekeeping_db's. Prints one JSON line.
 
-    python -m bench.housekeeping [--deploys 20] [--sandbox keystone-bench] [--keep]
+    python -m bench.housekeeping [--deploys 20] [--keep-artifacts 5] [--sandbox keystone-bench] [--keep]
 """
 from __future__ import annotations
 
@@ -61,6 +60,9 @@ def _phase(bed, n: int, housekeeping: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.housekeeping")
     parser.add_argument("--deploys", type=int, default=20, help="deploys per phase")
+    parser.add_argument("--keep-artifacts", type=int, default=5,
+                        help="the environment's builds kept for rollback (default 5: with fewer "
+                             "than 7 deploys per phase nothing is old enough to remove)")
     parser.add_argument("--servers", type=int, default=1)
     parser.add_argument("--sandbox", default="keystone-bench")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         env = bed.env
         env.registry_id = db.session.execute(sa.select(Registry.id).where(
             Registry.organisation_id == bed.org_id)).scalar_one()
+        env.keep_artifacts = args.keep_artifacts
         db.session.commit()
         on = _phase(bed, args.deploys, True)
         off = _phase(bed, args.deploys, False)
