@@ -434,7 +434,13 @@ def collect_metrics() -> dict:
     prune_old(db.session, now)
     db.session.commit()
     by_id = {s.id: s for s in servers}
+    from app.housekeeping import DISK_PRESSURE_PERCENT
+    from app.housekeeping.handlers import disk_pressure
     for server_id, sample, _ in results:
+        if sample is not None and sample.disk_percent > DISK_PRESSURE_PERCENT:
+            # Over 85 %: housekeeping at once, before the disk fills (issue 23).
+            if disk_pressure(by_id[server_id], sample.disk_percent) is not None:
+                counts["housekeeping_started"] = counts.get("housekeeping_started", 0) + 1
         if sample is not None and sample.disk_percent > DISK_WARN:
             counts.setdefault("disk_alerts", 0)
             counts["disk_alerts"] += alert_disk(by_id[server_id], sample)

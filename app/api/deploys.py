@@ -179,7 +179,7 @@ def _recorded_lines(op: Operation):
             if kind == "child":
                 yield from walk(obj)
                 continue
-            for text in (obj.logs or "").splitlines():
+            for text in obj.log_text.splitlines():
                 n += 1
                 yield _line(f"db-{n}", o.id, obj.id, text)
 

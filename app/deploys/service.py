@@ -73,6 +73,42 @@ def build_problems(env: Environment, servers: list[Server], artifact: BuildArtif
     return problems
 
 
+FRESH_METRICS = 15 * 60   # seconds: an older disk sample says nothing about now
+
+
+def disk_problems(env: Environment, servers: list[Server],
+                  artifact: BuildArtifact | None) -> list[str]:
+    """A deploy that would not fit is refused before it starts (issue 23): the image's size
+    (the rollback target's, else the running build's, recorded by housekeeping) against
+    each server's free disk in its latest metrics sample. Unknown numbers never refuse."""
+    import datetime as dt
+
+    from app.housekeeping import deploy_fits
+    from app.metrics import latest
+    from app.models.base import utcnow
+    source = artifact or env.current_artifact
+    size = int((source.meta or {}).get("size_bytes") or 0) if source is not None else 0
+    if not size:
+        return []
+    rows = latest(db.session, [s.id for s in servers])
+    out = []
+    for server in servers:
+        row = rows.get(server.id)
+        if row is None or utcnow() - row.taken_at > dt.timedelta(seconds=FRESH_METRICS):
+            continue
+        free = int(max(0.0, row.disk_total_gb - row.disk_used_gb) * 1024 ** 3)
+        fits, text = deploy_fits(free, size)
+        if not fits:
+            out.append(f"the image would not fit on {server.name}: it {text}. Housekeeping "
+                       "has been started there; deploy again when it has freed space.")
+            try:
+                from app.housekeeping.handlers import start_housekeeping
+                start_housekeeping(server, reason="a deploy did not fit")
+            except Exception:  # noqa: BLE001 - the refusal stands either way
+                db.session.rollback()
+    return out
+
+
 def place_unplaced_services(env: Environment) -> list[Server]:
     """A new environment's web service is on no server yet (nothing in the UI places it): at
     its first deploy put its application services on the server of its gateway, else on the
@@ -107,6 +143,9 @@ def start_deploy(env: Environment, user=None, *, artifact: BuildArtifact | None 
     problems = build_problems(env, servers, artifact)
     if problems:
         raise DeployBlocked("Deploy blocked: " + " ".join(str(p) for p in problems), problems)
+    too_full = disk_problems(env, servers, artifact)
+    if too_full:
+        raise DeployBlocked("Deploy refused: " + " ".join(too_full))
     if artifact is not None and len(servers) > 1 and not artifact.registry_ref:
         raise DeployBlocked("That build was never pushed to a registry, so the other servers "
                             "cannot pull it: deploy a new build instead.")

@@ -163,6 +163,11 @@ def _health_loop(app, conn, queue, stop: threading.Event, interval: float) -> No
             schedule_tick(app, conn, queue)
         except Exception:
             log.warning("could not enqueue the scheduled backups tick", exc_info=True)
+        try:  # daily housekeeping of servers and of the control plane (app.housekeeping)
+            from app.housekeeping.handlers import schedule_tick as housekeeping_tick
+            housekeeping_tick(app, conn, queue)
+        except Exception:
+            log.warning("could not enqueue the housekeeping tick", exc_info=True)
 
 
 def start_health_scheduler(app, conn, queue, interval: float | None = None) -> threading.Event:

@@ -69,10 +69,37 @@ class Environment(TimestampMixin, OrgScoped, db.Model):
     container_registry = relationship("Registry")
     current_artifact = relationship("BuildArtifact", foreign_keys=[current_artifact_id],
                                     post_update=True)
+    retention = relationship("EnvironmentRetention", uselist=False, passive_deletes=True)
+
+    @property
+    def keep_artifacts(self) -> int:
+        """Artifacts kept for rollback besides the running one (app.housekeeping)."""
+        return self.retention.keep_artifacts if self.retention is not None else \
+            EnvironmentRetention.DEFAULT_KEEP
+
+    @keep_artifacts.setter
+    def keep_artifacts(self, value: int) -> None:
+        if self.retention is None:
+            self.retention = EnvironmentRetention(keep_artifacts=int(value))
+        else:
+            self.retention.keep_artifacts = int(value)
 
     @property
     def organisation_id(self) -> int:
         return self.application.organisation_id
+
+
+class EnvironmentRetention(TimestampMixin, db.Model):
+    """An environment's housekeeping setting (issue 23): how many artifacts besides the
+    running one its servers and registry keep for rollback. No row: the default."""
+
+    __tablename__ = "environment_retention"
+    DEFAULT_KEEP = 5
+
+    environment_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True)
+    keep_artifacts: Mapped[int] = mapped_column(default=DEFAULT_KEEP, server_default="5",
+                                                nullable=False)
 
 
 class EnvironmentAttachment(TimestampMixin, OrgScoped, db.Model):

@@ -169,6 +169,7 @@ class OperationKind(StrEnum):
     DATABASE_BACKUP = "database_backup"       # pg_dump -Fc of a slice to a backup target
     DATABASE_RESTORE = "database_restore"     # pg_restore of a backup into a slice
     COMMAND_RUN = "command_run"               # argv in a one-off container of the current build
+    HOUSEKEEPING = "housekeeping"             # prune old images, containers, dirs of a server
 
 
 class OperationStatus(StrEnum):
@@ -217,6 +218,7 @@ class ArtifactStatus(StrEnum):
     BUILDING = "building"
     READY = "ready"
     FAILED = "failed"
+    PRUNED = "pruned"      # image removed by housekeeping: rollback does not offer it
 
 
 class MigrationMode(StrEnum):

@@ -90,6 +90,8 @@ class OperationStep(TimestampMixin, OrgScoped, db.Model):
     finished_at: Mapped[dt.datetime | None] = mapped_column()
 
     operation = relationship("Operation", back_populates="steps")
+    archive = relationship("OperationLogArchive", uselist=False, lazy="select",
+                           passive_deletes=True)
 
     @property
     def duration_seconds(self) -> float | None:
@@ -97,6 +99,31 @@ class OperationStep(TimestampMixin, OrgScoped, db.Model):
             return None
         end = self.finished_at or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         return (end - self.started_at).total_seconds()
+
+    @property
+    def log_text(self) -> str:
+        """The step's log, from the hot column or, past the retention, from its archive."""
+        if self.logs:
+            return self.logs
+        return self.archive.text if self.archive is not None else ""
+
+
+class OperationLogArchive(db.Model):
+    """A step's log past the retention (app.housekeeping.control): zlib-compressed, out of
+    the hot ``operation_steps`` table, read back by :attr:`OperationStep.log_text`."""
+
+    __tablename__ = "operation_log_archives"
+
+    step_id: Mapped[int] = mapped_column(sa.ForeignKey("operation_steps.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    logs: Mapped[bytes] = mapped_column(sa.LargeBinary, nullable=False)
+    size: Mapped[int] = mapped_column(nullable=False)
+    archived_at: Mapped[dt.datetime] = mapped_column(nullable=False)
+
+    @property
+    def text(self) -> str:
+        import zlib
+        return zlib.decompress(self.logs).decode("utf-8", "replace")
 
 
 class OperationLock(db.Model):

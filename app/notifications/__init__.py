@@ -211,7 +211,7 @@ def deploy_payload(op: Operation, env, secrets: list[str] = ()) -> dict:
         failing = failing_step(op)
         payload["error"] = _redact_lines((op.error or "")[:1000], list(secrets))
         if failing is not None:
-            text = "\n".join(x for x in ((failing.logs or ""), (failing.error_logs or "")) if x)
+            text = "\n".join(x for x in (failing.log_text, (failing.error_logs or "")) if x)
             lines = [ln for ln in text.splitlines() if ln.strip()][-LOG_LINES:]
             payload["failing_step"] = failing.name
             payload["log_tail"] = [_redact_lines(ln, list(secrets))[:500] for ln in lines]

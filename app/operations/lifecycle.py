@@ -308,6 +308,7 @@ def finish(operation_id: int, status: OperationStatus, error: str | None = None,
 END_LISTENERS: list[str] = [
     "app.hooks.service.operation_ended",
     "app.notifications.operation_ended",
+    "app.housekeeping.handlers.operation_ended",   # housekeeping after each deploy
 ]
 
 

@@ -40,6 +40,7 @@ TIMEOUTS: dict[OperationKind, int] = {
     OperationKind.DATABASE_BACKUP: 2 * 60 * 60,
     OperationKind.DATABASE_RESTORE: 2 * 60 * 60,
     OperationKind.COMMAND_RUN: 30 * 60,        # the form may ask for less (app.oneoff)
+    OperationKind.HOUSEKEEPING: 20 * 60,
 }
 JOB_TIMEOUT_GRACE = 120
 
@@ -56,6 +57,7 @@ HANDLER_MODULES: list[str] = [
     "app.sandbox.handlers",
     "app.backups.handlers",
     "app.oneoff.handlers",
+    "app.housekeeping.handlers",
 ]
 
 # Kinds that only ever run inline, as children of another operation, with the

@@ -139,7 +139,7 @@ def replay_lines(operation) -> list[tuple[int, str]]:
         items.sort(key=lambda item: (item[1] is None, item[1]))
         for kind, _when, obj in items:
             if kind == "step":
-                for line in (obj.logs or "").splitlines():
+                for line in obj.log_text.splitlines():
                     lines.append((op.id, line))
             else:
                 walk(obj)

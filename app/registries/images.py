@@ -141,7 +141,7 @@ def resolve_digest(ref: "str | ImageRef", credentials: CredentialLookup | None =
 
 
 def _authorise(http: requests.Session, challenge: str, image: ImageRef,
-               creds: Credentials | None, timeout: float) -> dict[str, str]:
+               creds: Credentials | None, timeout: float, action: str = "pull") -> dict[str, str]:
     scheme, params = _parse_challenge(challenge)
     if scheme == "basic":
         if not creds:
@@ -152,7 +152,7 @@ def _authorise(http: requests.Session, challenge: str, image: ImageRef,
         return {"Authorization": f"Basic {token}"}
     if scheme == "bearer" and params.get("realm"):
         query = {"service": params.get("service", ""),
-                 "scope": params.get("scope") or f"repository:{image.repository}:pull"}
+                 "scope": params.get("scope") or f"repository:{image.repository}:{action}"}
         auth = (creds.username, creds.password) if creds else None
         resp = http.get(params["realm"], params=query, auth=auth, timeout=timeout)
         if resp.status_code != 200:
@@ -163,6 +163,40 @@ def _authorise(http: requests.Session, challenge: str, image: ImageRef,
             raise ImageError(f"image {image}: token service returned no token")
         return {"Authorization": f"Bearer {token}"}
     raise ImageError(f"image {image}: unsupported registry auth challenge {scheme!r}")
+
+
+def delete_manifest(ref: "str | ImageRef", credentials: CredentialLookup | None = None, *,
+                    session: requests.Session | None = None, timeout: float = 15) -> str:
+    """``DELETE /v2/<repo>/manifests/<digest>`` (housekeeping's registry retention).
+
+    Returns "deleted" (202), "gone" (404: already deleted) or "unsupported" (405: the
+    registry does not allow deletion, e.g. distribution without ``storage.delete``);
+    raises :class:`ImageError` otherwise. Only ever by digest, never by tag.
+    """
+    image = parse_image(ref) if isinstance(ref, str) else ref
+    if not image.digest:
+        raise ImageError(f"image {image}: a manifest is deleted by digest only")
+    http = session or requests.Session()
+    creds = credentials(image.registry) if credentials else None
+    url = f"{registry_base_url(image.registry)}/v2/{image.repository}/manifests/{image.digest}"
+    headers = {"Accept": MANIFEST_TYPES}
+    try:
+        resp = http.delete(url, headers=headers, timeout=timeout)
+        if resp.status_code == 401:
+            headers.update(_authorise(http, resp.headers.get("WWW-Authenticate", ""), image,
+                                      creds, timeout, action="delete"))
+            resp = http.delete(url, headers=headers, timeout=timeout)
+    except requests.RequestException as exc:
+        raise ImageError(f"image {image}: registry {image.registry} unreachable: "
+                         f"{type(exc).__name__}") from None
+    if resp.status_code in (200, 202):
+        return "deleted"
+    if resp.status_code == 404:
+        return "gone"
+    if resp.status_code == 405:
+        return "unsupported"
+    raise ImageError(f"image {image}: deleting the manifest: registry answered HTTP "
+                     f"{resp.status_code}")
 
 
 # --------------------------------------------------------------------------- org lookups

@@ -240,3 +240,38 @@ def test_every_golden_compose_file_passes_docker_compose_config(tmp_path):
                                "--env-file", str(d / "compose.env"), "config", "-q"],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"{path.name}: {proc.stderr}"
+
+
+def _renders_of_every_driver():
+    """One render of each registered driver (each Laravel role as a replica)."""
+    from app.drivers import all_drivers
+    for type_, driver in sorted(all_drivers().items()):
+        if type_ == "laravel":
+            from app.drivers.laravel.driver import ROLES
+            for role in ROLES:
+                s = svc("laravel", id_=5, name=role, process_roles=[role])
+                yield f"laravel/{role}", driver.render_replica(
+                    s, image=f"x/y@{DIGEST}", project_name=f"ks-{role}-5-r1",
+                    container_name=f"ks-{role}-5-r1", environment={"APP_ENV": "production"},
+                    replica_id=1, operation_id=3)
+        else:
+            s = svc(type_)
+            driver.ensure_secrets(s)
+            yield type_, driver.render_compose(s, ctx(driver, s))
+
+
+def test_every_rendered_compose_service_has_bounded_json_file_logs():
+    """Issue 23: a container's log cannot fill the disk: json-file with a size and a count
+    limit on every service of every driver's render (and of every golden file)."""
+    seen = 0
+    docs = [(name, r.compose) for name, r in _renders_of_every_driver()]
+    docs += [(str(p), yaml.safe_load(p.read_text())) for p in GOLDEN.rglob("*compose.yml")]
+    for name, doc in docs:
+        for service_name, entry in doc["services"].items():
+            logging = entry.get("logging") or {}
+            assert logging.get("driver") == "json-file", (name, service_name)
+            options = logging.get("options") or {}
+            assert options.get("max-size", "").endswith("m"), (name, service_name)
+            assert int(options.get("max-file", "0")) >= 1, (name, service_name)
+            seen += 1
+    assert seen >= 8

@@ -6,6 +6,8 @@ variables (secret values masked, reveal recorded); operations.
 """
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -165,6 +167,26 @@ def rotate_app_key(environment_id):
     flash("APP_KEY rotated. Deploy to use it: users will be logged out and data encrypted "
           "with the old key can no longer be decrypted.", "warning")
     return redirect(url_for("environments.show", environment_id=env.id) + "#app-key")
+
+
+KEEP_RE = re.compile(r"[0-9]{1,3}")
+
+
+@bp.route("/<int:environment_id>/keep-artifacts", methods=["POST"])
+@requires("resources.manage")
+def set_keep_artifacts(environment_id):
+    """How many builds besides the running one housekeeping keeps (app.housekeeping)."""
+    from app.housekeeping import MAX_KEEP, MIN_KEEP
+    env = get_for_org_or_404(Environment, environment_id)
+    raw = (request.form.get("keep_artifacts") or "").strip()
+    if not KEEP_RE.fullmatch(raw) or not MIN_KEEP <= int(raw) <= MAX_KEEP:
+        flash(f"Builds kept must be a whole number from {MIN_KEEP} to {MAX_KEEP}.", "error")
+        return redirect(url_for("environments.show", environment_id=env.id) + "#housekeeping")
+    env.keep_artifacts = int(raw)
+    db.session.commit()
+    flash(f"Housekeeping keeps the running build and {env.keep_artifacts} more for rollback.",
+          "success")
+    return redirect(url_for("environments.show", environment_id=env.id) + "#housekeeping")
 
 
 @bp.route("/<int:environment_id>/variables/<int:variable_id>/reveal", methods=["POST"])
