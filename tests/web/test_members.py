@@ -128,8 +128,11 @@ def test_invite_accept_change_role_remove(app, graph, smtp_port):
     assert dev.post(reveal, data={"csrf_token": dev_csrf}).status_code == 403
     landing = dev.get("/")
     assert landing.status_code == 302 and landing.location.endswith("/organisations/new")
-    assert _actions() == ["invitation.created", "member.added", "member.role_changed",
-                          "variable.reveal", "member.removed"]
+    # (sign-ins and API tokens are in the audit log too: app.audit)
+    member_actions = [a for a in _actions() if a.split(".")[0] in ("invitation", "member",
+                                                                    "variable")]
+    assert member_actions == ["invitation.created", "member.added", "member.role_changed",
+                              "variable.reveal", "member.removed"]
 
 
 def test_an_existing_account_signs_in_then_joins(app, graph):

@@ -246,7 +246,7 @@ def test_only_owners_and_admins_change_the_requirement(app, client, auth, db):
     from app.models.enums import MembershipRole
     auth.signup()
     membership = db.session.execute(sa.select(Membership)).scalar_one()
-    membership.role = MembershipRole.MEMBER
+    membership.role = MembershipRole.DEPLOYER
     db.session.commit()
     assert client.get("/settings/security").status_code == 403
     assert client.get("/audit/").status_code == 403
