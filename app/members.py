@@ -24,8 +24,9 @@ from email.message import EmailMessage
 
 import sqlalchemy as sa
 
+from app import audit
 from app.extensions import db
-from app.models import AuditEvent, Invitation, Membership, NotificationChannel, Organisation, User
+from app.models import Invitation, Membership, NotificationChannel, Organisation, User
 from app.models.base import utcnow
 from app.models.enums import MembershipRole
 from app.policy import role_allows
@@ -47,9 +48,9 @@ def hash_token(token: str) -> str:
 
 def _audit(org_id: int, actor: User | None, action: str, target_type: str, target_id: int,
            **detail) -> None:
-    db.session.add(AuditEvent(organisation_id=org_id, user_id=actor.id if actor else None,
-                              action=action, target_type=target_type, target_id=target_id,
-                              detail=detail))
+    # app.audit is the one writer: it adds the client's address (and "via": "api").
+    audit.record(action, target_type=target_type, target_id=target_id, organisation_id=org_id,
+                 user=actor, detail=detail)
 
 
 def _role(value) -> MembershipRole:
