@@ -214,8 +214,8 @@ class _Load:
                 if conn is not None:
                     conn.close()
                 conn = None
-            # Every 50th request opens a new connection: new handshakes see the new certificate.
-            if conn is not None and mine % 50 == 0:
+            # Every 20th request opens a new connection: new handshakes see the new certificate.
+            if conn is not None and mine % 20 == 0:
                 conn.close()
                 conn = None
         if conn is not None:
@@ -256,7 +256,9 @@ def test_a_forced_renewal_under_load_loses_nothing(hbed, acme, sandbox):
     with _Load(host, port, ctx) as load:
         assert wait_until(lambda: load.ok > 20, timeout=30, interval=0.2), load.errors[:5]
         start = set(load.serials)
-        renewed = wait_until(lambda: len(load.serials - start - {first}) >= 2, timeout=90,
+        # One certificate first served while the load ran is the renewal the issue asks
+        # for (on a loaded 2-core machine Caddy's own maintenance may take a minute or two).
+        renewed = wait_until(lambda: len(load.serials - start - {first}) >= 1, timeout=180,
                              interval=0.5)
         before_end = load.ok
         assert wait_until(lambda: load.ok > before_end + 20, timeout=30, interval=0.2)
