@@ -76,6 +76,14 @@ def test_enrol_then_sign_in_with_a_code_and_with_a_recovery_code_once(page, live
     page.wait_for_url(base + "/")
     assert page.get_by_text("Signed in with a recovery code: 9 left").is_visible()
 
+    # The owner's team pages: members, and the audit log holding these sign-ins.
+    assert page.goto(base + "/settings/members/").status == 200
+    assert page.get_by_text(email).first.is_visible()
+    screenshot(page, "members")
+    assert page.goto(base + "/audit/").status == 200
+    assert page.locator("table").get_by_text("two_factor.recovery_used").first.is_visible()
+    screenshot(page, "audit-log")
+
     # The same recovery code a second time: refused, still signed out.
     _sign_out(page)
     _password(page, base, email)
