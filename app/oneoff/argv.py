@@ -88,7 +88,7 @@ def is_migrate(argv) -> bool:
 
 
 _L8_ROW = re.compile(r"^\|\s*(Yes|No)\s*\|\s*(\S+)\s*\|")           # Laravel 5.x-8.x table
-_L10_ROW = re.compile(r"^\s*(\S+)\s+\.{2,}\s+(?:\[\d+\]\s+Ran|(Pending))\s*$")   # Laravel 9+
+_L10_ROW = re.compile(r"\s*(\S+)\s+\.{2,}\s+(?:\[\d+\]\s+Ran|(Pending))\s*")   # Laravel 9+
 
 
 def pending_migrations(output: str) -> list[str] | None:
@@ -104,7 +104,7 @@ def pending_migrations(output: str) -> list[str] | None:
             if m.group(1) == "No":
                 pending.append(m.group(2))
             continue
-        m = _L10_ROW.match(line)
+        m = _L10_ROW.fullmatch(line)
         if m and m.group(1) != "Migration":
             seen = True
             if m.group(2):
