@@ -762,9 +762,13 @@ class World:
     """App context on a database (Postgres or an SQLite file) + one Redis + a fleet."""
 
     def __init__(self, sandbox, work: Path, redis_url: str, *, backend: str = "postgres",
-                 count: int = 10, image: str | None = None, provision: bool = False):
+                 count: int = 10, image: str | None = None, provision: bool = False,
+                 sqlite_template: Path | None = None):
         from cryptography.fernet import Fernet
         self.provision = provision
+        # An SQLite file already migrated (the test session's template): a copy saves
+        # running the whole migration chain again.
+        self.sqlite_template = sqlite_template if backend == "sqlite" else None
         self.sandbox, self.work, self.redis_url = sandbox, work, redis_url
         self.backend = backend
         self.pg = PostgresDatabase() if backend == "postgres" else None
@@ -780,6 +784,9 @@ class World:
     def __enter__(self) -> "World":
         from flask_migrate import upgrade
         from app import create_app
+        if self.sqlite_template is not None:
+            import shutil
+            shutil.copy(self.sqlite_template, self.work / "keystone.db")
         self.app = create_app({"SQLALCHEMY_DATABASE_URI": self.database_url,
                                "ENCRYPTION_KEYS": self.keys, "SECRET_KEY": self.secret,
                                "REDIS_URL": self.redis_url, "RQ_QUEUE": self.queue,
@@ -788,7 +795,8 @@ class World:
         self.ctx = self.app.app_context()
         self.ctx.push()
         try:
-            upgrade()
+            if self.sqlite_template is None:
+                upgrade()
             if self.provision:
                 # The servers as Keystone provisions a user's (the keystone user, UFW).
                 from app.sandbox.testbed import provision_sandbox_servers

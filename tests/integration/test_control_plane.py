@@ -96,9 +96,10 @@ def test_postgres_two_web_processes_four_workers_ten_concurrent_deploys(
 
 
 def test_sqlite_one_web_process_one_worker_ten_concurrent_deploys(
-        sandbox, provisioned_servers, cp_redis, tmp_path_factory):
+        sandbox, provisioned_servers, cp_redis, tmp_path_factory, migrated_db_template):
     with World(sandbox, tmp_path_factory.mktemp("cp-sqlite"), cp_redis, backend="sqlite",
-               count=10, image=BUILT.get("image")) as world:
+               count=10, image=BUILT.get("image"),
+               sqlite_template=migrated_db_template) as world:
         plane = world.plane(web=1, workers=1)
         try:
             twice = world.fleet.env_ids[3]
