@@ -128,6 +128,18 @@ def worker_command(burst, logs):
     run_worker(current_app._get_current_object(), burst=burst)
 
 
+def gunicorn_argv(host: str, port: int, workers: int = 1) -> list[str]:
+    """The web process as `make run` starts it (gthread: a thread per open live-log stream).
+
+    Several of these, on one machine or several, serve one Keystone when they share
+    DATABASE_URL, REDIS_URL and the keys (README "Control plane at scale")."""
+    exe = Path(sys.executable).parent
+    return [str(exe / "gunicorn"), "--worker-class", "gthread", "--workers", str(int(workers)),
+            "--threads", "32", "--bind", f"{host}:{int(port)}", "--timeout", "120",
+            "--graceful-timeout", "3", "--log-level", "warning",
+            "--config", "python:app.gunicorn_conf", "wsgi:app"]
+
+
 @click.command("dev")
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", default=5000, type=int)
@@ -149,10 +161,7 @@ def dev_command(host, port, workers):
         env["REDIS_URL"] = f"unix://{sock}"
         click.echo(f"embedded redis on {sock}")
     exe = Path(sys.executable).parent
-    gunicorn = [str(exe / "gunicorn"), "--worker-class", "gthread", "--workers", "1",
-                "--threads", "32", "--bind", f"{host}:{port}", "--timeout", "120",
-                "--graceful-timeout", "3", "--log-level", "warning",
-                "--config", "python:app.gunicorn_conf", "wsgi:app"]
+    gunicorn = gunicorn_argv(host, port)
     # Each child runs in its own session: Ctrl-C (SIGINT to the terminal's foreground
     # group) reaches only this process, which then stops them in order.
     web = subprocess.Popen(gunicorn, env=env, cwd=str(Path(__file__).resolve().parent.parent),

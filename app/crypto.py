@@ -108,3 +108,28 @@ def rotate_all(session, metadata: sa.MetaData) -> int:
             count += 1
     session.commit()
     return count
+
+
+def undecryptable_column(session, metadata: sa.MetaData) -> str | None:
+    """``table.column`` of a stored secret the configured keys cannot decrypt, else None.
+
+    One value per encrypted column is read (LIMIT 1). A process that shares the database
+    with others (a worker on another machine) runs this at start-up: without the same
+    KEYSTONE_ENCRYPTION_KEYS it would generate a fresh key of its own and fail every
+    operation that needs a secret, half-way through. A schema not migrated yet has nothing
+    to check.
+    """
+    for table, column in encrypted_columns(metadata):
+        raw = sa.type_coerce(column, sa.Text)
+        try:
+            token = session.execute(sa.select(raw).where(column.isnot(None)).limit(1)).scalar()
+        except sa.exc.DBAPIError:
+            session.rollback()
+            return None
+        if token is None:
+            continue
+        try:
+            keyring.fernet.decrypt(token.encode("ascii"))
+        except InvalidToken:
+            return f"{table.name}.{column.name}"
+    return None

@@ -248,6 +248,12 @@ def _why_changed(service: ServiceFact, digest: str) -> tuple[str, ...]:
         reasons.append("placement changed")
     if any(r.health == "unhealthy" or r.status == "failed" for r in live):
         reasons.append("a replica is unhealthy")
+    # Planning holds the environment's lock, so a replica still "starting" now was left by
+    # a deploy that died before its checks passed (its worker SIGKILLed): it never served.
+    # Without this, a first deploy interrupted there left the environment "deployed" by a
+    # retry that changed nothing, with no replica running.
+    if any(r.status == "starting" for r in live):
+        reasons.append("an interrupted deploy left a replica that never passed its checks")
     return tuple(reasons)
 
 
@@ -259,7 +265,10 @@ def _placements(service: ServiceFact) -> tuple[Placement, ...]:
     for server_id in service.server_ids:
         old = tuple(sorted(by_server.pop(server_id, []), key=lambda r: r.id))
         used = {r.slot for r in old}
-        current = old[-1].slot if old else None
+        # The slot in use is the serving replica's; an interrupted deploy's leftover
+        # ("starting", never armed) does not count, so its slot is the one reused.
+        serving = [r for r in old if r.status != "starting"]
+        current = serving[-1].slot if serving else None
         slot = other_slot(current)
         if slot in used:
             # Both slots busy: an interrupted deploy left a replica behind. Its slot is the

@@ -180,6 +180,24 @@ def start_health_scheduler(app, conn, queue, interval: float | None = None) -> t
     return stop
 
 
+KEYS_MISMATCH = ("keystone worker: KEYSTONE_ENCRYPTION_KEYS cannot decrypt the secrets stored in "
+                 "DATABASE_URL ({column}). Every web and worker process of one Keystone needs "
+                 "the same KEYSTONE_ENCRYPTION_KEYS (a worker on another machine: copy them; "
+                 "without them it generates a key of its own).")
+
+
+def check_encryption_keys(app) -> None:
+    """Refuse to start (SystemExit) when the keys cannot read the database's secrets."""
+    from app.crypto import undecryptable_column
+    with app.app_context():
+        try:
+            column = undecryptable_column(db.session, db.metadata)
+        finally:
+            db.session.remove()
+    if column is not None:
+        raise SystemExit(KEYS_MISMATCH.format(column=column))
+
+
 def recover(app) -> list[int]:
     """Start-up recovery: end what died with the previous worker, restart the queue."""
     with app.app_context():
@@ -193,6 +211,7 @@ def run_logs_worker(app, burst: bool = False) -> None:
     """The worker of live container logs (app.logtail): its own queue, so the long-running
     tailer job never waits behind a deploy or holds one up. No reaper, no schedulers."""
     from app.logtail import queue_name
+    check_encryption_keys(app)
     set_app(app)
     configure_logging()
     quiet_transport_errors()
@@ -205,6 +224,7 @@ def run_logs_worker(app, burst: bool = False) -> None:
 
 
 def run_worker(app, burst: bool = False, reaper_interval: float | None = None) -> None:
+    check_encryption_keys(app)
     set_app(app)
     load_handlers()  # import handler modules once, before forking
     configure_logging()

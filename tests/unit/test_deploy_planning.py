@@ -67,6 +67,28 @@ def test_after_an_interrupted_deploy_the_leftover_slot_is_reused_never_the_servi
     assert plan.changes[0].placements[0].slot == "green"
 
 
+def test_a_first_deploy_interrupted_before_its_checks_is_not_a_no_op_on_retry():
+    # The worker was SIGKILLed while the only replica was health-checked (tests/integration/
+    # test_control_plane.py): the retry of the same artifact must start a replica again,
+    # in the leftover's slot (removed first), not report "nothing changed".
+    plan = plan_deploy(snap(web([replica(11, slot="blue", digest=NEW, status="starting")])),
+                       NEW)
+    assert not plan.noop
+    change = plan.changes[0]
+    assert change.reasons == ("an interrupted deploy left a replica that never passed its "
+                              "checks",)
+    assert change.placements[0].slot == "blue"
+    assert [r.id for r in change.placements[0].old] == [11]
+
+
+def test_a_redeploy_interrupted_before_its_checks_is_not_a_no_op_either():
+    # green serves the artifact; an interrupted redeploy of it left a starting replica in blue.
+    plan = plan_deploy(snap(web([replica(10, slot="green", digest=NEW),
+                                 replica(11, slot="blue", digest=NEW, status="starting")])), NEW)
+    assert not plan.noop
+    assert plan.changes[0].placements[0].slot == "blue"   # never the serving green
+
+
 def test_no_change_deploy_says_so_and_touches_nothing():
     plan = plan_deploy(snap(web([replica(10, digest=NEW)])), NEW)
     assert plan.noop
