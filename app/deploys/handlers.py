@@ -262,6 +262,7 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         env = self.env
         with self.ctx.step("Check dependency services and attached slices") as step:
             problems = []
+            running_by_server: dict[int, list[tuple[Service, ServiceReplica]]] = {}
             for att in env.attachments:
                 svc = att.service
                 if svc is None or svc.deploy_policy == DeployPolicy.WITH_ENVIRONMENT:
@@ -275,19 +276,31 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                 if sl is not None and sl.status != SliceStatus.READY:
                     problems.append(f"slice {sl.name} of {svc.name} is {sl.status.value}")
                 for r in running:
-                    server = db.session.get(Server, r.server_id)
-                    with self.ctx.step(f"Check {svc.name} on {server.name}", server=server) as s2:
-                        res = s2.run(dc.inspect(r.container_name), check=False, pty=False,
-                                     timeout=30)
-                        parts = stdout_text(res).split()
-                        if res.exit_code != 0 or len(parts) < 4 or parts[2] != "true":
+                    running_by_server.setdefault(r.server_id, []).append((svc, r))
+                step.log(f"{svc.name} ({att.role.value}): checked, not redeployed")
+            # One `docker inspect` per server for all its dependency containers (one SSH
+            # round trip, not one per service).
+            for server_id, pairs in running_by_server.items():
+                server = db.session.get(Server, server_id)
+                names = list(dict.fromkeys(r.container_name for _, r in pairs))
+                svc_names = ", ".join(dict.fromkeys(svc.name for svc, _ in pairs))
+                with self.ctx.step(f"Check {svc_names} on {server.name}", server=server) as s2:
+                    res = s2.run(dc.inspect_many(names), check=False, pty=False, timeout=30)
+                    seen = dc.parse_inspect_many(stdout_text(res))
+                    healthy = []
+                    for svc, r in pairs:
+                        parts = seen.get(r.container_name)
+                        if parts is None or len(parts) < 4 or parts[2] != "true":
                             problems.append(f"{svc.name}: container {r.container_name} is not "
                                             "running")
                         elif parts[3] not in ("healthy", "none"):
                             problems.append(f"{svc.name}: container health is {parts[3]}")
                         else:
-                            s2.unchanged(f"{svc.name} is running ({parts[3]})")
-                step.log(f"{svc.name} ({att.role.value}): checked, not redeployed")
+                            healthy.append(f"{svc.name} is running ({parts[3]})")
+                    if len(healthy) == len(pairs):
+                        s2.unchanged("; ".join(healthy))
+                    elif healthy:
+                        s2.log("; ".join(healthy))
             if problems:
                 raise StepFailed("Dependencies are not healthy: " + "; ".join(problems))
             if not env.attachments:

@@ -94,3 +94,16 @@ def test_the_bench_reads_the_composer_layer_from_the_classic_builders_log():
                                              "--no-scripts --no-autoloader\n ---> Running in "
                                              "0f0f")) is False
     assert composer_layer_cached("Step 1/2 : FROM x\n") is None
+
+
+def test_dependency_containers_are_inspected_in_one_command():
+    from app.deploys import commands as dc
+    command = dc.inspect_many(["ks-pg-1", "ks-cache-2"])
+    text = command.masked()
+    assert text.startswith("docker inspect --format ") and text.endswith(" ks-pg-1 ks-cache-2")
+    out = ("/ks-pg-1 abc sha256:1 true healthy 0 0\n"
+           "/ks-cache-2 def sha256:2 false none 3 137\n"
+           "Error: No such object: ks-gone\n")
+    seen = dc.parse_inspect_many(out)
+    assert seen == {"ks-pg-1": ["abc", "sha256:1", "true", "healthy", "0", "0"],
+                    "ks-cache-2": ["def", "sha256:2", "false", "none", "3", "137"]}
