@@ -31,7 +31,7 @@ from app.deploys.replica_steps import LOG_TAIL_LINES, ReplicaSteps
 from app.deploys.routing import GatewayRouting
 from app.deploys.service import environment_servers, service_server_ids
 from app.deploys.slots import READY_PATH
-from app.deploys.timing import PhaseClock
+from app.deploys.timing import NULL_CLOCK, NullClock, PhaseClock
 from app.deploys.values import (commit_details, environment_secrets, environment_values,
                                 replica_environment, snapshot, stdout_text)
 from app.drivers import get_driver
@@ -53,6 +53,9 @@ SCHEDULER_RELEASE_WAIT = 300
 # --------------------------------------------------------------------------- the deploy
 
 class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
+    # Records nothing unless the instance has its own (a deploy run: see __init__).
+    clock: PhaseClock | NullClock = NULL_CLOCK
+
     def __init__(self, ctx: OperationContext, env: Environment):
         self.ctx = ctx
         self.env = env
