@@ -81,7 +81,7 @@ def _testbed(args, queue: str, **options):
     work = Path(tempfile.mkdtemp(prefix=f"keystone-{queue}-"))
     redis_proc = embedded_redis.start(work / "redis.sock", work / "redis")
     sb = Sandbox(name=args.sandbox, state_dir=root / "instance" / "sandbox" / args.sandbox)
-    info = sb.up(servers=max(2, args.servers), bare=False, stand_ins=True)
+    info = sb.up(servers=max(2, args.servers), bare=getattr(args, "bare", False), stand_ins=True)
     if getattr(args, "https", False):
         # The route's name resolves (for Pebble's validation) to the first server.
         from app.drivers.caddy.tls import gateway_acme_config

@@ -38,6 +38,7 @@ from app.builds import commands as dc
 from app.builds.config import BuildConfig, config_hash
 from app.builds.dockerfile import render_dockerfile
 from app.builds.plan import BuildPlan, plan_build
+from app.deploys.timing import NULL_CLOCK
 from app.extensions import db
 from app.models import BuildArtifact, Registry
 from app.models.base import utcnow
@@ -170,18 +171,37 @@ class RegistrySession:
 
 # --------------------------------------------------------------------------- main entry
 
-def ensure_artifact(ctx, environment, commit_sha: str, servers) -> BuildArtifact:
+def ensure_artifact(ctx, environment, commit_sha: str, servers, *, clock=None) -> BuildArtifact:
     """Reuse or build the artifact for ``commit_sha`` and make it present on every server.
 
     Raises :class:`app.builds.plan.BuildPlanError` before any step when the
     plan is impossible (e.g. several servers and no registry).
     """
+    artifact, registry, verified = find_or_build(ctx, environment, commit_sha, servers,
+                                                 clock=clock)
+    with (clock or NULL_CLOCK).phase("pull"):
+        _make_present(ctx, artifact, servers, registry, verified=verified)
+    return artifact
+
+
+def find_or_build(ctx, environment, commit_sha: str, servers, *, clock=None):
+    """The artifact for ``commit_sha`` (reused, or built now), WITHOUT pulling it anywhere.
+
+    Returns ``(artifact, registry, verified)``: ``verified`` are the ids of the servers
+    just seen holding the image (a reused local-only artifact), which
+    :func:`make_present` need not look at again. A deploy calls this, plans, and pulls
+    (``make_present``) only when something is to be deployed: a deploy that changes
+    nothing touches no server beyond reading facts.
+    """
+    clock = clock or NULL_CLOCK
     servers = list(servers)
     plan = plan_build(environment, servers)
     if not is_commit_sha(commit_sha):
         raise ValidationError(f"{commit_sha!r} is not a commit sha")
     if plan.strategy == BuildStrategy.EXTERNAL_REGISTRY:
-        return _ensure_external(ctx, environment, commit_sha, servers, plan)
+        with clock.phase("pull"):
+            artifact = _ensure_external(ctx, environment, commit_sha, servers, plan)
+        return artifact, environment.container_registry, {s.id for s in servers}
 
     dockerfile = render_dockerfile(plan.config)
     chash = config_hash(plan.config, dockerfile)
@@ -190,22 +210,23 @@ def ensure_artifact(ctx, environment, commit_sha: str, servers) -> BuildArtifact
                   if registry is not None else
                   f"{LOCAL_REPOSITORY_PREFIX}/{environment.application.name}-{environment.name}")
 
-    for candidate in find_reusable(environment, commit_sha, chash,
-                                   pushed_to=repository if registry is not None else None):
-        if candidate.registry_ref or _present_everywhere(ctx, candidate, servers):
-            with ctx.step("Reuse build artifact") as step:
-                step.unchanged(f"commit {commit_sha[:12]} with this build configuration was already "
-                               f"built (artifact #{candidate.id}, {image_ref(candidate)}): not "
-                               "rebuilding")
-            _make_present(ctx, candidate, servers, registry)
-            return candidate
+    with clock.phase("artifact"):
+        for candidate in find_reusable(environment, commit_sha, chash,
+                                       pushed_to=repository if registry is not None else None):
+            verified: set[int] = set()
+            if candidate.registry_ref or _present_everywhere(ctx, candidate, servers, verified):
+                with ctx.step("Reuse build artifact") as step:
+                    step.unchanged(f"commit {commit_sha[:12]} with this build configuration was "
+                                   f"already built (artifact #{candidate.id}, "
+                                   f"{image_ref(candidate)}): not rebuilding")
+                return candidate, registry, verified
 
-    artifact = _build(ctx, environment, commit_sha, plan, dockerfile, chash, repository, registry)
-    _make_present(ctx, artifact, servers, registry)
-    return artifact
+    artifact = _build(ctx, environment, commit_sha, plan, dockerfile, chash, repository, registry,
+                      clock)
+    return artifact, registry, {plan.build_server.id}
 
 
-def _present_everywhere(ctx, artifact: BuildArtifact, servers) -> bool:
+def _present_everywhere(ctx, artifact: BuildArtifact, servers, verified: set[int]) -> bool:
     """A local-only artifact is reusable only where its image still is."""
     wanted = (artifact.meta or {}).get("image_id") or artifact.image_digest
     for server in servers:
@@ -215,15 +236,23 @@ def _present_everywhere(ctx, artifact: BuildArtifact, servers) -> bool:
                 step.log(f"{artifact.image_tag} is not on {server.name}: it will be built")
                 return False
             step.unchanged(f"{artifact.image_tag} is on {server.name}")
+            verified.add(server.id)
     return True
 
 
-def _make_present(ctx, artifact: BuildArtifact, servers, registry) -> None:
-    """Pull ``name@sha256:...`` on every server that lacks it; check the image id matches."""
+def _make_present(ctx, artifact: BuildArtifact, servers, registry,
+                  verified: set[int] = frozenset()) -> None:
+    """Pull ``name@sha256:...`` on every server that lacks it; check the image id matches.
+
+    ``verified``: servers just seen holding the image (or that built it): not asked again.
+    """
     wanted = (artifact.meta or {}).get("image_id")
     ref = image_ref(artifact)
     present = set((artifact.meta or {}).get("present_on", []))
     for server in servers:
+        if server.id in verified:
+            present.add(server.id)
+            continue
         with ctx.step(f"Pull image on {server.name}", server=server) as step:
             found = _image_id_on(step, ref)
             if found and (wanted is None or found == wanted):
@@ -242,9 +271,10 @@ def _make_present(ctx, artifact: BuildArtifact, servers, registry) -> None:
                 step.log(f"{server.name} has {ref} (image {found})")
         present.add(server.id)
     meta = dict(artifact.meta or {})
-    meta["present_on"] = sorted(present)
-    artifact.meta = meta
-    db.session.commit()
+    if sorted(present) != meta.get("present_on"):
+        meta["present_on"] = sorted(present)
+        artifact.meta = meta
+        db.session.commit()
 
 
 make_present = _make_present   # public name (the deploy flow's rollback uses it)
@@ -256,8 +286,9 @@ def artifact_registry(artifact: BuildArtifact):
 
 
 def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, chash: str,
-           repository: str, registry) -> BuildArtifact:
+           repository: str, registry, clock=None) -> BuildArtifact:
     op = _operation(ctx)
+    clock = clock or NULL_CLOCK
     application = environment.application
     server = plan.build_server
     tag = artifact_tag(repository, commit_sha, chash)
@@ -279,7 +310,7 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
     try:
         if hasattr(ctx, "secret") and application.deploy_key_private:
             ctx.secret(application.deploy_key_private)   # never in a log line, whatever happens
-        with ctx.step("Fetch source") as step:
+        with clock.phase("fetch"), ctx.step("Fetch source") as step:
             step.log(f"git fetch {application.repository_url} {commit_sha} (branch {environment.branch}) "
                      "on the Keystone host with the deploy key")
             tar_path = local_dir / "source.tar"
@@ -299,7 +330,8 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
         data = tar_path.read_bytes()
         tar_path.unlink()
 
-        with ctx.step(f"Upload source to {server.name}", server=server) as step:
+        with clock.phase("upload_source"), \
+                ctx.step(f"Upload source to {server.name}", server=server) as step:
             remote_cleanup_needed = True
             _run(step, dc.mkdir_private(remote_dir), timeout=30)
             step.put_file(posixpath.join(remote_dir, "source.tar"), data, mode=0o600)
@@ -314,7 +346,7 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
                       "KEYSTONE_ENVIRONMENT": str(environment.id)}
         build = dc.docker_build(posixpath.join(remote_dir, "Dockerfile"),
                                 posixpath.join(remote_dir, "context"), tag, build_args)
-        with ctx.step(BUILD_STEP, server=server) as step:
+        with clock.phase("build"), ctx.step(BUILD_STEP, server=server) as step:
             if registry is not None:
                 # Logged in while building too: the base image may live in the same
                 # (private) registry.
@@ -331,7 +363,8 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
         db.session.commit()
 
         if registry is not None:
-            with ctx.step(f"Push image to {registry.name}", server=server) as step:
+            with clock.phase("push"), \
+                    ctx.step(f"Push image to {registry.name}", server=server) as step:
                 config_dir = posixpath.join(remote_dir, "docker")
                 with RegistrySession(step, registry, config_dir) as docker_config:
                     _run(step, dc.push(tag, docker_config), timeout=BUILD_TIMEOUT)
@@ -352,7 +385,8 @@ def _build(ctx, environment, commit_sha: str, plan: BuildPlan, dockerfile: str, 
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
         if remote_cleanup_needed:
-            _cleanup_remote(ctx, server, remote_dir)
+            with clock.phase("build"):
+                _cleanup_remote(ctx, server, remote_dir)
 
 
 def _cleanup_remote(ctx, server, remote_dir: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from app.models.enums import BuildStrategy
 
-TEMPLATE_VERSION = "1"
+TEMPLATE_VERSION = "2"
 DEFAULT_PHP_VERSION = "8.3"
 BASE_IMAGE_TEMPLATE = "serversideup/php:{php_version}-frankenphp"
 JS_TOOLS = ("none", "bun", "node")

@@ -98,6 +98,28 @@ def inspect(container: str) -> Command:
                container)
 
 
+INSPECT_MANY_FORMAT = ("{{.Name}} {{.Id}} {{.Image}} {{.State.Running}} "
+                       "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} "
+                       "{{.RestartCount}} {{.State.ExitCode}}")
+
+
+def inspect_many(containers: list[str]) -> Command:
+    """One ``docker inspect`` of several containers (one SSH round trip for all of them):
+    a line ``/<name> <id> <image id> <running> <health> <restart count> <exit code>`` per
+    container that exists (a missing one is only on stderr, and the exit code is 1)."""
+    return cmd("docker", "inspect", "--format", INSPECT_MANY_FORMAT, *containers)
+
+
+def parse_inspect_many(text: str) -> dict[str, list[str]]:
+    """``{container name: [id, image id, running, health, restarts, exit code]}``."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0].startswith("/"):
+            out[parts[0][1:]] = parts[1:]
+    return out
+
+
 def logs_tail(container: str, lines: int = 40) -> Command:
     return cmd("docker", "logs", "--tail", str(int(lines)), container)
 

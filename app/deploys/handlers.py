@@ -21,7 +21,7 @@ from __future__ import annotations
 import shlex
 import time
 
-from app.builds.artifacts import (BuildError, artifact_registry, ensure_artifact, image_ref,
+from app.builds.artifacts import (BuildError, artifact_registry, find_or_build, image_ref,
                                   make_present)
 from app.builds.plan import BuildPlanError
 from app.deploys import commands as dc
@@ -31,6 +31,7 @@ from app.deploys.replica_steps import LOG_TAIL_LINES, ReplicaSteps
 from app.deploys.routing import GatewayRouting
 from app.deploys.service import environment_servers, service_server_ids
 from app.deploys.slots import READY_PATH
+from app.deploys.timing import NULL_CLOCK, NullClock, PhaseClock
 from app.deploys.values import (commit_details, environment_secrets, environment_values,
                                 replica_environment, snapshot, stdout_text)
 from app.drivers import get_driver
@@ -52,6 +53,9 @@ SCHEDULER_RELEASE_WAIT = 300
 # --------------------------------------------------------------------------- the deploy
 
 class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
+    # Records nothing unless the instance has its own (a deploy run: see __init__).
+    clock: PhaseClock | NullClock = NULL_CLOCK
+
     def __init__(self, ctx: OperationContext, env: Environment):
         self.ctx = ctx
         self.env = env
@@ -64,9 +68,27 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         self.image: str = ""
         self.values: dict[str, str] = {}
         self.facts: dict[int, ServiceFact] = {}
+        self.clock = PhaseClock()
+        self._pull: tuple | None = None  # (servers, registry, verified): pulled after planning
 
     # ---------------------------------------------------------------- top level
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._report_timing()
+
+    def _report_timing(self) -> None:
+        """Seconds per phase on the operation's result (the UI and bench.deploy_phases)."""
+        self.clock.stop()
+        phases, timing = self.clock.report()
+        self.ctx.result.update({"phases": phases, "timing": timing})
+
+    def _health_check(self, rctx, *args, **kwargs):
+        with self.clock.phase("health"):
+            return super()._health_check(rctx, *args, **kwargs)
+
+    def _run(self) -> None:
         ctx, env = self.ctx, self.env
         ctx.on_cleanup(self._cleanup)
         previous_status = env.status
@@ -83,13 +105,14 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         if env.scheduler_target_service_id is None and snap.scheduler.target_service_id:
             env.scheduler_target_service_id = snap.scheduler.target_service_id
             db.session.commit()
-        try:
-            plan = plan_deploy(snap, self.artifact.image_digest,
-                               force=bool(ctx.params.get("force")))
-        except PlanError as exc:
-            raise StepFailed(f"Cannot plan the deploy: {exc}") from None
+        with self.clock.phase("plan"):
+            try:
+                plan = plan_deploy(snap, self.artifact.image_digest,
+                                   force=bool(ctx.params.get("force")))
+            except PlanError as exc:
+                raise StepFailed(f"Cannot plan the deploy: {exc}") from None
         self.plan = plan
-        with ctx.step("Plan the deploy") as step:
+        with self.clock.phase("plan"), ctx.step("Plan the deploy") as step:
             step.log(f"artifact #{self.artifact.id}: commit {self.artifact.commit_sha[:12]}, "
                      f"image {self.image}")
             for c in plan.changes:
@@ -110,12 +133,18 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                            **commit_details(self.artifact)})
         self.ctx.operation.image_digest = self.artifact.image_digest
         if plan.noop:
-            env.current_artifact_id = self.artifact.id
-            if env.status != EnvironmentStatus.DEPLOYED:
-                env.status = EnvironmentStatus.DEPLOYED
-            db.session.commit()
+            # Nothing to deploy: no pull, no server touched beyond the facts read above.
+            with self.clock.phase("record"):
+                env.current_artifact_id = self.artifact.id
+                if env.status != EnvironmentStatus.DEPLOYED:
+                    env.status = EnvironmentStatus.DEPLOYED
+                db.session.commit()
             self.succeeded = True
             return
+        if self._pull is not None:
+            pull_servers, registry, verified = self._pull
+            with self.clock.phase("pull"):
+                make_present(ctx, self.artifact, pull_servers, registry, verified=verified)
         env.status = EnvironmentStatus.DEPLOYING
         db.session.commit()
         try:
@@ -142,21 +171,25 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                 step.log("database migrations are not reversed: the older code runs against "
                          "the current schema")
             registry = env.container_registry or artifact_registry(artifact)
-            make_present(ctx, artifact, servers, registry)
+            self._pull = (servers, registry, set())
             return artifact
         sha = ctx.params.get("commit_sha")
         if not sha:
-            with ctx.step(f"Resolve {env.branch}") as step:
+            with self.clock.phase("resolve"), ctx.step(f"Resolve {env.branch}") as step:
                 try:
                     sha = resolve_commit(env, on_line=step.log)
                 except Exception as exc:  # GitAccessError / ValidationError: a user message
                     raise StepFailed(f"Could not resolve {env.branch}: {exc}") from None
         try:
-            return ensure_artifact(ctx, env, sha, servers)
+            artifact, registry, verified = find_or_build(ctx, env, sha, servers, clock=self.clock)
         except StepFailed:
             raise
         except (BuildPlanError, BuildError, ValidationError) as exc:
             raise StepFailed(str(exc)) from None
+        # Pulled once the plan says something is to be deployed (a no-change deploy pulls
+        # nothing): see _run.
+        self._pull = (servers, registry, verified)
+        return artifact
 
     def _run_phases(self, plan: DeployPlan) -> None:
         kinds = [p.kind for p in plan.phases]
@@ -167,24 +200,30 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         for phase in plan.phases:
             self.ctx.check_cancelled()
             if phase.kind == "check_dependencies":
-                self._check_dependencies()
+                with self.clock.phase("dependencies"):
+                    self._check_dependencies()
             elif phase.kind == "pre_switch":
-                self._pre_switch()
+                with self.clock.phase("pre_switch"):
+                    self._pre_switch()
             elif phase.kind == "migrate":
-                self._migrate(plan)
+                with self.clock.phase("migrate"):
+                    self._migrate(plan)
             elif phase.kind == "start":
                 if not routes_done:
                     # Routes first (only when their slot list changes: the first deploy, a new
                     # server): a slot is then down on every gateway before its replica is
                     # armed, so the gateway's switch to "up" is a transition it logs.
                     routes_done = True
-                    self._ensure_routes(plan)
+                    with self.clock.phase("routes"):
+                        self._ensure_routes(plan)
                 change = plan.change_for(phase.service_id)
                 service = db.session.get(Service, phase.service_id)
-                self.ctx.run_child(OperationKind.SERVICE_DEPLOY, "service", service.id,
-                                   lambda cctx, c=change: self._service_deploy(cctx, c),
-                                   summary=f"Deploy {service.name}: {', '.join(change.reasons)}",
-                                   lock_keys=[f"service:{service.id}"])
+                with self.clock.phase("start"):  # its health checks count as "health"
+                    self.ctx.run_child(OperationKind.SERVICE_DEPLOY, "service", service.id,
+                                       lambda cctx, c=change: self._service_deploy(cctx, c),
+                                       summary=f"Deploy {service.name}: "
+                                               f"{', '.join(change.reasons)}",
+                                       lock_keys=[f"service:{service.id}"])
             elif phase.kind == "health":
                 pass  # each replica_deploy child health-checks its replica before it succeeds
             elif phase.kind in cutover_kinds:
@@ -192,11 +231,13 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                     done_cutover = True
                     if not routes_done:
                         routes_done = True
-                        self._ensure_routes(plan)
+                        with self.clock.phase("routes"):
+                            self._ensure_routes(plan)
                     # Before anything old is touched: every new replica armed and in rotation
                     # on every gateway, and still running. A failure here takes the new
                     # replicas away again and the old ones keep serving.
-                    self._await_gateways()
+                    with self.clock.phase("gateway"):
+                        self._await_gateways()
                     self.cutover_started = True
                     self.ctx.run_child(OperationKind.GATEWAY_CUTOVER, "environment", self.env.id,
                                        lambda cctx: self._cutover(cctx, cutover),
@@ -209,17 +250,22 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                     done_cutover = True
                     if not routes_done:
                         routes_done = True
-                        self._ensure_routes(plan)
-                    self._await_gateways()
-                self._record(plan)
+                        with self.clock.phase("routes"):
+                            self._ensure_routes(plan)
+                    with self.clock.phase("gateway"):
+                        self._await_gateways()
+                with self.clock.phase("record"):
+                    self._record(plan)
         if "record" not in kinds:
-            self._record(plan)
+            with self.clock.phase("record"):
+                self._record(plan)
 
     # ---------------------------------------------------------------- checks
     def _check_dependencies(self) -> None:
         env = self.env
         with self.ctx.step("Check dependency services and attached slices") as step:
             problems = []
+            running_by_server: dict[int, list[tuple[Service, ServiceReplica]]] = {}
             for att in env.attachments:
                 svc = att.service
                 if svc is None or svc.deploy_policy == DeployPolicy.WITH_ENVIRONMENT:
@@ -233,19 +279,31 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                 if sl is not None and sl.status != SliceStatus.READY:
                     problems.append(f"slice {sl.name} of {svc.name} is {sl.status.value}")
                 for r in running:
-                    server = db.session.get(Server, r.server_id)
-                    with self.ctx.step(f"Check {svc.name} on {server.name}", server=server) as s2:
-                        res = s2.run(dc.inspect(r.container_name), check=False, pty=False,
-                                     timeout=30)
-                        parts = stdout_text(res).split()
-                        if res.exit_code != 0 or len(parts) < 4 or parts[2] != "true":
+                    running_by_server.setdefault(r.server_id, []).append((svc, r))
+                step.log(f"{svc.name} ({att.role.value}): checked, not redeployed")
+            # One `docker inspect` per server for all its dependency containers (one SSH
+            # round trip, not one per service).
+            for server_id, pairs in running_by_server.items():
+                server = db.session.get(Server, server_id)
+                names = list(dict.fromkeys(r.container_name for _, r in pairs))
+                svc_names = ", ".join(dict.fromkeys(svc.name for svc, _ in pairs))
+                with self.ctx.step(f"Check {svc_names} on {server.name}", server=server) as s2:
+                    res = s2.run(dc.inspect_many(names), check=False, pty=False, timeout=30)
+                    seen = dc.parse_inspect_many(stdout_text(res))
+                    healthy = []
+                    for svc, r in pairs:
+                        parts = seen.get(r.container_name)
+                        if parts is None or len(parts) < 4 or parts[2] != "true":
                             problems.append(f"{svc.name}: container {r.container_name} is not "
                                             "running")
                         elif parts[3] not in ("healthy", "none"):
                             problems.append(f"{svc.name}: container health is {parts[3]}")
                         else:
-                            s2.unchanged(f"{svc.name} is running ({parts[3]})")
-                step.log(f"{svc.name} ({att.role.value}): checked, not redeployed")
+                            healthy.append(f"{svc.name} is running ({parts[3]})")
+                    if len(healthy) == len(pairs):
+                        s2.unchanged("; ".join(healthy))
+                    elif healthy:
+                        s2.log("; ".join(healthy))
             if problems:
                 raise StepFailed("Dependencies are not healthy: " + "; ".join(problems))
             if not env.attachments:
@@ -311,13 +369,17 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
             if phase.kind == "await_gateway":
                 continue  # confirmed before the cutover started (_await_gateways)
             elif phase.kind == "scheduler_release":
-                self._scheduler_release(cctx, phase)
+                with self.clock.phase("scheduler"):
+                    self._scheduler_release(cctx, phase)
             elif phase.kind == "scheduler_claim":
-                self._scheduler_claim(cctx, phase)
+                with self.clock.phase("scheduler"):
+                    self._scheduler_claim(cctx, phase)
             elif phase.kind == "drain":
-                self._drain(cctx, self.plan.change_for(phase.service_id))
+                with self.clock.phase("drain"):
+                    self._drain(cctx, self.plan.change_for(phase.service_id))
             elif phase.kind == "stop":
-                self._stop_old(cctx, self.plan.change_for(phase.service_id))
+                with self.clock.phase("stop"):
+                    self._stop_old(cctx, self.plan.change_for(phase.service_id))
 
     def _replica(self, replica_id: int) -> ServiceReplica | None:
         return db.session.get(ServiceReplica, replica_id)
@@ -389,7 +451,7 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         if drained:
             self._await_out_of_rotation(cctx, drained)
         window = change.drain_seconds
-        with cctx.step(f"Drain window ({window:g}s)") as step:
+        with self.clock.phase("drain_window"), cctx.step(f"Drain window ({window:g}s)") as step:
             step.log("no gateway sends the old replicas new requests; their in-flight requests "
                      f"get {window:g}s to finish before SIGTERM")
             time.sleep(window)

@@ -119,6 +119,21 @@ def test_first_deploy_serves_the_commit_with_database_and_cache(bed, sandbox):
     bed.first_op = op
 
 
+def remote_commands(op) -> list[str]:
+    """Every command an operation and its children ran on a server (recorded scripts)."""
+    out = []
+    for o in [op, *op.children, *(cc for c in op.children for cc in c.children)]:
+        for step in o.steps:
+            if step.server_id is not None and step.script:
+                out += [line for line in step.script.splitlines() if line.strip()]
+    return out
+
+
+def step_names(op) -> list[str]:
+    return [s.name for o in [op, *op.children, *(cc for c in op.children for cc in c.children)]
+            for s in o.steps]
+
+
 def test_redeploy_of_the_same_commit_changes_nothing(bed):
     before = bed.containers()
     op = bed.deploy()
@@ -127,6 +142,31 @@ def test_redeploy_of_the_same_commit_changes_nothing(bed):
     plan = next(s for s in op.steps if s.name == "Plan the deploy")
     assert plan.status.value == "skipped" and "Nothing changed" in plan.logs
     assert bed.containers() == before
+    # Issue 20.4: no server touched beyond reading facts (is the image still there?), no pull.
+    commands = remote_commands(op)
+    assert commands and all(c.startswith("docker image inspect ") for c in commands), commands
+    assert not any(n.startswith("Pull image") for n in step_names(op))
+    assert {"resolve", "artifact", "plan"} <= set(op.result["phases"])
+    assert set(op.result["timing"]) >= {"total_s", "work_s", "overhead_s"}
+
+
+def test_a_deploy_where_only_variables_changed_reuses_the_artifact(bed):
+    """Issue 20.4: no fetch and no build (only `git ls-remote`); the web replica is replaced
+    with the new value, through the usual cutover; the time per phase is on the result."""
+    from app.attachments import set_user_variable
+    from app.extensions import db
+    commit = bed.commit_served()
+    set_user_variable(bed.env, "VARS_ONLY_MARK", f"mark-{time.time_ns()}")
+    db.session.commit()
+    op = bed.deploy()
+    names = step_names(op)
+    assert "Reuse build artifact" in names and any(n.startswith("Resolve ") for n in names)
+    assert "Fetch source" not in names and "Build image" not in names, names
+    assert op.result["noop"] is False and "web" in op.result["changed_services"]
+    assert op.result["commit"] == commit == bed.commit_served()
+    assert {"start", "health", "gateway", "drain", "stop"} <= set(op.result["phases"])
+    assert "build" not in op.result["phases"] and "fetch" not in op.result["phases"]
+    assert len(bed.containers()) == 1
 
 
 def test_new_commit_zero_downtime_migration_once_scheduler_single(bed, sandbox):

@@ -88,3 +88,26 @@ def test_config_hash_changes_with_the_dockerfile_only():
 def test_to_json_round_trips():
     config = parse_build_config(CASES["Dockerfile.laravel.bun-sandbox"])
     assert parse_build_config(config.to_json()) == config
+
+
+def test_composer_dependencies_are_a_layer_of_their_own_before_the_source():
+    """A commit that changes PHP files only reuses the `composer install` layer (issue 20.4):
+    composer.json/composer.lock are copied and installed before the source and before the
+    per-build ARGs (a RUN after an ARG misses the cache whenever the ARG's value changes)."""
+    for raw in CASES.values():
+        lines = render_dockerfile(parse_build_config(raw)).splitlines()
+        runtime = lines.index(next(ln for ln in lines if ln.startswith("FROM ")
+                                   and "AS assets" not in ln))
+        deps_copy = lines.index("COPY --chown=www-data:www-data composer.json composer.lock* "
+                                "/var/www/html/")
+        deps_install = next(i for i, ln in enumerate(lines)
+                            if ln.startswith("RUN composer install") and "--no-scripts" in ln)
+        source = lines.index("COPY --chown=www-data:www-data . /var/www/html")
+        first_arg = next(i for i, ln in enumerate(lines) if ln.startswith("ARG "))
+        assert runtime < deps_copy < deps_install < first_arg < source
+        assert "--no-autoloader" in lines[deps_install] and "--no-dev" in lines[deps_install]
+        # Between the dependency layer and the source: nothing that reads the source.
+        assert not any(ln.startswith(("COPY", "ADD")) for ln in lines[deps_install + 1:source])
+        # After the source: the autoloader and the scripts (a second, download-free install).
+        final = next(ln for ln in lines[source:] if ln.startswith("RUN composer install"))
+        assert "--optimize-autoloader" in final and "--no-scripts" not in final

@@ -195,3 +195,25 @@ def test_other_organisation_gets_404(app, client, auth, clean_streams):
         assert client.get(url).status_code == 404
     assert client.post(f"/operations/{op.id}/cancel", headers={"X-CSRFToken": auth.csrf()}).status_code == 404
     assert f"#{op.id}<" not in client.get("/operations").get_data(as_text=True)
+
+
+def test_a_finished_deploy_shows_its_time_per_phase(app, client, auth, clean_streams, handlers):
+    """Issue 20.4: the per-phase seconds a deploy records on its result are on its page."""
+    from app.deploys.timing import summarize
+
+    g = build_org()
+    _login(auth)
+
+    @handlers(K)
+    def handler(ctx):
+        phases, timing = summarize({"resolve": 0.4, "build": 20.0, "start": 1.25,
+                                    "health": 2.0, "gateway": 0.75}, 25.0)
+        ctx.result.update({"phases": phases, "timing": timing})
+
+    op = _start(g, enqueue=False)
+    assert run_operation(op.id) == "succeeded"
+    page = client.get(f"/operations/{op.id}").get_data(as_text=True)
+    assert "Time per phase" in page
+    assert "resolve 0.4 s, build 20.0 s, start 1.2 s, health 2.0 s, gateway 0.8 s, other 0.6 s" \
+        in page
+    assert "health checks 22.0 s; everything else 3.0 s" in page

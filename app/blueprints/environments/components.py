@@ -5,7 +5,7 @@ context each template renders (``environments/_attachments.html``,
 """
 from __future__ import annotations
 
-from flask import request
+from flask import request, url_for
 from wtforms import (BooleanField, HiddenField, SelectField, SelectMultipleField, StringField,
                      TextAreaField, widgets)
 from wtforms.validators import DataRequired, Length
@@ -186,6 +186,17 @@ def attachments_context(env: Environment, forms: dict | None = None,
 
 # --------------------------------------------------------------------------- variables
 
+_URL_SENTINEL = 987654321
+
+
+def _variable_url(endpoint: str, environment_id: int):
+    """``variable id -> URL`` of ``endpoint`` for one environment, built by the router once
+    (url_for for every row and link adds up on a table of 150 variables)."""
+    built = url_for(endpoint, environment_id=environment_id, variable_id=_URL_SENTINEL)
+    head, _, tail = built.rpartition(str(_URL_SENTINEL))
+    return lambda variable_id: f"{head}{int(variable_id)}{tail}"
+
+
 def variables_context(env: Environment, form: VariableForm | None = None, **kw) -> dict:
     slices = {a.service_slice_id: a for a in env.attachments if a.service_slice_id}
     rows = att.variable_rows(env)
@@ -194,16 +205,19 @@ def variables_context(env: Environment, form: VariableForm | None = None, **kw) 
         form = VariableForm(formdata=None)
         if override:
             form.key.data = override
+    # Only a form sent back with its errors is an EditVariableForm: every other row's edit
+    # form is plain markup in the template (the same fields, names and CSRF token), which
+    # keeps a page of 150 variables from building and rendering 50 form objects.
     edit_forms = kw.pop("edit_forms", {})
-    for row in rows:
-        var = row.variable
-        if var.source == VariableSource.USER and var.id not in edit_forms:
-            edit_forms[var.id] = EditVariableForm(
-                formdata=None, prefix=f"v{var.id}", is_secret=var.is_secret,
-                value="" if var.is_secret else var.value)
+    action_form = ActionForm(formdata=None)
+    csrf = getattr(action_form, "csrf_token", None)  # absent when CSRF is off (tests)
     ctx = {"env": env, "rows": rows, "var_form": form, "slice_attachments": slices,
            "var_message": None, "var_error": None, "edit_forms": edit_forms,
-           "action_form": ActionForm(formdata=None)}
+           "action_form": action_form,
+           "csrf_token": getattr(csrf, "current_token", None) if csrf is not None else None,
+           "edit_url": _variable_url("environments.edit_variable", env.id),
+           "delete_url": _variable_url("environments.delete_variable", env.id),
+           "reveal_url": _variable_url("environments.reveal_variable", env.id)}
     ctx.update(kw)
     return ctx
 

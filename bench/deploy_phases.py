@@ -1,0 +1,163 @@
+"""Deploys do only what changed (issue 20.4): what each kind of deploy skips, and where the
+time of a deploy goes.
+
+    python -m bench.deploy_phases [--sandbox keystone-bench] [--keep]
+
+On a sandbox server provisioned by Keystone (the same bed as bench.cutover, one server, a
+Caddy gateway, Postgres and Valkey attached), after a first deploy that is not measured:
+
+1. **vars only**: one variable changes, then a deploy. Expected: the artifact is reused, no
+   build and no fetch (only ``git ls-remote``), the web replica is redeployed.
+2. **no change**: a deploy right after. Expected: nothing deployed, no remote command beyond
+   reading facts (``docker image inspect``), under 1 s of Keystone time.
+3. **PHP only**: a commit changing application files only (not composer.json/.lock), then a
+   deploy. Expected: a build whose ``composer install`` layer comes from the cache (the
+   build log's ``Using cache`` right after the dependency step).
+
+Every deploy runs through the operations engine; its per-phase seconds are read from the
+operation's result (``phases``/``timing``, what the operation page shows). ``overhead_s`` is
+the time a deploy adds beyond the build, the pulls, the migrations and the health wait.
+Prints ONE JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _tree(op_id: int) -> list:
+    """The operation and all its descendants."""
+    import sqlalchemy as sa
+
+    from app.extensions import db
+    from app.models import Operation
+    ids, frontier = [op_id], [op_id]
+    while frontier:
+        frontier = db.session.execute(sa.select(Operation.id).where(
+            Operation.parent_id.in_(frontier))).scalars().all()
+        ids += frontier
+    return db.session.execute(sa.select(Operation).where(Operation.id.in_(ids))).scalars().all()
+
+
+def _steps(op_id: int) -> list:
+    import sqlalchemy as sa
+
+    from app.extensions import db
+    from app.models import OperationStep
+    ids = [o.id for o in _tree(op_id)]
+    return db.session.execute(sa.select(OperationStep).where(
+        OperationStep.operation_id.in_(ids)).order_by(OperationStep.id)).scalars().all()
+
+
+def remote_commands(op_id: int) -> list[str]:
+    """Every command the deploy ran on a server (the steps' recorded scripts)."""
+    out = []
+    for step in _steps(op_id):
+        if step.server_id is not None and step.script:
+            out += [line for line in step.script.splitlines() if line.strip()]
+    return out
+
+
+def composer_layer_cached(build_log: str) -> bool | None:
+    """True when the classic builder took the dependency step (``RUN composer install ...
+    --no-scripts``) from its cache; None when the log has no such step."""
+    lines = build_log.splitlines()
+    for i, line in enumerate(lines):
+        if " : RUN composer install" in line and "--no-scripts" in line:
+            following = " ".join(lines[i + 1:i + 3])
+            return "Using cache" in following
+    return None
+
+
+def _deploy(bed) -> dict:
+    from app.extensions import db
+    started = time.monotonic()
+    op = bed.deploy()
+    wall = time.monotonic() - started
+    db.session.expire_all()
+    steps = _steps(op.id)
+    names = [s.name for s in steps]
+    build = next((s for s in steps if s.name == "Build image"), None)
+    result = op.result or {}
+    return {"op": op, "wall_s": round(wall, 2), "operation_s": round(op.duration_seconds or 0, 2),
+            "phases": result.get("phases", {}), "timing": result.get("timing", {}),
+            "noop": bool(result.get("noop")), "changed": result.get("changed_services", []),
+            "built": build is not None, "fetched": "Fetch source" in names,
+            "resolved": any(n.startswith("Resolve ") for n in names),
+            "reused": "Reuse build artifact" in names,
+            "build_log": build.logs if build is not None else "",
+            "commands": remote_commands(op.id)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.deploy_phases")
+    parser.add_argument("--sandbox", default="keystone-bench")
+    parser.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
+    parser.add_argument("--bare", action="store_true",
+                        help="bring the sandbox up with its bare server (as the test tiers do)")
+    args = parser.parse_args(argv)
+    args.servers = 1
+
+    from app.extensions import db
+    from app.models import EnvironmentVariable
+    from app.models.enums import VariableSource
+    from app.sandbox.sample import push_new_commit
+    from bench.cutover import _testbed
+
+    out: dict = {"bench": "deploy_phases", "servers": 1}
+    t0 = time.monotonic()
+    load = [round(x, 2) for x in os.getloadavg()]
+    with _testbed(args, "bench-deploy-phases", server_count=1) as (bed, info):
+        push_new_commit(info.git)
+        first = _deploy(bed)  # routes the slots, builds: not measured
+        out["first_deploy_s"] = first["operation_s"]
+
+        # 1. Only a variable changed.
+        db.session.add(EnvironmentVariable(environment_id=bed.env_id, key="BENCH_MARK",
+                                           value=str(time.time_ns()), source=VariableSource.USER))
+        db.session.commit()
+        v = _deploy(bed)
+        out["vars_only"] = {
+            "ok": v["reused"] and not v["built"] and not v["fetched"] and not v["noop"],
+            "artifact_reused": v["reused"], "built": v["built"], "fetched": v["fetched"],
+            "resolved_with_ls_remote": v["resolved"], "redeployed": v["changed"],
+            "operation_s": v["operation_s"], "overhead_s": v["timing"].get("overhead_s"),
+            "overhead_without_drain_window_s":
+                v["timing"].get("overhead_without_drain_window_s"),
+            "phases": v["phases"], "remote_commands": len(v["commands"])}
+
+        # 2. Nothing changed.
+        n = _deploy(bed)
+        beyond_facts = [c for c in n["commands"] if not c.startswith("docker image inspect")]
+        out["no_change"] = {
+            "ok": n["noop"] and not beyond_facts and not n["built"],
+            "noop": n["noop"], "operation_s": n["operation_s"], "wall_s": n["wall_s"],
+            "remote_commands": len(n["commands"]), "beyond_facts": beyond_facts,
+            "phases": n["phases"]}
+
+        # 3. Only application (PHP) files changed: composer.json/.lock as they were.
+        push_new_commit(info.git)
+        p = _deploy(bed)
+        cached = composer_layer_cached(p["build_log"])
+        out["php_only"] = {
+            "ok": p["built"] and cached is True, "built": p["built"],
+            "composer_layer_cached": cached,
+            "cached_steps": p["build_log"].count("Using cache"),
+            "operation_s": p["operation_s"], "build_s": p["phases"].get("build"),
+            "overhead_s": p["timing"].get("overhead_s"),
+            "overhead_without_drain_window_s":
+                p["timing"].get("overhead_without_drain_window_s"),
+            "phases": p["phases"], "timing": p["timing"]}
+    out["ok"] = all(out[k]["ok"] for k in ("vars_only", "no_change", "php_only"))
+    out["load_before"] = load
+    out["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    out["wall_s"] = round(time.monotonic() - t0, 1)
+    print(json.dumps(out))
+    return 0 if out["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The environment page's variables table renders rows without a form object per row
+(issue 20.4): a user variable's edit form is plain markup, and it must stay exactly what
+EditVariableForm renders, and work when posted."""
+import re
+
+from flask import render_template_string
+
+from app.attachments import set_user_variable
+from app.blueprints.environments.components import EditVariableForm
+from tests.conftest import sign_in
+from tests.factories import build_org
+
+FORM_MARKUP = """{% from "components/field.html" import field %}
+{% from "services/_macros.html" import checkbox %}
+{{ ef.csrf_token }}
+{{ field(ef.value, hint=hint) }}
+{{ checkbox(ef.is_secret) }}"""
+
+
+def _norm(html: str) -> str:
+    return re.sub(r">\s+<", "><", re.sub(r"\s+", " ", html)).strip()
+
+
+def _no_token(html: str) -> str:
+    return re.sub(r'(csrf_token" type="hidden" value=")[^"]*"', r'\1"', html)
+
+
+def _edit_form(html: str, variable_id: int) -> str:
+    row = html[html.index(f'<tr id="var-{variable_id}">'):]
+    row = row[:row.index("</tr>")]
+    form = row[row.index("<form"):]
+    return form[form.index(">") + 1:form.index('<button type="submit">Save')]
+
+
+def test_the_plain_edit_form_is_what_the_form_object_renders(app, client, db):
+    g = build_org()
+    sign_in(client, g.user)
+    plain = set_user_variable(g.environment, "GREETING", 'say "hi" <b>&amp;</b>')
+    secret = set_user_variable(g.environment, "API_TOKEN", "s3cr3t-value", is_secret=True)
+    db.session.commit()
+    html = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+    for var, hint in ((plain, None), (secret, "Leave empty to keep the current secret value.")):
+        with app.test_request_context(f"/environments/{g.environment.id}"):
+            ef = EditVariableForm(formdata=None, prefix=f"v{var.id}", is_secret=var.is_secret,
+                                  value="" if var.is_secret else var.value)
+            expected = render_template_string(FORM_MARKUP, ef=ef, hint=hint)
+        got = _edit_form(html, var.id)
+        # The CSRF token differs per render (it is signed with a timestamp): compare the rest.
+        assert _norm(_no_token(got)) == _norm(_no_token(expected))
+        assert f'name="v{var.id}-csrf_token" type="hidden" value="' in got
+    assert "s3cr3t-value" not in html
+
+
+def test_the_plain_edit_form_saves_when_posted(app, client, db):
+    g = build_org()
+    sign_in(client, g.user)
+    var = set_user_variable(g.environment, "GREETING", "hello")
+    db.session.commit()
+    html = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+    form = _edit_form(html, var.id)
+    csrf = re.search(rf'name="v{var.id}-csrf_token" type="hidden" value="([^"]+)"', form).group(1)
+    row = html[html.index(f'<tr id="var-{var.id}">'):]
+    action = re.search(r'<form method="post" action="([^"]+)"', row).group(1)
+    resp = client.post(action, data={f"v{var.id}-csrf_token": csrf,
+                                     f"v{var.id}-value": "bonjour"})
+    assert resp.status_code in (200, 302), resp.get_data(as_text=True)[:500]
+    db.session.expire_all()
+    from app.models import EnvironmentVariable
+    assert db.session.get(EnvironmentVariable, var.id).value == "bonjour"
+    # The Delete form's token is the page's (no prefix), as ActionForm renders it.
+    delete = row[row.index("/delete"):]
+    assert re.search(r'name="csrf_token" type="hidden" value="[^"]+"', delete)
