@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -37,12 +38,18 @@ def four_servers(sandbox_manager, sandbox, provisioned_servers, tmp_path_factory
     from tests.conftest import make_app
     info = sandbox_manager.up(servers=SERVERS, bare=True)
     app = make_app(tmp_path_factory.mktemp("fanout-provision"), migrated_db_template, redis_url)
+
+    def provision(server):  # both new servers at once: each its own app context and session
+        with app.app_context():
+            try:
+                return provision_sandbox_servers(types.SimpleNamespace(servers=[server]))
+            finally:
+                db.session.remove()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        print(list(pool.map(provision, info.servers[2:])))
     with app.app_context():
-        try:
-            print(provision_sandbox_servers(types.SimpleNamespace(servers=info.servers[2:])))
-        finally:
-            db.session.remove()
-            db.engine.dispose()
+        db.engine.dispose()
     yield info
     if os.environ.get("KEYSTONE_KEEP_SANDBOX") != "1":
         sandbox_manager.up(servers=2, bare=True)  # the extra servers go, with their volumes
