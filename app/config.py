@@ -34,6 +34,10 @@ def _generated_secret(instance: Path, filename: str, make) -> str:
     return value
 
 
+DEPLOY_CONCURRENCY_DEFAULT = 10
+"""How many servers one operation works on at once (app.operations.fanout)."""
+
+
 class SettingError(ValueError):
     """A setting from the environment has a value Keystone cannot use."""
 
@@ -122,6 +126,10 @@ class Config:
         self.REMEMBER_COOKIE_SAMESITE = "Lax"
         self.WTF_CSRF_TIME_LIMIT = None
         self.RQ_QUEUE = os.environ.get("KEYSTONE_QUEUE", "keystone")
+        # Per operation: how many servers a deploy pulls, starts and health-checks on at once
+        # (one thread and one SSH connection per server; app/operations/fanout.py).
+        self.DEPLOY_CONCURRENCY = int_setting("KEYSTONE_DEPLOY_CONCURRENCY",
+                                              DEPLOY_CONCURRENCY_DEFAULT, minimum=1, maximum=100)
         # Requests per API token (Flask-Limiter syntax, several limits separated by ";").
         self.API_RATE_LIMIT = rate_limit_setting("KEYSTONE_API_RATE_LIMIT",
                                                  "600 per minute;10000 per hour")

@@ -7,10 +7,10 @@ from flask import (Blueprint, Response, abort, flash, redirect, render_template,
 
 
 from app.extensions import db
-from app.models import Environment, Operation
+from app.models import Environment, Operation, Server
 from app.models.enums import OperationKind, OperationStatus
 from app.onboarding import environment_url
-from app.operations import lifecycle, logstream, sse
+from app.operations import columns, lifecycle, logstream, sse
 from app.scoping import current_org_id, get_for_org_or_404, parse_id
 from app.policy import requires
 
@@ -64,7 +64,45 @@ def _panel_context(op: Operation) -> dict:
             waiting_for = blocker
     held = sorted(k for k, holder in holders.items() if holder.id == op.id)
     return {"op": op, "held_keys": held, "waiting_for": waiting_for,
-            "describe_key": lifecycle.describe_key, **_progress(op), **_outcome(op)}
+            "describe_key": lifecycle.describe_key, "server_groups": _server_groups(op),
+            **_progress(op), **_outcome(op)}
+
+
+def _server_groups(op: Operation) -> list[dict]:
+    """Children that ran per server (app.operations.columns), one column per server.
+
+    Lines are filled in here only for a finished operation (the page then replays from
+    the database); while it runs, app.js copies each line of the live log into the
+    column of the operation that wrote it.
+    """
+    table = Operation.__table__
+    nodes, level = [], [op.id]
+    while level:  # one query per level of the tree (a deploy has three)
+        rows = db.session.execute(sa.select(table.c.id, table.c.parent_id, table.c.params)
+                                  .where(table.c.parent_id.in_(level))).all()
+        nodes += [columns.Node(r.id, r.parent_id, parse_id((r.params or {}).get("server_id")))
+                  for r in rows]
+        level = [r.id for r in rows]
+    groups = columns.per_server_groups(nodes)
+    if not groups:
+        return []
+    wanted = {c.server_id for g in groups for c in g.columns}
+    ops = {o.id: o for o in db.session.execute(sa.select(Operation).where(
+        Operation.id.in_([g.parent_id for g in groups]
+                         + [i for g in groups for c in g.columns for i in c.child_ids])))
+        .scalars()}
+    names = dict(db.session.execute(sa.select(Server.id, Server.name).where(
+        Server.id.in_(wanted), Server.organisation_id == op.organisation_id)).all())
+    replay = sse.replay_lines(op) if op.is_terminal else []
+    out = []
+    for group in groups:
+        lines = columns.split_lines(replay, group)
+        out.append({"parent": ops.get(group.parent_id), "columns": [
+            {"server_id": c.server_id, "server_name": names.get(c.server_id, f"server {c.server_id}"),
+             "children": [ops[i] for i in c.child_ids if i in ops],
+             "op_ids": " ".join(str(i) for i in c.op_ids), "lines": lines[c.server_id]}
+            for c in group.columns]})
+    return out
 
 
 def _previous_success(op: Operation) -> Operation | None:

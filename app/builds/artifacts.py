@@ -40,7 +40,7 @@ from app.builds.dockerfile import render_dockerfile
 from app.builds.plan import BuildPlan, plan_build
 from app.deploys.timing import NULL_CLOCK
 from app.extensions import db
-from app.models import BuildArtifact, Registry
+from app.models import BuildArtifact, Registry, Server
 from app.models.base import utcnow
 from app.models.enums import ArtifactStatus, BuildStrategy
 from app.operations.errors import StepFailed
@@ -245,34 +245,45 @@ def _make_present(ctx, artifact: BuildArtifact, servers, registry,
     """Pull ``name@sha256:...`` on every server that lacks it; check the image id matches.
 
     ``verified``: servers just seen holding the image (or that built it): not asked again.
+    The other servers pull side by side (one thread and one SSH connection each,
+    ``ctx.in_parallel``); each thread loads its rows by id in its own session.
     """
     wanted = (artifact.meta or {}).get("image_id")
     ref = image_ref(artifact)
-    present = set((artifact.meta or {}).get("present_on", []))
-    for server in servers:
-        if server.id in verified:
-            present.add(server.id)
-            continue
+    artifact_id = artifact.id
+    registry_id = registry.id if registry is not None else None
+    server_ids = [s.id for s in servers if s.id not in verified]
+
+    def pull_on(server_id: int) -> None:
+        server = db.session.get(Server, server_id)
+        art = db.session.get(BuildArtifact, artifact_id)
         with ctx.step(f"Pull image on {server.name}", server=server) as step:
             found = _image_id_on(step, ref)
             if found and (wanted is None or found == wanted):
                 step.unchanged(f"{ref} is already on {server.name}")
-            elif not artifact.registry_ref:
+            elif not art.registry_ref:
                 raise _fail(f"{ref} is not on {server.name} and was never pushed to a registry")
             else:
-                config_dir = posixpath.join(remote_workdir(ctx), f"docker-{artifact.id}")
-                with RegistrySession(step, registry or artifact_registry(artifact),
-                                      config_dir) as docker_config:
+                config_dir = posixpath.join(remote_workdir(ctx), f"docker-{artifact_id}")
+                reg = (db.session.get(Registry, registry_id) if registry_id is not None
+                       else artifact_registry(art))
+                with RegistrySession(step, reg, config_dir) as docker_config:
                     _run(step, dc.pull(ref, docker_config), timeout=BUILD_TIMEOUT)
                 found = _image_id_on(step, ref)
                 if wanted is not None and found != wanted:
                     raise _fail(f"{server.name} pulled {ref} but got image {found}, "
                                 f"expected {wanted}")
                 step.log(f"{server.name} has {ref} (image {found})")
-        present.add(server.id)
+
+    if len(server_ids) == 1:
+        pull_on(server_ids[0])
+    elif server_ids:
+        ctx.in_parallel(server_ids, pull_on)
+        db.session.refresh(artifact)
     meta = dict(artifact.meta or {})
-    if sorted(present) != meta.get("present_on"):
-        meta["present_on"] = sorted(present)
+    present = sorted(set(meta.get("present_on", [])) | {s.id for s in servers})
+    if present != meta.get("present_on"):
+        meta["present_on"] = present
         artifact.meta = meta
         db.session.commit()
 

@@ -461,10 +461,12 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         # when it stops (its health path fails, and a dial to it is retried on the new slot
         # within lb_try_duration); its open connections end at SIGTERM (close 1001) and
         # clients reconnect to the new slot (docs/cutover.md).
-        for old in change.old_replicas:
-            replica = self._replica(old.id)
+        # Every old replica is out of rotation by now (drained, window waited): the servers
+        # stop theirs side by side, each thread with its own session (rows loaded by id).
+        def stop_one(replica_id: int) -> int | None:
+            replica = self._replica(replica_id)
             if replica is None or replica.status == ReplicaStatus.REMOVED:
-                continue  # gone already (e.g. an interrupted deploy's leftover, removed)
+                return None  # gone already (e.g. an interrupted deploy's leftover, removed)
             server = db.session.get(Server, replica.server_id)
             with cctx.step(f"Stop {replica.container_name} (SIGTERM, up to "
                            f"{change.stop_timeout}s)", server=server) as step:
@@ -475,9 +477,15 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
             replica.status = ReplicaStatus.REMOVED
             replica.health_status = HealthStatus.UNKNOWN
             replica.container_state = REMOVED_BY_KEYSTONE
-            if self.env.scheduler_replica_id == replica.id:
-                self.env.scheduler_replica_id = None
             db.session.commit()
+            return replica.id
+
+        old_ids = [old.id for old in change.old_replicas]
+        stopped = (cctx.in_parallel(old_ids, stop_one) if len(old_ids) > 1
+                   else [stop_one(i) for i in old_ids])
+        if self.env.scheduler_replica_id in set(stopped) - {None}:
+            self.env.scheduler_replica_id = None
+        db.session.commit()
 
     # ---------------------------------------------------------------- record / clean-up
     def _record(self, plan: DeployPlan) -> None:

@@ -3,8 +3,11 @@ start in the free slot, health-check, arm it for the gateway, and remove what fa
 A part of :class:`app.deploys.handlers.EnvironmentDeploy`, kept apart by concern."""
 from __future__ import annotations
 
+import copy
 import logging
 import time
+
+import sqlalchemy as sa
 
 from app.deploys import commands as dc
 from app.deploys.gateway_health import parse_stamp
@@ -16,10 +19,11 @@ from app.drivers import get_driver
 from app.drivers.base import FirewallRule
 from app.drivers.compose import compose_cmd, dump_yaml, ensure_network_cmd, upload_project
 from app.extensions import db
-from app.models import Server, Service, ServiceReplica
+from app.models import BuildArtifact, Environment, Server, Service, ServiceReplica
 from app.models.enums import HealthStatus, OperationKind, ReplicaStatus
 from app.models.service import REMOVED_BY_KEYSTONE
 from app.operations import OperationContext, StepFailed
+from app.operations.fanout import Child
 from app.services_ops.steps import open_firewall
 from app.shell import cmd
 
@@ -31,19 +35,61 @@ OBSERVE_SECONDS = 10.0
 READY_TRIES = 5
 
 
+class _Collected(dict):
+    """``new`` of a fan-out thread: each replica stored also goes to the shared ``made`` by
+    id (its row belongs to the thread's session, which ends with the thread)."""
+
+    def __init__(self, made: dict):
+        super().__init__()
+        self._made = made
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        if isinstance(value, (list, tuple)):
+            self._made[key] = [sa.inspect(v).identity[0] for v in value]
+        else:
+            self._made[key] = sa.inspect(value).identity[0]
+
+
 class ReplicaSteps:
     """New replicas: mixed into EnvironmentDeploy (self.ctx, self.env, self.new, ...)."""
 
     # ---------------------------------------------------------------- new replicas
     def _service_deploy(self, cctx: OperationContext, change: ServiceChange) -> None:
+        """One ``replica_deploy`` child per server, side by side (app.operations.fanout):
+        each in its own thread and database session, on its server's one SSH connection.
+        The first failure stops the others; the deploy's clean-up then removes every new
+        replica and the old ones keep serving (nothing was armed before all were healthy)."""
         service = db.session.get(Service, change.service_id)
+        children, made = [], {}
+        ids = (self.artifact.id, self.env.id)
         for placement in change.placements:
             if not placement.slot:
                 continue
             server = db.session.get(Server, placement.server_id)
-            cctx.run_child(OperationKind.REPLICA_DEPLOY, "service", service.id,
-                           lambda rctx, p=placement: self._replica_deploy(rctx, change, p),
-                           summary=f"{service.name}: {placement.slot} slot on {server.name}")
+            children.append(Child(
+                OperationKind.REPLICA_DEPLOY, "service", service.id,
+                lambda rctx, p=placement: self._in_thread(made, *ids)._replica_deploy(rctx, change, p),
+                summary=f"{service.name}: {placement.slot} slot on {server.name}",
+                server_id=server.id))
+        try:
+            cctx.run_children(children)
+        finally:
+            # The threads' sessions are gone: this thread loads what they made, by id.
+            for key, made_ids in made.items():
+                self.new[key] = ([db.session.get(ServiceReplica, i) for i in made_ids]
+                                 if isinstance(made_ids, list)
+                                 else db.session.get(ServiceReplica, made_ids))
+
+    def _in_thread(self, made: dict, artifact_id: int, env_id: int) -> "ReplicaSteps":
+        """This deploy as seen from a fan-out thread: the same plan, facts, values and
+        lists, its database rows loaded in the thread's own session, and a ``new`` of
+        its own whose replicas reach ``made`` by id when the thread's work ends."""
+        view = copy.copy(self)
+        view.artifact = db.session.get(BuildArtifact, artifact_id)
+        view.env = db.session.get(Environment, env_id)
+        view.new = _Collected(made)
+        return view
 
     def _replica_deploy(self, rctx: OperationContext, change: ServiceChange, placement) -> None:
         service = db.session.get(Service, change.service_id)

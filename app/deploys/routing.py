@@ -192,11 +192,15 @@ class GatewayRouting:
                 since=started_at,
                 done=lambda ev, r: ev.failures_after(started_at(r)) >= HEALTH_FAILS,
                 what="down (not armed yet)")
-        for r in web:
+        def arm(replica_id: int) -> None:  # in a thread of its own: rows loaded by id
+            r = db.session.get(ServiceReplica, replica_id)
             server = db.session.get(Server, r.server_id)
             with self.ctx.step(f"Arm {r.container_name}: Keystone's checks passed",
                                server=server) as step:
                 self._arm(step, r)
+
+        # Every new replica passed its checks: the servers arm theirs side by side.
+        self._side_by_side([r.id for r in web], arm)
 
         def armed_at(r: ServiceReplica) -> float:
             cfg = r.config or {}
@@ -207,11 +211,22 @@ class GatewayRouting:
             self._watch_gateways(
                 "has the new replicas in rotation", replicas, gateways, since=armed_at,
                 done=lambda ev, r: ev.up_after(armed_at(r)), what="in rotation")
-        for r in replicas:
+        def still_runs(replica_id: int) -> None:
+            r = db.session.get(ServiceReplica, replica_id)
             server = db.session.get(Server, r.server_id)
             with self.ctx.step(f"Check {r.container_name} still runs", server=server) as step:
                 self._check_not_crashing(step, r.container_name, "during the deploy")
                 step.log("running, 0 restarts")
+
+        self._side_by_side([r.id for r in replicas], still_runs)
+
+    def _side_by_side(self, ids: list[int], work) -> None:
+        """``work(id)`` for each id, one thread per id (app.operations.fanout) when several."""
+        if len(ids) > 1:
+            self.ctx.in_parallel(ids, work)
+        else:
+            for i in ids:
+                work(i)
 
     def _watch_gateways(self, title: str, replicas: list[ServiceReplica], gateways,
                         since, done, what: str) -> None:

@@ -16,7 +16,7 @@ import inspect
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import sqlalchemy as sa
 from rq.timeouts import JobTimeoutException
@@ -33,12 +33,16 @@ from app.operations.registry import handler_for, timeout_for
 from app.remote import (NO_EXIT_STATUS, CommandCancelled, CommandTimeout, Connection,
                         ConnectionLost, ConnectionPool, HostKeyMismatch, RemoteError)
 
+if TYPE_CHECKING:
+    from app.operations.fanout import Child
+
 log = logging.getLogger(__name__)
 S = OperationStatus
 
 HEARTBEAT_INTERVAL = 3.0      # seconds between heartbeat_at writes
 CANCEL_POLL_INTERVAL = 1.0    # seconds between cancel_requested_at reads
 CLEANUP_MIN_SECONDS = 120     # clean-up steps get at least this long, even after a timeout
+SIBLING_FAILED = "sibling_failed"  # cancel reason of children stopped by a failed sibling
 CHILD_LOCK_WAIT = 600         # how long a child waits for a lock held by another tree
 STDERR_KEEP_LINES = 200       # a step keeps the last lines its commands wrote to stderr...
 STDERR_KEEP_CHARS = 16000     # ...at most this much of them (error_logs)
@@ -269,6 +273,11 @@ class OperationContext:
         self.hash = operation.hash
         self.kind = OperationKind(operation.kind)
         self.parent = parent
+        # Plain values a child created in another thread needs (never this ORM row: it
+        # belongs to the session of the thread that made this context).
+        self.organisation_id: int = operation.organisation_id
+        self.created_by_id: int | None = operation.created_by_id
+        self._order_lock = threading.Lock()
         self.params: dict = dict(operation.params or {})
         self.result: dict = dict(operation.result or {})
         self.cancel_event = threading.Event()
@@ -346,6 +355,9 @@ class OperationContext:
                                      f"and was stopped.")
         if self.cancel_reason == "interrupted":
             return OperationCancelled("The operation was ended elsewhere (interrupted) and stopped.")
+        if self.cancel_reason == SIBLING_FAILED:
+            return OperationCancelled("Stopped: the same work failed on another server, so "
+                                      "every server's new work is rolled back.")
         return OperationCancelled("Cancelled by request.")
 
     @property
@@ -380,12 +392,14 @@ class OperationContext:
         for value in (secrets or {}).values():
             self.runtime.add_secret(value)
         now = utcnow()
-        row = OperationStep(operation_id=self.id, name=name[:255], order=self._next_order,
+        with self._order_lock:  # steps of one operation may start in several threads
+            order = self._next_order
+            self._next_order += 1
+        row = OperationStep(operation_id=self.id, name=name[:255], order=order,
                             status=StepStatus.RUNNING, started_at=now,
                             server_id=server.id if server is not None else None,
                             is_cleanup=self._in_cleanup if cleanup is None else cleanup,
                             secrets=dict(secrets) if secrets else None, logs="", error_logs="")
-        self._next_order += 1
         db.session.add(row)
         db.session.commit()
         handle = StepHandle(self, row, server, login)
@@ -447,7 +461,8 @@ class OperationContext:
     # -- children -----------------------------------------------------------
     def run_child(self, kind: OperationKind, target_type: str, target_id: int,
                   handler: Callable | None = None, *, params: dict | None = None,
-                  lock_keys=(), summary: str | None = None) -> Operation:
+                  lock_keys=(), summary: str | None = None, server_id: int | None = None,
+                  on_start: Callable[["OperationContext"], None] | None = None) -> Operation:
         """Run a child operation inline (same worker, same SSH connections).
 
         The child gets its own row, steps and stream (its lines also appear in
@@ -455,15 +470,22 @@ class OperationContext:
         already hold, waiting for them while another operation holds them. A
         child that does not succeed raises :class:`ChildFailed` (the parent
         fails even if the handler catches it); returns the finished child row.
+        ``server_id`` names the one server the child works on (``params["server_id"]``:
+        the operation page groups per-server children into columns); ``on_start`` gets
+        the child's context before its handler runs. Safe to call from several threads
+        at once, each in its own app context (:meth:`run_children` does).
         """
         self.check_cancelled()
         kind = OperationKind(kind)
         remaining = self.remaining_seconds() or timeout_for(kind)
-        child = Operation(organisation_id=self.operation.organisation_id, parent_id=self.id,
+        params = dict(params or {})
+        if server_id is not None:
+            params["server_id"] = int(server_id)
+        child = Operation(organisation_id=self.organisation_id, parent_id=self.id,
                           kind=kind, target_type=target_type, target_id=int(target_id),
-                          params=dict(params or {}), lock_keys=sorted(set(lock_keys)),
+                          params=params, lock_keys=sorted(set(lock_keys)),
                           summary=summary[:255] if summary else None,
-                          created_by_id=self.operation.created_by_id,
+                          created_by_id=self.created_by_id,
                           timeout_seconds=int(min(timeout_for(kind), remaining)))
         db.session.add(child)
         db.session.commit()
@@ -492,6 +514,8 @@ class OperationContext:
         db.session.refresh(child)
         if S(child.status) is S.RUNNING:
             child_ctx = OperationContext(self.runtime, child, parent=self)
+            if on_start is not None:
+                on_start(child_ctx)
             child_ctx.execute(handler or handler_for(kind))
             db.session.refresh(child)
         status = S(child.status)
@@ -504,11 +528,104 @@ class OperationContext:
                               child.id, status.value)
         return child
 
+    def run_children(self, children: "Sequence[Child]", *,
+                     limit: int | None = None) -> list[int]:
+        """Run child operations side by side (per-server work), at most ``limit`` at once.
+
+        Each child runs :meth:`run_child` in its own thread, inside its own app context
+        (Flask-SQLAlchemy scopes the session to it: one database session per thread),
+        on the runtime's shared SSH pool (one connection per server) and log recorder.
+        Cancel reaches every child through the runtime's contexts; the first child
+        that fails stops the others (cancel reason :data:`SIBLING_FAILED`) and starts
+        no new one, and its :class:`ChildFailed` is raised here once all have ended, so
+        the caller's clean-up sees every child finished. ``limit`` defaults to the
+        ``DEPLOY_CONCURRENCY`` setting. Returns the ids of the children, in order.
+        """
+        from app.config import DEPLOY_CONCURRENCY_DEFAULT
+        from app.operations.fanout import run_limited
+        self.check_cancelled()
+        app = self.runtime.app
+        limit = int(limit or app.config.get("DEPLOY_CONCURRENCY") or DEPLOY_CONCURRENCY_DEFAULT)
+        started: list[OperationContext] = []
+        started_lock = threading.Lock()
+        failed = threading.Event()
+        db.session.commit()  # nothing of this thread's session stays open across the wait
+
+        def register(child_ctx: OperationContext) -> None:
+            with started_lock:
+                started.append(child_ctx)
+            if failed.is_set():
+                child_ctx.request_cancel(SIBLING_FAILED)
+
+        def stop_siblings(_outcome=None, reason: str = SIBLING_FAILED) -> None:
+            failed.set()
+            with started_lock:
+                running = list(started)
+            for child_ctx in running:
+                child_ctx.request_cancel(reason)
+
+        def work(spec) -> int:
+            with app.app_context():
+                try:
+                    row = self.run_child(spec.kind, spec.target_type, spec.target_id,
+                                         spec.handler, params=spec.params,
+                                         lock_keys=spec.lock_keys, summary=spec.summary,
+                                         server_id=spec.server_id, on_start=register)
+                    return row.id
+                finally:
+                    db.session.remove()
+
+        outcomes = run_limited(list(children), work, max(1, limit), on_failure=stop_siblings,
+                               on_abort=lambda: stop_siblings(reason="interrupted"),
+                               name=f"op{self.id}")
+        failures = sorted((o for o in outcomes if o.error is not None),
+                          key=lambda o: o.failed_order or 0)
+        if self.cancel_event.is_set():
+            raise self._cancel_exception()
+        if failures:
+            raise failures[0].error
+        return [o.result for o in outcomes]
+
+    def in_parallel(self, items: Sequence, work: Callable, *, limit: int | None = None) -> list:
+        """``work(item)`` for every item in threads of their own (steps of THIS operation,
+        e.g. one "Pull image on X" step per server), at most ``limit`` at once.
+
+        Each thread has its own app context and database session: ``work`` loads its
+        rows by id. After a failure no new item starts and the running ones finish
+        (their commands are bounded); the first failure is raised once all ended.
+        Returns the results in the items' order.
+        """
+        from app.config import DEPLOY_CONCURRENCY_DEFAULT
+        from app.operations.fanout import run_limited
+        self.check_cancelled()
+        app = self.runtime.app
+        limit = int(limit or app.config.get("DEPLOY_CONCURRENCY") or DEPLOY_CONCURRENCY_DEFAULT)
+        db.session.commit()
+
+        def one(item):
+            with app.app_context():
+                try:
+                    return work(item)
+                finally:
+                    db.session.remove()
+
+        outcomes = run_limited(list(items), one, max(1, limit), name=f"op{self.id}")
+        failures = sorted((o for o in outcomes if o.error is not None),
+                          key=lambda o: o.failed_order or 0)
+        if failures:
+            raise failures[0].error
+        self.check_cancelled()
+        return [o.result for o in outcomes]
+
     # -- running ------------------------------------------------------------
     def execute(self, handler: Callable | None) -> S:
         """Run the handler, then clean-ups; end the operation. Never raises."""
         runtime = self.runtime
         runtime.contexts[self.id] = self
+        if self.parent is not None and self.parent.cancelled and not self.cancelled:
+            # Cancelled while this child was being created (in another thread): the
+            # parent's request_cancel did not see it registered yet.
+            self.request_cancel(self.parent.cancel_reason or "cancel")
         try:
             self.stream.status(S.RUNNING.value)
         except Exception:

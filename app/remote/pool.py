@@ -27,6 +27,7 @@ class ConnectionPool:
         self._kwargs = connection_kwargs
         self._connections: dict[Key, Connection] = {}
         self._lock = threading.Lock()
+        self._connecting: dict[Key, threading.Lock] = {}
         self.handshakes = 0
 
     def get(
@@ -47,22 +48,34 @@ class ConnectionPool:
         with self._lock:
             conn = self._connections.get(key)
             if conn is not None and conn.is_connected:
-                if expected_fingerprint is not None and conn.fingerprint != expected_fingerprint:
-                    raise HostKeyMismatch(host, int(port), expected_fingerprint, conn.fingerprint or "?")
-                return conn
+                return self._checked(conn, host, port, expected_fingerprint)
+            connecting = self._connecting.setdefault(key, threading.Lock())
+        # One handshake per server at a time, but servers side by side: a deploy's threads
+        # (app.operations.fanout) connect to four servers at once, not one after another.
+        with connecting:
+            with self._lock:
+                conn = self._connections.get(key)
+                if conn is not None and conn.is_connected:
+                    return self._checked(conn, host, port, expected_fingerprint)
+                if conn is not None:
+                    self._connections.pop(key, None)
             if conn is not None:
                 conn.close()
                 # Reconnect with the pin this pool already observed if the caller had none.
                 expected_fingerprint = expected_fingerprint or conn.fingerprint
             conn = self._factory(host, int(port), username, private_key_pem, expected_fingerprint, **self._kwargs)
-            self.handshakes += 1
-            try:
-                conn.connect()
-            except BaseException:
-                self._connections.pop(key, None)
-                raise
-            self._connections[key] = conn
+            with self._lock:
+                self.handshakes += 1
+            conn.connect()
+            with self._lock:
+                self._connections[key] = conn
             return conn
+
+    @staticmethod
+    def _checked(conn: Connection, host: str, port: int, expected: str | None) -> Connection:
+        if expected is not None and conn.fingerprint != expected:
+            raise HostKeyMismatch(host, int(port), expected, conn.fingerprint or "?")
+        return conn
 
     def connections(self) -> list[Connection]:
         """The pooled connections (a snapshot)."""

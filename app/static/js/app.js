@@ -88,3 +88,55 @@
     if (pane && pane.querySelector("[data-log-filter]")) apply(pane);
   });
 })();
+
+// Per-server columns (operations/_panel.html): a parent whose children ran per server shows
+// one column per server. Each line of the live log (#op-log, one SSE stream for the whole
+// tree) is copied into the column of the operation that wrote it (its data-op is in the
+// column's data-ops). The panel is re-rendered on step events: the columns are then
+// refilled from #op-log, which holds every line since the start.
+(function () {
+  function targets() {
+    var map = {};
+    document.querySelectorAll("[data-server-column]").forEach(function (col) {
+      var log = col.querySelector("[data-server-log]");
+      (col.getAttribute("data-ops") || "").split(" ").forEach(function (id) {
+        if (id && log) map[id] = log;
+      });
+    });
+    return map;
+  }
+  function place(line, map) {
+    if (!line.getAttribute) return;
+    var target = map[line.getAttribute("data-op") || ""];
+    if (!target) return;
+    var follow = target.scrollHeight - target.scrollTop - target.clientHeight < 8;
+    target.appendChild(line.cloneNode(true));
+    if (follow) target.scrollTop = target.scrollHeight;
+  }
+  function refill() {
+    var log = document.getElementById("op-log");
+    if (!log || !log.children.length) return;  // nothing yet: keep what the server rendered
+    var map = targets();
+    var logs = document.querySelectorAll("[data-server-log]");
+    if (!logs.length) return;
+    logs.forEach(function (l) { l.textContent = ""; });
+    Array.prototype.forEach.call(log.children, function (ln) { place(ln, map); });
+    logs.forEach(function (l) { l.scrollTop = l.scrollHeight; });
+  }
+  function start() {
+    var log = document.getElementById("op-log");
+    if (!log) return;
+    refill();
+    new MutationObserver(function (records) {
+      var map = targets();
+      records.forEach(function (r) {
+        Array.prototype.forEach.call(r.addedNodes, function (n) { place(n, map); });
+      });
+    }).observe(log, { childList: true });
+  }
+  document.addEventListener("htmx:afterSwap", function (evt) {
+    if (evt.target && evt.target.id === "op-panel") refill();
+  });
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
