@@ -20,6 +20,7 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from wtforms import StringField
 
+from app import audit
 from app.blueprints.environments.blueprint import bp
 from app.deploys.capacity import loads_for
 from app.deploys.planning import SCALED_ROLES, primary_role
@@ -154,6 +155,8 @@ def service_resources(environment_id, service_id):
         if not form.errors:
             service.default_cpu_limit = values["cpus"]
             service.default_memory_limit_mb = values["mem_limit"]
+            audit.record("service.resources", service,
+                         {"cpus": values["cpus"], "memory_mb": values["mem_limit"]})
             db.session.commit()
             flash(f"Resource limits of {service.name} saved: the next deploy starts its "
                   "replicas with them.", "success")
