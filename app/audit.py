@@ -34,6 +34,7 @@ _FORBIDDEN_DETAIL = frozenset({"value", "values", "password", "token", "secret",
 OPERATION_ACTIONS = {
     OperationKind.ENVIRONMENT_DEPLOY: "deploy",
     OperationKind.SERVICE_DEPLOY: "service.deploy",
+    OperationKind.SERVICE_SCALE: "service.scale",
     OperationKind.COMMAND_RUN: "command_run",
     OperationKind.SERVER_PROVISION: "server.provision",
     OperationKind.SERVER_DELETE: "server.delete",
@@ -55,7 +56,7 @@ KNOWN_ACTIONS = sorted({
     "variable.reveal", "variables.export_reveal", "variables.bulk_import", "variable.set",
     "variable.delete", "app_key.rotate", "rollback", "server.create",
     "server.host_key_confirmed", "server.host_key_repinned", "service.create",
-    "provider.delete", "api_token.create", "api_token.revoke",
+    "provider.delete", "api_token.create", "api_token.revoke", "service.resources",
     *OPERATION_ACTIONS.values(),
 })
 

@@ -60,6 +60,7 @@ class Sample:
     load5: float
     load15: float
     containers: dict[str, dict[str, float]] = field(default_factory=dict)
+    cores: int | None = None  # online CPUs (``nproc``): the capacity resource limits share
 
     @property
     def mem_percent(self) -> float:
@@ -190,7 +191,27 @@ def parse_probe(text: str) -> Sample:
                   mem_used_mb=round(used, 1), mem_total_mb=round(total, 1),
                   disk_used_gb=round(disk_used, 3), disk_total_gb=round(disk_total, 3),
                   load1=l1, load5=l5, load15=l15,
-                  containers=parse_docker_stats(s.get("docker", [])))
+                  containers=parse_docker_stats(s.get("docker", [])),
+                  cores=parse_nproc(s.get("nproc", [])))
+
+
+def parse_nproc(lines: list[str]) -> int | None:
+    """``nproc``'s one number, or None (an older probe, a system without nproc)."""
+    for line in lines:
+        if re.fullmatch(r"[1-9][0-9]{0,4}", line.strip()):
+            return int(line.strip())
+    return None
+
+
+def capacity_facts(facts: dict | None, sample: Sample) -> dict | None:
+    """``server.facts`` with the server's capacity (cores, memory) from ``sample``, or None
+    when it is already recorded: the services' resource limits are shown against it."""
+    facts = dict(facts or {})
+    capacity = {"cores": sample.cores, "mem_total_mb": round(sample.mem_total_mb)}
+    if sample.cores is None or facts.get("capacity") == capacity:
+        return None
+    facts["capacity"] = capacity
+    return facts
 
 
 # --------------------------------------------------------------------------- storage, roll-up
@@ -424,16 +445,19 @@ def collect_metrics() -> dict:
     with ThreadPoolExecutor(max_workers=16) as ex:
         results = list(ex.map(one, todo))
     now = utcnow()
+    by_id = {s.id: s for s in servers}
     for server_id, sample, handshakes in results:
         counts["handshakes"] += handshakes
         if sample is None:
             counts["failed"] += 1
             continue
         store(db.session, server_id, sample, now, prune=False)
+        facts = capacity_facts(by_id[server_id].facts, sample)
+        if facts is not None:
+            by_id[server_id].facts = facts
         counts["servers"] += 1
     prune_old(db.session, now)
     db.session.commit()
-    by_id = {s.id: s for s in servers}
     from app.housekeeping import DISK_PRESSURE_PERCENT
     from app.housekeeping.handlers import disk_pressure
     for server_id, sample, _ in results:

@@ -59,7 +59,8 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
     def __init__(self, ctx: OperationContext, env: Environment):
         self.ctx = ctx
         self.env = env
-        self.new: dict[tuple[int, int], ServiceReplica] = {}  # (service id, server id) -> new
+        # (service id, server id, index in the slot) -> new replica
+        self.new: dict[tuple[int, int, int], ServiceReplica] = {}
         self.started: list[int] = []  # ids of replicas this deploy created (for clean-up)
         self.cutover_started = False
         self.succeeded = False
@@ -410,12 +411,12 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         d = phase.detail
         targets: list[ServiceReplica] = []
         if d.get("every_replica"):
-            targets = [r for (sid, _), r in self.new.items() if sid == phase.service_id]
+            targets = [r for (sid, _, _), r in self.new.items() if sid == phase.service_id]
         elif d.get("replica_id"):
             r = self._replica(d["replica_id"])
             targets = [r] if r is not None else []
         else:
-            r = self.new.get((phase.service_id, d.get("server_id")))
+            r = self.new.get((phase.service_id, d.get("server_id"), 0))
             targets = [r] if r is not None else []
         for replica in targets:
             server = db.session.get(Server, replica.server_id)

@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from app.deploys.slots import SLOTS, other_slot
+from app.deploys.slots import MAX_REPLICAS, SLOTS, other_slot
 from app.drivers.laravel.settings import LaravelSettings, SettingsError
 
 WITH_ENVIRONMENT = "with_environment"
@@ -55,6 +55,7 @@ class ReplicaFact:
     health: str = "unknown"
     revision: int | None = None
     config_hash: str | None = None
+    index: int = 0  # its place in the slot: 0 for the first replica, 1 for the second, ...
 
     @property
     def live(self) -> bool:
@@ -73,6 +74,14 @@ class ServiceFact:
     replicas: tuple[ReplicaFact, ...] = ()
     config: Mapping = field(default_factory=dict)
     category: str = "application"
+    desired_replicas: int = 1
+
+    @property
+    def replicas_per_server(self) -> int:
+        """How many replicas each server runs (issue 20.2): ``desired_replicas`` for web and
+        worker services; a websocket (Reverb) service keeps one, its connections live in
+        one process."""
+        return replica_count(self.primary_role, self.desired_replicas)
 
     @property
     def live_replicas(self) -> tuple[ReplicaFact, ...]:
@@ -84,9 +93,19 @@ class ServiceFact:
 
     @property
     def primary_role(self) -> str:
-        for role in sorted(self.roles, key=lambda r: ROLE_ORDER.get(r, 9)):
-            return role
-        return "web"
+        return primary_role(self.roles)
+
+
+def primary_role(roles) -> str:
+    """The role a service is deployed as: web before websocket before worker."""
+    for role in sorted(roles or (), key=lambda r: ROLE_ORDER.get(r, 9)):
+        return role
+    return "web"
+
+
+def service_replicas(roles, desired: int | None) -> int:
+    """Replicas per server of a service with ``roles`` and ``desired_replicas``."""
+    return replica_count(primary_role(roles or ("web",)), desired)
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,7 @@ class Placement:
     server_id: int
     slot: str
     old: tuple[ReplicaFact, ...] = ()
+    count: int = 1  # new replicas in the slot (indices 0 .. count - 1)
 
 
 @dataclass(frozen=True)
@@ -172,6 +192,19 @@ class DeployPlan:
 
 
 # --------------------------------------------------------------------------- helpers
+
+SCALED_ROLES = ("web", "worker")
+
+
+def replica_count(role: str, desired: int | None) -> int:
+    """Replicas per server of a service whose primary role is ``role``, within 1..MAX."""
+    if role not in SCALED_ROLES:
+        return 1
+    try:
+        return max(1, min(int(desired or 1), MAX_REPLICAS))
+    except (TypeError, ValueError):
+        return 1
+
 
 def config_hash(config: Mapping, roles: Iterable[str], environment: Mapping[str, str],
                 extra: Mapping | None = None) -> str:
@@ -254,6 +287,14 @@ def _why_changed(service: ServiceFact, digest: str) -> tuple[str, ...]:
     # retry that changed nothing, with no replica running.
     if any(r.status == "starting" for r in live):
         reasons.append("an interrupted deploy left a replica that never passed its checks")
+    if not reasons:
+        per_server: dict[int, int] = {}
+        for r in live:
+            per_server[r.server_id] = per_server.get(r.server_id, 0) + 1
+        if any(n != service.replicas_per_server for n in per_server.values()):
+            # A scale (service_scale) that did not finish: this deploy starts the count.
+            reasons.append(f"{service.replicas_per_server} replica"
+                           f"{'s' if service.replicas_per_server != 1 else ''} per server")
     return tuple(reasons)
 
 
@@ -280,7 +321,7 @@ def _placements(service: ServiceFact) -> tuple[Placement, ...]:
                 slot = leftovers[-1].slot
             else:
                 slot = old[0].slot if old[0].slot in SLOTS else SLOTS[0]
-        out.append(Placement(server_id, slot, old))
+        out.append(Placement(server_id, slot, old, service.replicas_per_server))
     # Servers the service no longer runs on: their replicas are retired with the cutover.
     for server_id, old in sorted(by_server.items()):
         out.append(Placement(server_id, "", tuple(old)))

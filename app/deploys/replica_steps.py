@@ -92,26 +92,38 @@ class ReplicaSteps:
         return view
 
     def _replica_deploy(self, rctx: OperationContext, change: ServiceChange, placement) -> None:
+        """The placement's new replicas on one server (``placement.count`` of them, issue 20.2),
+        all in the same slot: a cutover replaces every replica of a slot together."""
+        for index in range(max(1, placement.count)):
+            self._start_replica(rctx, change, placement.server_id, placement.slot, index,
+                                placement.old)
+
+    def _start_replica(self, rctx: OperationContext, change: ServiceChange, server_id: int,
+                       slot: str, index: int, old=()) -> ServiceReplica:
+        """Start replica ``index`` of ``slot`` on one server and health-check it (not armed)."""
         service = db.session.get(Service, change.service_id)
-        server = db.session.get(Server, placement.server_id)
+        server = db.session.get(Server, server_id)
         fact = self.facts[service.id]
-        slot = placement.slot
         role = change.role
-        name = container_name(service.name, service.id, slot, self.ctx.id)
-        project = project_name(service.id, slot, self.ctx.id)
+        name = container_name(service.name, service.id, slot, self.ctx.id, index)
+        project = project_name(service.id, slot, self.ctx.id, index)
         routed = role in ("web", "websocket")
         multi = len(fact.server_ids) > 1
-        published = slot_port(service.id, slot) if (routed and multi) else None
+        published = slot_port(service.id, slot, index) if (routed and multi) else None
         if published and not server.private_ip:
             raise StepFailed(f"{server.name} has no private IP: its replicas cannot be reached "
                              "from the other servers' gateways")
+        alias = slot_alias(service.name, service.id, slot, index)
         replica = ServiceReplica(
             service_id=service.id, server_id=server.id, operation_id=self.ctx.id,
             container_name=name, image_digest=self.artifact.image_digest,
-            internal_host=slot_alias(service.name, service.id, slot) if routed else name,
+            internal_host=alias if routed else name,
             internal_port=APP_PORT if routed else None, public_port=published,
             status=ReplicaStatus.STARTING, health_status=HealthStatus.STARTING,
-            config={"slot": slot, "revision": service.desired_revision,
+            # The service owns the limits (issue 21.7): the row records what the container
+            # was created with, so a page can tell a changed limit not deployed yet.
+            cpu_limit=service.default_cpu_limit, memory_limit_mb=service.default_memory_limit_mb,
+            config={"slot": slot, "index": index, "revision": service.desired_revision,
                     "config_hash": fact.config_hash, "project": project, "role": role,
                     "artifact_id": self.artifact.id})
         db.session.add(replica)
@@ -129,10 +141,9 @@ class ReplicaSteps:
         # every stop would wait out the whole timeout before SIGKILL.
         entry["init"] = True
         if routed:
-            # The slot's fixed alias: what every gateway on this server already lists.
+            # The replica's fixed alias: what every gateway on this server already lists.
             net = entry["networks"]["keystone"]
-            net["aliases"] = list(dict.fromkeys([*net.get("aliases", []),
-                                                 slot_alias(service.name, service.id, slot)]))
+            net["aliases"] = list(dict.fromkeys([*net.get("aliases", []), alias]))
         rendered.compose_yaml = dump_yaml(rendered.compose)
         replica.config = {**replica.config, "directory": rendered.directory}
         db.session.commit()
@@ -141,7 +152,7 @@ class ReplicaSteps:
                            server=server) as step:
                 step.run(ensure_network_cmd(), timeout=60)
                 step.run(dc.remove(name), check=False, timeout=60)  # a leftover of a crash
-                self._remove_leftovers(step, placement, slot)
+                self._remove_leftovers(step, old, slot, index)
                 started = parse_stamp(stdout_text(step.run(dc.server_time(), check=False,
                                                        pty=False, timeout=30)))
                 replica.config = {**(replica.config or {}), "started_at": started}
@@ -151,20 +162,23 @@ class ReplicaSteps:
                          timeout=600)
             if published:
                 # Other servers' gateways reach this slot on the private network only.
-                open_firewall(rctx, server, [FirewallRule(published, "tcp",
-                                                          f"laravel {service.id} {slot}")])
+                open_firewall(rctx, server, [FirewallRule(
+                    published, "tcp", f"laravel {service.id} {slot}"
+                    + (f" r{index + 1}" if index else ""))])
             self._health_check(rctx, service, change, replica, server, role)
         except BaseException:
             self._remove_failed(rctx, replica, server)
             raise
-        self.new[(service.id, server.id)] = replica
+        self.new[(service.id, server.id, index)] = replica
+        return replica
 
-    def _remove_leftovers(self, step, placement, slot: str) -> None:
-        """An interrupted deploy's replica in this slot (it never passed its checks, so it
-        was never armed and no gateway sends it anything) goes before the new one starts:
-        two containers answering one slot alias would make the gateway's checks flap."""
-        for fact in placement.old:
-            if fact.slot != slot or fact.status != ReplicaStatus.STARTING.value:
+    def _remove_leftovers(self, step, old, slot: str, index: int = 0) -> None:
+        """An interrupted deploy's replica in this slot and place (it never passed its checks,
+        so it was never armed and no gateway sends it anything) goes before the new one
+        starts: two containers answering one alias would make the gateway's checks flap."""
+        for fact in old:
+            if fact.slot != slot or fact.index != index \
+                    or fact.status != ReplicaStatus.STARTING.value:
                 continue
             leftover = self._replica(fact.id)
             if leftover is None or leftover.status != ReplicaStatus.STARTING:

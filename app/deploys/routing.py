@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from app.deploys import commands as dc
 from app.deploys.gateway_health import health_events
-from app.deploys.planning import DeployPlan, health_settings
+from app.deploys.planning import DeployPlan, health_settings, service_replicas
 from app.deploys.service import app_services, primary_web, service_server_ids
 from app.deploys.slots import (HEALTH_FAILS, HEALTH_INTERVAL_MS, HEALTH_PASSES, HEALTH_TIMEOUT,
                                READY_PATH, WEBSOCKET_MATCHER, WEBSOCKET_PATHS, upstreams)
@@ -51,10 +51,19 @@ class GatewayRouting:
         servers = db.session.execute(sa.select(Server).where(Server.id.in_(server_ids))) \
             .scalars().all()
         ups = upstreams(service.name, service.id, gateway_server_id,
-                        [(s.id, s.private_ip) for s in servers])
+                        [(s.id, s.private_ip) for s in servers],
+                        replicas=self._route_replicas(service))
         if with_slots:
-            return [(u.server_id, u.slot, u.address) for u in ups]
+            return [(u.server_id, u.slot, u.index, u.address) for u in ups]
         return [u.address for u in ups]
+
+    def _route_replicas(self, service: Service) -> int:
+        """How many replicas per slot the routes list for ``service`` (a scale may override
+        it while it adds or removes replicas: app.deploys.scale)."""
+        override = getattr(self, "route_replicas", None) or {}
+        if service.id in override:
+            return override[service.id]
+        return service_replicas(service.process_roles, service.desired_replicas)
 
     def _websocket_service(self) -> Service | None:
         """The environment's websocket (Reverb) service deployed with it, if any."""
@@ -142,12 +151,13 @@ class GatewayRouting:
         """The address a gateway on ``gateway_server_id`` dials for ``replica``'s slot."""
         service = db.session.get(Service, replica.service_id)
         slot = (replica.config or {}).get("slot")
+        index = int((replica.config or {}).get("index") or 0)
         try:
             slots = self._slot_addresses(service, gateway_server_id, with_slots=True)
         except ValueError:
             return None
-        for server_id, s, address in slots:
-            if server_id == replica.server_id and s == slot:
+        for server_id, s, i, address in slots:
+            if server_id == replica.server_id and s == slot and i == index:
                 return address
         return None
 

@@ -37,7 +37,13 @@ SCHEDULER_BUSY = "/tmp/keystone-scheduler.running"
 WEBSOCKET_MATCHER = "websocket"
 WEBSOCKET_PATHS = ("/app/*", "/apps/*")
 PORT_BASE = 20000
-PORT_LIMIT = 60000
+PORT_LIMIT = 40000
+"""Replica 1 of a slot: ``PORT_BASE + 2 * service id + slot`` (service ids below 10000)."""
+EXTRA_PORT_BASE = 40000
+EXTRA_PORT_LIMIT = 60000
+"""Replicas 2..MAX_REPLICAS of a slot: ``MAX_REPLICAS - 1`` ports per slot from here."""
+MAX_REPLICAS = 8
+"""Replicas of one service per server (``Service.desired_replicas``, issue 20.2)."""
 
 # Caddy's view of the slots; the gateway renders these for every route of a web service.
 # The ready path is answered from marker files by the replica's web server, never by PHP,
@@ -65,29 +71,56 @@ def other_slot(slot: str | None) -> str:
     return SLOTS[1] if slot == SLOTS[0] else SLOTS[0]
 
 
-def slot_alias(service_name: str, service_id: int, slot: str) -> str:
-    """``web-12-blue.internal``: the same-server address of a slot (ids keep orgs apart)."""
+def _check_index(index: int) -> int:
+    index = int(index)
+    if not 0 <= index < MAX_REPLICAS:
+        raise ValueError(f"replica index {index} is outside 0..{MAX_REPLICAS - 1}")
+    return index
+
+
+def _suffix(index: int) -> str:
+    """'' for a slot's first replica (the names of one-replica Keystone), ``-r2`` .. for more."""
+    return "" if _check_index(index) == 0 else f"-r{index + 1}"
+
+
+def slot_alias(service_name: str, service_id: int, slot: str, index: int = 0) -> str:
+    """``web-12-blue.internal``: the same-server address of a slot's first replica (ids keep
+    orgs apart); ``web-12-blue-r2.internal`` for its second, and so on. One alias per
+    replica, so the gateway lists (and health-checks) each replica as its own upstream."""
     if slot not in SLOTS:
         raise ValueError(f"unknown slot {slot!r}")
-    return f"{slug(service_name, 30)}-{int(service_id)}-{slot}.internal"
+    return f"{slug(service_name, 30)}-{int(service_id)}-{slot}{_suffix(index)}.internal"
 
 
-def slot_port(service_id: int, slot: str) -> int:
-    """The fixed private-network port of a slot: two per service, unique per Keystone."""
-    port = PORT_BASE + 2 * int(service_id) + SLOTS.index(slot)
-    if port >= PORT_LIMIT:
+def slot_port(service_id: int, slot: str, index: int = 0) -> int:
+    """The fixed private-network port of a slot's replica, unique per Keystone: two per
+    service for the first replicas (as before replicas existed), ``MAX_REPLICAS - 1`` per
+    slot in a range of their own for the others."""
+    if slot not in SLOTS:
+        raise ValueError(f"unknown slot {slot!r}")
+    if _check_index(index) == 0:
+        port = PORT_BASE + 2 * int(service_id) + SLOTS.index(slot)
+        limit = PORT_LIMIT
+    else:
+        port = EXTRA_PORT_BASE + (2 * int(service_id) + SLOTS.index(slot)) * (MAX_REPLICAS - 1) \
+            + index - 1
+        limit = EXTRA_PORT_LIMIT
+    if port >= limit:
         raise ValueError(f"service id {service_id} is beyond the slot port range")
     return port
 
 
-def container_name(service_name: str, service_id: int, slot: str, operation_id: int) -> str:
-    """A unique container name per deploy: ``ks-web-12-green-op57``."""
-    return f"ks-{slug(service_name, 30)}-{int(service_id)}-{slot}-op{int(operation_id)}"
+def container_name(service_name: str, service_id: int, slot: str, operation_id: int,
+                   index: int = 0) -> str:
+    """A unique container name per deploy: ``ks-web-12-green-op57`` (``-r2`` for the slot's
+    second replica)."""
+    return (f"ks-{slug(service_name, 30)}-{int(service_id)}-{slot}-op{int(operation_id)}"
+            f"{_suffix(index)}")
 
 
-def project_name(service_id: int, slot: str, operation_id: int) -> str:
+def project_name(service_id: int, slot: str, operation_id: int, index: int = 0) -> str:
     """A unique Compose project per deploy, so two generations never share one."""
-    return f"ks-svc-{int(service_id)}-{slot}-op{int(operation_id)}"
+    return f"ks-svc-{int(service_id)}-{slot}-op{int(operation_id)}{_suffix(index)}"
 
 
 def replica_dir(service_id: int, slot: str) -> str:
@@ -105,30 +138,35 @@ class Upstream:
     server_id: int
     slot: str
     same_server: bool
+    index: int = 0
 
 
 def upstreams(service_name: str, service_id: int, gateway_server_id: int,
-              servers: Iterable[tuple[int, str | None]]) -> list[Upstream]:
+              servers: Iterable[tuple[int, str | None]], replicas: int = 1) -> list[Upstream]:
     """Every slot of every server of a web service, as seen from one gateway's server.
 
     ``servers`` is ``(server_id, private_ip)`` for each server the service runs
     on. The gateway's own server is reached through the Docker aliases; other
     servers through their private IP and the slot's fixed port. A server with
     no private IP cannot be reached from elsewhere and raises (the public
-    fallback of SPEC 14 is opt-in and not in v1's deploy path).
+    fallback of SPEC 14 is opt-in and not in v1's deploy path). ``replicas`` per slot
+    (``Service.desired_replicas``): each replica is an upstream of its own.
     """
+    count = max(1, min(int(replicas), MAX_REPLICAS))
     out: list[Upstream] = []
     for server_id, private_ip in sorted(servers, key=lambda s: (s[0] != gateway_server_id, s[0])):
         for slot in SLOTS:
-            if server_id == gateway_server_id:
-                out.append(Upstream(f"{slot_alias(service_name, service_id, slot)}:{APP_PORT}",
-                                    server_id, slot, True))
-            else:
-                if not private_ip:
-                    raise ValueError(f"server {server_id} has no private IP: other servers "
-                                     "cannot reach its replicas")
-                out.append(Upstream(f"{private_ip}:{slot_port(service_id, slot)}",
-                                    server_id, slot, False))
+            for index in range(count):
+                if server_id == gateway_server_id:
+                    out.append(Upstream(
+                        f"{slot_alias(service_name, service_id, slot, index)}:{APP_PORT}",
+                        server_id, slot, True, index))
+                else:
+                    if not private_ip:
+                        raise ValueError(f"server {server_id} has no private IP: other servers "
+                                         "cannot reach its replicas")
+                    out.append(Upstream(f"{private_ip}:{slot_port(service_id, slot, index)}",
+                                        server_id, slot, False, index))
     return out
 
 

@@ -79,6 +79,14 @@ def environment_secrets(env: Environment) -> list[str]:
     return values
 
 
+def service_config_hash(s, values: dict[str, str]) -> str:
+    """What a replica of ``s`` runs besides its image. The replica count is not in it (a
+    scale adds or removes replicas without replacing the others: service_scale); the
+    resource limits are (Docker applies them when a container is created)."""
+    return config_hash(s.config or {}, s.process_roles or [], replica_environment(s, values),
+                       {"cpus": s.default_cpu_limit, "memory_mb": s.default_memory_limit_mb})
+
+
 def snapshot(env: Environment, values: dict[str, str]) -> EnvironmentSnapshot:
     services = []
     for s in app_services(env):
@@ -88,14 +96,14 @@ def snapshot(env: Environment, values: dict[str, str]) -> EnvironmentSnapshot:
             slot=(r.config or {}).get("slot"), image_digest=r.image_digest,
             status=r.status.value, health=r.health_status.value,
             revision=(r.config or {}).get("revision"),
-            config_hash=(r.config or {}).get("config_hash")) for r in s.replicas)
+            config_hash=(r.config or {}).get("config_hash"),
+            index=int((r.config or {}).get("index") or 0)) for r in s.replicas)
         services.append(ServiceFact(
             id=s.id, name=s.name, deploy_policy=s.deploy_policy.value,
             roles=tuple(s.process_roles or ["web"]), desired_revision=s.desired_revision,
-            config_hash=config_hash(cfg, s.process_roles or [], replica_environment(s, values),
-                                    {"replicas": s.desired_replicas}),
+            config_hash=service_config_hash(s, values),
             server_ids=tuple(service_server_ids(s)), replicas=replicas, config=cfg,
-            category=s.category.value))
+            category=s.category.value, desired_replicas=s.desired_replicas))
     target = env.scheduler_target_service_id
     if target is None:
         web = primary_web(env)

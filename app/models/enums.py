@@ -170,6 +170,7 @@ class OperationKind(StrEnum):
     DATABASE_RESTORE = "database_restore"     # pg_restore of a backup into a slice
     COMMAND_RUN = "command_run"               # argv in a one-off container of the current build
     HOUSEKEEPING = "housekeeping"             # prune old images, containers, dirs of a server
+    SERVICE_SCALE = "service_scale"           # replicas per server up or down, no cutover (20.2)
 
 
 class OperationStatus(StrEnum):

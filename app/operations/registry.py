@@ -41,6 +41,7 @@ TIMEOUTS: dict[OperationKind, int] = {
     OperationKind.DATABASE_RESTORE: 2 * 60 * 60,
     OperationKind.COMMAND_RUN: 30 * 60,        # the form may ask for less (app.oneoff)
     OperationKind.HOUSEKEEPING: 20 * 60,
+    OperationKind.SERVICE_SCALE: 30 * 60,
 }
 JOB_TIMEOUT_GRACE = 120
 
@@ -58,6 +59,7 @@ HANDLER_MODULES: list[str] = [
     "app.backups.handlers",
     "app.oneoff.handlers",
     "app.housekeeping.handlers",
+    "app.deploys.scale",
 ]
 
 # Kinds that only ever run inline, as children of another operation, with the

@@ -46,6 +46,7 @@ _METRICS_SH = (
     "echo ==stat; head -n 1 /proc/stat; "
     "echo ==meminfo; cat /proc/meminfo; "
     "echo ==loadavg; cat /proc/loadavg; "
+    "echo ==nproc; nproc 2>/dev/null; "
     "echo ==df; df -P -k /; "
     "echo ==docker; docker stats --no-stream --format "
     "'{{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}' 2>/dev/null; "
