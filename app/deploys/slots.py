@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 KEYSTONE_SERVICES_ROOT = "/home/keystone/services"
 
@@ -108,14 +108,17 @@ class Upstream:
 
 
 def upstreams(service_name: str, service_id: int, gateway_server_id: int,
-              servers: Iterable[tuple[int, str | None]]) -> list[Upstream]:
+              servers: Iterable[tuple[int, str | None]],
+              remote_address: Callable[[int, int], str] | None = None) -> list[Upstream]:
     """Every slot of every server of a web service, as seen from one gateway's server.
 
     ``servers`` is ``(server_id, private_ip)`` for each server the service runs
     on. The gateway's own server is reached through the Docker aliases; other
     servers through their private IP and the slot's fixed port. A server with
-    no private IP cannot be reached from elsewhere and raises (the public
-    fallback of SPEC 14 is opt-in and not in v1's deploy path).
+    no private IP cannot be reached from elsewhere and raises. ``remote_address``
+    (server id, slot port) -> ``ip:port``, when given, names another server's slot
+    instead: the deploy passes the slot's Endpoint (app.endpoints), which is also how
+    the public fallback a server explicitly allows (SPEC 14) reaches the gateways.
     """
     out: list[Upstream] = []
     for server_id, private_ip in sorted(servers, key=lambda s: (s[0] != gateway_server_id, s[0])):
@@ -123,6 +126,9 @@ def upstreams(service_name: str, service_id: int, gateway_server_id: int,
             if server_id == gateway_server_id:
                 out.append(Upstream(f"{slot_alias(service_name, service_id, slot)}:{APP_PORT}",
                                     server_id, slot, True))
+            elif remote_address is not None:
+                out.append(Upstream(remote_address(server_id, slot_port(service_id, slot)),
+                                    server_id, slot, False))
             else:
                 if not private_ip:
                     raise ValueError(f"server {server_id} has no private IP: other servers "

@@ -342,8 +342,11 @@ class Driver:
         """The container environment of the service itself (from its secrets and config)."""
         return {}
 
-    def env_exports(self, service: "Service", slice_: "ServiceSlice", host: str) -> dict[str, str]:
-        """Managed variables an attached environment receives from a slice."""
+    def env_exports(self, service: "Service", slice_: "ServiceSlice", host: str,
+                    port: int | None = None) -> dict[str, str]:
+        """Managed variables an attached environment receives from a slice; ``host`` and
+        ``port`` come from the service's endpoint as seen by the environment (app.endpoints;
+        ``port`` None: the driver's own)."""
         return {}
 
     def slice_commands(self, service: "Service", slice_: "ServiceSlice", action: str,
