@@ -258,6 +258,9 @@ class Driver:
     # -- what the generic handlers ask ---------------------------------------
     deploy_refusal: ClassVar[str | None] = None  # set: never deployed on its own (why)
     routes_environment: ClassVar[bool] = False   # slices list an environment's slots
+    # False: a role of the server with no container of its own (the builder): its deploy
+    # runs ``readiness_steps`` and records the service running, no replica, no image.
+    runs_container: ClassVar[bool] = True
 
     # -- declarations derived from the row ------------------------------
 
@@ -377,6 +380,10 @@ class Driver:
 
     def deploy_steps(self, service: "Service", *, running: bool) -> list[StepPlan]:
         """Files the service needs before its compose project starts (a deploy or an update)."""
+        return []
+
+    def readiness_steps(self, service: "Service") -> list[StepPlan]:
+        """A container-less driver's deploy (``runs_container`` False): checks on its server."""
         return []
 
     def after_deploy_steps(self, service: "Service", container: str, *,

@@ -162,6 +162,18 @@ def _resolve_image(ctx: OperationContext, service: Service, driver: Driver) -> t
         return digest, parse_image(tag_ref).with_digest(digest)
 
 
+def _deploy_role(ctx: OperationContext, service: Service, driver: Driver, server) -> None:
+    """A server role without a container (the builder, SPEC 6): its readiness checks run on
+    the server; passed, the service is running (no replica, no image, no endpoint)."""
+    service.status = ServiceStatus.DEPLOYING
+    db.session.commit()
+    run_plan(ctx, server, driver.readiness_steps(service))
+    service.status = ServiceStatus.RUNNING
+    service.update_status = UpdateStatus.CURRENT
+    ctx.result.update({"role": service.type, "server": server.name})
+    db.session.commit()
+
+
 def _deploy_service(ctx: OperationContext, service: Service) -> None:
     driver = get_driver(service)
     if driver.deploy_refusal:
@@ -170,6 +182,9 @@ def _deploy_service(ctx: OperationContext, service: Service) -> None:
     if server is None:
         raise StepFailed(f"{service.name} is not placed on a server.")
     driver.check_placement(service)
+    if not driver.runs_container:
+        _deploy_role(ctx, service, driver, server)
+        return
 
     if driver.ensure_secrets(service):
         db.session.commit()
