@@ -54,6 +54,9 @@ def test_a_builder_is_created_from_new_service_and_chosen_in_the_build_settings(
         Operation.kind == OperationKind.SERVICE_DEPLOY, Operation.target_id == builder.id)
     ).scalar_one()
     assert resp.headers["Location"].endswith(f"/operations/{op.id}")
+    page = client.get(f"/services/{builder.id}")
+    assert page.status_code == 200 and "builder-1" in page.get_data(as_text=True)
+    assert client.get("/services/").status_code == 200
 
     env = g.environment
     url = f"/applications/{g.application.id}/environments/{env.id}/build"
