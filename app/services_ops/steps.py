@@ -237,6 +237,11 @@ def open_firewall(ctx: OperationContext, server: "Server", rules,
             return
         have_ufw = step.run(cmd("test", "-x", ufw), check=False, pty=False).exit_code == 0
         have_helper = step.run(firewall_installed(), check=False, pty=False).exit_code == 0
+        if not have_helper and scope == EndpointScope.PUBLIC:
+            # Docker-published ports bypass UFW: on the public IP that is the whole internet.
+            raise StepFailed(f"{server.name}: keystone-firewall is not installed, so a port "
+                             "published on its public IP would be open to everyone; "
+                             "re-provision the server first")
         if not have_helper:
             step.log("keystone-firewall is not installed on this server (provisioned before it "
                      "existed): re-provision it, or any machine on the network can "

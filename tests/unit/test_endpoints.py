@@ -138,9 +138,10 @@ def test_the_service_deploy_publishes_on_the_public_ip_only_by_opt_in(graph):
 class _Ctx:
     """Records what open_firewall runs (a fake of the operations engine, pure)."""
 
-    def __init__(self):
+    def __init__(self, helper=True):
         self.ran: list[str] = []
         self.titles: list[str] = []
+        self.helper = helper
 
     @contextmanager
     def step(self, name, server=None):
@@ -150,7 +151,8 @@ class _Ctx:
         class Step:
             def run(self, command, **kw):
                 ctx.ran.append(command.render())
-                return SimpleNamespace(exit_code=0, stdout="")
+                missing = not ctx.helper and command.render().endswith("keystone-firewall")
+                return SimpleNamespace(exit_code=1 if missing else 0, stdout="")
 
             def log(self, line):
                 pass
@@ -232,3 +234,16 @@ def test_endpoint_health_follows_the_replica(graph):
     assert retire_endpoints_of_gone_replicas() == 1
     db.session.expire_all()
     assert {e.health_status for e in pg.endpoints} == {HealthStatus.UNKNOWN}
+
+
+def test_public_fallback_refuses_a_server_without_the_docker_user_helper(graph):
+    """UFW never sees Docker-published ports: without keystone-firewall a public port would
+    be open to the whole internet, so the step fails instead of pretending."""
+    from app.operations import StepFailed
+    from app.services_ops.steps import open_firewall
+    graph.lonely.public_fallback = True
+    db.session.flush()
+    ctx = _Ctx(helper=False)
+    with pytest.raises(StepFailed, match="would be open to everyone"):
+        open_firewall(ctx, graph.lonely, [FirewallRule(5432, "tcp", "postgres 7")])
+    assert not any("allow" in line for line in ctx.ran)
