@@ -21,7 +21,7 @@ from app.models import Server, Service, ServiceReplica
 from app.models.enums import HealthStatus, OperationKind, ReplicaStatus
 from app.models.service import REMOVED_BY_KEYSTONE
 from app.operations import OperationContext, StepFailed
-from app.services_ops.steps import open_firewall
+from app.services_ops.steps import open_firewall, require_public_firewall
 from app.shell import cmd
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ class ReplicaSteps:
         replica.config = {**replica.config, "directory": rendered.directory}
         db.session.commit()
         try:
+            if published:
+                require_public_firewall(rctx, server, [FirewallRule(published, "tcp", "")])
             with rctx.step(f"Start {name} in the {slot} slot on {server.name}",
                            server=server) as step:
                 step.run(ensure_network_cmd(), timeout=60)

@@ -24,6 +24,7 @@ from app.operations import OperationContext, StepFailed, operation_handler, star
 from app.registries.images import (DIGEST_RE, ImageError, org_credentials, parse_image,
                                    resolve_digest)
 from app.services_ops.steps import (compose_up, container_id, ensure_network, open_firewall,
+                                    require_public_firewall,
                                     pull_image, replica_for, run_plan, wait_healthy,
                                     write_project)
 from app.shell import cmd
@@ -225,6 +226,7 @@ def _deploy_service(ctx: OperationContext, service: Service) -> None:
             step.log(warning or "")
             step.run(compose_cmd(rendered.directory, rendered.project_name, "stop"),
                      timeout=300)
+    require_public_firewall(ctx, server, plan.firewall)
     compose_up(ctx, server, rendered)
     status = wait_healthy(ctx, server, replica.container_name)
     if plan.volumes:

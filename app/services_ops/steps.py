@@ -264,6 +264,29 @@ def open_firewall(ctx: OperationContext, server: "Server", rules,
             step.unchanged("neither ufw nor keystone-firewall is installed on this server")
 
 
+def require_public_firewall(ctx: OperationContext, server: "Server", rules) -> None:
+    """Before anything is published on a public IP (the public fallback, SPEC 14): the
+    DOCKER-USER helper must be there, or the port would be open to everyone the moment the
+    container starts (UFW never sees Docker-published ports). Nothing to do otherwise."""
+    from app.endpoints import Unreachable, cross_server_address
+    from app.models.enums import EndpointScope
+    if not rules:
+        return
+    try:
+        scope, address = cross_server_address(server)
+    except Unreachable:
+        return
+    if scope != EndpointScope.PUBLIC:
+        return
+    with ctx.step("Check the firewall helper before publishing on the public IP",
+                  server=server) as step:
+        if step.run(firewall_installed(), check=False, pty=False).exit_code != 0:
+            raise StepFailed(f"{server.name}: keystone-firewall is not installed, so a port "
+                             f"published on its public IP {address} would be open to "
+                             "everyone; re-provision the server first")
+        step.unchanged("keystone-firewall is installed")
+
+
 IPTABLES_BUSY = ("problem running", "xtables lock", "Resource temporarily unavailable")
 IPTABLES_TRIES = 5
 

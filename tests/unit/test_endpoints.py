@@ -247,3 +247,22 @@ def test_public_fallback_refuses_a_server_without_the_docker_user_helper(graph):
     with pytest.raises(StepFailed, match="would be open to everyone"):
         open_firewall(ctx, graph.lonely, [FirewallRule(5432, "tcp", "postgres 7")])
     assert not any("allow" in line for line in ctx.ran)
+
+
+def test_nothing_is_published_on_a_public_ip_before_the_helper_is_checked(graph):
+    """The check runs before the container starts (a refused step leaves nothing exposed);
+    on the private network it adds no step."""
+    from app.operations import StepFailed
+    from app.services_ops.steps import require_public_firewall
+    rules = [FirewallRule(5432, "tcp", "postgres 7")]
+    ctx = _Ctx(helper=False)
+    require_public_firewall(ctx, graph.server, rules)          # private: nothing to check
+    require_public_firewall(ctx, graph.lonely, rules)          # no opt-in: nothing published
+    assert ctx.titles == []
+    graph.lonely.public_fallback = True
+    db.session.flush()
+    with pytest.raises(StepFailed, match="198.51.100.7 would be open to everyone"):
+        require_public_firewall(ctx, graph.lonely, rules)
+    ok = _Ctx(helper=True)
+    require_public_firewall(ok, graph.lonely, rules)
+    assert ok.ran[-1] == "unchanged: keystone-firewall is installed"
