@@ -42,7 +42,7 @@ __all__ = ["AttachmentError", "Recommendation", "attach", "attach_postgres", "at
            "attach_domain", "regenerate_managed_variables", "apply_recommendations",
            "recommendations_for", "set_user_variable", "delete_user_variable",
            "effective_environment", "queue_sync_warning", "validate_env_key", "EnvKeyError",
-           "start_slice_provision", "request_slice_delete", "consumer_host",
+           "start_slice_provision", "request_slice_delete", "consumer_host", "consumer_endpoint",
            "variable_rows", "VariableRow", "is_managed_secret"]
 
 
@@ -60,23 +60,22 @@ class Recommendation:
 
 # --------------------------------------------------------------------------- hosts
 
-def consumer_host(service: Service, consumer_server_id: int | None) -> str:
-    """How an environment on ``consumer_server_id`` reaches ``service`` (SPEC 14).
+def consumer_endpoint(service: Service, consumer_server_id: int | None) -> tuple[str, int]:
+    """``(host, port)`` by which an environment on ``consumer_server_id`` reaches ``service``
+    (SPEC 14), read from the service's Endpoint rows (app.endpoints): the alias on the
+    shared Docker network on the same server (or while the server is unknown); from another
+    server, the private IP and published port (``expose_private`` on the service), or the
+    public IP when the service's server explicitly allows the public fallback."""
+    from app.endpoints import Unreachable, consumer_endpoint as lookup
+    try:
+        return lookup(service, consumer_server_id)
+    except Unreachable as exc:
+        raise AttachmentError(str(exc)) from None
 
-    Same server (or unknown yet): the deterministic alias on the shared
-    Docker network. Another server: the service server's private IP, which
-    needs ``expose_private`` on the service (the port is then published on
-    the private IP only and opened with UFW to the private network).
-    """
-    if consumer_server_id is None or service.server_id is None \
-            or consumer_server_id == service.server_id:
-        return service_alias(service)
-    server = service.server
-    if not (service.config or {}).get("expose_private") or not server.private_ip:
-        raise AttachmentError(
-            f"{service.name} runs on {server.name}, another server than this environment: "
-            "turn on 'reachable from the private network' for it first (it needs a private IP)")
-    return server.private_ip
+
+def consumer_host(service: Service, consumer_server_id: int | None) -> str:
+    """The host part of :func:`consumer_endpoint`."""
+    return consumer_endpoint(service, consumer_server_id)[0]
 
 
 def _environment_server_id(environment: Environment) -> int | None:
@@ -276,7 +275,8 @@ def _managed_values(environment: Environment
         if not driver.exports:
             continue  # e.g. a route: nothing to export, and no host to compute
         fields = {f.key: f for f in driver.exports}
-        exports = driver.env_exports(att.service, slice_, consumer_host(att.service, server_id))
+        host, port = consumer_endpoint(att.service, server_id)
+        exports = driver.env_exports(att.service, slice_, host, port=port)
         prefix = (att.env_prefix or "") if not att.is_primary else ""
         for key, value in exports.items():
             full = f"{prefix}{key}"

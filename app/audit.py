@@ -55,7 +55,8 @@ KNOWN_ACTIONS = sorted({
     "two_factor.recovery_regenerated", "organisation.require_two_factor",
     "variable.reveal", "variables.export_reveal", "variables.bulk_import", "variable.set",
     "variable.delete", "app_key.rotate", "rollback", "server.create",
-    "server.host_key_confirmed", "server.host_key_repinned", "service.create",
+    "server.host_key_confirmed", "server.host_key_repinned", "server.public_fallback",
+    "service.create",
     "provider.delete", "api_token.create", "api_token.revoke", "service.resources",
     *OPERATION_ACTIONS.values(),
 })

@@ -7,7 +7,8 @@ are running, opens ONE SSH connection (the pinned host key, the ``keystone``
 login) and runs ONE command: ``docker inspect`` of every Keystone-managed
 container there. Each :class:`ServiceReplica` then gets its container state,
 Docker health and restart count; a replica whose container is gone or exited is
-marked failed, one that restarts in a loop (Docker says ``restarting``, or the
+marked failed (and so are the Endpoint rows it serves, SPEC 14: their health follows
+the replica's at every pass), one that restarts in a loop (Docker says ``restarting``, or the
 restart count grew since the last check) is flagged. The environment and
 service pages show both.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from app.endpoints import retire_endpoints_of_gone_replicas, set_replica_endpoint_health
 from app.extensions import db
 from app.models import Server, ServiceReplica
 from app.models.base import utcnow
@@ -196,10 +198,11 @@ def check_health(app=None) -> dict:
         by_server.setdefault(r.server_id, []).append(r)
     servers = {s.id: s for s in db.session.execute(
         sa.select(Server).where(Server.id.in_(list(by_server) or [-1]))).scalars()}
+    retire_endpoints_of_gone_replicas()
     db.session.commit()  # no transaction held across SSH
     pool = ConnectionPool(factory=Connection, connect_timeout=10, keepalive=5,
                           dead_peer_timeout=20)
-    counts = {"servers": 0, "replicas": 0, "problems": 0, "handshakes": 0}
+    counts = {"servers": 0, "replicas": 0, "problems": 0, "handshakes": 0, "endpoints": 0}
     try:
         for server_id, replicas in by_server.items():
             server = servers.get(server_id)
@@ -218,11 +221,16 @@ def check_health(app=None) -> dict:
                 counts["problems"] += a.problem is not None
                 # Only if a deploy did not change the row meanwhile (it owns its replicas).
                 cfg = {**(r.config or {}), "health_problem": a.problem}
-                db.session.execute(sa.update(ServiceReplica).where(
+                res = db.session.execute(sa.update(ServiceReplica).where(
                     ServiceReplica.id == r.id, ServiceReplica.status == r.status).values(
                     status=ReplicaStatus(a.status), health_status=a.health,
                     container_state=a.container_state, restart_count=a.restart_count,
                     checked_at=now, config=cfg).execution_options(synchronize_session=False))
+                if res.rowcount:
+                    # The endpoints this replica serves (SPEC 14) say what the check saw:
+                    # attachments and upstreams read their health from there.
+                    counts["endpoints"] += set_replica_endpoint_health(
+                        r.id, a.health if a.status == "running" else "unhealthy")
                 if a.problem:
                     log.warning("health: %s on %s: %s", r.container_name, server.name,
                                 a.problem)

@@ -116,6 +116,9 @@ def build_org(email: str = "b@example.com", organisation: str = "Org B",
     db.session.add_all([provider, server, application, environment, web, postgres, replica,
                         slice_, attachment, variable, endpoint, registry])
     db.session.flush()
+    # What a deploy records (app.endpoints): attachments read their host and port from it.
+    from app.drivers.base import service_alias
+    endpoint.hostname = service_alias(postgres)
     operation = Operation(organisation_id=org.id, kind=OperationKind.ENVIRONMENT_DEPLOY,
                           target_type="environment", target_id=environment.id)
     step = OperationStep(operation=operation, name="build", order=1, script="docker build ***",

@@ -87,6 +87,7 @@ class BuildSettingsForm(KeystoneForm):
                                                    "node": "Node (npm)"}[t]) for t in JS_TOOLS])
     js_command = StringField("JS build command", validators=[Optional(), Length(max=500)])
     image = StringField("Prebuilt image (external registry)", validators=[Optional(), Length(max=255)])
+    builder_service_id = SelectField("Builder (dedicated builder)", coerce=str, choices=[])
 
 
 def _load(application_id) -> Application:
@@ -302,8 +303,10 @@ def build_settings(application_id, environment_id):
         "health_path": (HealthSettings.from_config(web.config or {}, web.name).path
                         if web is not None else DEFAULT_HEALTH_PATH),
         "js_tool": raw.get("js_tool", "none"),
-        "js_command": raw.get("js_command", ""), "image": raw.get("image", "")})
+        "js_command": raw.get("js_command", ""), "image": raw.get("image", ""),
+        "builder_service_id": str(raw.get("builder_service_id") or "")})
     form.registry_id.choices = _registry_choices()
+    form.builder_service_id.choices = _builder_choices()
     dockerfile = None
     if form.validate_on_submit():
         new_raw = {k: v for k, v in {
@@ -311,7 +314,8 @@ def build_settings(application_id, environment_id):
             "base_image": form.base_image.data.strip(), "document_root": form.document_root.data.strip(),
             "js_tool": form.js_tool.data,
             "js_command": form.js_command.data.strip(), "image": form.image.data.strip(),
-            "builder_service_id": raw.get("builder_service_id"),
+            "builder_service_id": (get_for_org_or_404(Service, form.builder_service_id.data).id
+                                   if form.builder_service_id.data else None),
         }.items() if v not in (None, "")}
         registry_id = None
         if form.registry_id.data:
@@ -343,6 +347,15 @@ def build_settings(application_id, environment_id):
                            environment=environment, form=form, dockerfile=dockerfile,
                            offload=_build_offload_hint(environment)), \
         (400 if form.errors else 200)
+
+
+def _builder_choices() -> list[tuple[str, str]]:
+    """The organisation's builder services (SPEC 6), for the dedicated_builder strategy."""
+    builders = db.session.execute(org_query(Service).where(
+        Service.category == ServiceCategory.BUILDER).order_by(Service.name)).scalars().all()
+    return [("", "The organisation's builder (the only or first one)")] + [
+        (str(b.id), f"{b.name} on {b.server.name if b.server else 'no server'} "
+                    f"({b.status.value if b.status else 'new'})") for b in builders]
 
 
 def _build_offload_hint(environment):

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from flask import (Blueprint, abort, flash, redirect, render_template, request,
                    url_for)
 from flask_login import current_user
-from wtforms import (HiddenField, IntegerField, PasswordField, SelectField, StringField,
-                     TextAreaField)
+from wtforms import (BooleanField, HiddenField, IntegerField, PasswordField, SelectField,
+                     StringField, TextAreaField)
 from wtforms.validators import (DataRequired, Length, NumberRange, Optional,
                                 ValidationError)
 
@@ -88,6 +88,14 @@ class ConfirmHostKeyForm(KeystoneForm):
 
 class ActionForm(KeystoneForm):
     """CSRF only (re-run provisioning, delete)."""
+
+
+class NetworkingForm(KeystoneForm):
+    """SPEC 14's explicit opt-in: the public-network fallback of a server (app.endpoints)."""
+
+    public_fallback = BooleanField("Allow the public-network fallback: offer this server's "
+                                   "services to the organisation's other servers on its public "
+                                   "IP (only when it has no private network)")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -399,7 +407,37 @@ def show(server_id: int):
     return render_template("servers/show.html", server=server, history=history, latest=latest,
                            replay=replay, metric_charts=metrics.charts(rows),
                            metric_range=resolution, metric_last=rows[-1] if rows else None,
-                           metric_warnings=metrics.warnings_for(rows[-1] if rows else None), action_form=ActionForm(), ProviderType=ProviderType)
+                           metric_warnings=metrics.warnings_for(rows[-1] if rows else None), action_form=ActionForm(), ProviderType=ProviderType,
+                           networking_form=NetworkingForm(public_fallback=server.public_fallback))
+
+
+@bp.route("/<int:server_id>/networking", methods=["POST"])
+@requires("servers.manage")
+def networking(server_id: int):
+    """Turn the public-network fallback on or off (SPEC 14: only if explicitly allowed).
+    It takes effect at the next deploy of what runs there (the endpoints and the firewall
+    rules are written by deploys)."""
+    server = get_for_org_or_404(Server, server_id)
+    form = NetworkingForm()
+    if not form.validate_on_submit():
+        abort(400)
+    wanted = bool(form.public_fallback.data)
+    if wanted != server.public_fallback:
+        server.public_fallback = wanted
+        audit.record("server.public_fallback", server, {"name": server.name,
+                                                        "public_fallback": wanted})
+        db.session.commit()
+    if wanted and server.private_ip:
+        flash(f"{server.name} has a private IP: other servers keep using it; the public "
+              "fallback applies only to a server without one.", "success")
+    elif wanted:
+        flash(f"Public-network fallback allowed on {server.name}: redeploy its services to "
+              "publish them on its public IP (opened to the organisation's servers' public "
+              "IPs only).", "success")
+    else:
+        flash(f"Public-network fallback off on {server.name}: without a private IP, other "
+              "servers cannot reach its services (from its next deploy on).", "success")
+    return redirect(url_for("servers.show", server_id=server.id))
 
 
 @bp.route("/<int:server_id>/status")

@@ -10,10 +10,11 @@ API for the deploy flow::
 """
 from app.builds.artifacts import (BUILD_STEP, BuildError, artifact_registry, ensure_artifact,
                                   image_ref, make_present)
-from app.builds.config import (BuildConfig, BuildConfigError, config_hash, parse_build_config)
+from app.builds.config import (BuildConfig, BuildConfigError, config_hash, parse_build_config,
+                               runs_prebuilt_image)
 from app.builds.dockerfile import render_dockerfile
 from app.builds.plan import BuildPlanError, BuildProblem, check_build_plan, plan_build
 
 __all__ = ["BUILD_STEP", "BuildConfig", "BuildConfigError", "BuildError", "BuildPlanError",
            "BuildProblem", "artifact_registry", "check_build_plan", "make_present", "config_hash", "ensure_artifact", "image_ref",
-           "parse_build_config", "plan_build", "render_dockerfile"]
+           "parse_build_config", "plan_build", "render_dockerfile", "runs_prebuilt_image"]

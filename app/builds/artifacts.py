@@ -171,8 +171,10 @@ class RegistrySession:
 
 # --------------------------------------------------------------------------- main entry
 
-def ensure_artifact(ctx, environment, commit_sha: str, servers, *, clock=None) -> BuildArtifact:
-    """Reuse or build the artifact for ``commit_sha`` and make it present on every server.
+def ensure_artifact(ctx, environment, commit_sha: str | None, servers, *,
+                    clock=None) -> BuildArtifact:
+    """Reuse or build the artifact for ``commit_sha`` and make it present on every server
+    (external_registry: the configured image pinned by digest; ``commit_sha`` is unused).
 
     Raises :class:`app.builds.plan.BuildPlanError` before any step when the
     plan is impossible (e.g. several servers and no registry).
@@ -184,7 +186,7 @@ def ensure_artifact(ctx, environment, commit_sha: str, servers, *, clock=None) -
     return artifact
 
 
-def find_or_build(ctx, environment, commit_sha: str, servers, *, clock=None):
+def find_or_build(ctx, environment, commit_sha: str | None, servers, *, clock=None):
     """The artifact for ``commit_sha`` (reused, or built now), WITHOUT pulling it anywhere.
 
     Returns ``(artifact, registry, verified)``: ``verified`` are the ids of the servers
@@ -196,12 +198,13 @@ def find_or_build(ctx, environment, commit_sha: str, servers, *, clock=None):
     clock = clock or NULL_CLOCK
     servers = list(servers)
     plan = plan_build(environment, servers)
+    if plan.strategy == BuildStrategy.EXTERNAL_REGISTRY:
+        # No commit, no git: the image is resolved to a digest and pulled everywhere.
+        with clock.phase("pull"):
+            artifact = _ensure_external(ctx, environment, servers, plan)
+        return artifact, artifact_registry(artifact), {s.id for s in servers}
     if not is_commit_sha(commit_sha):
         raise ValidationError(f"{commit_sha!r} is not a commit sha")
-    if plan.strategy == BuildStrategy.EXTERNAL_REGISTRY:
-        with clock.phase("pull"):
-            artifact = _ensure_external(ctx, environment, commit_sha, servers, plan)
-        return artifact, environment.container_registry, {s.id for s in servers}
 
     dockerfile = render_dockerfile(plan.config)
     chash = config_hash(plan.config, dockerfile)
@@ -426,24 +429,37 @@ def _repo_digest(step, ref: str, repository: str) -> str:
 
 # --------------------------------------------------------------------------- external images
 
-def _ensure_external(ctx, environment, commit_sha: str, servers, plan: BuildPlan) -> BuildArtifact:
-    """external_registry: pull the configured prebuilt image, pin its digest, run it everywhere."""
+def _ensure_external(ctx, environment, servers, plan: BuildPlan) -> BuildArtifact:
+    """external_registry (SPEC 6): run a prebuilt image by reference, pinned by digest, with
+    no git at all (no deploy key, no ``git ls-remote``, no source).
+
+    The digest is resolved from the registry itself (its manifest, with the organisation's
+    credentials for that host; a reference that already names ``@sha256:...`` is taken as
+    is); every server then pulls ``repository@digest``, so they all run the same bytes
+    whatever the tag does later. The artifact's ``commit_sha`` is the digest's hex (there
+    is no commit to name): the same image is the same artifact, and redeploying it reuses it.
+    """
+    from app.registries.images import (ImageError, org_credentials, org_registry, parse_image,
+                                       resolve_digest)
     op = _operation(ctx)
     config: BuildConfig = plan.config
     image = config.image
-    registry = environment.container_registry
+    org_id = environment.application.organisation_id
     try:
         repository = repository_name(image)
-    except ImageReferenceError as exc:
+        host = parse_image(image).registry
+    except (ImageReferenceError, ImageError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    first = servers[0]
+    # The servers log in to the image's registry: the environment's, else the organisation's
+    # registry for that host (none: a public image).
+    registry = environment.container_registry or org_registry(org_id, host)
     chash = config_hash(config, "")
-    with ctx.step(f"Pull {image} on {first.name}", server=first) as step:
-        config_dir = posixpath.join(remote_workdir(ctx), "docker-external")
-        with RegistrySession(step, registry, config_dir) as docker_config:
-            _run(step, dc.pull(image, docker_config), timeout=BUILD_TIMEOUT)
-        digest = _repo_digest(step, image, repository)
-        image_id = _image_id_on(step, image)
+    with ctx.step(f"Resolve {image} to a digest") as step:
+        try:
+            digest = resolve_digest(image, org_credentials(org_id))
+        except ImageError as exc:
+            raise _fail(str(exc)) from None
+        step.log(f"{image} -> {digest} (from the registry; no git: the image is the release)")
     ref = f"{repository}@{digest}"
     artifact = db.session.execute(
         sa.select(BuildArtifact).where(BuildArtifact.environment_id == environment.id,
@@ -452,12 +468,12 @@ def _ensure_external(ctx, environment, commit_sha: str, servers, plan: BuildPlan
         .order_by(BuildArtifact.id.desc())).scalars().first()
     if artifact is None:
         artifact = BuildArtifact(
-            environment_id=environment.id, commit_sha=commit_sha, config_hash=chash, image_tag=image,
-            image_digest=digest, registry_ref=ref, built_by_operation_id=op.id,
-            status=ArtifactStatus.READY,
-            meta={"strategy": str(plan.strategy), "image_id": image_id, "external": True,
+            environment_id=environment.id, commit_sha=digest.split(":", 1)[1],
+            config_hash=chash, image_tag=image, image_digest=digest, registry_ref=ref,
+            built_by_operation_id=op.id, status=ArtifactStatus.READY,
+            meta={"strategy": str(plan.strategy), "external": True, "image": image,
                   "registry_id": registry.id if registry is not None else None,
-                  "present_on": [first.id]})
+                  "present_on": []})
         db.session.add(artifact)
         db.session.commit()
     _make_present(ctx, artifact, servers, registry)

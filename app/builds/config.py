@@ -156,3 +156,12 @@ def config_hash(config: BuildConfig, dockerfile: str) -> str:
     payload = json.dumps({"dockerfile": dockerfile, "image": config.image,
                           "template": TEMPLATE_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def runs_prebuilt_image(raw: dict | None) -> bool:
+    """external_registry (SPEC 6): the environment runs a prebuilt image; a deploy resolves
+    no commit and touches no git (unreadable settings: False, the build plan says why)."""
+    try:
+        return parse_build_config(raw).strategy == BuildStrategy.EXTERNAL_REGISTRY
+    except BuildConfigError:
+        return False

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from app.builds.config import BuildConfig, BuildConfigError, parse_build_config
 from app.extensions import db
 from app.models import Service
-from app.models.enums import BuildStrategy, ServiceCategory
+from app.models.enums import BuildStrategy, ServiceCategory, ServiceStatus
 from app.repositories.validation import ValidationError, parse_repository_url, validate_branch
 
 
@@ -111,10 +111,17 @@ def check_build_plan(environment, servers) -> list[BuildProblem]:
         if builder is None:
             problems.append(BuildProblem(
                 "no_builder", "The dedicated_builder strategy needs a builder service (a service "
-                "of category builder on a server); none exists."))
+                "of category builder on a server): create one under Services, New service, "
+                "type Image builder.", "New builder", "services.new", {"type": "builder"}))
         elif builder.server is None:
             problems.append(BuildProblem("no_builder", f"The builder service {builder.name!r} "
                                                         "is not placed on a server."))
+        elif builder.status != ServiceStatus.RUNNING:
+            problems.append(BuildProblem(
+                "builder_not_ready", f"The builder service {builder.name!r} is not ready "
+                f"({builder.status.value if builder.status else 'new'}): deploy it from its "
+                "page; its readiness check must pass.", "Open the builder", "services.show",
+                {"service_id": builder.id}))
         if registry is None and not any(p.code == "registry_required" for p in problems):
             problems.append(_registry_problem(
                 environment, "Images built on a dedicated builder reach servers through a registry."))

@@ -23,6 +23,7 @@ import time
 
 from app.builds.artifacts import (BuildError, artifact_registry, find_or_build, image_ref,
                                   make_present)
+from app.builds.config import runs_prebuilt_image
 from app.builds.plan import BuildPlanError
 from app.deploys import commands as dc
 from app.deploys.gateway_health import parse_stamp
@@ -175,7 +176,7 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
             self._pull = (servers, registry, set())
             return artifact
         sha = ctx.params.get("commit_sha")
-        if not sha:
+        if not sha and not runs_prebuilt_image(env.build_config):  # external_registry: no git
             with self.clock.phase("resolve"), ctx.step(f"Resolve {env.branch}") as step:
                 try:
                     sha = resolve_commit(env, on_line=step.log)

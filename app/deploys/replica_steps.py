@@ -18,13 +18,14 @@ from app.deploys.values import last_line, replica_environment, stdout_text
 from app.drivers import get_driver
 from app.drivers.base import FirewallRule
 from app.drivers.compose import compose_cmd, dump_yaml, ensure_network_cmd, upload_project
+from app.endpoints import Unreachable, cross_server_address, upsert_slot_endpoint
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Server, Service, ServiceReplica
 from app.models.enums import HealthStatus, OperationKind, ReplicaStatus
 from app.models.service import REMOVED_BY_KEYSTONE
 from app.operations import OperationContext, StepFailed
 from app.operations.fanout import Child
-from app.services_ops.steps import open_firewall
+from app.services_ops.steps import open_firewall, require_public_firewall
 from app.shell import cmd
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,13 @@ class ReplicaSteps:
         routed = role in ("web", "websocket")
         multi = len(fact.server_ids) > 1
         published = slot_port(service.id, slot, index) if (routed and multi) else None
-        if published and not server.private_ip:
-            raise StepFailed(f"{server.name} has no private IP: its replicas cannot be reached "
-                             "from the other servers' gateways")
+        address = None
+        if published:
+            try:  # the private IP, or the public one if the server allows it (SPEC 14)
+                address = cross_server_address(server)[1]
+            except Unreachable as exc:
+                raise StepFailed(f"{exc} (its replicas cannot be reached from the other "
+                                 "servers' gateways)") from None
         alias = slot_alias(service.name, service.id, slot, index)
         replica = ServiceReplica(
             service_id=service.id, server_id=server.id, operation_id=self.ctx.id,
@@ -127,6 +132,9 @@ class ReplicaSteps:
                     "config_hash": fact.config_hash, "project": project, "role": role,
                     "artifact_id": self.artifact.id})
         db.session.add(replica)
+        db.session.flush()
+        if published:  # the slot's endpoint, what other servers' gateways dial
+            upsert_slot_endpoint(service, replica, server, published)
         db.session.commit()
         self.started.append(replica.id)
         driver = get_driver(service)
@@ -135,7 +143,7 @@ class ReplicaSteps:
             environment=replica_environment(service, self.values, server.id),
             replica_id=replica.id,
             operation_id=self.ctx.id, role=role,
-            private_ip=server.private_ip if published else None, published_port=published)
+            private_ip=address, published_port=published)
         entry = rendered.compose["services"][role]
         # An init as PID 1 forwards SIGTERM: php -S (or artisan) as PID 1 would ignore it and
         # every stop would wait out the whole timeout before SIGKILL.
@@ -148,6 +156,8 @@ class ReplicaSteps:
         replica.config = {**replica.config, "directory": rendered.directory}
         db.session.commit()
         try:
+            if published:
+                require_public_firewall(rctx, server, [FirewallRule(published, "tcp", "")])
             with rctx.step(f"Start {name} in the {slot} slot on {server.name}",
                            server=server) as step:
                 step.run(ensure_network_cmd(), timeout=60)

@@ -14,6 +14,7 @@ from app.deploys.service import app_services, primary_web, service_server_ids
 from app.deploys.slots import (HEALTH_FAILS, HEALTH_INTERVAL_MS, HEALTH_PASSES, HEALTH_TIMEOUT,
                                READY_PATH, WEBSOCKET_MATCHER, WEBSOCKET_PATHS, upstreams)
 from app.deploys.values import stdout_text
+from app.endpoints import slot_endpoint_address
 from app.extensions import db
 from app.models import Server, Service, ServiceReplica, ServiceSlice
 from app.models.enums import DeployPolicy, OperationKind, SliceStatus, SliceType
@@ -50,9 +51,12 @@ class GatewayRouting:
         server_ids = service_server_ids(service)
         servers = db.session.execute(sa.select(Server).where(Server.id.in_(server_ids))) \
             .scalars().all()
+        by_id = {s.id: s for s in servers}
         ups = upstreams(service.name, service.id, gateway_server_id,
                         [(s.id, s.private_ip) for s in servers],
-                        replicas=self._route_replicas(service))
+                        replicas=self._route_replicas(service),
+                        remote_address=lambda server_id, port: slot_endpoint_address(
+                            service.id, by_id[server_id], port))
         if with_slots:
             return [(u.server_id, u.slot, u.index, u.address) for u in ups]
         return [u.address for u in ups]

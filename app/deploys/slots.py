@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 KEYSTONE_SERVICES_ROOT = "/home/keystone/services"
 
@@ -142,15 +142,19 @@ class Upstream:
 
 
 def upstreams(service_name: str, service_id: int, gateway_server_id: int,
-              servers: Iterable[tuple[int, str | None]], replicas: int = 1) -> list[Upstream]:
+              servers: Iterable[tuple[int, str | None]], replicas: int = 1,
+              remote_address: Callable[[int, int], str] | None = None) -> list[Upstream]:
     """Every slot of every server of a web service, as seen from one gateway's server.
 
     ``servers`` is ``(server_id, private_ip)`` for each server the service runs
     on. The gateway's own server is reached through the Docker aliases; other
     servers through their private IP and the slot's fixed port. A server with
-    no private IP cannot be reached from elsewhere and raises (the public
-    fallback of SPEC 14 is opt-in and not in v1's deploy path). ``replicas`` per slot
-    (``Service.desired_replicas``): each replica is an upstream of its own.
+    no private IP cannot be reached from elsewhere and raises. ``remote_address``
+    (server id, slot port) -> ``ip:port``, when given, names another server's slot
+    instead: the deploy passes the slot's Endpoint (app.endpoints), which is also how
+    the public fallback a server explicitly allows (SPEC 14) reaches the gateways.
+    ``replicas`` per slot (``Service.desired_replicas``): each replica is an upstream of
+    its own.
     """
     count = max(1, min(int(replicas), MAX_REPLICAS))
     out: list[Upstream] = []
@@ -161,12 +165,16 @@ def upstreams(service_name: str, service_id: int, gateway_server_id: int,
                     out.append(Upstream(
                         f"{slot_alias(service_name, service_id, slot, index)}:{APP_PORT}",
                         server_id, slot, True, index))
+                    continue
+                port = slot_port(service_id, slot, index)
+                if remote_address is not None:
+                    address = remote_address(server_id, port)
                 else:
                     if not private_ip:
                         raise ValueError(f"server {server_id} has no private IP: other servers "
                                          "cannot reach its replicas")
-                    out.append(Upstream(f"{private_ip}:{slot_port(service_id, slot, index)}",
-                                        server_id, slot, False, index))
+                    address = f"{private_ip}:{port}"
+                out.append(Upstream(address, server_id, slot, False, index))
     return out
 
 

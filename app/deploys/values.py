@@ -3,12 +3,11 @@ replica gets (variables, attachments, per-server overrides), which are secret, a
 snapshot the planner reads (app/deploys/planning.py)."""
 from __future__ import annotations
 
-from app.attachments import consumer_host, effective_environment, is_managed_secret
+from app.attachments import consumer_endpoint, effective_environment, is_managed_secret
 from app.deploys.planning import (EnvironmentSnapshot, ReplicaFact, SchedulerFact, ServiceFact,
                                   config_hash, health_settings)
 from app.deploys.service import app_services, primary_web, service_server_ids
 from app.drivers import get_driver
-from app.drivers.base import service_alias
 from app.models import BuildArtifact, Environment, Service
 from app.models.enums import VariableSource
 
@@ -29,10 +28,11 @@ def server_overrides(environment: Environment, server_id: int,
         if svc is None or sl is None or svc.server_id in (None, server_id):
             continue
         try:
-            host = consumer_host(svc, server_id)
+            host, port = consumer_endpoint(svc, server_id)
             driver = get_driver(svc)
-            local = driver.env_exports(svc, sl, service_alias(svc))
-            remote = driver.env_exports(svc, sl, host)
+            local_host, local_port = consumer_endpoint(svc, None)
+            local = driver.env_exports(svc, sl, local_host, port=local_port)
+            remote = driver.env_exports(svc, sl, host, port=port)
         except Exception:  # noqa: BLE001 - not reachable from there: keep the alias
             continue
         for key, value in remote.items():

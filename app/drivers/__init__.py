@@ -15,6 +15,7 @@ from app.drivers.postgres import driver as _postgres  # noqa: E402,F401
 from app.drivers.valkey import driver as _valkey  # noqa: E402,F401
 from app.drivers.caddy import driver as _caddy  # noqa: E402,F401
 from app.drivers.laravel import driver as _laravel  # noqa: E402,F401
+from app.drivers.builder import driver as _builder  # noqa: E402,F401
 
 __all__ = ["Driver", "DriverError", "DriverRegistry", "RenderContext", "RenderedCompose",
            "UnknownDriver", "all_drivers", "drivers", "get_driver", "register"]

@@ -258,6 +258,9 @@ class Driver:
     # -- what the generic handlers ask ---------------------------------------
     deploy_refusal: ClassVar[str | None] = None  # set: never deployed on its own (why)
     routes_environment: ClassVar[bool] = False   # slices list an environment's slots
+    # False: a role of the server with no container of its own (the builder): its deploy
+    # runs ``readiness_steps`` and records the service running, no replica, no image.
+    runs_container: ClassVar[bool] = True
 
     # -- declarations derived from the row ------------------------------
 
@@ -342,8 +345,11 @@ class Driver:
         """The container environment of the service itself (from its secrets and config)."""
         return {}
 
-    def env_exports(self, service: "Service", slice_: "ServiceSlice", host: str) -> dict[str, str]:
-        """Managed variables an attached environment receives from a slice."""
+    def env_exports(self, service: "Service", slice_: "ServiceSlice", host: str,
+                    port: int | None = None) -> dict[str, str]:
+        """Managed variables an attached environment receives from a slice; ``host`` and
+        ``port`` come from the service's endpoint as seen by the environment (app.endpoints;
+        ``port`` None: the driver's own)."""
         return {}
 
     def slice_commands(self, service: "Service", slice_: "ServiceSlice", action: str,
@@ -374,6 +380,10 @@ class Driver:
 
     def deploy_steps(self, service: "Service", *, running: bool) -> list[StepPlan]:
         """Files the service needs before its compose project starts (a deploy or an update)."""
+        return []
+
+    def readiness_steps(self, service: "Service") -> list[StepPlan]:
+        """A container-less driver's deploy (``runs_container`` False): checks on its server."""
         return []
 
     def after_deploy_steps(self, service: "Service", container: str, *,

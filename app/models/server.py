@@ -51,6 +51,11 @@ class Server(TimestampMixin, OrgScoped, db.Model):
     docker_source: Mapped[str | None] = mapped_column(sa.String(32))
     provisioned_at: Mapped[dt.datetime | None] = mapped_column()
     facts: Mapped[dict] = json_column()
+    # SPEC 14, "public fallback only if explicitly allowed": without a private network,
+    # this server's services are offered to the organisation's other servers on its
+    # public IP (opened to their public IPs only). Its one owner: app.endpoints.
+    public_fallback: Mapped[bool] = mapped_column(default=False, server_default="0",
+                                                  nullable=False)
 
     organisation = relationship("Organisation")
     provider = relationship("Provider", back_populates="servers")

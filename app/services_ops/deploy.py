@@ -16,13 +16,15 @@ from app.drivers.base import (FirewallRule, RenderContext, RenderedCompose, defa
 from app.drivers.compose import compose_cmd
 from app.drivers.plan import StepPlan
 from app.extensions import db
-from app.models import Endpoint, Operation, Service, ServiceReplica
-from app.models.enums import (EndpointScope, HealthStatus, OperationKind, ReplicaStatus,
+from app.endpoints import Unreachable, cross_server_address, upsert_service_endpoints
+from app.models import Operation, Service, ServiceReplica
+from app.models.enums import (HealthStatus, OperationKind, ReplicaStatus,
                               ServiceStatus, UpdateStatus)
 from app.operations import OperationContext, StepFailed, operation_handler, start_operation
 from app.registries.images import (DIGEST_RE, ImageError, org_credentials, parse_image,
                                    resolve_digest)
 from app.services_ops.steps import (compose_up, container_id, ensure_network, open_firewall,
+                                    require_public_firewall,
                                     pull_image, replica_for, run_plan, wait_healthy,
                                     write_project)
 from app.shell import cmd
@@ -32,6 +34,18 @@ def update_warning(service: Service) -> str | None:
     """The downtime warning shown before an update of a stateful service (SPEC 11)."""
     behaviour = get_driver(service).update_behaviour
     return behaviour.warning if behaviour.downtime else None
+
+
+def _publish_address(service: Service, server) -> str | None:
+    """Where an ``expose_private`` service is published for the other servers: the private
+    IP, or the public IP when the server explicitly allows the fallback (app.endpoints).
+    None: not published (an attachment from another server then refuses with the reason)."""
+    if not (service.config or {}).get("expose_private"):
+        return server.private_ip
+    try:
+        return cross_server_address(server)[1]
+    except Unreachable:
+        return None
 
 
 def start_service_deploy(service: Service, user=None, *, image_digest: str | None = None,
@@ -149,6 +163,18 @@ def _resolve_image(ctx: OperationContext, service: Service, driver: Driver) -> t
         return digest, parse_image(tag_ref).with_digest(digest)
 
 
+def _deploy_role(ctx: OperationContext, service: Service, driver: Driver, server) -> None:
+    """A server role without a container (the builder, SPEC 6): its readiness checks run on
+    the server; passed, the service is running (no replica, no image, no endpoint)."""
+    service.status = ServiceStatus.DEPLOYING
+    db.session.commit()
+    run_plan(ctx, server, driver.readiness_steps(service))
+    service.status = ServiceStatus.RUNNING
+    service.update_status = UpdateStatus.CURRENT
+    ctx.result.update({"role": service.type, "server": server.name})
+    db.session.commit()
+
+
 def _deploy_service(ctx: OperationContext, service: Service) -> None:
     driver = get_driver(service)
     if driver.deploy_refusal:
@@ -157,6 +183,9 @@ def _deploy_service(ctx: OperationContext, service: Service) -> None:
     if server is None:
         raise StepFailed(f"{service.name} is not placed on a server.")
     driver.check_placement(service)
+    if not driver.runs_container:
+        _deploy_role(ctx, service, driver, server)
+        return
 
     if driver.ensure_secrets(service):
         db.session.commit()
@@ -180,7 +209,8 @@ def _deploy_service(ctx: OperationContext, service: Service) -> None:
     plan = plan_service_deploy(driver, service, image=image,
                                container_name=replica.container_name, running=running,
                                replica=replica, replica_id=replica.id, operation_id=ctx.id,
-                               private_ip=server.private_ip, published_port=replica.public_port)
+                               private_ip=_publish_address(service, server),
+                               published_port=replica.public_port)
     rendered = plan.rendered
     for key in driver.secret_keys:
         if plan.environment.get(key):
@@ -196,6 +226,7 @@ def _deploy_service(ctx: OperationContext, service: Service) -> None:
             step.log(warning or "")
             step.run(compose_cmd(rendered.directory, rendered.project_name, "stop"),
                      timeout=300)
+    require_public_firewall(ctx, server, plan.firewall)
     compose_up(ctx, server, rendered)
     status = wait_healthy(ctx, server, replica.container_name)
     if plan.volumes:
@@ -222,7 +253,7 @@ def _deploy_service(ctx: OperationContext, service: Service) -> None:
     service.update_status = UpdateStatus.AVAILABLE if service.available_image_digest \
         else UpdateStatus.CURRENT
     service.status = ServiceStatus.RUNNING
-    _upsert_endpoints(service, replica, plan.internal_port)
+    upsert_service_endpoints(service, replica, plan.internal_port, replica.public_port)
     ctx.result.update({"image": image, "digest": digest, "previous_digest": previous,
                        "updated": bool(is_update), "volumes_kept": plan.volumes})
     db.session.commit()
@@ -230,26 +261,6 @@ def _deploy_service(ctx: OperationContext, service: Service) -> None:
     open_firewall(ctx, server, plan.firewall)
     run_plan(ctx, server, driver.after_deploy_steps(service, replica.container_name,
                                                     is_update=bool(is_update)))
-
-
-def _upsert_endpoints(service: Service, replica: ServiceReplica, port: int | None) -> None:
-    if port is None:
-        return
-    wanted = [(EndpointScope.DOCKER_NETWORK, service_alias(service), None, 10)]
-    if (service.config or {}).get("expose_private") and service.server and service.server.private_ip:
-        wanted.append((EndpointScope.PRIVATE_NETWORK, service.server.private_ip,
-                       service.server.private_ip, 20))
-    existing = {(e.scope, e.hostname): e for e in service.endpoints}
-    for scope, host, ip, prio in wanted:
-        ep = existing.pop((scope, host), None)
-        if ep is None:
-            ep = Endpoint(service=service, scope=scope, hostname=host)
-            db.session.add(ep)
-        ep.service_replica_id = replica.id
-        ep.ip_address, ep.port, ep.priority = ip, port, prio
-        ep.health_status = HealthStatus.HEALTHY
-    for ep in existing.values():
-        db.session.delete(ep)
 
 
 __all__ = ["ServiceDeployPlan", "deploy_service", "plan_service_deploy", "start_service_deploy",

@@ -198,41 +198,93 @@ def open_firewall(ctx: OperationContext, server: "Server", rules,
     nobody else on the private network. The UFW rule (``sudo -n ufw allow from
     NETWORK to any port PORT proto tcp``, the same words as the sudoers entry, see
     app.provisioning.commands.UFW_PRIVATE_ALLOW) keeps UFW's own view consistent.
+
+    A server without a private network whose ``public_fallback`` opt-in is on (SPEC 14,
+    app.endpoints) publishes on its public IP instead: the sources are then the OTHER
+    servers' public IPs, in DOCKER-USER and one UFW rule each, never everyone.
     """
-    if not rules or not server.private_ip:
+    from app.endpoints import Unreachable, cross_server_address, peer_sources
+    from app.models.enums import EndpointScope
+    if not rules:
         return
-    cidr = (server.facts or {}).get("private_network") or \
-        str(ipaddress.ip_network(f"{server.private_ip}/16", strict=False))
+    try:
+        scope, address = cross_server_address(server)
+    except Unreachable:
+        return  # nothing was published for the other servers (the consumers say why)
     ufw = (server.facts or {}).get("ufw_path") or UFW_PATH
-    if sources is None:
-        sources = _organisation_private_addresses(server)
-    with ctx.step("Open cross-server ports to the organisation's servers", server=server) as step:
+    if scope == EndpointScope.PRIVATE_NETWORK:
+        ufw_sources = [(server.facts or {}).get("private_network") or
+                       str(ipaddress.ip_network(f"{address}/16", strict=False))]
+        if sources is None:
+            sources = _organisation_private_addresses(server)
+        title = "Open cross-server ports to the organisation's servers"
+    else:
+        # Public fallback (the server's explicit opt-in): the peer servers' public IPs, one
+        # by one, in UFW as in DOCKER-USER; never "from any".
+        if sources is None:
+            sources = peer_sources(server, scope)
+        ufw_sources = list(sources)
+        title = "Open cross-server ports to the organisation's servers' public IPs"
+    with ctx.step(title, server=server) as step:
         for rule in rules:
             if rule.protocol != "tcp":
                 raise StepFailed(f"{rule.comment or 'a service'}: only TCP ports can be opened to "
                                  f"the private network (the sudo rule allows tcp), not "
                                  f"{rule.protocol}")
+        if not sources:
+            step.unchanged("no other server of the organisation has a public IP: "
+                           "the port stays closed to everyone but this server")
+            return
         have_ufw = step.run(cmd("test", "-x", ufw), check=False, pty=False).exit_code == 0
         have_helper = step.run(firewall_installed(), check=False, pty=False).exit_code == 0
+        if not have_helper and scope == EndpointScope.PUBLIC:
+            # Docker-published ports bypass UFW: on the public IP that is the whole internet.
+            raise StepFailed(f"{server.name}: keystone-firewall is not installed, so a port "
+                             "published on its public IP would be open to everyone; "
+                             "re-provision the server first")
         if not have_helper:
             step.log("keystone-firewall is not installed on this server (provisioned before it "
-                     "existed): re-provision it, or any machine on the private network can "
+                     "existed): re-provision it, or any machine on the network can "
                      "reach these ports")
         for rule in rules:
             try:
                 commands = []
                 if have_ufw:
-                    commands.append(ufw_allow_private(cidr, int(rule.port), ufw))
+                    commands += [ufw_allow_private(src, int(rule.port), ufw)
+                                 for src in ufw_sources]
                 if have_helper:
-                    commands.append(firewall_allow(server.private_ip, int(rule.port), sources))
+                    commands.append(firewall_allow(address, int(rule.port), sources))
             except FirewallRuleError as exc:
                 raise StepFailed(str(exc)) from None
-            step.log(f"{rule.comment}: {server.private_ip}:{rule.port}/tcp from "
+            step.log(f"{rule.comment}: {address}:{rule.port}/tcp from "
                      f"{', '.join(sources)}")
             for command in commands:
                 _run_iptables_command(step, command)
         if not have_ufw and not have_helper:
             step.unchanged("neither ufw nor keystone-firewall is installed on this server")
+
+
+def require_public_firewall(ctx: OperationContext, server: "Server", rules) -> None:
+    """Before anything is published on a public IP (the public fallback, SPEC 14): the
+    DOCKER-USER helper must be there, or the port would be open to everyone the moment the
+    container starts (UFW never sees Docker-published ports). Nothing to do otherwise."""
+    from app.endpoints import Unreachable, cross_server_address
+    from app.models.enums import EndpointScope
+    if not rules:
+        return
+    try:
+        scope, address = cross_server_address(server)
+    except Unreachable:
+        return
+    if scope != EndpointScope.PUBLIC:
+        return
+    with ctx.step("Check the firewall helper before publishing on the public IP",
+                  server=server) as step:
+        if step.run(firewall_installed(), check=False, pty=False).exit_code != 0:
+            raise StepFailed(f"{server.name}: keystone-firewall is not installed, so a port "
+                             f"published on its public IP {address} would be open to "
+                             "everyone; re-provision the server first")
+        step.unchanged("keystone-firewall is installed")
 
 
 IPTABLES_BUSY = ("problem running", "xtables lock", "Resource temporarily unavailable")

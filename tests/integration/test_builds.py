@@ -21,11 +21,11 @@ from flask import current_app
 
 from app.accounts import create_account
 from app.applications import create_application
-from app.builds import BUILD_STEP, BuildPlanError, ensure_artifact, image_ref
+from app.builds import BUILD_STEP, BuildPlanError, check_build_plan, ensure_artifact, image_ref
 from app.extensions import db
 from app.models import BuildArtifact, Operation, OperationStep, Registry, Server, Service
 from app.models.enums import (ArtifactStatus, OperationKind, RegistryType, ServerStatus,
-                              ServiceCategory, StepStatus)
+                              StepStatus)
 from app.operations import lifecycle, start_operation
 from app.operations.context import OperationContext, Runtime
 from app.remote.keys import generate_ed25519
@@ -405,10 +405,22 @@ def test_dedicated_builder_builds_and_the_target_pulls(app, org, sandbox):
                                        strategy="dedicated_builder")
     env.registry_id = registry.id
     servers = add_servers(org, sandbox, 2)
-    builder = Service(organisation_id=org.id, name="builder", category=ServiceCategory.BUILDER,
-                      type="builder", driver_name="builder", server=servers[0])
+    # The builder is created the way the New service form does, and deployed: its readiness
+    # check runs on the server (issue 21 item 1); before that the plan refuses it.
+    from app.operations.runner import execute_operation
+    from app.services_ops.create import build_service
+    from app.services_ops.deploy import start_service_deploy
+    builder = build_service("builder", servers[0], "builder", organisation_id=org.id)
     db.session.add(builder)
     db.session.commit()
+    assert "builder_not_ready" in {p.code for p in check_build_plan(env, [servers[1]])}
+    deploy_op = start_service_deploy(builder, enqueue=False)
+    assert execute_operation(deploy_op.id) == "succeeded"
+    db.session.expire_all()
+    builder = db.session.get(Service, builder.id)
+    assert builder.status.value == "running" and builder.replicas == []
+    assert step_names(db.session.get(Operation, deploy_op.id))[-2:] == [
+        "Check the Docker engine that builds", "Prepare the builder's work directory"]
     sha = resolve_commit(env)
     op, status, artifact = run_operation(
         org, env, lambda ctx: ensure_artifact(ctx, env, sha, [servers[1]]))
@@ -424,26 +436,36 @@ def test_dedicated_builder_builds_and_the_target_pulls(app, org, sandbox):
 
 
 def test_external_registry_pulls_the_prebuilt_image_by_digest_everywhere(app, org, sandbox):
+    """external_registry (SPEC 6): no git at all (the application has no deploy key and its
+    repository was never verified), the digest comes from the registry, every server pulls
+    ``repository@digest``."""
+    from app.registries.images import org_credentials, resolve_digest
     reg = sandbox.registry
     registry = Registry(organisation_id=org.id, name="sandbox", type=RegistryType.GENERIC,
                         url=reg.url, username=reg.username, password=reg.password)
     db.session.add(registry)
     db.session.commit()
     image = sandbox.images.get("php-base") or f"{reg.url}/{PHP_BASE}"
-    application, env = new_application(org, sandbox, strategy="external_registry", image=image)
+    application, env = new_application(org, sandbox, authorise=False,
+                                       strategy="external_registry", image=image)
+    application.deploy_key_private = None
     env.registry_id = registry.id
     db.session.commit()
     servers = add_servers(org, sandbox, 2)
-    sha = resolve_commit(env)
     op, status, artifact = run_operation(org, env,
-                                         lambda ctx: ensure_artifact(ctx, env, sha, servers))
+                                         lambda ctx: ensure_artifact(ctx, env, None, servers))
     assert str(status) == "succeeded", op.error
-    assert BUILD_STEP not in step_names(op)
+    names = step_names(op)
+    assert BUILD_STEP not in names and "Fetch source" not in names
+    assert f"Resolve {image} to a digest" in names
     artifact = db.session.get(BuildArtifact, artifact.id)
-    assert artifact.registry_ref.startswith(image.rsplit(":", 1)[0] + "@sha256:")
+    digest = resolve_digest(image, org_credentials(org.id))
+    assert artifact.registry_ref == image.rsplit(":", 1)[0] + "@" + digest
+    assert artifact.commit_sha == digest.split(":", 1)[1] and artifact.meta["external"] is True
     for s in sandbox.servers[:2]:
-        got = server_sh(s, f"docker image inspect --format '{{{{.Id}}}}' {artifact.registry_ref}")
-        assert got.strip() == artifact.meta["image_id"]
+        got = server_sh(s, f"docker image inspect --format '{{{{json .RepoDigests}}}}' "
+                           f"{artifact.registry_ref}")
+        assert artifact.registry_ref in json.loads(got), got
 
 
 def test_verify_access_through_the_view_swaps_in_the_branch_list(app, client, sandbox):

@@ -328,3 +328,51 @@ def test_storage_persists_across_deploys_and_is_shared_by_web_and_worker(bed, sa
     assert read(new_worker, probe) == token
     assert mounts(new_web).get(volume) == STORAGE_PATH
     server.exec("docker", "exec", new_web, "rm", "-f", probe, check=False)
+
+
+def test_external_registry_deploys_an_image_by_digest_without_git(bed, sandbox):
+    """SPEC 6, external_registry (issue 21 item 1): an image pushed to the registry by someone
+    else (here: the running build, retagged and pushed out of band, as a CI would) is
+    deployed by its reference, pinned to the digest the registry serves, with no deploy key
+    and no git at all. Last in the module: the environment stays on external_registry."""
+    import uuid
+
+    from app.extensions import db
+    from app.registries.images import org_credentials, resolve_digest
+    env = bed.env
+    built = env.current_artifact
+    server = bed.sandbox_servers[0]
+    reg = sandbox.registry
+    ref = f"{reg.url}/keystone-test/prebuilt-{uuid.uuid4().hex[:6]}:v1"
+    conf = f"/tmp/ci-docker-{uuid.uuid4().hex[:6]}"   # the "CI"'s own login, removed after
+    try:
+        server.exec("docker", "--config", conf, "login", "-u", reg.username,
+                    "--password-stdin", reg.url, input=reg.password)
+        server.exec("docker", "tag", built.image_tag if not built.registry_ref
+                    else built.registry_ref, ref)
+        server.exec("docker", "--config", conf, "push", ref)
+    finally:
+        server.exec("rm", "-rf", conf, check=False)
+        server.exec("docker", "image", "rm", ref, check=False)
+    digest = resolve_digest(ref, org_credentials(bed.org_id))
+
+    env.build_config = {**(env.build_config or {}), "strategy": "external_registry",
+                        "image": ref}
+    env.application.deploy_key_private = None       # no git possible
+    db.session.commit()
+    op = bed.deploy()
+    names = [s.name for s in op.steps]
+    assert not any(n.startswith("Resolve main") or n == "Fetch source" for n in names), names
+    resolved = next(s for s in op.steps if s.name == f"Resolve {ref} to a digest")
+    assert digest in resolved.logs
+    env = bed.env
+    artifact = env.current_artifact
+    assert artifact.registry_ref == ref.rsplit(":", 1)[0] + "@" + digest
+    assert artifact.meta["external"] is True and artifact.commit_sha == digest.split(":")[1]
+    assert wait_until(lambda: bed.commit_served() == built.commit_sha, 30)
+    web = next(s for s in env.services if s.id == bed.web_id)
+    [live] = [r for r in web.replicas if r.status.value == "running"]
+    assert live.image_digest == digest
+    image = server.exec("docker", "inspect", "--format", "{{.Config.Image}}",
+                        live.container_name).stdout.strip()
+    assert image == artifact.registry_ref

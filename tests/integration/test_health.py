@@ -89,3 +89,49 @@ def test_the_check_is_not_an_operation(hbed):
     before = db.session.query(Operation).count()
     check_health()
     assert db.session.query(Operation).count() == before
+
+
+def test_attachment_variables_come_from_the_endpoint_whose_health_follows_the_service(hbed):
+    """SPEC 14 (issue 21 item 3): the environment's DB_HOST/DB_PORT are the Postgres
+    service's recorded Endpoint, and the periodic check keeps that endpoint's health in line
+    with the container: stopped behind Keystone's back, unhealthy after one pass; started
+    again, healthy again."""
+    from app.attachments import effective_environment
+    from app.extensions import db
+    from app.jobs import check_health
+    from app.models import Environment, Service
+    from app.models.enums import EndpointScope
+    from app.sandbox.testbed import wait_until
+
+    def pg_endpoint():
+        db.session.expire_all()
+        pg = db.session.get(Service, hbed.service_ids[0])
+        [ep] = [e for e in pg.endpoints if e.scope == EndpointScope.DOCKER_NETWORK]
+        return pg, ep
+
+    pg, ep = pg_endpoint()
+    replica = next(r for r in pg.replicas if r.status.value == "running")
+    assert ep.service_replica_id == replica.id
+    values = effective_environment(db.session.get(Environment, hbed.env_id))
+    assert (values["DB_HOST"], values["DB_PORT"]) == (ep.hostname, str(ep.port))
+    # The address works: the environment's own user connects through it from the replica's
+    # network (the sample's migrations ran against it at the deploy too).
+    server = hbed.sandbox_servers[0]
+    probe = server.exec("docker", "exec", "-e", f"PGPASSWORD={values['DB_PASSWORD']}",
+                        replica.container_name, "psql", "-h", values["DB_HOST"], "-p",
+                        values["DB_PORT"], "-U", values["DB_USERNAME"], "-d",
+                        values["DB_DATABASE"], "-Atc", "select 1", check=False)
+    assert probe.stdout.strip() == "1", probe.stderr
+
+    wait_until(lambda: check_health() and pg_endpoint()[1].health_status.value == "healthy",
+               timeout=120, interval=3)
+    server.exec("docker", "stop", replica.container_name)
+    counts = check_health()
+    assert counts["endpoints"] >= 1, counts
+    _, ep = pg_endpoint()
+    assert ep.health_status.value == "unhealthy"
+    server.exec("docker", "start", replica.container_name)
+    wait_until(lambda: check_health() and pg_endpoint()[1].health_status.value == "healthy",
+               timeout=180, interval=3)
+    pg, _ = pg_endpoint()
+    assert next(r for r in pg.replicas if r.id == replica.id).status.value == "running"

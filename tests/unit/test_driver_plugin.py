@@ -77,9 +77,9 @@ class ToyDriver(Driver):
                          (Mkdir(f"{service_dir(service.id)}/conf"),
                           PutFile(f"{service_dir(service.id)}/conf/toykv.conf", conf)))]
 
-    def env_exports(self, service, slice_, host):
+    def env_exports(self, service, slice_, host, port=None):
         password = (slice_.credentials or {}).get("password", "")
-        return {"KV_URL": f"kv://{slice_.name}:{password}@{host}:7070/{slice_.name}"}
+        return {"KV_URL": f"kv://{slice_.name}:{password}@{host}:{port or 7070}/{slice_.name}"}
 
     def slice_provision_steps(self, service, slice_, container, action="provision"):
         password = Secret(slice_.credentials["password"], "bucket password")

@@ -213,9 +213,11 @@ def test_registry_by_type():
     from app.drivers import UnknownDriver, all_drivers
     assert set(all_drivers()) >= {"caddy", "laravel", "postgres", "valkey"}
     for d in all_drivers().values():
-        assert d.type and d.version_track and d.default_image and d.category
+        assert d.type and d.version_track and d.category
+        # A driver without a container (the builder: the server's engine builds) has no image.
+        assert bool(d.default_image) == d.runs_container, d.type
     assert get_driver(svc("postgres")).type == "postgres"
-    with pytest.raises(UnknownDriver, match="known: caddy"):
+    with pytest.raises(UnknownDriver, match="known: builder, caddy"):
         get_driver("mysql")
     pg = get_driver("postgres")
     assert pg.secret_keys == {"POSTGRES_PASSWORD"}
@@ -246,6 +248,8 @@ def _renders_of_every_driver():
     """One render of each registered driver (each Laravel role as a replica)."""
     from app.drivers import all_drivers
     for type_, driver in sorted(all_drivers().items()):
+        if not driver.runs_container:
+            continue  # the builder: a server role, nothing to render
         if type_ == "laravel":
             from app.drivers.laravel.driver import ROLES
             for role in ROLES:

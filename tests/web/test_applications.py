@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from app.builds import check_build_plan
 from app.extensions import db
 from app.models import Application, Environment, Registry, Server, Service
-from app.models.enums import DeployPolicy, RepositoryType, SchedulerMode, ServiceCategory
+from app.models.enums import (DeployPolicy, RepositoryType, SchedulerMode, ServiceCategory,
+                              ServiceStatus)
 from tests.conftest import csrf_token_from
 
 GOOD_URL = "git@github.com:acme/shop.git"
@@ -246,11 +247,16 @@ def test_dedicated_builder_needs_a_builder_service(client, auth):
     db.session.commit()
     codes = [p.code for p in check_build_plan(env, [server])]
     assert "no_builder" in codes and "registry_required" in codes
-    db.session.add(Service(organisation_id=application.organisation_id, name="builder",
-                           category=ServiceCategory.BUILDER, type="builder", driver_name="builder",
-                           server=server))
+    builder = Service(organisation_id=application.organisation_id, name="builder",
+                      category=ServiceCategory.BUILDER, type="builder", driver_name="builder",
+                      server=server)
+    db.session.add(builder)
     db.session.commit()
-    assert "no_builder" not in [p.code for p in check_build_plan(env, [server])]
+    codes = [p.code for p in check_build_plan(env, [server])]
+    assert "no_builder" not in codes and "builder_not_ready" in codes  # never deployed
+    builder.status = ServiceStatus.RUNNING   # its readiness check passed
+    db.session.commit()
+    assert "builder_not_ready" not in [p.code for p in check_build_plan(env, [server])]
 
 
 def test_build_settings_offer_to_build_on_another_server_when_a_registry_exists(client, auth):

@@ -326,3 +326,40 @@ def test_one_action_provisions_every_server_not_provisioned_yet(app, client, aut
     # Nothing left to do: a second press starts nothing.
     _post(client, "/servers/provision-all", {}, auth.csrf())
     assert db.session.execute(sa.select(sa.func.count(Operation.id))).scalar() == 2
+
+
+def test_the_public_fallback_is_an_explicit_opt_in_with_a_warning(client, auth):
+    """SPEC 14: a server without a private network is refused as a cross-server peer until
+    its owner allows the public fallback on its page; the page warns while it is on."""
+    auth.signup()
+    org = _org()
+    server = Server(organisation=org, name="lonely", public_ip="198.51.100.7")
+    db.session.add(server)
+    db.session.commit()
+    page = client.get(f"/servers/{server.id}").get_data(as_text=True)
+    assert "data-public-fallback-off" in page and "data-public-fallback " not in page
+    assert "Allow the public-network fallback" in page
+    csrf = auth.csrf()
+    resp = _post(client, f"/servers/{server.id}/networking", {"public_fallback": "y"}, csrf)
+    assert resp.status_code == 302
+    db.session.refresh(server)
+    assert server.public_fallback is True
+    page = client.get(f"/servers/{server.id}").get_data(as_text=True)
+    assert "data-public-fallback " in page and "public IPs only" in page
+    from app.endpoints import cross_server_address
+    from app.models.enums import EndpointScope
+    assert cross_server_address(server) == (EndpointScope.PUBLIC, "198.51.100.7")
+    from app.models import AuditEvent
+    event = db.session.execute(sa.select(AuditEvent).where(
+        AuditEvent.action == "server.public_fallback")).scalar_one()
+    assert event.detail == {"name": "lonely", "public_fallback": True}
+    # Unticked: off again, and the refusal is back with its reason.
+    _post(client, f"/servers/{server.id}/networking", {}, csrf)
+    db.session.refresh(server)
+    assert server.public_fallback is False
+    from app.endpoints import Unreachable
+    with pytest.raises(Unreachable, match="has no private IP"):
+        cross_server_address(server)
+    # CSRF is required.
+    assert client.post(f"/servers/{server.id}/networking",
+                       data={"public_fallback": "y"}).status_code == 400

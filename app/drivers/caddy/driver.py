@@ -266,6 +266,7 @@ def challenge_peers(service: "Service", route: Route) -> list[str]:
     """Private addresses of the other gateways that serve one of ``route``'s names, in ring
     order starting after this one (by service id): where an ACME HTTP-01 challenge this
     gateway did not start is forwarded (app.drivers.caddy.caddyfile, docs/https.md)."""
+    from app.endpoints import Unreachable, cross_server_address
     from app.extensions import db
     from app.models import Server, Service as ServiceModel
     ring = _ring(service, route)
@@ -276,8 +277,11 @@ def challenge_peers(service: "Service", route: Route) -> list[str]:
     for gid in ring[at + 1:] + ring[:at]:
         gateway = db.session.get(ServiceModel, gid)
         server = db.session.get(Server, gateway.server_id) if gateway is not None else None
-        if server is not None and server.private_ip:
-            peers.append(server.private_ip)
+        if server is not None:
+            try:  # its private IP; its public one only by the server's opt-in (SPEC 14)
+                peers.append(cross_server_address(server)[1])
+            except Unreachable:
+                continue
     return peers
 
 

@@ -133,10 +133,11 @@ class PostgresDriver(Driver):
         role = validate_identifier("user", cfg.get("username") or db)
         return db, role
 
-    def env_exports(self, service: "Service", slice_: "ServiceSlice", host: str) -> dict[str, str]:
+    def env_exports(self, service: "Service", slice_: "ServiceSlice", host: str,
+                    port: int | None = None) -> dict[str, str]:
         db, role = self.slice_names(slice_)
         password = (slice_.credentials or {}).get("password", "")
-        return {"DB_CONNECTION": "pgsql", "DB_HOST": host, "DB_PORT": str(PORT),
+        return {"DB_CONNECTION": "pgsql", "DB_HOST": host, "DB_PORT": str(port or PORT),
                 "DB_DATABASE": db, "DB_USERNAME": role, "DB_PASSWORD": password}
 
     def psql(self, container: str, sql: str, variables: dict[str, "str | Secret"]) -> Command:

@@ -188,9 +188,10 @@ class ValkeyDriver(Driver):
 
     # -- slices -----------------------------------------------------------
 
-    def env_exports(self, service: "Service", slice_: "ServiceSlice", host: str) -> dict[str, str]:
+    def env_exports(self, service: "Service", slice_: "ServiceSlice", host: str,
+                    port: int | None = None) -> dict[str, str]:
         username, prefix = self.slice_user(slice_)
-        return {"REDIS_CLIENT": "phpredis", "REDIS_HOST": host, "REDIS_PORT": str(PORT),
+        return {"REDIS_CLIENT": "phpredis", "REDIS_HOST": host, "REDIS_PORT": str(port or PORT),
                 "REDIS_USERNAME": username,
                 "REDIS_PASSWORD": (slice_.credentials or {}).get("password", ""),
                 "REDIS_PREFIX": prefix,
