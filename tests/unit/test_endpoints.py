@@ -207,7 +207,8 @@ def test_laravel_slots_on_another_server_are_read_from_their_endpoint(graph):
     assert slot_endpoint_address(web.id, graph.lonely, port) == f"198.51.100.7:{port}"
     ups = upstreams(web.name, web.id, graph.server.id,
                     [(graph.server.id, "10.0.0.2"), (graph.lonely.id, None)],
-                    lambda sid, p: slot_endpoint_address(web.id, db.session.get(Server, sid), p))
+                    remote_address=lambda sid, p: slot_endpoint_address(
+                        web.id, db.session.get(Server, sid), p))
     remote = [u.address for u in ups if not u.same_server]
     assert remote == [f"198.51.100.7:{slot_port(web.id, 'blue')}",
                       f"198.51.100.7:{slot_port(web.id, 'green')}"]

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.builds import check_build_plan, runs_prebuilt_image
+from app.deploys.timing import NULL_CLOCK
 from app.drivers import get_driver
 from app.models import Operation, Service
 from app.models.enums import (OperationKind, ServerStatus, ServiceCategory, ServiceStatus)
@@ -119,12 +120,12 @@ def test_external_registry_resolves_no_commit_at_deploy(g, db, monkeypatch):
     def no_git(*a, **k):
         raise AssertionError("git must not run for external_registry")
 
-    def ensure(ctx, environment, sha, servers):
+    def find_or_build(ctx, environment, sha, servers, clock=None):
         seen["sha"] = sha
-        return "artifact"
+        return "artifact", None, set()
 
     monkeypatch.setattr(handlers, "resolve_commit", no_git)
-    monkeypatch.setattr(handlers, "ensure_artifact", ensure)
+    monkeypatch.setattr(handlers, "find_or_build", find_or_build)
     steps = []
 
     @contextmanager
@@ -135,6 +136,7 @@ def test_external_registry_resolves_no_commit_at_deploy(g, db, monkeypatch):
     deploy = handlers.EnvironmentDeploy.__new__(handlers.EnvironmentDeploy)
     deploy.ctx = SimpleNamespace(params={}, step=step)
     deploy.env = env
+    deploy.clock = NULL_CLOCK
     assert deploy._artifact([g.server]) == "artifact"
     assert seen == {"sha": None} and steps == []
 
