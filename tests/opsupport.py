@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
-from app.operations import context as op_context
+from app.operations import runtime as op_context
 from app.remote import RecordingConnection
 
 

@@ -10,7 +10,9 @@
 
 See docs/contracts.md for the full contract.
 """
-from app.operations.context import LogRecorder, OperationContext, Runtime, StepHandle
+from app.operations.context import OperationContext
+from app.operations.runtime import LogRecorder, Runtime
+from app.operations.step import StepHandle
 from app.operations.errors import (ChildFailed, OperationCancelled, OperationError,
                                    OperationLocked, OperationTimedOut, StepFailed)
 from app.operations.lifecycle import (cancel_operation, conflict_message, dispatch_queued,

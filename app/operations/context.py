@@ -1,16 +1,13 @@
-"""What a handler sees while its operation runs: OperationContext and StepHandle.
+"""What a handler sees while its operation runs: :class:`OperationContext`.
 
-One :class:`Runtime` per RQ job holds what the operation tree shares: the SSH
-connection pool (one connection per server, reused by every step and child),
-the set of secret values to redact, the log recorder and the heartbeat thread.
-
-Redaction happens in exactly one place, :meth:`LogRecorder.line`: every output
-line, every line of our own, every error message goes through it before it
-reaches Redis or the database.
+The context opens steps (:class:`app.operations.step.StepHandle`), runs children (one at
+a time or side by side, ``run_children``/``in_parallel``), polls cancel and the deadline,
+and ends the operation in a terminal state. What the whole tree shares (the SSH pool,
+the secrets to redact, the log recorder, the heartbeat) is its
+:class:`app.operations.runtime.Runtime`.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import inspect
 import logging
@@ -26,12 +23,14 @@ from app.extensions import db
 from app.models import Operation, OperationStep, Server
 from app.models.base import utcnow
 from app.models.enums import OperationKind, OperationStatus, StepStatus
-from app.operations import lifecycle, logstream, terminal
+from app.operations import lifecycle, logstream
 from app.operations.errors import (ChildFailed, OperationCancelled, OperationError,
                                    OperationTimedOut, StepFailed)
 from app.operations.registry import handler_for, timeout_for
-from app.remote import (NO_EXIT_STATUS, CommandCancelled, CommandTimeout, Connection,
-                        ConnectionLost, ConnectionPool, HostKeyMismatch, RemoteError)
+from app.operations.runtime import Runtime
+from app.operations.step import StepHandle
+from app.remote import (CommandCancelled, CommandTimeout, ConnectionLost, HostKeyMismatch,
+                        RemoteError)
 
 if TYPE_CHECKING:
     from app.operations.fanout import Child
@@ -39,17 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 S = OperationStatus
 
-HEARTBEAT_INTERVAL = 3.0      # seconds between heartbeat_at writes
-CANCEL_POLL_INTERVAL = 1.0    # seconds between cancel_requested_at reads
 CLEANUP_MIN_SECONDS = 120     # clean-up steps get at least this long, even after a timeout
 SIBLING_FAILED = "sibling_failed"  # cancel reason of children stopped by a failed sibling
 CHILD_LOCK_WAIT = 600         # how long a child waits for a lock held by another tree
-STDERR_KEEP_LINES = 200       # a step keeps the last lines its commands wrote to stderr...
-STDERR_KEEP_CHARS = 16000     # ...at most this much of them (error_logs)
-
-# Tests and the benchmark may swap the SSH connection class (e.g. app.remote's
-# RecordingConnection); None means app.remote.Connection.
-connection_factory: Callable[..., Any] | None = None
 
 
 def _target_models() -> dict[str, type]:
@@ -68,196 +59,6 @@ def redact_value(value: Any, redact: Callable[[str], str]) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact_value(v, redact) for v in value]
     return value
-
-
-# --------------------------------------------------------------------------- recorder
-
-class LogRecorder:
-    """Redacts each line, appends it to the Redis stream at once and to the step row in batches."""
-
-    FLUSH_INTERVAL = 1.0
-    MAX_BUFFERED = 20000
-
-    background = False  # True while a heartbeat thread flushes for us
-
-    def __init__(self, runtime: "Runtime"):
-        self.runtime = runtime
-        self._buffers: dict[int, list[str]] = {}
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._last_flush = time.monotonic()
-        self._redis_warned = False
-
-    def line(self, ctx: "OperationContext", step_id: int, text: str, stderr: bool = False) -> str:
-        cleaned = terminal.clean(text.rstrip("\r\n"))
-        if cleaned is None:
-            return ""  # cursor movement or a known harmless warning: not a log line
-        text = self.runtime.redact(cleaned)
-        try:
-            ctx.stream.line(step_id, text, stderr)
-        except Exception:  # Redis down: the database copy still gets the line
-            if not self._redis_warned:
-                self._redis_warned = True
-                log.warning("log stream unavailable; lines go to the database only", exc_info=True)
-        with self._lock:
-            self._buffers.setdefault(step_id, []).append(text)
-            self._pending += 1
-            # The heartbeat thread writes batches every second, off this thread, so a
-            # database commit never delays reading the next line; only a flood that
-            # outgrows the buffer is written from here.
-            due = self._pending >= self.MAX_BUFFERED or (
-                not self.background and time.monotonic() - self._last_flush >= self.FLUSH_INTERVAL)
-        if due:
-            self.flush()
-        return text
-
-    def flush_if_due(self) -> None:
-        if self._pending and time.monotonic() - self._last_flush >= self.FLUSH_INTERVAL:
-            self.flush()
-
-    def flush(self) -> None:
-        with self._flush_lock:
-            with self._lock:
-                buffers, self._buffers, self._pending = self._buffers, {}, 0
-                self._last_flush = time.monotonic()
-            if not buffers:
-                return
-            with self.runtime.engine.begin() as conn:
-                for step_id, lines in buffers.items():
-                    chunk = "\n".join(lines) + "\n"
-                    conn.execute(sa.update(OperationStep.__table__)
-                                 .where(OperationStep.__table__.c.id == step_id)
-                                 .values(logs=OperationStep.__table__.c.logs + chunk))
-
-
-# --------------------------------------------------------------------------- runtime
-
-class Runtime:
-    """Per-job state shared by an operation and its children."""
-
-    def __init__(self, app, worker_name: str | None = None):
-        self.app = app
-        self.engine = db.engine
-        self.redis = logstream.redis_client(app.config["REDIS_URL"])
-        self.worker_name = worker_name
-        self.recorder = LogRecorder(self)
-        self.contexts: dict[int, OperationContext] = {}
-        self._secrets: set[str] = set()
-        self._secrets_lock = threading.Lock()
-        self._pool = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # -- secrets -----------------------------------------------------------
-    def add_secret(self, value: "str | shell.Secret | None") -> None:
-        if isinstance(value, shell.Secret):
-            value = value.value
-        if value:
-            with self._secrets_lock:
-                self._secrets.add(str(value))
-
-    def redact(self, text: str | None) -> str:
-        if not text:
-            return text or ""
-        with self._secrets_lock:
-            secrets = list(self._secrets)
-        return shell.redact(text, secrets) if secrets else text
-
-    # -- connections -------------------------------------------------------
-    @property
-    def pool(self):
-        if self._pool is None:
-            cfg = self.app.config
-            self._pool = ConnectionPool(
-                factory=connection_factory or Connection,
-                connect_timeout=float(cfg.get("KEYSTONE_SSH_CONNECT_TIMEOUT", 10)),
-                keepalive=int(cfg.get("KEYSTONE_SSH_KEEPALIVE", 5)),
-                dead_peer_timeout=float(cfg.get("KEYSTONE_SSH_DEAD_PEER_TIMEOUT", 20)))
-        return self._pool
-
-    @property
-    def handshakes(self) -> int:
-        return self._pool.handshakes if self._pool is not None else 0
-
-    def connection(self, server: Server, login: str | None = None):
-        """The pooled connection to ``server``; pins its host key on first contact."""
-        host = server.public_ip or server.private_ip
-        if not host:
-            raise StepFailed(f"Server {server.name} has no address to connect to.")
-        if login == "bootstrap":
-            user = server.bootstrap_user or "root"
-            key = server.bootstrap_private_key or server.organisation.management_key_private
-        else:
-            user = server.management_user
-            key = server.organisation.management_key_private
-        if not key:
-            raise StepFailed(f"No SSH key is available to reach server {server.name}.")
-        self.add_secret(key)
-        pinned = server.host_key_fingerprint
-        db.session.commit()  # never hold a write transaction across network I/O
-        conn = self.pool.get(host, int(server.ssh_port or 22), user, key, pinned)
-        if pinned is None and conn.fingerprint:
-            db.session.execute(sa.update(Server).where(Server.id == server.id,
-                                                       Server.host_key_fingerprint.is_(None))
-                               .values(host_key_fingerprint=conn.fingerprint))
-            db.session.commit()
-            db.session.refresh(server)
-        return conn
-
-    # -- heartbeat ---------------------------------------------------------
-    def start_heartbeat(self) -> None:
-        self.recorder.background = True
-        self._thread = threading.Thread(target=self._beat, name="keystone-heartbeat", daemon=True)
-        self._thread.start()
-
-    def stop_heartbeat(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self.recorder.background = False
-
-    def _beat(self) -> None:
-        table = Operation.__table__
-        last_beat = 0.0
-        while not self._stop.wait(CANCEL_POLL_INTERVAL):
-            try:
-                contexts = dict(self.contexts)
-                if not contexts:
-                    continue
-                now_mono = time.monotonic()
-                with self.engine.begin() as conn:
-                    if now_mono - last_beat >= HEARTBEAT_INTERVAL:
-                        conn.execute(sa.update(table).where(table.c.id.in_(list(contexts)),
-                                                            table.c.status == S.RUNNING.value)
-                                     .values(heartbeat_at=utcnow()))
-                        last_beat = now_mono
-                    rows = conn.execute(sa.select(table.c.id, table.c.cancel_requested_at,
-                                                  table.c.status)
-                                        .where(table.c.id.in_(list(contexts)))).all()
-                for op_id, cancel_at, status in rows:
-                    ctx = contexts.get(op_id)
-                    if ctx is None:
-                        continue
-                    if cancel_at is not None:
-                        ctx.request_cancel("cancel")
-                    elif S(status) is not S.RUNNING:
-                        # Ended under us (the reaper judged this worker dead): stop working.
-                        ctx.request_cancel("interrupted")
-                for ctx in contexts.values():
-                    if ctx.deadline is not None and now_mono >= ctx.deadline:
-                        ctx.request_cancel("timeout")
-                self.recorder.flush_if_due()
-            except Exception:
-                log.warning("heartbeat iteration failed", exc_info=True)
-
-    def close(self) -> None:
-        self.stop_heartbeat()
-        try:
-            self.recorder.flush()
-        finally:
-            if self._pool is not None:
-                self._pool.close()
 
 
 # --------------------------------------------------------------------------- context
@@ -692,164 +493,3 @@ class OperationContext:
         result = redact_value(self.result, self.runtime.redact)
         lifecycle.finish(self.id, status, self.runtime.redact(error) if error else None,
                          result=result, dispatch=self.parent is None)
-
-
-# --------------------------------------------------------------------------- step
-
-class StepHandle:
-    """Runs commands and uploads for one step on its server."""
-
-    def __init__(self, ctx: OperationContext, row: OperationStep, server: Server | None,
-                 login: str | None):
-        self.ctx = ctx
-        self.id = row.id
-        self.name = row.name
-        self.row = row
-        self.server = server
-        self.login = login
-        self.skipped = False
-        self.exit_code: int | None = None
-        self._scripts: list[str] = []
-        self._secrets: dict[str, str] = dict(row.secrets or {})
-        # What the step's commands wrote to stderr (redacted), kept apart from the merged log:
-        # error_logs holds it, and a failed step shows it first (SPEC 3).
-        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_KEEP_LINES)
-
-    def connection(self):
-        if self.server is None:
-            raise StepFailed(f"Step '{self.name}' has no server to run on.")
-        return self.ctx.runtime.connection(self.server, self.login)
-
-    def log(self, text: str) -> None:
-        """Record a line of our own (redacted like any output)."""
-        for line in str(text).splitlines() or [""]:
-            self.ctx.runtime.recorder.line(self.ctx, self.id, line)
-
-    def unchanged(self, message: str | None = None) -> None:
-        """Declare an explicit no-op: nothing needed changing (the step ends skipped)."""
-        self.skipped = True
-        if message:
-            self.log(f"unchanged: {message}")
-
-    def secret(self, value: str, name: str | None = None) -> shell.Secret:
-        return self.ctx.secret(value, name)
-
-    def _remember(self, command: shell.Command) -> str:
-        masked = command.masked()
-        for i, value in enumerate(command.secrets()):
-            self.ctx.runtime.add_secret(value)
-            if value not in self._secrets.values():
-                self._secrets[f"s{len(self._secrets) + 1}"] = value
-        self._scripts.append(masked)
-        db.session.execute(sa.update(OperationStep).where(OperationStep.id == self.id)
-                           .values(script="\n".join(self._scripts),
-                                   secrets=self._secrets or None)
-                           .execution_options(synchronize_session=False))
-        db.session.commit()  # also ends any write transaction before network I/O
-        return masked
-
-    def run(self, command: shell.Command, *, timeout: float | None = None, check: bool = True,
-            pty: bool = True, stdin: bytes | None = None, quiet: bool = False):
-        """Run ``command`` on the step's server, streaming its lines; return its Result.
-
-        ``quiet=True`` is for polls repeated many times a second (reading a
-        gateway's log until it confirms something): neither the command nor
-        its output goes to the step log; the caller logs what it concluded.
-
-        Raises :class:`StepFailed` on a non-zero exit (unless ``check=False``),
-        a timeout or a lost connection; :class:`OperationCancelled` on cancel.
-        """
-        if not isinstance(command, shell.Command):
-            raise TypeError("step.run takes an app.shell.Command (build it with app.shell.cmd)")
-        self.ctx.check_cancelled()
-        masked = self._remember(command)
-        conn = self.connection()
-        if not quiet:
-            self.log(f"$ {masked}")
-        remaining = self.ctx.remaining_seconds()
-        if timeout is None:
-            timeout = remaining
-        elif remaining is not None:
-            timeout = min(timeout, remaining)
-        recorder, ctx, step_id = self.ctx.runtime.recorder, self.ctx, self.id
-        stderr_lines = self._stderr
-
-        def on_line(stream: str, line: str) -> None:
-            if not check:
-                # a probe: "No such container" is one of its expected answers
-                expected = terminal.mark_expected(terminal.strip_ansi(line))
-                if expected is not None:
-                    recorder.line(ctx, step_id, expected)
-                    return
-            text = recorder.line(ctx, step_id, line, stderr=(stream == "stderr"))
-            if stream == "stderr" and text:
-                stderr_lines.append(text)
-
-        result = conn.run(command, on_line=None if quiet else on_line, timeout=timeout,
-                          cancel=self.ctx.active_cancel_event, pty=pty, stdin=stdin)
-        self.exit_code = result.exit_code
-        if check and result.exit_code != 0:
-            how = ("was killed by a signal" if result.exit_code == NO_EXIT_STATUS
-                   else f"exited with {result.exit_code}")
-            # What it said last is the reason a reader needs ("No space left on device").
-            text = result.stderr if (result.stderr or "").strip() else (result.stdout or "")
-            said = [terminal.strip_ansi(ln).strip() for ln in text.splitlines()]
-            said = [ln for ln in said if ln][-2:]
-            detail = (": " + " | ".join(said))[:400] if said else ""
-            raise StepFailed(self.ctx.redact(f"`{masked}` {how}{detail}"), result.exit_code)
-        return result
-
-    def put_file(self, remote_path: str, data: bytes | str, mode: int = 0o644) -> None:
-        """Upload ``data`` over SFTP and rename it into place atomically."""
-        self.ctx.check_cancelled()
-        if isinstance(data, str):
-            data = data.encode()
-        db.session.commit()
-        from app.remote import TransferFailed
-        try:
-            self.connection().put_file(remote_path, data, mode=mode)
-        except TransferFailed as exc:
-            # SFTP reports a full disk as a bare "Failure": say what the disk says.
-            raise StepFailed(self.ctx.redact(f"{exc}{self._space_hint(remote_path, len(data))}")) \
-                from None
-        self.log(f"uploaded {remote_path} ({len(data)} bytes, mode {mode:04o})")
-
-    def _space_hint(self, remote_path: str, size: int) -> str:
-        import posixpath
-        directory = posixpath.dirname(remote_path) or "."
-        try:
-            res = self.connection().run(shell.cmd("df", "-Pk", "--", directory), timeout=30,
-                                        pty=False)
-            free_kb = int(res.stdout.strip().splitlines()[-1].split()[3])
-        except Exception:  # noqa: BLE001 - only a hint; the upload's own error stands
-            return ""
-        if free_kb * 1024 < size + 64 * 1024:
-            return (f" No space left on the server: {free_kb} KB free on the filesystem of "
-                    f"{directory} for {size} bytes.")
-        return ""
-
-    def mkdir(self, path: str) -> None:
-        self.connection().mkdir_p(path)
-
-    def _finish(self, status: StepStatus, message: str | None) -> None:
-        if message:
-            self.log(f"!! {message}")
-        try:
-            self.ctx.runtime.recorder.flush()
-        except Exception:
-            log.warning("could not flush step %s", self.id, exc_info=True)
-        values = {"status": StepStatus(status).value, "finished_at": utcnow(),
-                  "exit_code": self.exit_code, "updated_at": utcnow()}
-        if status is StepStatus.SKIPPED:
-            values["changed"] = False
-        elif status is StepStatus.SUCCEEDED:
-            values["changed"] = True
-        stderr = "\n".join(self._stderr)[-STDERR_KEEP_CHARS:]
-        if stderr or message:  # stderr first, the reason it failed last
-            values["error_logs"] = "\n".join(x for x in (stderr, message) if x)
-        if not db.session.is_active:
-            db.session.rollback()
-        db.session.execute(sa.update(OperationStep).where(OperationStep.id == self.id)
-                           .values(**values).execution_options(synchronize_session=False))
-        db.session.commit()
-        self.ctx._publish_step(self.id, status)

@@ -11,7 +11,8 @@ from app.extensions import db
 from app.models import Operation
 from app.models.enums import OperationStatus
 from app.operations import lifecycle
-from app.operations.context import OperationContext, Runtime
+from app.operations.context import OperationContext
+from app.operations.runtime import Runtime
 from app.operations.registry import handler_for
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from app.extensions import db
 from app.models import Organisation, Server
 from app.models.base import utcnow
 from app.models.enums import OperationKind, ProviderType, ServerStatus
-from app.operations import StepFailed, context as engine_context, operation_handler
+from app.operations import StepFailed, operation_handler, runtime as engine_runtime
 from app.providers import cloud_provider
 from app.providers.base import ProviderError
 from app.providers.keys import ensure_management_key
@@ -167,7 +167,7 @@ def _connect(ctx, server: Server, wait: float):
 def _fresh_connection_factory(ctx, server: Server, org: Organisation):
     """Opens NEW connections (not pooled) as a user with the management key, host key pinned."""
 
-    factory = engine_context.connection_factory or Connection
+    factory = engine_runtime.connection_factory or Connection
     host, port = server.public_ip or server.private_ip, int(server.ssh_port or 22)
     key, pinned = org.management_key_private, server.host_key_fingerprint
     timeout = float(ctx.runtime.app.config.get("KEYSTONE_SSH_CONNECT_TIMEOUT", 10))

@@ -27,7 +27,8 @@ from app.models import BuildArtifact, Operation, OperationStep, Registry, Server
 from app.models.enums import (ArtifactStatus, OperationKind, RegistryType, ServerStatus,
                               StepStatus)
 from app.operations import lifecycle, start_operation
-from app.operations.context import OperationContext, Runtime
+from app.operations.context import OperationContext
+from app.operations.runtime import Runtime
 from app.remote.keys import generate_ed25519
 from app.repositories import resolve_commit, verify_access, workdir_base
 from app.repositories.validation import ValidationError
