@@ -5,7 +5,8 @@ the pinned fingerprint as plain values and store what :meth:`Connection.connect`
 returns themselves. Commands come from :mod:`app.shell`.
 """
 
-from .connection import Connection, LineCallback, make_mkdir_p
+from .connection import Connection, LineCallback
+from .files import make_mkdir_p
 from .errors import (
     AuthenticationFailed,
     CommandCancelled,

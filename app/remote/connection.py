@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import io
 import logging
-import posixpath
 import secrets as _secrets
 import select
 import socket
@@ -51,7 +50,6 @@ from typing import Callable
 import paramiko
 
 from app import shell
-from app.remote.terminal import overstrike
 
 from .errors import (
     AuthenticationFailed,
@@ -67,26 +65,20 @@ from .errors import (
     TransferFailed,
     Unreachable,
 )
+from .files import SftpFiles
 from .keys import InvalidKey, fingerprint_of_key_blob
+from .lines import _Capture, _LineSplitter
 from .result import NO_EXIT_STATUS, Result
 
 log = logging.getLogger(__name__)
 
 LineCallback = Callable[[str, str], None]
 
-# Output lines longer than this without a newline are emitted in pieces, so a
-# progress bar that never prints "\n" cannot grow a buffer without bound.
-MAX_LINE_BYTES = 64 * 1024
 # How much output a Result keeps (the whole output went to on_line).
 CAPTURE_LIMIT = 4 * 1024 * 1024
 # Poll interval of the run loop when nothing arrives: bounds how late a
 # cancel is noticed. Data wakes the loop immediately (select on the channel).
 POLL_INTERVAL = 0.1
-
-
-def make_mkdir_p(path: str) -> shell.Command:
-    """The command :meth:`Connection.mkdir_p` runs (shared with the fake)."""
-    return shell.cmd("mkdir", "-p", shell.end_of_options(), path)
 
 
 def _load_private_key(pem: str) -> paramiko.PKey:
@@ -110,60 +102,7 @@ def _has_exit_status(chan: paramiko.Channel) -> bool:
     return chan.exit_status != -1
 
 
-class _LineSplitter:
-    """Bytes in, decoded lines out; a partial line waits for its newline.
-
-    LF and CRLF end a line. A lone CR inside a line is rendered as a terminal does
-    (what follows overwrites the line from column 0), so a progress bar yields its
-    last state and no emitted line ever carries a CR or LF.
-    """
-
-    def __init__(self, emit: Callable[[str], None]):
-        self._emit = emit
-        self._buf = b""
-
-    def _send(self, raw: bytes) -> None:
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]  # CRLF: the CR is part of the line end
-        self._emit(overstrike(raw.decode("utf-8", "replace")))
-
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                break
-            line, self._buf = self._buf[:nl], self._buf[nl + 1 :]
-            self._send(line)
-        while len(self._buf) > MAX_LINE_BYTES:
-            chunk, self._buf = self._buf[:MAX_LINE_BYTES], self._buf[MAX_LINE_BYTES:]
-            self._emit(overstrike(chunk.decode("utf-8", "replace")))
-
-    def flush(self) -> None:
-        if self._buf:
-            line, self._buf = self._buf, b""
-            self._send(line)
-
-
-class _Capture:
-    def __init__(self, limit: int):
-        self.lines: list[str] = []
-        self.size = 0
-        self.limit = limit
-        self.truncated = False
-
-    def add(self, line: str) -> None:
-        if self.size + len(line) + 1 > self.limit:
-            self.truncated = True
-            return
-        self.lines.append(line)
-        self.size += len(line) + 1
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + ("\n" if self.lines else "")
-
-
-class Connection:
+class Connection(SftpFiles):
     """An authenticated SSH connection to one server.
 
     ``private_key_pem`` is Keystone's management key (OpenSSH or PEM text).
@@ -623,7 +562,9 @@ class Connection:
         finally:
             other.close()
 
-    # ------------------------------------------------------------ files
+    # ------------------------------------------------------------ files (app.remote.files)
+
+    TRANSFER_ERRORS = (OSError, EOFError, paramiko.SSHException)
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         with self._lock:
@@ -637,133 +578,3 @@ class Connection:
                     raise TransferFailed(f"{self.address} refused an SFTP session: {exc}") from None
                 self._sftp.get_channel().settimeout(self.sftp_timeout)
             return self._sftp
-
-    def _file_error(self, action: str, path: str, exc: BaseException) -> RemoteError:
-        if self._transport is None or not self._transport.is_active():
-            self._sftp = None
-            return ConnectionLost(f"The SSH connection to {self.address} was lost while {action} {path}.")
-        if isinstance(exc, socket.timeout):
-            self._sftp = None
-            return TransferFailed(f"Timed out {action} {path} on {self.address}.")
-        reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
-        return TransferFailed(f"Failed {action} {path} on {self.address}: {reason}.")
-
-    def put_file(self, remote_path: str, data: bytes, mode: int = 0o644) -> None:
-        """Upload ``data`` to ``remote_path`` atomically, with ``mode`` (0o600 for secrets).
-
-        The file is written inside a fresh 0700 directory next to the target
-        (so nobody can open it while it is being written, whatever the umask),
-        chmod-ed *before* any byte is written, then ``posix_rename``-d over
-        the target: readers see the old file or the new one, never half of
-        one, and a secret is never readable with a wider mode.
-        """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError("put_file data must be bytes")
-        directory, name = posixpath.split(remote_path)
-        if not name:
-            raise ValueError(f"not a file path: {remote_path!r}")
-        sftp = self._sftp_client()
-        tmp_dir = posixpath.join(directory or ".", f".keystone-upload-{_secrets.token_hex(6)}")
-        tmp_file = posixpath.join(tmp_dir, name)
-        created_dir = False
-        try:
-            sftp.mkdir(tmp_dir, mode=0o700)
-            created_dir = True
-            with sftp.open(tmp_file, "wb") as handle:
-                handle.chmod(mode)
-                handle.set_pipelined(True)
-                handle.write(bytes(data))
-            # A full disk can lose pipelined writes without an error: never rename a short
-            # file into place (a truncated archive, a half Caddyfile).
-            arrived = sftp.stat(tmp_file).st_size
-            if arrived != len(data):
-                raise OSError(f"only {arrived} of {len(data)} bytes arrived (is the disk full?)")
-            sftp.posix_rename(tmp_file, remote_path)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._file_error("uploading", remote_path, exc) from None
-        finally:
-            if created_dir:
-                for cleanup in (lambda: sftp.remove(tmp_file), lambda: sftp.rmdir(tmp_dir)):
-                    try:
-                        cleanup()
-                    except (OSError, EOFError, paramiko.SSHException):
-                        pass
-
-    def get_file(self, remote_path: str) -> bytes:
-        """Download a whole file."""
-        sftp = self._sftp_client()
-        try:
-            with sftp.open(remote_path, "rb") as handle:
-                handle.prefetch()
-                return handle.read()
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._file_error("downloading", remote_path, exc) from None
-
-    def mkdir_p(self, path: str, timeout: float = 30) -> None:
-        """``mkdir -p -- path``; raises :class:`CommandFailed` if it cannot."""
-        self.run(make_mkdir_p(path), pty=False, timeout=timeout).check(f"mkdir -p {path}")
-
-    # ------------------------------------------------------------ streamed files (backups)
-
-    def stream_from(self, remote_path: str, sink: Callable[[bytes], None],
-                    chunk_size: int = 1024 * 1024,
-                    cancel: threading.Event | None = None) -> int:
-        """Read ``remote_path`` over SFTP in chunks, handing each to ``sink``; return the size.
-
-        Never holds the whole file in memory (a database dump can be larger than RAM).
-        ``cancel`` set between chunks stops the transfer (:class:`CommandCancelled`).
-        """
-        sftp = self._sftp_client()
-        total = 0
-        try:
-            with sftp.open(remote_path, "rb") as handle:
-                handle.prefetch()
-                while True:
-                    if cancel is not None and cancel.is_set():
-                        raise CommandCancelled(f"Cancelled while downloading {remote_path}.")
-                    data = handle.read(chunk_size)
-                    if not data:
-                        return total
-                    total += len(data)
-                    sink(data)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._file_error("downloading", remote_path, exc) from None
-
-    def stream_to(self, remote_path: str, source: Callable[[int], bytes], mode: int = 0o600,
-                  chunk_size: int = 1024 * 1024,
-                  cancel: threading.Event | None = None) -> int:
-        """Write what ``source(n)`` returns (until b"") to ``remote_path``; return the size.
-
-        The file is created with ``mode`` before any byte is written, and its size is
-        checked against what was sent (a full disk can lose pipelined writes silently).
-        """
-        sftp = self._sftp_client()
-        total = 0
-        try:
-            with sftp.open(remote_path, "wb") as handle:
-                handle.chmod(mode)
-                handle.set_pipelined(True)
-                while True:
-                    if cancel is not None and cancel.is_set():
-                        raise CommandCancelled(f"Cancelled while uploading {remote_path}.")
-                    data = source(chunk_size)
-                    if not data:
-                        break
-                    handle.write(data)
-                    total += len(data)
-            arrived = sftp.stat(remote_path).st_size
-            if arrived != total:
-                raise OSError(f"only {arrived} of {total} bytes arrived (is the disk full?)")
-            return total
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._file_error("uploading", remote_path, exc) from None
-
-    def remove_file(self, remote_path: str) -> None:
-        """Remove a file over SFTP; a file that is already gone is not an error."""
-        sftp = self._sftp_client()
-        try:
-            sftp.remove(remote_path)
-        except FileNotFoundError:
-            return
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._file_error("removing", remote_path, exc) from None

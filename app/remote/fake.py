@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Pattern, Union
 
 from app import shell
-from .connection import make_mkdir_p
+from .files import make_mkdir_p
 from .errors import CommandCancelled, HostKeyMismatch, TransferFailed
 from .result import Result
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from app.operations.sse import entry_event, format_event, line_html
-from app.remote.connection import _LineSplitter
+from app.remote.lines import _LineSplitter
 from app.remote.terminal import overstrike
 
 
