@@ -7,9 +7,8 @@ from .images import (
 from .results import AcmeCA, GitHost, Registry, SandboxInfo, Server, ssh_command
 from .sample import (push_broken_commit, push_initial_commit, push_laravel_commit, push_new_commit,
                      push_sample_commit, remote_head)
-from .sandbox import (
-    DEFAULT_NAME, Sandbox, info_as_dict, load_images, push_image, push_stand_ins,
-)
+from .sandbox import DEFAULT_NAME, Sandbox
+from .transfer import info_as_dict, load_images, push_image, push_stand_ins
 
 __all__ = [
     "AcmeCA",

@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from .docker import SandboxError
-from .sandbox import DEFAULT_NAME, Sandbox, SandboxInfo, info_as_dict
+from .sandbox import DEFAULT_NAME, Sandbox, SandboxInfo
+from .transfer import info_as_dict
 
 
 def _sandbox(ctx: click.Context) -> Sandbox:

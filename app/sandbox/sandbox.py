@@ -25,143 +25,26 @@ import secrets
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from . import images as img
-from .docker import SandboxError, docker, docker_available, docker_out, pipe, run
+from .docker import SandboxError, docker, docker_available, docker_out, run
 from .results import AcmeCA, GitHost, Registry, SandboxInfo, Server
+from .host import (HOST, _fingerprint, _free_port, _host_nameservers, _keygen,
+                   _wait_http, _wait_ssh_banner, host_capabilities, inner_storage_driver)
 from .sample import push_sample_commit
+from .transfer import push_stand_ins
 
 DEFAULT_NAME = "keystone-sandbox"
 LABEL = "keystone.sandbox"
 ROLE_LABEL = "keystone.sandbox.role"
 CONFIG_LABEL = "keystone.sandbox.config"
-HOST = "127.0.0.1"
 
 # The inner engines must not use the outer engine's subnets, or attaching a
 # server to the private network fails ("conflicts with existing route").
 INNER_BIP = "10.210.0.1/24"
 INNER_POOL = "10.211.0.0/16"
-
-
-def inner_storage_driver() -> str:
-    """fuse-overlayfs when the host offers /dev/fuse (overlay2 cannot nest), else vfs.
-
-    Measured here: loading the four stand-in images into a server takes ~11 s
-    and 0.4 GB with fuse-overlayfs against ~13-26 s and 1.4 GB with vfs, and
-    `docker run` of the Postgres image 0.4 s against 2.4 s. Override with
-    KEYSTONE_SANDBOX_STORAGE_DRIVER=vfs.
-    """
-    forced = os.environ.get("KEYSTONE_SANDBOX_STORAGE_DRIVER")
-    if forced:
-        return forced
-    try:
-        has_fuse = "fuse" in Path("/proc/filesystems").read_text()
-    except OSError:
-        has_fuse = False
-    return "fuse-overlayfs" if has_fuse and Path("/dev/fuse").exists() else "vfs"
-
-# Linux capability numbers -> names (capability.h). `--privileged` fails on
-# these VMs because the bounding set lacks CAP_SYS_RESOURCE, so the sandbox
-# adds every capability the host's bounding set has, except SYS_RESOURCE.
-_CAPS = [
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ",
-    # PERFMON, BPF and CHECKPOINT_RESTORE (38-40) are unknown to Debian's Docker 20.10.
-]
-
-
-def host_capabilities() -> list[str]:
-    """Capabilities to grant a server container: the host's bounding set minus SYS_RESOURCE."""
-    bnd = None
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapBnd:"):
-                bnd = int(line.split()[1], 16)
-    except OSError:
-        pass
-    if bnd is None:
-        bnd = (1 << 41) - 1
-    caps = [name for i, name in enumerate(_CAPS) if bnd & (1 << i)]
-    return [c for c in caps if c != "SYS_RESOURCE"]
-
-
-# --------------------------------------------------------------------------- helpers
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(taken: set[int], preferred: int | None = None) -> int:
-    if preferred and preferred not in taken and _port_free(preferred):
-        return preferred
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in taken:
-            return port
-    raise SandboxError("no free port on 127.0.0.1")
-
-
-def _wait_ssh_banner(port: int, deadline: float) -> None:
-    while True:
-        try:
-            with socket.create_connection((HOST, port), timeout=2) as s:
-                s.settimeout(3)
-                if s.recv(64).startswith(b"SSH-"):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SandboxError(f"sshd on {HOST}:{port} did not answer")
-        time.sleep(0.2)
-
-
-def _wait_http(port: int, deadline: float, expect: tuple[int, ...] = (200, 401)) -> None:
-    import http.client
-
-    while True:
-        try:
-            conn = http.client.HTTPConnection(HOST, port, timeout=2)
-            conn.request("GET", "/v2/")
-            if conn.getresponse().status in expect:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SandboxError(f"registry on {HOST}:{port} did not answer")
-        time.sleep(0.2)
-
-
-def _fingerprint(pubkey_line: str, tmpdir: Path) -> str:
-    tmp = tmpdir / f".fp-{secrets.token_hex(4)}.pub"
-    tmp.write_text(pubkey_line.strip() + "\n")
-    try:
-        out = run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(tmp)]).stdout.split()
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out[1]
-
-
-def _keygen(path: Path, comment: str) -> None:
-    if path.exists() and path.with_suffix(".pub").exists():
-        return
-    path.unlink(missing_ok=True)
-    path.with_suffix(".pub").unlink(missing_ok=True)
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-    path.chmod(0o600)
 
 
 # --------------------------------------------------------------------------- sandbox
@@ -691,99 +574,3 @@ class Sandbox:
                 state.pop(k, None)
             self._save_state(state)
         return removed
-
-
-def _host_nameservers() -> list[str]:
-    """Non-loopback resolvers of the host, so inner containers can resolve the mirror."""
-    out = []
-    try:
-        for line in Path("/etc/resolv.conf").read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "nameserver":
-                try:
-                    if not ipaddress.ip_address(parts[1]).is_loopback:
-                        out.append(parts[1])
-                except ValueError:
-                    pass
-    except OSError:
-        pass
-    return out
-
-
-# --------------------------------------------------------------------------- images into servers
-
-def load_images(servers: Iterable[Server | str], tags: Iterable[str]) -> None:
-    """Copy host images into each server's engine (`docker save | docker exec -i S docker load`).
-
-    Skips an image a server already has with the same id, so repeated calls are cheap.
-    """
-    names = [s.name if isinstance(s, Server) else s for s in servers]
-    tags = list(tags)
-
-    def one(name: str) -> None:
-        for tag in tags:
-            want = img.image_id(tag)
-            have = docker("exec", name, "docker", "image", "inspect", "--format", "{{.Id}}", tag, check=False)
-            if have.returncode == 0 and have.stdout.strip() == want:
-                continue
-            pipe(["docker", "save", tag], ["docker", "exec", "-i", name, "docker", "load", "-q"], timeout=900)
-
-    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-        for f in [pool.submit(one, n) for n in names]:
-            f.result()
-
-
-def push_image(registry: Registry, tag: str, repository: str | None = None, login: bool = True) -> str:
-    """Tag and push a host image to the sandbox registry; return `url/repo@sha256:...`.
-
-    `repository` ("name:tag") defaults to the image's own name, so
-    keystone-sandbox/caddy:2 becomes 127.0.0.1:PORT/keystone-sandbox/caddy:2.
-    """
-    repo_tag = tag if repository is None else repository
-    if ":" not in repo_tag.rsplit("/", 1)[-1]:
-        repo_tag += ":latest"
-    target = f"{registry.url}/{repo_tag}"
-    if login:
-        registry.login()
-    docker("tag", tag, target)
-    docker("push", target, timeout=900)
-    digests = json.loads(docker_out("image", "inspect", "--format", "{{json .RepoDigests}}", target) or "[]")
-    repo = target.rsplit(":", 1)[0]
-    for d in digests:
-        if d.startswith(repo + "@"):
-            return d
-    raise SandboxError(f"no digest recorded for {target}")
-
-
-def push_stand_ins(registry: Registry, keys: Sequence[str] = img.STAND_IN_IMAGES) -> dict[str, str]:
-    """Build the driver stand-in images and push them to the registry.
-
-    Returns {key: "127.0.0.1:PORT/keystone-sandbox/NAME:TAG"}; the digest-pinned
-    reference can be read with `docker inspect` or resolved through the registry.
-    """
-    built = img.ensure_images(tuple(keys))
-    registry.login()
-    # Serial on purpose: pushing is gzip-bound (~13 s for the four on 2 cores
-    # either way) and parallel pushes of images sharing the base layer race.
-    for tag in built.values():
-        push_image(registry, tag, None, False)
-    return {key: f"{registry.url}/{tag}" for key, tag in built.items()}
-
-
-def info_as_dict(info: SandboxInfo) -> dict:
-    """JSON-friendly form of SandboxInfo (paths as strings)."""
-    def conv(o):
-        if isinstance(o, Path):
-            return str(o)
-        if isinstance(o, dict):
-            return {k: conv(v) for k, v in o.items()}
-        if isinstance(o, list):
-            return [conv(v) for v in o]
-        return o
-
-    d = conv(asdict(info))
-    d["registry"]["url"] = info.registry.url
-    d["git"]["sample_repo_url"] = info.git.sample_repo_url
-    if info.acme is not None:
-        d["acme"]["directory_url"] = info.acme.directory_url
-    return d
