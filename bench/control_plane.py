@@ -57,6 +57,8 @@ from pathlib import Path
 import requests
 import sqlalchemy as sa
 
+from bench.procs import owner_of
+
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery"
 DEPLOY_TIMEOUT = 900.0
@@ -198,12 +200,7 @@ class ControlPlane:
 
     def owner_of(self, horse_pid: int) -> subprocess.Popen | None:
         """Our worker whose work horse is ``horse_pid``."""
-        try:
-            with open(f"/proc/{horse_pid}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return None
-        return next((p for p in self.alive_workers() if p.pid == ppid), None)
+        return owner_of(horse_pid, self.alive_workers())
 
     def tail(self, name: str, n: int = 3000) -> str:
         try:
@@ -324,15 +321,10 @@ class Fleet:
         return artifact.registry_ref
 
     def cleanup(self) -> None:
+        from app.sandbox.testbed import remove_service_containers
         ids = {str(i) for i in self.service_ids}
         for s in self.sandbox.servers[:2]:
-            out = s.exec("docker", "ps", "-aq", "--filter", "label=dev.keystone.managed=true",
-                         "--format", "{{.ID}} {{.Label \"dev.keystone.service\"}}",
-                         check=False).stdout
-            doomed = [ln.split()[0] for ln in out.splitlines()
-                      if len(ln.split()) > 1 and ln.split()[1] in ids]
-            if doomed:
-                s.exec("docker", "rm", "-f", *doomed, check=False)
+            remove_service_containers(s, ids)
             s.exec("rm", "-rf", *[f"/home/keystone/services/{i}" for i in ids], check=False)
 
     def running_containers(self) -> dict[str, int]:

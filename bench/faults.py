@@ -39,6 +39,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from bench.procs import owner_of
+
 from bench.loadgen import LoadGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,13 +158,8 @@ class Workers:
         return [p for p in self.procs if p.poll() is None]
 
     def owner_of(self, horse_pid: int) -> subprocess.Popen | None:
-        """The worker whose work horse is ``horse_pid``."""
-        try:
-            with open(f"/proc/{horse_pid}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return None
-        return next((p for p in self.alive() if p.pid == ppid), None)
+        """Our worker whose work horse is ``horse_pid``."""
+        return owner_of(horse_pid, self.alive())
 
     def stop(self) -> None:
         for p in self.alive():

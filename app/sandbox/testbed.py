@@ -319,13 +319,7 @@ class Testbed:
         # service of the environment, so nothing keeps running into the next module.
         ids |= {str(i) for i in self._environment_service_ids()}
         for s in getattr(self, "sandbox_servers", []):
-            out = s.exec("docker", "ps", "-aq", "--filter", "label=dev.keystone.managed=true",
-                         "--format", "{{.ID}} {{.Label \"dev.keystone.service\"}}",
-                         check=False).stdout
-            doomed = [ln.split()[0] for ln in out.splitlines()
-                      if len(ln.split()) > 1 and ln.split()[1] in ids]
-            if doomed:
-                s.exec("docker", "rm", "-f", *doomed, check=False)
+            remove_service_containers(s, ids)
             vols = s.exec("docker", "volume", "ls", "-q", check=False).stdout.split()
             mine = [v for v in vols if any(v.startswith(f"keystone_service_{i}_") for i in ids)]
             if getattr(self, "env_id", None) is not None:
@@ -337,6 +331,20 @@ class Testbed:
             s.exec("rm", "-f", "/home/keystone/gateway/Caddyfile",
                    "/home/keystone/gateway/Caddyfile.next",
                    "/home/keystone/gateway/Caddyfile.last-good", check=False)
+
+
+def remove_service_containers(sandbox_server, service_ids) -> list[str]:
+    """Force-remove every Keystone-managed container of ``service_ids`` on a sandbox server
+    (a test's or a benchmark's clean-up, as root through ``docker exec``)."""
+    ids = {str(i) for i in service_ids}
+    out = sandbox_server.exec("docker", "ps", "-aq", "--filter", "label=dev.keystone.managed=true",
+                              "--format", "{{.ID}} {{.Label \"dev.keystone.service\"}}",
+                              check=False).stdout
+    doomed = [ln.split()[0] for ln in out.splitlines()
+              if len(ln.split()) > 1 and ln.split()[1] in ids]
+    if doomed:
+        sandbox_server.exec("docker", "rm", "-f", *doomed, check=False)
+    return doomed
 
 
 def describe(op) -> str:
