@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, g, jsonify, request
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from app.api import tokens
@@ -74,7 +75,7 @@ def http_error(e: HTTPException):
             e, "valid_methods", None) else ""
         if not headers["Allow"]:
             headers.pop("Allow")
-    elif status == 400 and e.__class__.__name__ == "CSRFError":
+    elif status == 400 and isinstance(e, CSRFError):
         code, message = "csrf_failed", ("A request without a token must carry a CSRF token; "
                                         "send Authorization: Bearer <token> instead.")
     else:

@@ -47,7 +47,7 @@ def _context(form: TokenForm | None = None, **kw) -> dict:
 
 def _answer(status: int = 200, **kw):
     ctx = _context(**kw)
-    if request.headers.get("HX-Request") == "true":
+    if request.htmx:
         html, status = render_template("settings/_tokens.html", c=ctx), 200  # htmx swaps 2xx
     else:
         html = render_template("settings/tokens.html", c=ctx)

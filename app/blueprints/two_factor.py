@@ -14,6 +14,7 @@ from __future__ import annotations
 
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from app.blueprints.helpers import hx_redirect
 from flask_login import current_user
 from wtforms import BooleanField
 
@@ -158,8 +159,6 @@ def enforce_requirement():
         return None  # the API answers for its tokens itself (app.api.core)
     if not current_user.is_authenticated or not tf.required_for(current_user):
         return None
-    target = url_for("two_factor.index")
-    if request.headers.get("HX-Request") == "true":
-        return "", 204, {"HX-Redirect": target}
-    flash("Your organisation requires two-factor sign-in: set it up to continue.", "warning")
-    return redirect(target)
+    if not request.htmx:
+        flash("Your organisation requires two-factor sign-in: set it up to continue.", "warning")
+    return hx_redirect(url_for("two_factor.index"))
