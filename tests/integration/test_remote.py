@@ -338,11 +338,17 @@ def test_connection_lost_mid_command(sshd):
         # Simulate a network cut: the socket dies under the transport.
         c._transport.sock.shutdown(socket.SHUT_RDWR)
 
-    threading.Timer(1.0, cut).start()
+    def on_line(stream, line):
+        # Cut once the command has surely started (a fixed delay raced a loaded machine,
+        # where the first line could arrive after it).
+        lines.append(line)
+        if line == "started":
+            threading.Timer(0.5, cut).start()
+
     with pytest.raises(ConnectionLost) as info:
         c.run(
             shell.and_then(shell.cmd("echo", "started"), shell.cmd("sleep", "3020")),
-            on_line=lambda s, l: lines.append(l),
+            on_line=on_line,
             timeout=20,
         )
     assert "lost during the step" in str(info.value)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 FLAGGED = ('for c in $(docker ps -q --filter "label=dev.keystone.service=$1"); do '
            'if docker exec "$c" test -e /tmp/keystone-scheduler 2>/dev/null; then '
-           'docker inspect --format "{{.Name}}" "$c"; fi; done')
+           'echo "$c"; fi; done')
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +39,13 @@ def sbed(sandbox, provisioned_servers, tmp_path_factory, migrated_db_template, r
 
 
 def flags(bed) -> dict[str, list[str]]:
-    """Containers holding the scheduler flag, per service ("web" / "worker"), both servers."""
+    """Containers holding the scheduler flag, per service ("web" / "worker"), both servers,
+    by short container id (a replica's container NAME is the same on both servers)."""
     out: dict[str, list[str]] = {"web": [], "worker": []}
     for server in bed.sandbox_servers:
         for role, sid in (("web", bed.web_id), ("worker", bed.worker_id)):
             res = server.exec("sh", "-c", FLAGGED, "sh", str(sid), check=False, timeout=60)
-            out[role].extend(n.lstrip("/") for n in res.stdout.split())
+            out[role].extend(c[:12] for c in res.stdout.split())
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -95,7 +96,7 @@ def test_every_transition_takes_effect_at_once(sbed, sandbox):
 
     # single -> every_replica: the flag on every replica of the target, nowhere else.
     op, _, t_every = change(sbed, "every_replica", sbed.web_id)
-    assert flags(sbed) == {"web": sorted(r.container_name for r in webs), "worker": []}
+    assert flags(sbed) == {"web": sorted(hosts(webs)), "worker": []}
     assert sbed.env.scheduler_replica_id is None
     # ... and both replicas really run schedule:run.
     assert wait_until(lambda: hosts(webs) <= {h for h, *_ in runs_between(sbed, t_every)},
@@ -105,7 +106,7 @@ def test_every_transition_takes_effect_at_once(sbed, sandbox):
     op, _, t_single = change(sbed, "single", sbed.web_id)
     f = flags(sbed)
     assert len(f["web"]) == 1 and f["worker"] == [], f
-    runner = next(r for r in webs if r.container_name == f["web"][0])
+    runner = next(r for r in webs if r.container_id[:12] == f["web"][0])
     assert sbed.env.scheduler_replica_id == runner.id
     assert any(s.name.startswith("Release the scheduler on ") for s in op.steps)
     assert wait_until(lambda: runner.container_id[:12] in
@@ -115,14 +116,14 @@ def test_every_transition_takes_effect_at_once(sbed, sandbox):
     op, _, t_worker = change(sbed, "single", sbed.worker_id)
     f = flags(sbed)
     assert f["web"] == [] and len(f["worker"]) == 1, f
-    mover = next(r for r in workers if r.container_name == f["worker"][0])
+    mover = next(r for r in workers if r.container_id[:12] == f["worker"][0])
     assert sbed.env.scheduler_replica_id == mover.id
     assert wait_until(lambda: mover.container_id[:12] in
                       {h for h, *_ in runs_between(sbed, t_worker)}, timeout=90, interval=2)
 
     # every_replica on the worker, then disabled: no runner anywhere.
     _, t_single_end, _ = change(sbed, "every_replica", sbed.worker_id)
-    assert flags(sbed) == {"web": [], "worker": sorted(r.container_name for r in workers)}
+    assert flags(sbed) == {"web": [], "worker": sorted(hosts(workers))}
     op, _, t_off = change(sbed, "disabled")
     assert flags(sbed) == {"web": [], "worker": []}
     assert sbed.env.scheduler_enabled is False and sbed.env.scheduler_replica_id is None
