@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Response, redirect, request
+from flask import Response, redirect, render_template, request
 
 from app.extensions import db
 from app.models import Operation
@@ -15,6 +15,18 @@ def hx_redirect(url: str):
     if request.htmx:
         return Response(status=204, headers={"HX-Redirect": url})
     return redirect(url)
+
+
+def component_or_page(component: str, page: str, ctx: dict, status: int = 200,
+                      headers: dict | None = None):
+    """A component for HTMX (always 2xx: htmx swaps only those, the errors are inside it),
+    the whole page otherwise, with ``status``."""
+    if request.htmx:
+        return render_template(component, c=ctx), 200, headers or {}
+    return render_template(page, c=ctx), status, headers or {}
+
+
+NO_STORE = {"Cache-Control": "no-store"}   # a page that may show a secret once
 
 
 def latest_operations(target_type: str, ids) -> dict[int, Operation]:

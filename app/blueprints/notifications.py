@@ -4,8 +4,9 @@ destination, and a generic webhook's signing secret once, when it is made."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort
 from flask_login import current_user
+from app.blueprints.helpers import NO_STORE, component_or_page
 from wtforms import IntegerField, PasswordField, SelectField, SelectMultipleField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
@@ -60,11 +61,8 @@ def _answer(status: int = 200, form: ChannelForm | None = None, **kw):
            "events": EVENTS, "kinds": KINDS, "message": None, "error": None,
            "signing_secret": "", "new_channel": None}
     ctx.update(kw)
-    if request.htmx:
-        html, status = render_template("settings/_notifications.html", c=ctx), 200
-    else:
-        html = render_template("settings/notifications.html", c=ctx)
-    return html, status, {"Cache-Control": "no-store"}
+    return component_or_page("settings/_notifications.html", "settings/notifications.html", ctx,
+                             status, NO_STORE)
 
 
 @bp.route("/")

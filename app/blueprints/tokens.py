@@ -2,8 +2,9 @@
 tokens (app.api.tokens). A user sees and revokes only their own tokens."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort
 from flask_login import current_user
+from app.blueprints.helpers import NO_STORE, component_or_page
 from wtforms import BooleanField, SelectField, StringField
 from wtforms.validators import DataRequired, Length
 
@@ -46,13 +47,9 @@ def _context(form: TokenForm | None = None, **kw) -> dict:
 
 
 def _answer(status: int = 200, **kw):
-    ctx = _context(**kw)
-    if request.htmx:
-        html, status = render_template("settings/_tokens.html", c=ctx), 200  # htmx swaps 2xx
-    else:
-        html = render_template("settings/tokens.html", c=ctx)
     # A page that shows a new token is never stored by a browser or proxy.
-    return html, status, {"Cache-Control": "no-store"}
+    return component_or_page("settings/_tokens.html", "settings/tokens.html", _context(**kw),
+                             status, NO_STORE)
 
 
 @bp.route("/")

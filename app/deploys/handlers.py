@@ -193,6 +193,15 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         self._pull = (servers, registry, verified)
         return artifact
 
+    def _route_and_await(self, plan: DeployPlan, routes_done: bool) -> bool:
+        """The routes (once per deploy), then every gateway confirming the new replicas."""
+        if not routes_done:
+            with self.clock.phase("routes"):
+                self._ensure_routes(plan)
+        with self.clock.phase("gateway"):
+            self._await_gateways()
+        return True
+
     def _run_phases(self, plan: DeployPlan) -> None:
         kinds = [p.kind for p in plan.phases]
         cutover_kinds = {"await_gateway", "scheduler_release", "scheduler_claim", "drain", "stop"}
@@ -231,15 +240,10 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
             elif phase.kind in cutover_kinds:
                 if not done_cutover:
                     done_cutover = True
-                    if not routes_done:
-                        routes_done = True
-                        with self.clock.phase("routes"):
-                            self._ensure_routes(plan)
                     # Before anything old is touched: every new replica armed and in rotation
                     # on every gateway, and still running. A failure here takes the new
                     # replicas away again and the old ones keep serving.
-                    with self.clock.phase("gateway"):
-                        self._await_gateways()
+                    routes_done = self._route_and_await(plan, routes_done)
                     self.cutover_started = True
                     self.ctx.run_child(OperationKind.GATEWAY_CUTOVER, "environment", self.env.id,
                                        lambda cctx: self._cutover(cctx, cutover),
@@ -250,12 +254,7 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                     # No cutover (only new services, e.g. a websocket service added): its
                     # slots still have to be routed.
                     done_cutover = True
-                    if not routes_done:
-                        routes_done = True
-                        with self.clock.phase("routes"):
-                            self._ensure_routes(plan)
-                    with self.clock.phase("gateway"):
-                        self._await_gateways()
+                    routes_done = self._route_and_await(plan, routes_done)
                 with self.clock.phase("record"):
                     self._record(plan)
         if "record" not in kinds:

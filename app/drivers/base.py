@@ -337,9 +337,27 @@ class Driver:
         return [FirewallRule(p.container_port, p.protocol, f"{self.type} {service.id}")
                 for p in self.ports if p.cross_server]
 
+    # The key in ``Service.secrets`` of the service's own generated password, if it has one
+    # (Postgres' superuser, Valkey's default user).
+    password_secret: ClassVar[str | None] = None
+
     def ensure_secrets(self, service: "Service") -> bool:
         """Generate the service's own secrets once; True when the row changed."""
-        return False
+        key = self.password_secret
+        current = dict(service.secrets or {})
+        if key is None or current.get(key):
+            return False
+        current[key] = generate_password()
+        service.secrets = current
+        return True
+
+    def service_password(self, service: "Service") -> str:
+        """The generated password (``password_secret``); DriverError before ensure_secrets."""
+        password = (service.secrets or {}).get(self.password_secret or "")
+        if not password:
+            raise DriverError(f"service {service.id}: no {self.password_secret} "
+                              "(ensure_secrets)")
+        return password
 
     def service_environment(self, service: "Service") -> dict[str, str]:
         """The container environment of the service itself (from its secrets and config)."""

@@ -96,19 +96,10 @@ class PostgresDriver(Driver):
 
     # -- secrets and environment ------------------------------------------
 
-    def ensure_secrets(self, service: "Service") -> bool:
-        """Generate the superuser password once; returns True when it changed the row."""
-        current = dict(service.secrets or {})
-        if current.get("superuser_password"):
-            return False
-        current["superuser_password"] = generate_password()
-        service.secrets = current
-        return True
+    password_secret = "superuser_password"   # generated once by Driver.ensure_secrets
 
     def service_environment(self, service: "Service") -> dict[str, str]:
-        password = (service.secrets or {}).get("superuser_password")
-        if not password:
-            raise DriverError(f"service {service.id}: no superuser password (ensure_secrets)")
+        password = self.service_password(service)
         return {"POSTGRES_USER": SUPERUSER, "POSTGRES_PASSWORD": password,
                 "POSTGRES_DB": "postgres"}
 

@@ -118,18 +118,10 @@ class ValkeyDriver(Driver):
     def volumes_for(self, service: "Service"):
         return self.volumes if self.persistent(service) else ()
 
-    def ensure_secrets(self, service: "Service") -> bool:
-        current = dict(service.secrets or {})
-        if current.get("default_password"):
-            return False
-        current["default_password"] = generate_password()
-        service.secrets = current
-        return True
+    password_secret = "default_password"   # generated once by Driver.ensure_secrets
 
     def service_environment(self, service: "Service") -> dict[str, str]:
-        password = (service.secrets or {}).get("default_password")
-        if not password:
-            raise DriverError(f"service {service.id}: no default password (ensure_secrets)")
+        password = self.service_password(service)
         return {"REDISCLI_AUTH": password, "VALKEYCLI_AUTH": password}
 
     # -- ACL file ---------------------------------------------------------
