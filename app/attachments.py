@@ -458,33 +458,35 @@ def effective_environment(environment: Environment) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- operations
 
+def _start_slice_operation(kind_name: str, slice_: ServiceSlice, user, summary: str, *,
+                           params: dict | None = None, enqueue: bool = True):
+    """A slice operation (target: the slice) under its service's lock."""
+    from app.models.enums import OperationKind
+    from app.operations import start_operation
+    service = slice_.service
+    return start_operation(OperationKind[kind_name], target_type="service_slice",
+                           target_id=slice_.id, organisation_id=service.organisation_id,
+                           user=user, lock_keys=[f"service:{service.id}"], params=params,
+                           summary=summary, enqueue=enqueue)
+
+
 def start_slice_provision(slice_: ServiceSlice, user=None, *, enqueue: bool = True):
     """Create the slice on its service's running replica (a slice_provision operation)."""
-    from app.operations import start_operation
-    from app.models.enums import OperationKind
-    service = slice_.service
-    return start_operation(OperationKind.SLICE_PROVISION, target_type="service_slice",
-                           target_id=slice_.id, organisation_id=service.organisation_id,
-                           user=user, lock_keys=[f"service:{service.id}"],
-                           summary=f"Create {slice_.type} {slice_.name} on {service.name}",
-                           enqueue=enqueue)
+    return _start_slice_operation(
+        "SLICE_PROVISION", slice_, user,
+        f"Create {slice_.type} {slice_.name} on {slice_.service.name}", enqueue=enqueue)
 
 
 def start_credential_rotation(slice_: ServiceSlice, user=None, *, enqueue: bool = True):
     """New credentials for a slice (a ``credential_rotation`` operation, SPEC 3): the
     driver re-keys the slice on the running replica and the managed variables follow."""
-    from app.operations import start_operation
-    from app.models.enums import OperationKind
     if not slice_.credentials:
         raise AttachmentError("this slice has no credentials to rotate")
     if slice_.status != SliceStatus.READY:
         raise AttachmentError(f"the slice is {slice_.status.value}: only a ready slice is re-keyed")
-    service = slice_.service
-    return start_operation(OperationKind.CREDENTIAL_ROTATION, target_type="service_slice",
-                           target_id=slice_.id, organisation_id=service.organisation_id,
-                           user=user, lock_keys=[f"service:{service.id}"],
-                           summary=f"Rotate the credentials of {slice_.name} on {service.name}",
-                           enqueue=enqueue)
+    return _start_slice_operation(
+        "CREDENTIAL_ROTATION", slice_, user,
+        f"Rotate the credentials of {slice_.name} on {slice_.service.name}", enqueue=enqueue)
 
 
 def start_gateway_reinstall(gateway: Service, user=None, *, enqueue: bool = True):
@@ -492,18 +494,14 @@ def start_gateway_reinstall(gateway: Service, user=None, *, enqueue: bool = True
     a route ``update`` on one of its live routes (the whole file is rendered and installed,
     validated, last good kept). None when the gateway routes nothing yet (the first route
     installs it)."""
-    from app.operations import start_operation
-    from app.models.enums import OperationKind
     route = next((s for s in gateway.slices if s.type == SliceType.CADDY_ROUTE
                   and s.status == SliceStatus.READY), None)
     if route is None:
         return None
-    return start_operation(OperationKind.SLICE_CONFIGURE, target_type="service_slice",
-                           target_id=route.id, organisation_id=gateway.organisation_id,
-                           user=user, lock_keys=[f"service:{gateway.id}"],
-                           params={"action": "update"},
-                           summary=f"Install {gateway.name}'s configuration (HTTPS settings)",
-                           enqueue=enqueue)
+    return _start_slice_operation(
+        "SLICE_CONFIGURE", route, user,
+        f"Install {gateway.name}'s configuration (HTTPS settings)",
+        params={"action": "update"}, enqueue=enqueue)
 
 
 def request_slice_delete(slice_: ServiceSlice, *, confirm: str, drop_data: bool = False,
@@ -513,16 +511,10 @@ def request_slice_delete(slice_: ServiceSlice, *, confirm: str, drop_data: bool 
     Without ``drop_data`` the slice is disabled (Postgres role NOLOGIN, Valkey
     user off) and its database/keys stay on the server.
     """
-    from app.operations import start_operation
-    from app.models.enums import OperationKind
     if confirm != slice_.name:
         raise AttachmentError(f"type the slice name ({slice_.name}) to confirm the deletion")
-    service = slice_.service
     what = "and DROP its data" if drop_data else "keeping its data"
-    return start_operation(OperationKind.SLICE_CONFIGURE, target_type="service_slice",
-                           target_id=slice_.id, organisation_id=service.organisation_id,
-                           user=user, lock_keys=[f"service:{service.id}"],
-                           params={"action": "delete", "drop_data": bool(drop_data),
-                                   "confirm": confirm},
-                           summary=f"Delete {slice_.name} on {service.name} {what}",
-                           enqueue=enqueue)
+    return _start_slice_operation(
+        "SLICE_CONFIGURE", slice_, user, f"Delete {slice_.name} on {slice_.service.name} {what}",
+        params={"action": "delete", "drop_data": bool(drop_data), "confirm": confirm},
+        enqueue=enqueue)
