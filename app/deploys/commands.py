@@ -155,9 +155,3 @@ def one_off_run(directory: str, project: str, service_key: str, name: str,
     """
     return compose_cmd(directory, project, "run", "--rm", "--no-deps", "-T", "--name", name,
                        "-e", "KEYSTONE_SCHEDULER_LOOP=0", service_key, *argv)
-
-
-def gateway_upstreams(container: str) -> Command:
-    """Caddy's view of its upstreams (admin API inside the gateway container)."""
-    return cmd("docker", "exec", container, "wget", "-q", "-O", "-",
-               "http://localhost:2019/reverse_proxy/upstreams")
