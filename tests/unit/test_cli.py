@@ -95,3 +95,22 @@ def test_logging_is_configured_once(monkeypatch):
     finally:
         root.handlers[:] = saved
         root.setLevel(saved_level)
+
+
+@pytest.mark.parametrize("raw", ["30,abc", "0", "30,-5", "100000", "²", " , ", "30\n"])
+def test_notify_retry_delays_refuse_what_is_not_seconds(monkeypatch, raw):
+    from app.config import seconds_list_setting
+    monkeypatch.setenv("KEYSTONE_NOTIFY_RETRY_DELAYS", raw)
+    if raw == "30\n":  # surrounding whitespace is trimmed: a plain value
+        assert seconds_list_setting("KEYSTONE_NOTIFY_RETRY_DELAYS", "1") == [30]
+        return
+    with pytest.raises(SettingError, match="KEYSTONE_NOTIFY_RETRY_DELAYS"):
+        seconds_list_setting("KEYSTONE_NOTIFY_RETRY_DELAYS", "30")
+
+
+def test_notify_retry_delays_default_and_list(monkeypatch):
+    from app.config import seconds_list_setting
+    monkeypatch.delenv("KEYSTONE_NOTIFY_RETRY_DELAYS", raising=False)
+    assert seconds_list_setting("KEYSTONE_NOTIFY_RETRY_DELAYS", "30,120") == [30, 120]
+    monkeypatch.setenv("KEYSTONE_NOTIFY_RETRY_DELAYS", "5, 10 ,20")
+    assert seconds_list_setting("KEYSTONE_NOTIFY_RETRY_DELAYS", "30") == [5, 10, 20]
