@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import sqlalchemy as sa
-from flask import flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy.orm import selectinload
@@ -30,7 +30,7 @@ from app.models import (Environment, EnvironmentAttachment, EnvironmentVariable,
                         Operation, Service, ServiceReplica)
 from app.models.enums import DeployPolicy, SchedulerMode
 from app.onboarding import environment_url
-from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query
+from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query, parse_id
 
 
 class RotateAppKeyForm(FlaskForm):
@@ -44,9 +44,12 @@ def app_key_context(env: Environment, form: RotateAppKeyForm | None = None,
 
 
 def load_environment(environment_id) -> Environment:
-    """The environment with everything its page shows, in a fixed number of queries."""
-    get_for_org_or_404(Environment, environment_id)
-    stmt = (org_query(Environment).where(Environment.id == int(environment_id))
+    """The environment with everything its page shows, in a fixed number of queries
+    (the organisation's scope and the 404 in the same query that loads it)."""
+    env_id = parse_id(environment_id)
+    if env_id is None:
+        abort(404)
+    stmt = (org_query(Environment).where(Environment.id == env_id)
             .options(selectinload(Environment.application),
                      selectinload(Environment.services).selectinload(Service.replicas)
                      .selectinload(ServiceReplica.server),
@@ -56,7 +59,10 @@ def load_environment(environment_id) -> Environment:
                      .selectinload(EnvironmentAttachment.service_slice),
                      selectinload(Environment.variables),
                      selectinload(Environment.current_artifact)))
-    return db.session.execute(stmt).scalar_one()
+    env = db.session.execute(stmt).scalar_one_or_none()
+    if env is None:
+        abort(404)
+    return env
 
 
 def environment_warnings(env: Environment) -> list[str]:
