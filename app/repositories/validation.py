@@ -36,10 +36,10 @@ class ValidationError(ValueError):
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _IPV4_RE = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
-_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 # Path segments: no leading '-' or '.', nothing a shell or ssh would interpret.
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_~][A-Za-z0-9._~-]*$")
-_SCP_RE = re.compile(r"^(?P<user>[^@:/]+)@(?P<host>[^:/]+):(?P<path>.+)$")
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_~][A-Za-z0-9._~-]*")
+_SCP_RE = re.compile(r"(?P<user>[^@:/]+)@(?P<host>[^:/]+):(?P<path>.+)")
 _SSH_RE = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>[^:/]+)(?::(?P<port>[0-9]{1,5}))?(?P<path>/.*)$")
 _CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
 _BRANCH_CHARS_RE = re.compile(r"^[A-Za-z0-9._/+@#-]+$")
