@@ -89,13 +89,44 @@ def _deploy(bed) -> dict:
             "resolved": any(n.startswith("Resolve ") for n in names),
             "reused": "Reuse build artifact" in names,
             "build_log": build.logs if build is not None else "",
-            "commands": remote_commands(op.id)}
+            "commands": remote_commands(op.id), "steps": _step_seconds(steps)}
+
+
+def timeline(op_id: int) -> list[str]:
+    """Every operation and step of a deploy as ``+start..+end name``, in start order:
+    what ran when (``--timeline`` prints it to stderr)."""
+    ops = _tree(op_id)
+    t0 = min(o.started_at for o in ops if o.started_at)
+    rows = []
+    for o in ops:
+        if o.started_at:
+            rows.append((o.started_at, o.finished_at, f"[{o.kind.value}]"))
+    for s in _steps(op_id):
+        if s.started_at:
+            rows.append((s.started_at, s.finished_at, f"  {s.name}"))
+    out = []
+    for start, end, name in sorted(rows, key=lambda r: r[0]):
+        a = (start - t0).total_seconds()
+        b = (end - t0).total_seconds() if end else float("nan")
+        out.append(f"+{a:6.3f} .. +{b:6.3f}  {name}")
+    return out
+
+
+def _step_seconds(steps) -> list:
+    """``[[name, seconds], ...]`` of the deploy's steps, slowest first: where the time went."""
+    out = []
+    for s in steps:
+        if s.started_at and s.finished_at:
+            out.append([s.name, round((s.finished_at - s.started_at).total_seconds(), 3)])
+    return sorted(out, key=lambda x: -x[1])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.deploy_phases")
     parser.add_argument("--sandbox", default="keystone-bench")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print each measured deploy's operations and steps to stderr")
     parser.add_argument("--bare", action="store_true",
                         help="bring the sandbox up with its bare server (as the test tiers do)")
     args = parser.parse_args(argv)
@@ -120,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                                            value=str(time.time_ns()), source=VariableSource.USER))
         db.session.commit()
         v = _deploy(bed)
+        if args.timeline:
+            print("vars only:", *timeline(v["op"].id), sep="\n", file=sys.stderr)
         out["vars_only"] = {
             "ok": v["reused"] and not v["built"] and not v["fetched"] and not v["noop"],
             "artifact_reused": v["reused"], "built": v["built"], "fetched": v["fetched"],
@@ -127,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             "operation_s": v["operation_s"], "overhead_s": v["timing"].get("overhead_s"),
             "overhead_without_drain_window_s":
                 v["timing"].get("overhead_without_drain_window_s"),
-            "phases": v["phases"], "remote_commands": len(v["commands"])}
+            "phases": v["phases"], "remote_commands": len(v["commands"]),
+            "slowest_steps": v["steps"][:12]}
 
         # 2. Nothing changed.
         n = _deploy(bed)

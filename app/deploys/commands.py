@@ -10,8 +10,8 @@ import shlex
 
 from app.deploys.slots import (ARMED_MARKER, DRAIN_MARKER, READY_PATH, SCHEDULER_BUSY,
                                SCHEDULER_FLAG)
-from app.drivers.compose import compose_cmd
-from app.shell import Command, cmd
+from app.drivers.compose import compose_cmd, ensure_network_cmd
+from app.shell import Command, and_then, cmd, end_of_options, seq
 
 # Prints the HTTP status of GET http://127.0.0.1:<port><path> from inside a container
 # (php is in every Laravel image; curl may not be). 000 when nothing answers.
@@ -42,11 +42,21 @@ def ready_probe(container: str, port: int = 8080) -> Command:
 _STAMP_TOUCH_SH = 'date +%s.%N; docker exec "$1" touch "$2"'
 
 
-def arm(container: str) -> Command:
+# The same, then the ready path's status asked from inside the container: one round trip
+# and one `docker exec` (the stamp on the first line, the status on the last; exit 1 and no
+# question asked when the touch failed).
+_ARM_SH = ('date +%s.%N; exec docker exec "$1" sh -c '
+           '\'touch "$1" || exit 1; exec php -r "$2" "$3" "$4" "$5"\' '
+           'sh "$2" "$3" "$4" "$5" "$6"')
+
+
+def arm(container: str, port: int = 8080) -> Command:
     """Touch the armed marker: /.keystone/ready answers 200, gateways may mark it up.
 
-    Prints the server's time just before, as ``<epoch seconds>``."""
-    return cmd("sh", "-c", _STAMP_TOUCH_SH, "sh", container, ARMED_MARKER)
+    Prints the server's time just before, as ``<epoch seconds>``, and last the ready
+    path's HTTP status once armed (200 expected)."""
+    return cmd("sh", "-c", _ARM_SH, "sh", container, ARMED_MARKER, _PROBE_PHP, str(int(port)),
+               READY_PATH, "3")
 
 
 def disarm(container: str) -> Command:
@@ -131,6 +141,25 @@ def stop(container: str, timeout: int) -> Command:
 
 def remove(container: str) -> Command:
     return cmd("docker", "rm", "-f", "-v", container)
+
+
+def teardown(container: str, timeout: int, directory: str | None = None) -> Command:
+    """Stop ``container`` (SIGTERM, SIGKILL after ``timeout`` s), remove it with its anonymous
+    volumes, then its project directory: one round trip. A replica's compose project is this
+    one container on the external network with an explicitly named volume (kept), so
+    ``compose down`` would remove nothing more and costs a Compose start-up."""
+    steps = [stop(container, timeout), remove(container)]
+    if directory:
+        steps.append(cmd("rm", "-rf", end_of_options(), directory))
+    return seq(*steps)
+
+
+def prepare_slot(container: str) -> Command:
+    """Before a replica starts: the server's network (created if missing, see
+    :func:`app.drivers.compose.ensure_network_cmd`), a leftover container of that name
+    removed (a crash's), then the server's clock (``<epoch seconds>``, the last line): one
+    round trip. Fails only when the network cannot be made."""
+    return and_then(ensure_network_cmd(), seq(remove(container), server_time()))
 
 
 def container_exists(container: str) -> Command:

@@ -97,6 +97,8 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         servers = environment_servers(env)
         if not servers:
             raise StepFailed("The environment has no application service placed on a server.")
+        db.session.commit()  # the warm-up threads read the servers in sessions of their own
+        ctx.runtime.warm_up([s.id for s in servers])  # handshakes while the branch resolves
         self.artifact = self._artifact(servers)
         self.image = image_ref(self.artifact)
         self.values = environment_values(env)
@@ -365,6 +367,17 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
 
     # ---------------------------------------------------------------- cutover
     def _cutover(self, cctx: OperationContext, phases) -> None:
+        # The drain signals go first (every new replica is in rotation already): the
+        # gateways then count their failed checks while the scheduler changes hands, so
+        # the hand-over costs no time of its own. HTTP rotation and the scheduler flag
+        # are independent; the stops still come after both.
+        signalled: dict[int, list] = {}
+        for phase in phases:
+            if phase.kind == "drain":
+                cctx.check_cancelled()
+                with self.clock.phase("drain"):
+                    signalled[phase.service_id] = self._drain_signal(
+                        cctx, self.plan.change_for(phase.service_id))
         for phase in phases:
             cctx.check_cancelled()
             if phase.kind == "await_gateway":
@@ -377,7 +390,8 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                     self._scheduler_claim(cctx, phase)
             elif phase.kind == "drain":
                 with self.clock.phase("drain"):
-                    self._drain(cctx, self.plan.change_for(phase.service_id))
+                    self._drain_wait(cctx, self.plan.change_for(phase.service_id),
+                                     signalled.get(phase.service_id, []))
             elif phase.kind == "stop":
                 with self.clock.phase("stop"):
                     self._stop_old(cctx, self.plan.change_for(phase.service_id))
@@ -432,6 +446,12 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         db.session.commit()
 
     def _drain(self, cctx: OperationContext, change: ServiceChange) -> None:
+        """Drain ``change``'s old replicas: the signal, the gateways' confirmation, the window."""
+        self._drain_wait(cctx, change, self._drain_signal(cctx, change))
+
+    def _drain_signal(self, cctx: OperationContext,
+                      change: ServiceChange) -> list[tuple[ServiceReplica, float]]:
+        """Tell the old replicas to fail the gateways' checks; ``[(replica, stamp)]``."""
         drained: list[tuple[ServiceReplica, float]] = []
         for old in change.old_replicas:
             replica = self._replica(old.id)
@@ -449,6 +469,11 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                     drained.append((replica, stamp))
                 replica.status = ReplicaStatus.DRAINING
                 db.session.commit()
+        return drained
+
+    def _drain_wait(self, cctx: OperationContext, change: ServiceChange,
+                    drained: list[tuple[ServiceReplica, float]]) -> None:
+        """Every gateway took the drained replicas out of rotation; then the drain window."""
         if drained:
             self._await_out_of_rotation(cctx, drained)
         window = change.drain_seconds

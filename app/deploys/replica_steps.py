@@ -12,12 +12,12 @@ import sqlalchemy as sa
 from app.deploys import commands as dc
 from app.deploys.gateway_health import parse_stamp
 from app.deploys.planning import ServiceChange
-from app.deploys.slots import (APP_PORT, READY_PATH, container_name, project_name, slot_alias,
-                               slot_port)
+from app.deploys.slots import (APP_PORT, KEYSTONE_SERVICES_ROOT, READY_PATH, container_name,
+                               project_name, slot_alias, slot_port)
 from app.deploys.values import last_line, replica_environment, stdout_text
 from app.drivers import get_driver
 from app.drivers.base import FirewallRule
-from app.drivers.compose import compose_cmd, dump_yaml, ensure_network_cmd, upload_project
+from app.drivers.compose import compose_cmd, dump_yaml, upload_project
 from app.endpoints import Unreachable, cross_server_address, upsert_slot_endpoint
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Server, Service, ServiceReplica
@@ -26,7 +26,6 @@ from app.models.service import REMOVED_BY_KEYSTONE
 from app.operations import OperationContext, StepFailed
 from app.operations.fanout import Child
 from app.services_ops.steps import open_firewall, require_public_firewall
-from app.shell import cmd
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +159,10 @@ class ReplicaSteps:
                 require_public_firewall(rctx, server, [FirewallRule(published, "tcp", "")])
             with rctx.step(f"Start {name} in the {slot} slot on {server.name}",
                            server=server) as step:
-                step.run(ensure_network_cmd(), timeout=60)
-                step.run(dc.remove(name), check=False, timeout=60)  # a leftover of a crash
                 self._remove_leftovers(step, old, slot, index)
-                started = parse_stamp(stdout_text(step.run(dc.server_time(), check=False,
-                                                       pty=False, timeout=30)))
+                # The network, a crash's leftover of this name removed, the server's clock.
+                started = parse_stamp(last_line(step.run(dc.prepare_slot(name), pty=False,
+                                                         timeout=150)))
                 replica.config = {**(replica.config or {}), "started_at": started}
                 db.session.commit()
                 upload_project(step, rendered)
@@ -270,7 +268,7 @@ class ReplicaSteps:
             if not healthy:
                 raise StepFailed(f"{name} never became healthy: {path} answered {last} after "
                                  f"{retries} tries")
-            self._check_not_crashing(step, name, "while it was health-checked")
+            parts = self._check_not_crashing(step, name, "while it was health-checked")
             if role == "web":
                 self._check_ready_handler(rctx, step, name)
             elif role == "websocket":
@@ -278,8 +276,9 @@ class ReplicaSteps:
                 # handler: the gateway checks the health path on websocket slots, and an old
                 # replica leaves the rotation when it stops (the gateway retries the dial).
                 step.log(f"the gateway checks {path} on the websocket slots")
-            res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
-            self._mark_running(replica, stdout_text(res).split())
+            # The container's id from that inspect: a restart since would show in the
+            # gateway wait's "still runs" check, before anything old is touched.
+            self._mark_running(replica, parts)
 
     def _check_ready_handler(self, rctx, step, name: str) -> None:
         """The image answers the ready path, and 503 "not armed" until Keystone arms it."""
@@ -302,14 +301,14 @@ class ReplicaSteps:
     def _arm(self, step, replica: ServiceReplica) -> None:
         """Keystone's checks passed: let the gateways see the replica (ready path -> 200)."""
         name = replica.container_name
-        res = step.run(dc.arm(name), check=False, pty=False, timeout=30)
+        # One round trip: the server's clock, the marker, then the ready path asked.
+        res = step.run(dc.arm(name, APP_PORT), check=False, pty=False, timeout=30)
         armed_at = parse_stamp(stdout_text(res))
         if res.exit_code != 0 or armed_at is None:
             raise StepFailed(f"could not arm {name}: {last_line(res) or 'no answer'}")
         replica.config = {**(replica.config or {}), "armed_at": armed_at}
         db.session.commit()
-        r2 = step.run(dc.ready_probe(name, APP_PORT), check=False, pty=False, timeout=30)
-        ready = last_line(r2) or "000"
+        ready = last_line(res) or "000"
         step.log(f"{READY_PATH} -> {ready}: armed")
         if ready != "200":
             raise StepFailed(f"{name} was armed but {READY_PATH} answered {ready}")
@@ -349,13 +348,9 @@ class ReplicaSteps:
             drained_at = parse_stamp(stdout_text(res))
             if res.exit_code == 0 and drained_at is not None:
                 self._await_out_of_rotation(step.ctx, [(replica, drained_at)])
-        step.run(dc.stop(name, timeout), check=False, timeout=timeout + 60)
-        cfg = replica.config or {}
-        directory, project = cfg.get("directory"), cfg.get("project")
-        if directory and project:
-            step.run(compose_cmd(directory, project, "down", "--timeout", str(int(timeout))),
-                     check=False, timeout=timeout + 60)
-        step.run(dc.remove(name), check=False, timeout=60)
-        if directory and directory.startswith("/home/keystone/services/"):
-            step.run(cmd("rm", "-rf", "--", directory), check=False, timeout=60)
+        directory = (replica.config or {}).get("directory")
+        if not (directory and directory.startswith(f"{KEYSTONE_SERVICES_ROOT}/")):
+            directory = None  # never remove a directory Keystone did not make
+        # Stop (SIGTERM, SIGKILL after ``timeout``), remove, its files: one round trip.
+        step.run(dc.teardown(name, timeout, directory), check=False, timeout=timeout + 120)
 

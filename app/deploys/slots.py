@@ -3,7 +3,7 @@
 Why fixed slots: every Caddy config change closes idle client keep-alive
 connections, so an ordinary deploy must change no gateway config at all. The
 Caddyfile lists both slots of every server once; Caddy's active health check
-(``/.keystone/ready`` every 500 ms) decides which of them gets traffic. A slot
+(``/.keystone/ready`` every 250 ms) decides which of them gets traffic. A slot
 is:
 
 * on the same server, a Docker network alias on the ``keystone`` network
@@ -49,7 +49,7 @@ MAX_REPLICAS = 8
 # The ready path is answered from marker files by the replica's web server, never by PHP,
 # so a saturated app does not fail it; still, a slot is marked down only after
 # HEALTH_FAILS failed checks, each allowed HEALTH_TIMEOUT (sized for a loaded server).
-HEALTH_INTERVAL_MS = 500
+HEALTH_INTERVAL_MS = 250
 HEALTH_TIMEOUT = "5s"
 HEALTH_FAILS = 3
 HEALTH_PASSES = 1

@@ -176,6 +176,29 @@ class Runtime:
             db.session.refresh(server)
         return conn
 
+    def warm_up(self, server_ids) -> None:
+        """Open the connections to these servers in the background, one thread each, so the
+        first command to each does not wait for a handshake (a deploy asks while it resolves
+        its branch). A failure is left for the first real use to meet and report; that use
+        waits for a handshake still in flight rather than starting a second one."""
+        app = self.app
+
+        def connect(server_id: int) -> None:
+            with app.app_context():
+                try:
+                    server = db.session.get(Server, server_id)
+                    if server is not None:
+                        self.connection(server)
+                except Exception as exc:
+                    log.info("warming up the connection to server %s: %s", server_id,
+                             type(exc).__name__)
+                finally:
+                    db.session.remove()
+
+        for server_id in server_ids:
+            threading.Thread(target=connect, args=(int(server_id),), daemon=True,
+                             name=f"keystone-ssh-warm-{int(server_id)}").start()
+
     # -- heartbeat ---------------------------------------------------------
     def start_heartbeat(self) -> None:
         self.recorder.background = True

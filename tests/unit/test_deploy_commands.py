@@ -1,4 +1,8 @@
 """Deploy command values (pure): quoting, the scheduler hand-over script, one-off runs."""
+import os
+import shlex
+import subprocess
+
 import pytest
 
 from app.deploys import commands as dc
@@ -20,8 +24,11 @@ def test_container_names_are_quoted():
     # on); the container name and the marker are arguments of a constant script.
     assert dc.drain("a;b").render() == (
         "sh -c 'date +%s.%N; docker exec \"$1\" touch \"$2\"' sh 'a;b' /tmp/keystone-drain")
-    assert dc.arm("a;b").render() == (
-        "sh -c 'date +%s.%N; docker exec \"$1\" touch \"$2\"' sh 'a;b' /tmp/keystone-armed")
+    armed = shlex.split(dc.arm("a;b", 8080).render())
+    assert armed[:2] == ["sh", "-c"]
+    assert armed[2].startswith('date +%s.%N; exec docker exec "$1" sh -c ')
+    assert armed[3:6] == ["sh", "a;b", "/tmp/keystone-armed"]
+    assert armed[-3:] == ["8080", "/.keystone/ready", "3"]
     assert dc.stop("x", 12).render() == "docker stop --time 12 x"
     assert dc.gateway_log_since("gw;x", 1700000000.5).render() == (
         "sh -c 'docker logs --since \"$1\" \"$2\" 2>&1' sh 1700000000.500 'gw;x'")
@@ -63,3 +70,61 @@ def test_scheduler_loop_marks_busy_before_reading_the_flag():
     loop = image_files()["scheduler.sh"][0].decode()
     body = loop.split("while :; do", 1)[1]
     assert body.index(': > "$BUSY"') < body.index('[ -e "$FLAG" ]') < body.index('rm -f "$BUSY"')
+
+
+def _fake_docker(tmp_path, touch_exit: int = 0):
+    """``docker``, ``touch`` and ``php`` on PATH that log their argv: ``docker exec C ...``
+    runs the rest here (as the container would), ``php`` answers 200."""
+    log = tmp_path / "calls.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = f"printf '%s\\n' \"$(basename \"$0\") $*\" >> {shlex.quote(str(log))}\n"
+    fakes = {
+        "docker": 'case "$1" in exec) shift 2; exec "$@";; esac\n',
+        "touch": f"exit {int(touch_exit)}\n",
+        "php": "echo 200\n",
+    }
+    for name, body in fakes.items():
+        script = bin_dir / name
+        script.write_text("#!/bin/sh\n" + record + body)
+        script.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return log, env
+
+
+def test_arm_stamps_the_clock_then_touches_then_asks_the_ready_path(tmp_path):
+    log, env = _fake_docker(tmp_path)
+    out = subprocess.run(dc.arm("ks-web-1", 8080).render(), shell=True, env=env,
+                         capture_output=True, text=True, check=False)
+    lines = out.stdout.split()
+    assert out.returncode == 0, out.stderr
+    float(lines[0])  # the server's clock comes first ...
+    assert lines[-1] == "200"  # ... the ready path's status last
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("docker exec ks-web-1 sh -c ")  # one docker exec
+    assert calls[1] == "touch /tmp/keystone-armed"
+    assert calls[2].startswith("php -r ini_set(")
+    assert calls[2].endswith(" 8080 /.keystone/ready 3")
+    assert len(calls) == 3
+
+
+def test_arm_fails_without_asking_when_the_marker_cannot_be_made(tmp_path):
+    log, env = _fake_docker(tmp_path, touch_exit=1)
+    out = subprocess.run(dc.arm("ks-web-1").render(), shell=True, env=env,
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 1
+    assert [c.split()[0] for c in log.read_text().splitlines()] == ["docker", "touch"]
+
+
+def test_teardown_is_one_round_trip_in_order_with_the_directory_as_an_operand():
+    rendered = dc.teardown("ks;x", 30, "/home/keystone/services/4/replicas/-p").render()
+    assert rendered == ("docker stop --time 30 'ks;x' ; docker rm -f -v 'ks;x' ; "
+                        "rm -rf -- /home/keystone/services/4/replicas/-p")
+    assert dc.teardown("ks", 5).render() == "docker stop --time 5 ks ; docker rm -f -v ks"
+
+
+def test_prepare_slot_fails_only_when_the_network_cannot_be_made():
+    rendered = dc.prepare_slot("ks;x").render()
+    network, rest = rendered.split(" && ", 1)
+    assert network.startswith("flock -w 120 ")
+    assert rest == "{ docker rm -f -v 'ks;x' ; date +%s.%N; }"

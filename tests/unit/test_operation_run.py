@@ -61,6 +61,47 @@ def test_three_steps_succeed_and_share_one_connection(app, clean_streams, handle
     assert db.session.execute(sa.select(OperationLock)).first() is None
 
 
+def test_warm_up_opens_the_connection_once_and_the_first_step_reuses_it(app, clean_streams,
+                                                                         handlers):
+    g = build_org()
+    seen = {}
+
+    @handlers(K)
+    def handler(ctx):
+        ctx.runtime.warm_up([g.server.id])
+        deadline = time.monotonic() + 10
+        while not ctx.runtime.pool.connections() and time.monotonic() < deadline:
+            time.sleep(0.01)  # connected in the background, before any step asked
+        seen["warmed"] = len(ctx.runtime.pool.connections())
+        with ctx.step("after the warm-up", server=g.server) as step:
+            step.run(cmd("echo", "hi"))
+        seen["handshakes"] = ctx.runtime.handshakes
+
+    with fake_servers() as fake:
+        fake.script("echo", output="hi\n")
+        op = _start(g)
+        assert _run(op) == "succeeded"
+    assert seen == {"warmed": 1, "handshakes": 1}
+    assert len(fake.connections) == 1 and fake.connections[0].handshakes == 1
+    # The warm-up thread pinned the host key like any first contact.
+    assert db.session.get(Server, g.server.id).host_key_fingerprint == fake.fingerprint
+
+
+def test_warm_up_failure_is_left_for_the_first_real_use(app, clean_streams, handlers):
+    g = build_org()
+
+    @handlers(K)
+    def handler(ctx):
+        ctx.runtime.warm_up([987654])  # no such server: nothing raised here
+        with ctx.step("still runs", server=g.server) as step:
+            step.run(cmd("echo", "ok"))
+
+    with fake_servers() as fake:
+        fake.script("echo", output="ok\n")
+        op = _start(g)
+        assert _run(op) == "succeeded"
+
+
 def test_nonzero_exit_fails_step_and_operation(app, clean_streams, handlers):
     g = build_org()
     ran_after = []

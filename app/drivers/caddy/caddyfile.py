@@ -212,9 +212,9 @@ class Route:
     lb_try_interval: str = "250ms"
     dial_timeout: str = "2s"
     stream_close_delay: str = "5m"
-    # Active health check cadence. Deploys use fast checks on /.keystone/ready (500ms,
-    # one failure marks down, one pass marks up) so fixed blue/green slots switch
-    # without any config change (docs/cutover.md).
+    # Active health check cadence. Deploys use fast checks on /.keystone/ready
+    # (app.deploys.slots: HEALTH_INTERVAL_MS, HEALTH_FAILS, HEALTH_PASSES) so fixed
+    # blue/green slots switch without any config change (docs/cutover.md).
     health_interval: str = "5s"
     health_timeout: str = "3s"
     health_fails: int | None = None
