@@ -154,6 +154,16 @@ def teardown(container: str, timeout: int, directory: str | None = None) -> Comm
     return seq(*steps)
 
 
+def remove_one_off(container: str, directory: str) -> Command:
+    """After a one-off run: its container (if a cut-short run left it) and its files."""
+    return seq(remove(container), cmd("rm", "-rf", end_of_options(), directory))
+
+
+def start(container: str) -> Command:
+    """Start a container Compose created (``up --no-start``)."""
+    return cmd("docker", "start", container)
+
+
 def prepare_slot(container: str) -> Command:
     """Before a replica starts: the server's network (created if missing, see
     :func:`app.drivers.compose.ensure_network_cmd`), a leftover container of that name

@@ -36,7 +36,7 @@ from app.deploys.timing import NULL_CLOCK, NullClock, PhaseClock
 from app.deploys.values import (commit_details, environment_secrets, environment_values,
                                 replica_environment, snapshot, stdout_text)
 from app.drivers import get_driver
-from app.drivers.compose import compose_cmd, ensure_network_cmd, upload_project
+from app.drivers.compose import ensure_network_cmd, upload_project
 from app.drivers.laravel.settings import LaravelSettings, SettingsError
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Server, Service, ServiceReplica, ServiceSlice
@@ -46,7 +46,6 @@ from app.models.service import REMOVED_BY_KEYSTONE
 from app.operations import OperationContext, StepFailed, operation_handler
 from app.repositories import resolve_commit
 from app.repositories.validation import ValidationError
-from app.shell import cmd
 
 SCHEDULER_RELEASE_WAIT = 300
 
@@ -56,6 +55,9 @@ SCHEDULER_RELEASE_WAIT = 300
 class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
     # Records nothing unless the instance has its own (a deploy run: see __init__).
     clock: PhaseClock | NullClock = NULL_CLOCK
+
+    migrations = None
+    """Migrations running while the new replicas are created (a Background): _run_phases."""
 
     def __init__(self, ctx: OperationContext, env: Environment):
         self.ctx = ctx
@@ -205,13 +207,37 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
         return True
 
     def _run_phases(self, plan: DeployPlan) -> None:
+        try:
+            self._run_phases_in_order(plan)
+        except BaseException as exc:
+            # Never end with the migrations still running; their failure is the story
+            # (a replica that waited for them failed because of it).
+            error = self._settle_migrations()
+            if isinstance(error, Exception) and isinstance(exc, Exception):
+                raise error from None
+            raise
+        error = self._settle_migrations()
+        if error is not None:
+            raise error
+
+    def _settle_migrations(self) -> BaseException | None:
+        """Wait for migrations running in the background to end; what they raised."""
+        migrations, self.migrations = self.migrations, None
+        return migrations.join() if migrations is not None else None
+
+    def _run_phases_in_order(self, plan: DeployPlan) -> None:
         kinds = [p.kind for p in plan.phases]
         cutover_kinds = {"await_gateway", "scheduler_release", "scheduler_claim", "drain", "stop"}
         cutover = [p for p in plan.phases if p.kind in cutover_kinds]
         done_cutover = False
         routes_done = False
-        for phase in plan.phases:
+        for index, phase in enumerate(plan.phases):
             self.ctx.check_cancelled()
+            if self.migrations is not None and phase.kind not in ("start", "health"):
+                # The new replicas waited for them to start; nothing else runs beside them.
+                error = self._settle_migrations()
+                if error is not None:
+                    raise error
             if phase.kind == "check_dependencies":
                 with self.clock.phase("dependencies"):
                     self._check_dependencies()
@@ -219,8 +245,15 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                 with self.clock.phase("pre_switch"):
                     self._pre_switch()
             elif phase.kind == "migrate":
-                with self.clock.phase("migrate"):
-                    self._migrate(plan)
+                if any(p.kind == "start" for p in plan.phases[index + 1:]):
+                    # Before the switch: the migrations run while the new replicas are
+                    # created (pulled image, compose project, container), and each replica
+                    # starts only once they succeeded. No new code runs on the old schema,
+                    # and the deploy does not wait for one and then the other.
+                    self.migrations = self.ctx.in_background(self._migrate_timed,
+                                                             name="migrate")
+                else:
+                    self._migrate_timed()
             elif phase.kind == "start":
                 if not routes_done:
                     # Routes first (only when their slot list changes: the first deploy, a new
@@ -330,6 +363,10 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                           service_server_ids(svc)[0], list(argv),
                           f"Pre-switch: {shlex.join(argv)}", f"pre{index}")
 
+    def _migrate_timed(self) -> None:
+        with self.clock.phase("migrate"):
+            self._migrate(self.plan)
+
     def _migrate(self, plan: DeployPlan) -> None:
         m = plan.migration
         svc = db.session.get(Service, m.service_id)
@@ -360,10 +397,9 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
             try:
                 step.run(dc.one_off_run(directory, name, "worker", name, argv), timeout=1800)
             finally:
-                step.run(compose_cmd(directory, name, "down", "--remove-orphans"), check=False,
-                         timeout=120)
-                step.run(dc.remove(name), check=False, timeout=60)
-                step.run(cmd("rm", "-rf", "--", directory), check=False, timeout=60)
+                # `run --rm` removed the container unless it was cut short; the project is
+                # that one container on the external network, so nothing else is left.
+                step.run(dc.remove_one_off(name, directory), check=False, timeout=120)
 
     # ---------------------------------------------------------------- cutover
     def _cutover(self, cctx: OperationContext, phases) -> None:

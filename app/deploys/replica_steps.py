@@ -166,8 +166,16 @@ class ReplicaSteps:
                 replica.config = {**(replica.config or {}), "started_at": started}
                 db.session.commit()
                 upload_project(step, rendered)
-                step.run(compose_cmd(rendered.directory, project, "up", "-d", "--no-build"),
-                         timeout=600)
+                migrations = getattr(self, "migrations", None)
+                if migrations is None:
+                    step.run(compose_cmd(rendered.directory, project, "up", "-d",
+                                         "--no-build"), timeout=600)
+                else:
+                    # Created now, started once the migrations (running meanwhile) succeeded.
+                    step.run(compose_cmd(rendered.directory, project, "up", "--no-start",
+                                         "--no-build"), timeout=600)
+                    self._await_migrations(rctx, step, migrations)
+                    step.run(dc.start(name), timeout=120)
             if published:
                 # Other servers' gateways reach this slot on the private network only.
                 open_firewall(rctx, server, [FirewallRule(
@@ -179,6 +187,15 @@ class ReplicaSteps:
             raise
         self.new[(service.id, server.id, index)] = replica
         return replica
+
+    def _await_migrations(self, rctx, step, migrations) -> None:
+        if not migrations.done:
+            step.log("created; it starts once the migrations have succeeded")
+        while not migrations.wait(0.2):
+            rctx.check_cancelled()
+        if migrations.error is not None:
+            raise StepFailed("not started: the migrations did not succeed")
+        step.log("migrations done: starting it")
 
     def _remove_leftovers(self, step, old, slot: str, index: int = 0) -> None:
         """An interrupted deploy's replica in this slot and place (it never passed its checks,

@@ -418,6 +418,25 @@ class OperationContext:
         self.check_cancelled()
         return [o.result for o in outcomes]
 
+    def in_background(self, work: Callable[[], object], *, name: str = "background"):
+        """Start ``work()`` in a thread of its own (steps of THIS operation, with its own app
+        context and database session: ``work`` loads its rows by id) and return its
+        :class:`app.operations.fanout.Background` at once. The caller must ``join`` it
+        before the operation ends, whatever happens."""
+        from app.operations.fanout import Background
+        self.check_cancelled()
+        app = self.runtime.app
+        db.session.commit()
+
+        def one():
+            with app.app_context():
+                try:
+                    return work()
+                finally:
+                    db.session.remove()
+
+        return Background(one, name=f"op{self.id}-{name}")
+
     # -- running ------------------------------------------------------------
     def execute(self, handler: Callable | None) -> S:
         """Run the handler, then clean-ups; end the operation. Never raises."""

@@ -133,6 +133,42 @@ def run_limited(items: Sequence[T], work: Callable[[T], R], limit: int, *,
     return outcomes
 
 
+class Background:
+    """``work()`` in a thread of its own, started at once (work that overlaps the caller's:
+    a deploy's migrations while its new replicas are created). :meth:`wait` waits (bounded
+    when given a timeout) and says whether it ended; :meth:`join` waits for the end and
+    returns the error ``work`` raised, if any. ``work`` must end by itself."""
+
+    def __init__(self, work: Callable[[], object], name: str = "background"):
+        self.error: BaseException | None = None
+        self.started_at = time.monotonic()
+        self.ended_at: float | None = None
+        self._done = threading.Event()
+
+        def body() -> None:
+            try:
+                work()
+            except BaseException as exc:  # noqa: B902 - handed to whoever joins
+                self.error = exc
+            finally:
+                self.ended_at = time.monotonic()
+                self._done.set()
+
+        self._thread = threading.Thread(target=body, daemon=True, name=name)
+        self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def join(self) -> BaseException | None:
+        self._thread.join()
+        return self.error
+
+
 def overlapping(intervals: Sequence[tuple[float, float]]) -> bool:
     """True when every interval shares one moment with every other (all ran at once):
     the latest start comes before the earliest end."""

@@ -139,6 +139,7 @@ class Connection(SftpFiles):
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
+        self._sftp_lock = threading.RLock()  # transfers take turns (app.remote.files)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -6,6 +6,7 @@ paramiko's among them): this module does not import paramiko.
 """
 from __future__ import annotations
 
+import functools
 import posixpath
 import secrets as _secrets
 import socket
@@ -22,8 +23,22 @@ def make_mkdir_p(path: str) -> shell.Command:
     return shell.cmd("mkdir", "-p", shell.end_of_options(), path)
 
 
+def _one_at_a_time(method):
+    """Paramiko's SFTPClient is one request stream per connection and not safe for two
+    threads at once: a deploy's migrations uploading their project while a route was
+    installed on the same server both timed out. Transfers on one connection take turns
+    (commands still run side by side, each on a channel of its own)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._sftp_lock:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class SftpFiles:
     """put_file / get_file / stream_from / stream_to / remove_file / mkdir_p."""
+
+    _sftp_lock: threading.RLock  # set by the connection (one per connection)
 
     TRANSFER_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError)
 
@@ -37,6 +52,7 @@ class SftpFiles:
         reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
         return TransferFailed(f"Failed {action} {path} on {self.address}: {reason}.")
 
+    @_one_at_a_time
     def put_file(self, remote_path: str, data: bytes, mode: int = 0o644) -> None:
         """Upload ``data`` to ``remote_path`` atomically, with ``mode`` (0o600 for secrets).
 
@@ -78,6 +94,7 @@ class SftpFiles:
                     except self.TRANSFER_ERRORS:
                         pass
 
+    @_one_at_a_time
     def get_file(self, remote_path: str) -> bytes:
         """Download a whole file."""
         sftp = self._sftp_client()
@@ -94,6 +111,7 @@ class SftpFiles:
 
     # ------------------------------------------------------------ streamed files (backups)
 
+    @_one_at_a_time
     def stream_from(self, remote_path: str, sink: Callable[[bytes], None],
                     chunk_size: int = 1024 * 1024,
                     cancel: threading.Event | None = None) -> int:
@@ -118,6 +136,7 @@ class SftpFiles:
         except self.TRANSFER_ERRORS as exc:
             raise self._file_error("downloading", remote_path, exc) from None
 
+    @_one_at_a_time
     def stream_to(self, remote_path: str, source: Callable[[int], bytes], mode: int = 0o600,
                   chunk_size: int = 1024 * 1024,
                   cancel: threading.Event | None = None) -> int:
@@ -147,6 +166,7 @@ class SftpFiles:
         except self.TRANSFER_ERRORS as exc:
             raise self._file_error("uploading", remote_path, exc) from None
 
+    @_one_at_a_time
     def remove_file(self, remote_path: str) -> None:
         """Remove a file over SFTP; a file that is already gone is not an error."""
         sftp = self._sftp_client()

@@ -244,6 +244,46 @@ def test_rollback_brings_back_the_previous_commit(bed):
     assert len(bed.containers()) == 1
 
 
+def test_a_failed_migration_never_starts_the_new_replicas(bed):
+    """The migrations run while the new replicas are created; a replica starts only once
+    they succeeded. Here they fail: the created replica is removed without ever starting,
+    the deploy fails with the migration's error and the old replica keeps serving."""
+    from app.extensions import db
+    from app.models import EnvironmentVariable, Service
+    from app.models.enums import VariableSource
+    serving = bed.commit_served()
+    (old,) = bed.containers()
+    web = db.session.get(Service, bed.web_id)
+    config = dict(web.config or {})
+    web.config = {**config, "migration_command": "php artisan migrate:no-such-command"}
+    variable = EnvironmentVariable(environment_id=bed.env_id, key="MIGRATION_FAILS",
+                                   value="1", source=VariableSource.USER)
+    db.session.add(variable)
+    db.session.commit()
+    try:
+        # The build that serves now (the branch head is the broken commit), a new variable.
+        op = bed.deploy(expect="failed", artifact=bed.env.current_artifact)
+        steps = [s for c in [op, *op.children] for cc in [c, *c.children] for s in cc.steps]
+        migrate = next(s for s in steps if s.name.startswith("Run migrations"))
+        assert migrate.status.value == "failed"
+        assert migrate.exit_code not in (0, None)
+        assert "migrate:no-such-command" in (op.error or "")  # the migration's error, on top
+        start = next(s for s in steps if s.name.startswith("Start ks-web-"))
+        assert "up --no-start" in start.script
+        assert "not started: the migrations did not succeed" in start.error_logs
+        assert "docker start" not in start.script  # created, never started
+        assert bed.containers() == [old] and bed.commit_served() == serving
+        new = start.name.split()[1]
+        gone = bed.sandbox_servers[0].exec("docker", "container", "inspect", new, check=False)
+        assert gone.exit_code != 0  # removed, not left created
+    finally:
+        db.session.expire_all()
+        web = db.session.get(Service, bed.web_id)
+        web.config = config
+        db.session.delete(db.session.get(EnvironmentVariable, variable.id))
+        db.session.commit()
+
+
 def test_add_worker_deploys_a_queue_worker_stopped_gracefully(bed, sandbox):
     from app.deploys.service import add_role_service
     from app.extensions import db

@@ -11,7 +11,8 @@ from app.models import Operation, Server
 from app.models.enums import OperationKind, OperationStatus as S
 from app.operations import StepFailed, cancel_operation, start_operation
 from app.operations.columns import Node, per_server_groups, split_lines
-from app.operations.fanout import Child, max_concurrency, overlapping, run_limited
+from app.operations.fanout import (Background, Child, max_concurrency, overlapping,
+                                   run_limited)
 from app.shell import cmd
 from tests.factories import build_org
 from tests.opsupport import clean_streams, fake_servers, handlers, slow_servers  # noqa: F401
@@ -73,6 +74,50 @@ def test_overlap_and_concurrency_of_intervals():
 
 
 # --------------------------------------------------------------------------- grouping
+
+def test_background_runs_at_once_and_hands_its_error_to_whoever_joins():
+    gate = threading.Event()
+    ran = []
+
+    def work():
+        gate.wait(10)
+        ran.append(True)
+        raise ValueError("migration broke")
+
+    bg = Background(work, name="t")
+    assert not bg.done and not bg.wait(0.05)  # running beside the caller
+    gate.set()
+    error = bg.join()
+    assert ran == [True] and bg.done and isinstance(error, ValueError)
+    assert bg.ended_at >= bg.started_at
+    assert Background(lambda: None).join() is None
+
+
+def test_in_background_steps_belong_to_the_operation_and_overlap_the_caller(
+        app, clean_streams, handlers):
+    g = build_org()
+    both = threading.Barrier(2, timeout=20)  # the caller and the background step at once
+
+    @handlers(K)
+    def parent(ctx):
+        def migrate():
+            with ctx.step("migrate", server=g.server.id) as step:
+                step.run(cmd("echo", "migrating"))
+                both.wait()
+        bg = ctx.in_background(migrate, name="migrate")
+        with ctx.step("create the new replica", server=g.server.id) as step:
+            step.run(cmd("echo", "created"))
+            both.wait()
+        assert bg.join() is None
+
+    with fake_servers():
+        op = _start(g)
+        assert run_operation(op.id) == "succeeded"
+    db.session.expire_all()
+    steps = db.session.get(Operation, op.id).steps
+    assert sorted(s.name for s in steps) == ["create the new replica", "migrate"]
+    assert overlapping([(s.started_at.timestamp(), s.finished_at.timestamp()) for s in steps])
+
 
 def test_children_that_ran_per_server_become_one_column_per_server():
     nodes = [Node(2, 1), Node(3, 2, server_id=7), Node(4, 2, server_id=8), Node(5, 3),
