@@ -44,3 +44,22 @@ def test_routes_are_ensured_once_at_the_cutover():
     assert calls == ["routes", "await gateways", "record"]
     assert d.cutover_started
     assert [k.value for k in d.ctx.children] == ["gateway_cutover"]
+
+
+def test_the_cutover_signals_the_drain_before_the_scheduler_changes_hands():
+    # The gateways count failed checks of the drained replica while the scheduler moves:
+    # the hand-over costs no time of its own; the wait, the window and the stop come after.
+    from app.deploys.timing import NULL_CLOCK
+    d, _, calls = _deploy([])
+    d.clock = NULL_CLOCK
+    change = object()
+    d.plan = type("Plan", (), {"change_for": staticmethod(lambda sid: change)})()
+    d._drain_signal = lambda ctx, c: calls.append("drain signal") or ["stamp"]
+    d._scheduler_release = lambda ctx, p: calls.append("scheduler release")
+    d._scheduler_claim = lambda ctx, p: calls.append("scheduler claim")
+    d._drain_wait = lambda ctx, c, drained: calls.append(f"drain wait {drained}")
+    d._stop_old = lambda ctx, c: calls.append("stop")
+    d._cutover(d.ctx, [Phase("await_gateway"), Phase("scheduler_release", 1),
+                       Phase("scheduler_claim", 1), Phase("drain", 1), Phase("stop", 1)])
+    assert calls == ["drain signal", "scheduler release", "scheduler claim",
+                     "drain wait ['stamp']", "stop"]
