@@ -275,7 +275,7 @@ def test_a_failed_migration_never_starts_the_new_replicas(bed):
         assert bed.containers() == [old] and bed.commit_served() == serving
         new = start.name.split()[1]
         gone = bed.sandbox_servers[0].exec("docker", "container", "inspect", new, check=False)
-        assert gone.exit_code != 0  # removed, not left created
+        assert gone.returncode != 0  # removed, not left created
     finally:
         db.session.expire_all()
         web = db.session.get(Service, bed.web_id)
