@@ -35,6 +35,14 @@ OBSERVE_SECONDS = 10.0
 READY_TRIES = 5
 
 
+class WorkersCrashed(StepFailed):
+    """New workers that exited or restarted while they were watched (``names``)."""
+
+    def __init__(self, message: str, names: tuple[str, ...]):
+        super().__init__(message)
+        self.names = names
+
+
 class _Collected(dict):
     """``new`` of a fan-out thread: each replica stored also goes to the shared ``made`` by
     id (its row belongs to the thread's session, which ends with the thread)."""
@@ -75,11 +83,14 @@ class ReplicaSteps:
         try:
             cctx.run_children(children)
         finally:
-            # The threads' sessions are gone: this thread loads what they made, by id.
-            for key, made_ids in made.items():
-                self.new[key] = ([db.session.get(ServiceReplica, i) for i in made_ids]
-                                 if isinstance(made_ids, list)
-                                 else db.session.get(ServiceReplica, made_ids))
+            self._collect(made)
+
+    def _collect(self, made: dict) -> None:
+        """The threads' sessions are gone: this thread loads what they made, by id."""
+        for key, made_ids in made.items():
+            self.new[key] = ([db.session.get(ServiceReplica, i) for i in made_ids]
+                             if isinstance(made_ids, list)
+                             else db.session.get(ServiceReplica, made_ids))
 
     def _in_thread(self, made: dict, artifact_id: int, env_id: int) -> "ReplicaSteps":
         """This deploy as seen from a fan-out thread: the same plan, facts, values and
@@ -94,13 +105,56 @@ class ReplicaSteps:
     def _replica_deploy(self, rctx: OperationContext, change: ServiceChange, placement) -> None:
         """The placement's new replicas on one server (``placement.count`` of them, issue 20.2),
         all in the same slot: a cutover replaces every replica of a slot together."""
-        for index in range(max(1, placement.count)):
-            self._start_replica(rctx, change, placement.server_id, placement.slot, index,
-                                placement.old)
+        self._start_replicas(rctx, change, placement.server_id, placement.slot,
+                             range(max(1, placement.count)), placement.old)
+
+    def _start_replicas(self, rctx: OperationContext, change: ServiceChange, server_id: int,
+                        slot: str, indices, old=()) -> list[ServiceReplica]:
+        """Start replicas ``indices`` of ``slot`` on one server and check them (not armed).
+
+        Web and websocket replicas start and are health-checked one after another. Workers
+        all start first and are then watched side by side: one "keeps running" window for
+        the server's new workers, not one per worker (3 workers: 10 s, not 30 s). A worker
+        that crashes is removed with its last log lines; the others of the batch are left
+        to the operation's clean-up, like the healthy replicas of a failed deploy."""
+        indices = list(indices)
+        if change.role != "worker" or len(indices) < 2:
+            return [self._start_replica(rctx, change, server_id, slot, i, old)
+                    for i in indices]
+        server = db.session.get(Server, server_id)
+        launched: list[ServiceReplica] = []
+        try:
+            for index in indices:
+                launched.append(self._launch_replica(rctx, change, server_id, slot, index, old))
+            self._health_check(rctx, db.session.get(Service, change.service_id), change,
+                               launched, server, change.role)
+        except WorkersCrashed as exc:
+            for replica in launched:
+                if replica.container_name in exc.names:
+                    self._remove_failed(rctx, replica, server)
+            raise
+        for replica, index in zip(launched, indices):
+            self.new[(change.service_id, server_id, index)] = replica
+        return launched
 
     def _start_replica(self, rctx: OperationContext, change: ServiceChange, server_id: int,
                        slot: str, index: int, old=()) -> ServiceReplica:
         """Start replica ``index`` of ``slot`` on one server and health-check it (not armed)."""
+        replica = self._launch_replica(rctx, change, server_id, slot, index, old)
+        server = db.session.get(Server, server_id)
+        try:
+            self._health_check(rctx, db.session.get(Service, change.service_id), change,
+                               [replica], server, change.role)
+        except BaseException:
+            self._remove_failed(rctx, replica, server)
+            raise
+        self.new[(change.service_id, server_id, index)] = replica
+        return replica
+
+    def _launch_replica(self, rctx: OperationContext, change: ServiceChange, server_id: int,
+                        slot: str, index: int, old=()) -> ServiceReplica:
+        """Record replica ``index`` of ``slot`` on one server and start its container
+        (removed again, its log kept, when the start fails); not checked yet."""
         service = db.session.get(Service, change.service_id)
         server = db.session.get(Server, server_id)
         fact = self.facts[service.id]
@@ -181,11 +235,9 @@ class ReplicaSteps:
                 open_firewall(rctx, server, [FirewallRule(
                     published, "tcp", f"laravel {service.id} {slot}"
                     + (f" r{index + 1}" if index else ""))])
-            self._health_check(rctx, service, change, replica, server, role)
         except BaseException:
             self._remove_failed(rctx, replica, server)
             raise
-        self.new[(service.id, server.id, index)] = replica
         return replica
 
     def _await_migrations(self, rctx, step, migrations) -> None:
@@ -215,48 +267,82 @@ class ReplicaSteps:
             leftover.container_state = REMOVED_BY_KEYSTONE
             db.session.commit()
 
-    def _check_not_crashing(self, step, name: str, what: str) -> list[str]:
-        """Inspect ``name``; fail when it is not running or has restarted (a crash loop).
+    @staticmethod
+    def _judge(name: str, parts: list[str] | None, what: str) -> str | None:
+        """What is wrong with a new container from its inspect ``parts`` (None: not found).
 
         A new container starts with a restart count of 0: any restart during the
         deploy means its process exited and Docker's restart policy brought it back.
         """
-        res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
-        parts = stdout_text(res).split()
-        if res.exit_code != 0 or len(parts) < 3:
-            raise StepFailed(f"{name} is gone ({what})")
+        if not parts or len(parts) < 3:
+            return f"{name} is gone ({what})"
         restarts = int(parts[4]) if len(parts) > 4 and parts[4].isdigit() else 0
         exit_code = parts[5] if len(parts) > 5 else "?"
         if restarts > 0:
-            raise StepFailed(f"{name} is crash-looping: it restarted {restarts} time"
-                             f"{'s' if restarts != 1 else ''} {what} (last exit code "
-                             f"{exit_code})")
+            return (f"{name} is crash-looping: it restarted {restarts} time"
+                    f"{'s' if restarts != 1 else ''} {what} (last exit code {exit_code})")
         if parts[2] != "true":
-            raise StepFailed(f"{name} exited with code {exit_code} {what}")
+            return f"{name} exited with code {exit_code} {what}"
+        return None
+
+    def _check_not_crashing(self, step, name: str, what: str) -> list[str]:
+        """Inspect ``name``; fail when it is not running or has restarted (a crash loop)."""
+        res = step.run(dc.inspect(name), check=False, pty=False, timeout=30)
+        parts = stdout_text(res).split()
+        problem = self._judge(name, parts if res.exit_code == 0 else None, what)
+        if problem:
+            raise StepFailed(problem)
         return parts
 
-    def _observe(self, rctx, step, name: str, seconds: float) -> list[str]:
-        """Watch ``name`` for ``seconds``: it must keep running without a single restart."""
+    def _check_all_running(self, step, names: list[str], what: str) -> dict[str, list[str]]:
+        """:meth:`_check_not_crashing` of several containers of one server, in one
+        ``docker inspect``; every one that fails is named (:class:`WorkersCrashed`)."""
+        if len(names) == 1:
+            return {names[0]: self._check_not_crashing(step, names[0], what)}
+        res = step.run(dc.inspect_many(names), check=False, pty=False, timeout=30)
+        seen = dc.parse_inspect_many(stdout_text(res))
+        problems = {n: p for n in names if (p := self._judge(n, seen.get(n), what))}
+        if problems:
+            raise WorkersCrashed("; ".join(problems.values()), tuple(problems))
+        return seen
+
+    def _observe(self, rctx, step, names: list[str], seconds: float) -> dict[str, list[str]]:
+        """Watch ``names`` (one server's) for ``seconds`` side by side: each must keep
+        running without a single restart."""
         deadline = time.monotonic() + seconds
-        parts = self._check_not_crashing(step, name, "right after it started")
+        seen = self._check_all_running(step, names, "right after it started")
         while time.monotonic() < deadline:
             rctx.check_cancelled()
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            parts = self._check_not_crashing(step, name, f"within {seconds:g}s of starting")
-        return parts
+            seen = self._check_all_running(step, names, f"within {seconds:g}s of starting")
+        return seen
 
-    def _health_check(self, rctx, service, change, replica, server, role) -> None:
+    def _health_check(self, rctx, service, change, replicas, server, role) -> None:
+        """Check new replicas of one server (not armed): workers together (they must keep
+        running), web and websocket replicas one by one on their health path."""
+        if role == "worker":
+            self._check_workers(rctx, change, replicas, server)
+            return
+        for replica in replicas:
+            self._check_endpoint(rctx, change, replica, server, role)
+
+    def _check_workers(self, rctx, change, replicas, server) -> None:
+        names = [r.container_name for r in replicas]
+        observe = max(OBSERVE_SECONDS, float(change.health["interval"]) * 2)
+        title = (f"Check {names[0]} keeps running" if len(names) == 1 else
+                 f"Check {', '.join(names)} keep running")
+        with rctx.step(title, server=server) as step:
+            step.log(f"a worker has no HTTP endpoint: {'it' if len(names) == 1 else 'each'} "
+                     f"must run for {observe:g}s without exiting or restarting"
+                     + (" (watched side by side)" if len(names) > 1 else ""))
+            seen = self._observe(rctx, step, names, observe)
+            for replica in replicas:
+                step.log(f"{replica.container_name} ran {observe:g}s with 0 restarts")
+                self._mark_running(replica, seen.get(replica.container_name) or [])
+
+    def _check_endpoint(self, rctx, change, replica, server, role) -> None:
         h = change.health
         name = replica.container_name
-        if role == "worker":
-            with rctx.step(f"Check {name} keeps running", server=server) as step:
-                observe = max(OBSERVE_SECONDS, float(h["interval"]) * 2)
-                step.log(f"a worker has no HTTP endpoint: it must run for {observe:g}s "
-                         "without exiting or restarting")
-                parts = self._observe(rctx, step, name, observe)
-                step.log(f"{name} ran {observe:g}s with 0 restarts")
-                self._mark_running(replica, parts)
-            return
         path, interval, timeout, retries = h["path"], float(h["interval"]), float(h["timeout"]), \
             int(h["retries"])
         with rctx.step(f"Health check {name}: GET {path} every {interval:g}s, timeout "

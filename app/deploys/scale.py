@@ -171,8 +171,23 @@ class ServiceScale(EnvironmentDeploy):
 
     # ---------------------------------------------------------------- add
     def _add(self, change: ServiceChange, add: list[tuple[int, str, int]]) -> None:
+        # Per server: its missing replicas, in the slot that serves there (new workers of a
+        # server are watched side by side); the servers side by side, each in a thread
+        # with its own session (app.operations.fanout), as a deploy's replica_deploy.
+        groups: dict[int, tuple[str, list[int]]] = {}
         for server_id, slot, index in add:
-            self._start_replica(self.ctx, change, server_id, slot, index)
+            groups.setdefault(server_id, (slot, []))[1].append(index)
+        work = [(server_id, slot, indices) for server_id, (slot, indices) in groups.items()]
+        if len(work) == 1:
+            self._start_replicas(self.ctx, change, *work[0])
+        else:
+            made: dict = {}
+            ids = (self.artifact.id, self.env.id)
+            try:
+                self.ctx.in_parallel(work, lambda w: self._in_thread(made, *ids)
+                                     ._start_replicas(self.ctx, change, *w))
+            finally:
+                self._collect(made)
         if change.role in ("web", "websocket"):
             # One gateway change lists the new replicas (down until armed), then the
             # deploy's own confirmation: down on every gateway, armed, up on every gateway.
