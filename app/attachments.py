@@ -326,7 +326,7 @@ def regenerate_managed_variables(environment: Environment) -> list[str]:
 
 def recommendations_for(environment: Environment) -> list[Recommendation]:
     """What the attachments suggest (their drivers' ``recommended``), with the value in effect."""
-    env = effective_environment(environment)
+    env = _EffectiveValues(environment)
     out: list[Recommendation] = []
     for att in environment.attachments:
         driver = get_driver(att.service)
@@ -368,7 +368,7 @@ def queue_sync_warning(environment: Environment) -> str | None:
     """The warning a deployed environment with QUEUE_CONNECTION=sync shows (SPEC 7)."""
     if environment.status != EnvironmentStatus.DEPLOYED:
         return None
-    if effective_environment(environment).get("QUEUE_CONNECTION", "").strip().lower() != "sync":
+    if _EffectiveValues(environment).get("QUEUE_CONNECTION", "").strip().lower() != "sync":
         return None
     return ("QUEUE_CONNECTION=sync runs every queued job inside the web request that dispatched "
             "it: slow jobs slow down pages and a failing job fails the request. Attach Valkey "
@@ -441,6 +441,23 @@ def variable_rows(environment: Environment) -> list[VariableRow]:
         ordered = sorted(by_key[key], key=_precedence, reverse=True)
         rows.append(VariableRow(key, ordered[0], tuple(ordered[1:])))
     return rows
+
+
+class _EffectiveValues:
+    """:func:`effective_environment`'s value of a few keys, reading (and so decrypting) only
+    those: the page asks for the keys it recommends and leaves every other value, secrets
+    included, unread (app.blueprints.environments.page loads them deferred)."""
+
+    def __init__(self, environment: Environment) -> None:
+        self._rows: dict[str, EnvironmentVariable] = {}
+        for v in environment.variables:
+            current = self._rows.get(v.key)
+            if current is None or _precedence(v) >= _precedence(current):  # later wins, as there
+                self._rows[v.key] = v
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        row = self._rows.get(key)
+        return row.value if row is not None else default
 
 
 def effective_environment(environment: Environment) -> dict[str, str]:
