@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.orm import contains_eager
+from sqlalchemy.orm import contains_eager, defer
 
 from app.drivers import all_drivers, get_driver
 from app.drivers.base import DriverError, ExportField, service_alias
@@ -155,6 +155,14 @@ def attachable_slices(organisation_id: int, service_type: str,
     """Existing slices an environment may attach instead of creating one (SPEC 12, advanced):
     ready, of a ``service_type`` service of the organisation, not attached elsewhere (made by
     hand on the service page, or released by another environment's detach)."""
+    return attachable_slices_by_type(organisation_id, (service_type,), environment)[service_type]
+
+
+def attachable_slices_by_type(organisation_id: int, service_types: Iterable[str],
+                              environment: Environment | None = None
+                              ) -> dict[str, list[ServiceSlice]]:
+    """:func:`attachable_slices` of several service types, in one query."""
+    service_types = tuple(service_types)
     attached = sa.select(EnvironmentAttachment.service_slice_id).where(
         EnvironmentAttachment.service_slice_id.is_not(None))
     free = ServiceSlice.environment_id.is_(None)
@@ -162,12 +170,17 @@ def attachable_slices(organisation_id: int, service_type: str,
         free = sa.or_(free, ServiceSlice.environment_id == environment.id)
     rows = db.session.execute(  # one query, whatever the number of slices (services joined)
         sa.select(ServiceSlice).join(Service, ServiceSlice.service_id == Service.id)
-        .options(contains_eager(ServiceSlice.service))
-        .where(Service.organisation_id == organisation_id, Service.type == service_type,
+        .options(contains_eager(ServiceSlice.service).defer(Service.secrets),
+                 defer(ServiceSlice.credentials))
+        .where(Service.organisation_id == organisation_id, Service.type.in_(service_types),
                ServiceSlice.status == SliceStatus.READY, free,
                ServiceSlice.id.not_in(attached))
         .order_by(Service.name, ServiceSlice.name)).scalars().all()
-    return [sl for sl in rows if sl.type in get_driver(sl.service).slice_types]
+    out: dict[str, list[ServiceSlice]] = {t: [] for t in service_types}
+    for sl in rows:
+        if sl.type in get_driver(sl.service).slice_types:
+            out[sl.service.type].append(sl)
+    return out
 
 
 def attach_existing_slice(environment: Environment, slice_: ServiceSlice,

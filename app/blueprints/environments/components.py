@@ -60,11 +60,12 @@ class AttachValkeyForm(_AttachForm):
                                  default="")
 
 
-def _slice_choices(env: Environment, service_type: str) -> list[tuple[str, str]]:
-    from app.attachments import attachable_slices
-    slices = attachable_slices(env.application.organisation_id, service_type, env)
-    return [("", "No: create a new one")] + [(str(sl.id), f"{sl.name} on {sl.service.name}")
-                                             for sl in slices]
+def _slice_choices(env: Environment, *service_types: str) -> list[list[tuple[str, str]]]:
+    """The "existing slice" choices of each of ``service_types`` (one query)."""
+    from app.attachments import attachable_slices_by_type
+    by_type = attachable_slices_by_type(env.application.organisation_id, service_types, env)
+    return [[("", "No: create a new one")] + [(str(sl.id), f"{sl.name} on {sl.service.name}")
+                                              for sl in by_type[t]] for t in service_types]
 
 
 class AttachDomainForm(_AttachForm):
@@ -125,8 +126,8 @@ def attachment_forms(env: Environment, formdata=None) -> dict:
     pg.target.choices = _choices(by_type["postgres"], servers, "postgres")
     vk = AttachValkeyForm(formdata=formdata, prefix="vk")
     vk.target.choices = _choices(by_type["valkey"], servers, "valkey")
-    pg.existing_slice.choices = _slice_choices(env, "postgres")
-    vk.existing_slice.choices = _slice_choices(env, "valkey")
+    pg.existing_slice.choices, vk.existing_slice.choices = _slice_choices(env, "postgres",
+                                                                          "valkey")
     dom = AttachDomainForm(formdata=formdata, prefix="dom")
     dom.target.choices = _choices(by_type["caddy"], servers, "caddy", gateway_servers)
     if formdata is None and not dom.hostname.data and env.application is not None:
