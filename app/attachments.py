@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import contains_eager, defer
 
 from app.drivers import all_drivers, get_driver
-from app.drivers.base import DriverError, ExportField, service_alias
+from app.drivers.base import DriverError, ExportField
 from app.drivers.envfile import EnvKeyError, validate_env_key, validate_env_value
 from app.drivers.secrets import sql_identifier_name
 from app.extensions import db

@@ -101,3 +101,16 @@ def test_the_page_decrypts_no_secret_it_does_not_show(app, client, db, auth, mon
     shown = client.post(f"/environments/{g.environment.id}/variables/{var.id}/reveal",
                         data={"csrf_token": auth.csrf()}, headers={"HX-Request": "true"})
     assert SECRET_SENTINELS["env_value"] in shown.get_data(as_text=True)
+
+
+def test_url_patterns_build_what_url_for_builds(app):
+    from flask import url_for
+
+    from app.blueprints.environments.components import url_pattern
+    with app.test_request_context("/"):
+        detach = url_pattern("services.delete_slice", "service_id", "slice_id")
+        assert detach(7, 12) == url_for("services.delete_slice", service_id=7, slice_id=12)
+        edit = url_pattern("environments.edit_variable", "variable_id", environment_id=3)
+        assert edit(5) == url_for("environments.edit_variable", environment_id=3, variable_id=5)
+        assert url_pattern("operations.show", "operation_id")(987654321) == \
+            url_for("operations.show", operation_id=987654321)
