@@ -94,7 +94,7 @@ def test_the_page_decrypts_no_secret_it_does_not_show(app, client, db, auth, mon
     html = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
     assert "hello-plain" in html and "hello-plain" in decrypted
     for name in ("env_value", "slice_password", "service_secret", "deploy_key",
-                 "bootstrap_password"):
+                 "bootstrap_password", "management_key", "provider_token"):
         assert not any(SECRET_SENTINELS[name] in p for p in decrypted), name
     assert SECRET_SENTINELS["env_value"] not in html
     var = next(v for v in g.environment.variables if v.key == "APP_KEY")

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from sqlalchemy.orm import defer, joinedload, selectinload
+from sqlalchemy.orm import defer, joinedload, load_only, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 from wtforms import StringField
 from wtforms.validators import Length
@@ -52,35 +52,51 @@ def load_environment(environment_id, *, secret_values: bool = True) -> Environme
     variable's value encrypted in the database until something reads it (a deferred
     column, loaded and decrypted on access), and the services', slices' and application's
     own secrets too: a page of 150 variables otherwise decrypts about 200 Fernet tokens
-    to show none of them. Objects this request loaded already are left as they are.
+    to show none of them. It also leaves out the timestamps of the rows the page lists.
+    Objects this request loaded already are left as they are.
     """
     env_id = parse_id(environment_id)
     if env_id is None:
         abort(404)
-    service_opts = (defer(Service.secrets),)
+    masked = not secret_values
+    service, slice_, server, application = (
+        (defer(Service.secrets),) if masked else (),
+        (load_only(*SLICE_COLUMNS),) if masked else (),
+        (defer(Server.bootstrap_private_key), defer(Server.bootstrap_password)) if masked else (),
+        (defer(Application.deploy_key_private),) if masked else ())
+    attachment = (load_only(*ATTACHMENT_COLUMNS),) if masked else ()
     stmt = (org_query(Environment).where(Environment.id == env_id)
-            .options(joinedload(Environment.application).defer(Application.deploy_key_private),
+            .options(joinedload(Environment.application).options(*application),
                      joinedload(Environment.current_artifact),
                      joinedload(Environment.retention),
-                     selectinload(Environment.services).options(*service_opts)
+                     selectinload(Environment.services).options(*service)
                      .selectinload(Service.replicas).joinedload(ServiceReplica.server)
-                     .options(*SERVER_SECRETS),
+                     .options(*server),
                      selectinload(Environment.attachments).options(
-                         joinedload(EnvironmentAttachment.service).options(*service_opts),
-                         joinedload(EnvironmentAttachment.service_slice)
-                         .defer(ServiceSlice.credentials))))
+                         *attachment,
+                         joinedload(EnvironmentAttachment.service).options(*service),
+                         joinedload(EnvironmentAttachment.service_slice).options(*slice_))))
     if secret_values:
         stmt = stmt.options(selectinload(Environment.variables))
     env = db.session.execute(stmt).unique().scalar_one_or_none()
     if env is None:
         abort(404)
-    if not secret_values and "variables" in sa.inspect(env).unloaded:
+    if masked and "variables" in sa.inspect(env).unloaded:
         _load_variables_masked(env)
     return env
 
 
-# Columns of a server the environment page never shows (decrypted on access if needed).
-SERVER_SECRETS = (defer(Server.bootstrap_private_key), defer(Server.bootstrap_password))
+# What the page reads of the rows it lists (anything else loads on access, one query each).
+SLICE_COLUMNS = (ServiceSlice.id, ServiceSlice.service_id, ServiceSlice.environment_id,
+                 ServiceSlice.name, ServiceSlice.type, ServiceSlice.status, ServiceSlice.config)
+ATTACHMENT_COLUMNS = (EnvironmentAttachment.id, EnvironmentAttachment.environment_id,
+                      EnvironmentAttachment.service_id, EnvironmentAttachment.service_slice_id,
+                      EnvironmentAttachment.role, EnvironmentAttachment.env_prefix,
+                      EnvironmentAttachment.is_primary, EnvironmentAttachment.config)
+VARIABLE_COLUMNS = (EnvironmentVariable.id, EnvironmentVariable.environment_id,
+                    EnvironmentVariable.key, EnvironmentVariable.source,
+                    EnvironmentVariable.service_slice_id, EnvironmentVariable.overridable,
+                    EnvironmentVariable.is_secret)
 
 
 def _load_variables_masked(env: Environment) -> None:
@@ -90,7 +106,7 @@ def _load_variables_masked(env: Environment) -> None:
     rows = db.session.execute(
         sa.select(EnvironmentVariable, shown)
         .where(EnvironmentVariable.environment_id == env.id)
-        .options(defer(EnvironmentVariable.value))
+        .options(load_only(*VARIABLE_COLUMNS))
         .order_by(EnvironmentVariable.key)).all()
     for var, value in rows:
         if not var.is_secret and "value" in sa.inspect(var).unloaded:
