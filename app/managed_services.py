@@ -5,7 +5,7 @@ choice) and the sandbox testbed share it; it never commits or starts an operatio
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import defer, load_only
 
 from app.drivers import drivers
 from app.extensions import db
@@ -75,10 +75,17 @@ def org_servers() -> list[Server]:
         .order_by(Server.name)).scalars().all()
 
 
+# What a list of services to choose from reads (name, driver, placement, settings); any
+# other column loads on access. Their driver secrets stay encrypted.
+LISTED_COLUMNS = (Service.id, Service.organisation_id, Service.environment_id, Service.server_id,
+                  Service.name, Service.category, Service.type, Service.driver_name,
+                  Service.status, Service.config)
+
+
 def org_managed_services() -> list[Service]:
     """The organisation's services of the drivers Keystone offers (Postgres, Valkey, Caddy),
-    for choosing one: their driver secrets stay encrypted until something reads them."""
+    for choosing one (:data:`LISTED_COLUMNS`)."""
     return db.session.execute(
         org_query(Service).where(Service.type.in_(list(drivers.offered())))
-        .options(defer(Service.secrets)).order_by(Service.name)
+        .options(load_only(*LISTED_COLUMNS)).order_by(Service.name)
     ).scalars().all()

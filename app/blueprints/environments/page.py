@@ -30,6 +30,7 @@ from app import audit
 from app.models import (Application, Environment, EnvironmentAttachment, EnvironmentVariable,
                         Operation, Server, Service, ServiceReplica, ServiceSlice)
 from app.models.enums import DeployPolicy, SchedulerMode
+from app.managed_services import LISTED_COLUMNS
 from app.onboarding import environment_url
 from app.scoping import current_org_id, get_child_or_404, get_for_org_or_404, org_query, parse_id
 
@@ -65,6 +66,7 @@ def load_environment(environment_id, *, secret_values: bool = True) -> Environme
         (defer(Server.bootstrap_private_key), defer(Server.bootstrap_password)) if masked else (),
         (defer(Application.deploy_key_private),) if masked else ())
     attachment = (load_only(*ATTACHMENT_COLUMNS),) if masked else ()
+    listed = (load_only(*LISTED_COLUMNS),) if masked else ()  # the attached services
     stmt = (org_query(Environment).where(Environment.id == env_id)
             .options(joinedload(Environment.application).options(*application),
                      joinedload(Environment.current_artifact),
@@ -74,7 +76,7 @@ def load_environment(environment_id, *, secret_values: bool = True) -> Environme
                      .options(*server),
                      selectinload(Environment.attachments).options(
                          *attachment,
-                         joinedload(EnvironmentAttachment.service).options(*service),
+                         joinedload(EnvironmentAttachment.service).options(*listed),
                          joinedload(EnvironmentAttachment.service_slice).options(*slice_))))
     if secret_values:
         stmt = stmt.options(selectinload(Environment.variables))
