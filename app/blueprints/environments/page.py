@@ -6,6 +6,7 @@ variables (secret values masked, reveal recorded); operations.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import sqlalchemy as sa
@@ -59,15 +60,27 @@ def load_environment(environment_id, *, secret_values: bool = True) -> Environme
     env_id = parse_id(environment_id)
     if env_id is None:
         abort(404)
-    masked = not secret_values
-    service, slice_, server, application = (
-        (defer(Service.secrets),) if masked else (),
-        (load_only(*SLICE_COLUMNS),) if masked else (),
-        (defer(Server.bootstrap_private_key), defer(Server.bootstrap_password)) if masked else (),
-        (defer(Application.deploy_key_private),) if masked else ())
-    attachment = (load_only(*ATTACHMENT_COLUMNS),) if masked else ()
-    listed = (load_only(*LISTED_COLUMNS),) if masked else ()  # the attached services
-    stmt = (org_query(Environment).where(Environment.id == env_id)
+    env = db.session.execute(_environment_query(not secret_values),
+                             {"org_id": current_org_id(), "env_id": env_id}
+                             ).unique().scalar_one_or_none()
+    if env is None:
+        abort(404)
+    if not secret_values and "variables" in sa.inspect(env).unloaded:
+        _load_variables_masked(env)
+    return env
+
+
+@functools.cache
+def _environment_query(masked: bool):
+    """:func:`load_environment`'s statement, built once (its loader options cost more to
+    build than the query to run); the organisation and the id are bound per request."""
+    service, slice_, server, application, attachment, listed = (
+        (defer(Service.secrets),), (load_only(*SLICE_COLUMNS),),
+        (defer(Server.bootstrap_private_key), defer(Server.bootstrap_password)),
+        (defer(Application.deploy_key_private),), (load_only(*ATTACHMENT_COLUMNS),),
+        (load_only(*LISTED_COLUMNS),)) if masked else ((),) * 6
+    stmt = (org_query(Environment, sa.bindparam("org_id", type_=sa.Integer))
+            .where(Environment.id == sa.bindparam("env_id", type_=sa.Integer))
             .options(joinedload(Environment.application).options(*application),
                      joinedload(Environment.current_artifact),
                      joinedload(Environment.retention),
@@ -78,14 +91,7 @@ def load_environment(environment_id, *, secret_values: bool = True) -> Environme
                          *attachment,
                          joinedload(EnvironmentAttachment.service).options(*listed),
                          joinedload(EnvironmentAttachment.service_slice).options(*slice_))))
-    if secret_values:
-        stmt = stmt.options(selectinload(Environment.variables))
-    env = db.session.execute(stmt).unique().scalar_one_or_none()
-    if env is None:
-        abort(404)
-    if masked and "variables" in sa.inspect(env).unloaded:
-        _load_variables_masked(env)
-    return env
+    return stmt if masked else stmt.options(selectinload(Environment.variables))
 
 
 # What the page reads of the rows it lists (anything else loads on access, one query each).
@@ -101,17 +107,21 @@ VARIABLE_COLUMNS = (EnvironmentVariable.id, EnvironmentVariable.environment_id,
                     EnvironmentVariable.is_secret)
 
 
+@functools.cache
+def _variables_query():
+    shown = sa.case((EnvironmentVariable.is_secret.is_(False), EnvironmentVariable.value))
+    return (sa.select(EnvironmentVariable, shown)
+            .where(EnvironmentVariable.environment_id == sa.bindparam("env_id", type_=sa.Integer))
+            .options(load_only(*VARIABLE_COLUMNS))
+            .order_by(EnvironmentVariable.key))
+
+
 def _load_variables_masked(env: Environment) -> None:
     """``env.variables`` in one query, a non-secret value decrypted with its row and a
     secret one left deferred (read, and decrypted, only when something uses it)."""
-    shown = sa.case((EnvironmentVariable.is_secret.is_(False), EnvironmentVariable.value))
-    rows = db.session.execute(
-        sa.select(EnvironmentVariable, shown)
-        .where(EnvironmentVariable.environment_id == env.id)
-        .options(load_only(*VARIABLE_COLUMNS))
-        .order_by(EnvironmentVariable.key)).all()
+    rows = db.session.execute(_variables_query(), {"env_id": env.id}).all()
     for var, value in rows:
-        if not var.is_secret and "value" in sa.inspect(var).unloaded:
+        if not var.is_secret and "value" not in var.__dict__:  # not loaded (nor changed)
             set_committed_value(var, "value", value)
     set_committed_value(env, "variables", [var for var, _ in rows])
 
