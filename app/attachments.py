@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.orm import contains_eager
+from sqlalchemy.orm import contains_eager, defer
 
 from app.drivers import all_drivers, get_driver
-from app.drivers.base import DriverError, ExportField, service_alias
+from app.drivers.base import DriverError, ExportField
 from app.drivers.envfile import EnvKeyError, validate_env_key, validate_env_value
 from app.drivers.secrets import sql_identifier_name
 from app.extensions import db
@@ -155,6 +155,14 @@ def attachable_slices(organisation_id: int, service_type: str,
     """Existing slices an environment may attach instead of creating one (SPEC 12, advanced):
     ready, of a ``service_type`` service of the organisation, not attached elsewhere (made by
     hand on the service page, or released by another environment's detach)."""
+    return attachable_slices_by_type(organisation_id, (service_type,), environment)[service_type]
+
+
+def attachable_slices_by_type(organisation_id: int, service_types: Iterable[str],
+                              environment: Environment | None = None
+                              ) -> dict[str, list[ServiceSlice]]:
+    """:func:`attachable_slices` of several service types, in one query."""
+    service_types = tuple(service_types)
     attached = sa.select(EnvironmentAttachment.service_slice_id).where(
         EnvironmentAttachment.service_slice_id.is_not(None))
     free = ServiceSlice.environment_id.is_(None)
@@ -162,12 +170,17 @@ def attachable_slices(organisation_id: int, service_type: str,
         free = sa.or_(free, ServiceSlice.environment_id == environment.id)
     rows = db.session.execute(  # one query, whatever the number of slices (services joined)
         sa.select(ServiceSlice).join(Service, ServiceSlice.service_id == Service.id)
-        .options(contains_eager(ServiceSlice.service))
-        .where(Service.organisation_id == organisation_id, Service.type == service_type,
+        .options(contains_eager(ServiceSlice.service).defer(Service.secrets),
+                 defer(ServiceSlice.credentials))
+        .where(Service.organisation_id == organisation_id, Service.type.in_(service_types),
                ServiceSlice.status == SliceStatus.READY, free,
                ServiceSlice.id.not_in(attached))
         .order_by(Service.name, ServiceSlice.name)).scalars().all()
-    return [sl for sl in rows if sl.type in get_driver(sl.service).slice_types]
+    out: dict[str, list[ServiceSlice]] = {t: [] for t in service_types}
+    for sl in rows:
+        if sl.type in get_driver(sl.service).slice_types:
+            out[sl.service.type].append(sl)
+    return out
 
 
 def attach_existing_slice(environment: Environment, slice_: ServiceSlice,
@@ -326,7 +339,7 @@ def regenerate_managed_variables(environment: Environment) -> list[str]:
 
 def recommendations_for(environment: Environment) -> list[Recommendation]:
     """What the attachments suggest (their drivers' ``recommended``), with the value in effect."""
-    env = effective_environment(environment)
+    env = _EffectiveValues(environment)
     out: list[Recommendation] = []
     for att in environment.attachments:
         driver = get_driver(att.service)
@@ -368,7 +381,7 @@ def queue_sync_warning(environment: Environment) -> str | None:
     """The warning a deployed environment with QUEUE_CONNECTION=sync shows (SPEC 7)."""
     if environment.status != EnvironmentStatus.DEPLOYED:
         return None
-    if effective_environment(environment).get("QUEUE_CONNECTION", "").strip().lower() != "sync":
+    if _EffectiveValues(environment).get("QUEUE_CONNECTION", "").strip().lower() != "sync":
         return None
     return ("QUEUE_CONNECTION=sync runs every queued job inside the web request that dispatched "
             "it: slow jobs slow down pages and a failing job fails the request. Attach Valkey "
@@ -441,6 +454,23 @@ def variable_rows(environment: Environment) -> list[VariableRow]:
         ordered = sorted(by_key[key], key=_precedence, reverse=True)
         rows.append(VariableRow(key, ordered[0], tuple(ordered[1:])))
     return rows
+
+
+class _EffectiveValues:
+    """:func:`effective_environment`'s value of a few keys, reading (and so decrypting) only
+    those: the page asks for the keys it recommends and leaves every other value, secrets
+    included, unread (app.blueprints.environments.page loads them deferred)."""
+
+    def __init__(self, environment: Environment) -> None:
+        self._rows: dict[str, EnvironmentVariable] = {}
+        for v in environment.variables:
+            current = self._rows.get(v.key)
+            if current is None or _precedence(v) >= _precedence(current):  # later wins, as there
+                self._rows[v.key] = v
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        row = self._rows.get(key)
+        return row.value if row is not None else default
 
 
 def effective_environment(environment: Environment) -> dict[str, str]:

@@ -5,6 +5,7 @@ choice) and the sandbox testbed share it; it never commits or starts an operatio
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.orm import defer, load_only
 
 from app.drivers import drivers
 from app.extensions import db
@@ -66,11 +67,25 @@ def service_stand_in(service: Service) -> str:
 
 
 def org_servers() -> list[Server]:
-    return db.session.execute(org_query(Server).order_by(Server.name)).scalars().all()
+    """The organisation's servers, for choosing one: their one-time bootstrap login stays
+    encrypted until something reads it."""
+    return db.session.execute(
+        org_query(Server).options(defer(Server.bootstrap_private_key),
+                                  defer(Server.bootstrap_password))
+        .order_by(Server.name)).scalars().all()
+
+
+# What a list of services to choose from reads (name, driver, placement, settings); any
+# other column loads on access. Their driver secrets stay encrypted.
+LISTED_COLUMNS = (Service.id, Service.organisation_id, Service.environment_id, Service.server_id,
+                  Service.name, Service.category, Service.type, Service.driver_name,
+                  Service.status, Service.config)
 
 
 def org_managed_services() -> list[Service]:
-    """The organisation's services of the drivers Keystone offers (Postgres, Valkey, Caddy)."""
+    """The organisation's services of the drivers Keystone offers (Postgres, Valkey, Caddy),
+    for choosing one (:data:`LISTED_COLUMNS`)."""
     return db.session.execute(
-        org_query(Service).where(Service.type.in_(list(drivers.offered()))).order_by(Service.name)
+        org_query(Service).where(Service.type.in_(list(drivers.offered())))
+        .options(load_only(*LISTED_COLUMNS)).order_by(Service.name)
     ).scalars().all()

@@ -34,9 +34,15 @@ def _wanted_org_id() -> int | None:
 
 
 def _load_membership(user):
-    from app.models import Membership
-    rows = db.session.execute(sa.select(Membership).where(Membership.user_id == user.id)
-                              .order_by(Membership.id)).scalars().all()
+    from sqlalchemy.orm import joinedload
+
+    from app.models import Membership, Organisation
+    # With each organisation (every page names the current one), its private key deferred.
+    rows = db.session.execute(
+        sa.select(Membership).where(Membership.user_id == user.id)
+        .options(joinedload(Membership.organisation)
+                 .defer(Organisation.management_key_private))
+        .order_by(Membership.id)).scalars().all()
     if not rows:
         return None
     if has_request_context():

@@ -34,10 +34,14 @@ def latest_operations(target_type: str, ids) -> dict[int, Operation]:
     ids = [i for i in ids if i]
     if not ids:
         return {}
+    # Found by target first (ix_operations_target), then checked: on the organisation and
+    # top-level conditions SQLite's planner would choose their index instead and read all
+    # the organisation's operations (20,000 in bench.dashboard, 5 ms) to find a few.
+    targets = sa.select(Operation.id).where(Operation.target_type == target_type,
+                                            Operation.target_id.in_(ids))
     rows = db.session.execute(
-        sa.select(Operation).where(Operation.organisation_id == current_org_id(),
-                                   Operation.target_type == target_type,
-                                   Operation.target_id.in_(ids),
+        sa.select(Operation).where(Operation.id.in_(targets),
+                                   Operation.organisation_id == current_org_id(),
                                    Operation.parent_id.is_(None))
         .order_by(Operation.id)).scalars().all()
     return {op.target_id: op for op in rows}  # the last one per target wins

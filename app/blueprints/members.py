@@ -3,6 +3,7 @@ switching and creating organisations. Every change goes through app.members."""
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.orm import defer
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user
 from wtforms import EmailField, HiddenField, PasswordField, SelectField, StringField
@@ -298,4 +299,6 @@ def my_organisations() -> list[Organisation]:
     if not current_user.is_authenticated:
         return []
     return db.session.execute(sa.select(Organisation).join(Membership).where(
-        Membership.user_id == current_user.id).order_by(Organisation.name)).scalars().all()
+        Membership.user_id == current_user.id)
+        .options(defer(Organisation.management_key_private))  # not decrypted for a menu
+        .order_by(Organisation.name)).scalars().all()

@@ -70,3 +70,47 @@ def test_the_plain_edit_form_saves_when_posted(app, client, db):
     # The Delete form's token is the page's (no prefix), as ActionForm renders it.
     delete = row[row.index("/delete"):]
     assert re.search(r'name="csrf_token" type="hidden" value="[^"]+"', delete)
+
+
+def test_the_page_decrypts_no_secret_it_does_not_show(app, client, db, auth, monkeypatch):
+    """Issue 20.4: the page shows secrets masked, so it leaves them encrypted (a deferred
+    column, decrypted only when something reads it): the secret variable, the slice's
+    password, the service's secrets and the application's deploy key. A value it shows
+    is still decrypted, and revealing a secret still reads it."""
+    from app.crypto import KeyRing
+    from tests.factories import SECRET_SENTINELS
+    g = build_org()
+    sign_in(client, g.user)
+    set_user_variable(g.environment, "GREETING", "hello-plain")
+    db.session.commit()
+    decrypted = []
+    real = KeyRing.decrypt
+
+    def recording(self, token):
+        plaintext = real(self, token)
+        decrypted.append(plaintext)
+        return plaintext
+    monkeypatch.setattr(KeyRing, "decrypt", recording)
+    html = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+    assert "hello-plain" in html and "hello-plain" in decrypted
+    for name in ("env_value", "slice_password", "service_secret", "deploy_key",
+                 "bootstrap_password", "management_key", "provider_token"):
+        assert not any(SECRET_SENTINELS[name] in p for p in decrypted), name
+    assert SECRET_SENTINELS["env_value"] not in html
+    var = next(v for v in g.environment.variables if v.key == "APP_KEY")
+    shown = client.post(f"/environments/{g.environment.id}/variables/{var.id}/reveal",
+                        data={"csrf_token": auth.csrf()}, headers={"HX-Request": "true"})
+    assert SECRET_SENTINELS["env_value"] in shown.get_data(as_text=True)
+
+
+def test_url_patterns_build_what_url_for_builds(app):
+    from flask import url_for
+
+    from app.blueprints.environments.components import url_pattern
+    with app.test_request_context("/"):
+        detach = url_pattern("services.delete_slice", "service_id", "slice_id")
+        assert detach(7, 12) == url_for("services.delete_slice", service_id=7, slice_id=12)
+        edit = url_pattern("environments.edit_variable", "variable_id", environment_id=3)
+        assert edit(5) == url_for("environments.edit_variable", environment_id=3, variable_id=5)
+        assert url_pattern("operations.show", "operation_id")(987654321) == \
+            url_for("operations.show", operation_id=987654321)

@@ -7,3 +7,9 @@ def test_query_counts_do_not_grow_with_rows():
     large = measure(runs=1, scale=0.1)
     for page in ("dashboard", "environment", "operations"):
         assert small[f"{page}_queries"] == large[f"{page}_queries"], (page, small, large)
+
+
+def test_the_environment_page_stays_within_its_queries():
+    """Issue 20.4: 16 queries (28 before): the onboarding checklist in one, the two-factor
+    check in one, the page's many-to-one rows joined. Lower this when it drops."""
+    assert measure(runs=1, scale=0.02)["environment_queries"] <= 16

@@ -5,7 +5,10 @@ context each template renders (``environments/_attachments.html``,
 """
 from __future__ import annotations
 
+import re
+
 from flask import request, url_for
+from markupsafe import Markup, escape
 from wtforms import (BooleanField, HiddenField, SelectField, SelectMultipleField, StringField,
                      TextAreaField, widgets)
 from wtforms.validators import DataRequired, Length
@@ -17,7 +20,7 @@ from app.drivers import drivers, get_driver
 from app.managed_services import (org_managed_services, org_servers,
                                   service_stand_in, stand_in_note)
 from app.models import Environment, Server, Service
-from app.models.enums import ServerStatus, SliceStatus, VariableSource
+from app.models.enums import ServerStatus, SliceStatus
 
 TLS_CHOICES = [("auto", "Automatic HTTPS (Let's Encrypt)"),
                ("internal", "HTTPS with Caddy's internal CA"),
@@ -37,9 +40,24 @@ def posted_next_target() -> str | None:
 
 # --------------------------------------------------------------------------- forms
 
+class _QuickSelect(widgets.Select):
+    """``widgets.Select`` with the same markup, a plain option written directly instead of
+    through ``html_params`` (the attach forms list every service and server of the
+    organisation, on every environment page)."""
+
+    @classmethod
+    def render_option(cls, choice, **kwargs):
+        if kwargs or choice.render_kw or not isinstance(choice.value, str):
+            return super().render_option(choice, **kwargs)
+        selected = "selected " if choice.selected else ""
+        return Markup(f'<option {selected}value="{escape(choice.value)}">'
+                      f'{escape(choice.label or choice.value)}</option>')
+
+
 class _AttachForm(KeystoneForm):
     next = HiddenField()
-    target = SelectField("Service", coerce=str, choices=[], validators=[DataRequired()])
+    target = SelectField("Service", coerce=str, choices=[], validators=[DataRequired()],
+                         widget=_QuickSelect())
 
 
 def _optional_id(value) -> str:
@@ -50,26 +68,28 @@ def _optional_id(value) -> str:
 class AttachPostgresForm(_AttachForm):
     # Advanced (SPEC 12): a slice that exists already instead of a new one.
     existing_slice = SelectField("Use an existing database", coerce=_optional_id, choices=[],
-                                 default="")
+                                 default="", widget=_QuickSelect())
 
 
 class AttachValkeyForm(_AttachForm):
     role = SelectField("Use it for", choices=[("cache", "Cache and sessions"),
                                                ("queue", "Queues")], default="cache")
     existing_slice = SelectField("Use an existing ACL user", coerce=_optional_id, choices=[],
-                                 default="")
+                                 default="", widget=_QuickSelect())
 
 
-def _slice_choices(env: Environment, service_type: str) -> list[tuple[str, str]]:
-    from app.attachments import attachable_slices
-    slices = attachable_slices(env.application.organisation_id, service_type, env)
-    return [("", "No: create a new one")] + [(str(sl.id), f"{sl.name} on {sl.service.name}")
-                                             for sl in slices]
+def _slice_choices(env: Environment, *service_types: str) -> list[list[tuple[str, str]]]:
+    """The "existing slice" choices of each of ``service_types`` (one query)."""
+    from app.attachments import attachable_slices_by_type
+    by_type = attachable_slices_by_type(env.application.organisation_id, service_types, env)
+    return [[("", "No: create a new one")] + [(str(sl.id), f"{sl.name} on {sl.service.name}")
+                                              for sl in by_type[t]] for t in service_types]
 
 
 class AttachDomainForm(_AttachForm):
     hostname = StringField("Domain", validators=[DataRequired(), Length(max=253)])
-    target = SelectField("Gateway", coerce=str, choices=[], validators=[DataRequired()])
+    target = SelectField("Gateway", coerce=str, choices=[], validators=[DataRequired()],
+                         widget=_QuickSelect())
     tls = SelectField("TLS", choices=[("", "Default for the server")] + TLS_CHOICES, default="")
     www_redirect = BooleanField("Also answer www. of this domain with a permanent redirect to it")
     hsts = BooleanField("Send HSTS (Strict-Transport-Security, one year)")
@@ -125,8 +145,8 @@ def attachment_forms(env: Environment, formdata=None) -> dict:
     pg.target.choices = _choices(by_type["postgres"], servers, "postgres")
     vk = AttachValkeyForm(formdata=formdata, prefix="vk")
     vk.target.choices = _choices(by_type["valkey"], servers, "valkey")
-    pg.existing_slice.choices = _slice_choices(env, "postgres")
-    vk.existing_slice.choices = _slice_choices(env, "valkey")
+    pg.existing_slice.choices, vk.existing_slice.choices = _slice_choices(env, "postgres",
+                                                                          "valkey")
     dom = AttachDomainForm(formdata=formdata, prefix="dom")
     dom.target.choices = _choices(by_type["caddy"], servers, "caddy", gateway_servers)
     if formdata is None and not dom.hostname.data and env.application is not None:
@@ -177,6 +197,9 @@ def attachments_context(env: Environment, forms: dict | None = None,
     ctx = {"env": env, "recommendations": recs, "slice_ops": ops, "busy": busy,
            "recommended": recommended_plan(env, forms),
            "action_form": ActionForm(formdata=None),
+           "service_url": url_pattern("services.show", "service_id"),
+           "detach_url": url_pattern("services.delete_slice", "service_id", "slice_id"),
+           "operation_url": url_pattern("operations.show", "operation_id"),
            "attach_message": None, "attach_error": None,
            "next": nxt if nxt in NEXT_TARGETS else None}
     ctx.update(forms)
@@ -189,12 +212,27 @@ def attachments_context(env: Environment, forms: dict | None = None,
 _URL_SENTINEL = 987654321
 
 
+def url_pattern(endpoint: str, *names: str, **fixed):
+    """``f(*ids) -> URL`` of ``endpoint`` with the integer URL parameters ``names`` (in that
+    order), built by the router once: url_for for every row and link adds up on a table of
+    150 rows. ``fixed`` are the parameters every row shares."""
+    sentinels = [str(_URL_SENTINEL + i) for i in range(len(names))]
+    built = url_for(endpoint, **fixed, **{n: int(v) for n, v in zip(names, sentinels)})
+    parts = re.split("(" + "|".join(sentinels) + ")", built)
+    text, slots = parts[0::2], [sentinels.index(p) for p in parts[1::2]]
+
+    def build(*ids) -> str:
+        out = [text[0]]
+        for slot, tail in zip(slots, text[1:]):
+            out.append(str(int(ids[slot])))
+            out.append(tail)
+        return "".join(out)
+    return build
+
+
 def _variable_url(endpoint: str, environment_id: int):
-    """``variable id -> URL`` of ``endpoint`` for one environment, built by the router once
-    (url_for for every row and link adds up on a table of 150 variables)."""
-    built = url_for(endpoint, environment_id=environment_id, variable_id=_URL_SENTINEL)
-    head, _, tail = built.rpartition(str(_URL_SENTINEL))
-    return lambda variable_id: f"{head}{int(variable_id)}{tail}"
+    """``variable id -> URL`` of ``endpoint`` for one environment."""
+    return url_pattern(endpoint, "variable_id", environment_id=environment_id)
 
 
 def variables_context(env: Environment, form: VariableForm | None = None, **kw) -> dict:
