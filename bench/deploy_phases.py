@@ -148,13 +148,18 @@ def main(argv: list[str] | None = None) -> int:
         first = _deploy(bed)  # routes the slots, builds: not measured
         out["first_deploy_s"] = first["operation_s"]
 
+        def variable_changed(key: str, label: str) -> dict:
+            db.session.add(EnvironmentVariable(environment_id=bed.env_id, key=key,
+                                               value=str(time.time_ns()),
+                                               source=VariableSource.USER))
+            db.session.commit()
+            deployed = _deploy(bed)
+            if args.timeline:
+                print(f"{label}:", *timeline(deployed["op"].id), sep="\n", file=sys.stderr)
+            return deployed
+
         # 1. Only a variable changed.
-        db.session.add(EnvironmentVariable(environment_id=bed.env_id, key="BENCH_MARK",
-                                           value=str(time.time_ns()), source=VariableSource.USER))
-        db.session.commit()
-        v = _deploy(bed)
-        if args.timeline:
-            print("vars only:", *timeline(v["op"].id), sep="\n", file=sys.stderr)
+        v = variable_changed("BENCH_MARK", "vars only")
         out["vars_only"] = {
             "ok": v["reused"] and not v["built"] and not v["fetched"] and not v["noop"],
             "artifact_reused": v["reused"], "built": v["built"], "fetched": v["fetched"],
@@ -193,12 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         from app.models import Service
         web = db.session.get(Service, bed.web_id)
         web.config = {**(web.config or {}), "migration_mode": "disabled"}
-        db.session.add(EnvironmentVariable(environment_id=bed.env_id, key="BENCH_MARK_2",
-                                           value=str(time.time_ns()), source=VariableSource.USER))
-        db.session.commit()
-        w = _deploy(bed)
-        if args.timeline:
-            print("vars only, no migrations:", *timeline(w["op"].id), sep="\n", file=sys.stderr)
+        w = variable_changed("BENCH_MARK_2", "vars only, no migrations")
         out["vars_only_no_migrations"] = {
             "ok": w["reused"] and not w["built"] and "migrate" not in w["phases"],
             "operation_s": w["operation_s"], "overhead_s": w["timing"].get("overhead_s"),
