@@ -366,17 +366,13 @@ class OperationContext:
                 child_ctx.request_cancel(reason)
 
         def work(spec) -> int:
-            with app.app_context():
-                try:
-                    row = self.run_child(spec.kind, spec.target_type, spec.target_id,
-                                         spec.handler, params=spec.params,
-                                         lock_keys=spec.lock_keys, summary=spec.summary,
-                                         server_id=spec.server_id, on_start=register)
-                    return row.id
-                finally:
-                    db.session.remove()
+            return self.run_child(spec.kind, spec.target_type, spec.target_id, spec.handler,
+                                  params=spec.params, lock_keys=spec.lock_keys,
+                                  summary=spec.summary, server_id=spec.server_id,
+                                  on_start=register).id
 
-        outcomes = run_limited(list(children), work, max(1, limit), on_failure=stop_siblings,
+        outcomes = run_limited(list(children), self.runtime.in_thread(work), max(1, limit),
+                               on_failure=stop_siblings,
                                on_abort=lambda: stop_siblings(reason="interrupted"),
                                name=f"op{self.id}")
         failures = sorted((o for o in outcomes if o.error is not None),
@@ -402,15 +398,8 @@ class OperationContext:
         app = self.runtime.app
         limit = int(limit or app.config.get("DEPLOY_CONCURRENCY") or DEPLOY_CONCURRENCY_DEFAULT)
         db.session.commit()
-
-        def one(item):
-            with app.app_context():
-                try:
-                    return work(item)
-                finally:
-                    db.session.remove()
-
-        outcomes = run_limited(list(items), one, max(1, limit), name=f"op{self.id}")
+        outcomes = run_limited(list(items), self.runtime.in_thread(work), max(1, limit),
+                               name=f"op{self.id}")
         failures = sorted((o for o in outcomes if o.error is not None),
                           key=lambda o: o.failed_order or 0)
         if failures:
@@ -425,17 +414,8 @@ class OperationContext:
         before the operation ends, whatever happens."""
         from app.operations.fanout import Background
         self.check_cancelled()
-        app = self.runtime.app
         db.session.commit()
-
-        def one():
-            with app.app_context():
-                try:
-                    return work()
-                finally:
-                    db.session.remove()
-
-        return Background(one, name=f"op{self.id}-{name}")
+        return Background(self.runtime.in_thread(work), name=f"op{self.id}-{name}")
 
     # -- running ------------------------------------------------------------
     def execute(self, handler: Callable | None) -> S:

@@ -176,27 +176,35 @@ class Runtime:
             db.session.refresh(server)
         return conn
 
+    def in_thread(self, work: Callable[..., Any]) -> Callable[..., Any]:
+        """``work`` wrapped for a thread of its own: an app context and a database session
+        of its own, removed when it returns (rows are loaded by id in the thread)."""
+        app = self.app
+
+        def wrapped(*args):
+            with app.app_context():
+                try:
+                    return work(*args)
+                finally:
+                    db.session.remove()
+        return wrapped
+
     def warm_up(self, server_ids) -> None:
         """Open the connections to these servers in the background, one thread each, so the
         first command to each does not wait for a handshake (a deploy asks while it resolves
         its branch). A failure is left for the first real use to meet and report; that use
         waits for a handshake still in flight rather than starting a second one."""
-        app = self.app
-
         def connect(server_id: int) -> None:
-            with app.app_context():
-                try:
-                    server = db.session.get(Server, server_id)
-                    if server is not None:
-                        self.connection(server)
-                except Exception as exc:
-                    log.info("warming up the connection to server %s: %s", server_id,
-                             type(exc).__name__)
-                finally:
-                    db.session.remove()
+            try:
+                server = db.session.get(Server, server_id)
+                if server is not None:
+                    self.connection(server)
+            except Exception as exc:
+                log.info("warming up the connection to server %s: %s", server_id,
+                         type(exc).__name__)
 
         for server_id in server_ids:
-            threading.Thread(target=connect, args=(int(server_id),), daemon=True,
+            threading.Thread(target=self.in_thread(connect), args=(int(server_id),), daemon=True,
                              name=f"keystone-ssh-warm-{int(server_id)}").start()
 
     # -- heartbeat ---------------------------------------------------------
