@@ -3,6 +3,7 @@ waiting for a container's sshd or registry to answer, SSH key files, resolvers."
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import secrets
 import socket
@@ -14,22 +15,48 @@ from .docker import SandboxError, run
 HOST = "127.0.0.1"
 
 
-def inner_storage_driver() -> str:
-    """fuse-overlayfs when the host offers /dev/fuse (overlay2 cannot nest), else vfs.
+# Filesystems overlay2 accepts as its backing store (what `docker info` calls them).
+_OVERLAY_BACKINGS = ("extfs", "xfs")
 
-    Measured here: loading the four stand-in images into a server takes ~11 s
-    and 0.4 GB with fuse-overlayfs against ~13-26 s and 1.4 GB with vfs, and
-    `docker run` of the Postgres image 0.4 s against 2.4 s. Override with
-    KEYSTONE_SANDBOX_STORAGE_DRIVER=vfs.
+
+def inner_storage_driver() -> str:
+    """The inner engines' storage driver: overlay2 where it nests, else fuse-overlayfs, else vfs.
+
+    overlay2 cannot stack on overlayfs, but a server's /var/lib/docker is a named volume: a
+    plain directory on the host engine's own filesystem. When that is ext4 or xfs (the host
+    engine says so as its overlay2 "Backing Filesystem"), overlay2 nests, as on a real
+    server. Measured here (docker build of a layer writing 3,000 files on php-base): 4.5 s
+    with overlay2 against 22 s with fuse-overlayfs; loading php-base the same (4.4 s).
+    Earlier: loading the four stand-in images took ~11 s and 0.4 GB with fuse-overlayfs
+    against ~13-26 s and 1.4 GB with vfs, and `docker run` of Postgres 0.4 s against 2.4 s.
+    The server's entrypoint falls back (fuse-overlayfs, then vfs) if its engine does not
+    start with the driver chosen here. Override with KEYSTONE_SANDBOX_STORAGE_DRIVER.
     """
     forced = os.environ.get("KEYSTONE_SANDBOX_STORAGE_DRIVER")
     if forced:
         return forced
+    if _host_backing_filesystem() in _OVERLAY_BACKINGS:
+        return "overlay2"
     try:
         has_fuse = "fuse" in Path("/proc/filesystems").read_text()
     except OSError:
         has_fuse = False
     return "fuse-overlayfs" if has_fuse and Path("/dev/fuse").exists() else "vfs"
+
+
+def _host_backing_filesystem() -> str:
+    """The host engine's overlay2 backing filesystem (``extfs``, ``xfs``...), or ""."""
+    proc = run(["docker", "info", "--format", "{{.Driver}} {{json .DriverStatus}}"],
+               check=False, timeout=30)
+    driver, _, status = proc.stdout.strip().partition(" ")
+    if proc.returncode != 0 or driver != "overlay2":
+        return ""
+    try:
+        pairs = json.loads(status) or []
+    except ValueError:
+        return ""
+    return next((v for k, v in pairs if k == "Backing Filesystem"), "")
+
 
 # Linux capability numbers -> names (capability.h). `--privileged` fails on
 # these VMs because the bounding set lacks CAP_SYS_RESOURCE, so the sandbox

@@ -393,7 +393,8 @@ class Sandbox:
 
         root_pub = self.root_key_path.with_suffix(".pub").read_text().strip()
         forwards = f"{reg['port']}={reg_ip}:5000 {git['port']}={git_ip}:22"
-        daemon_json = self._daemon_json(state, inner_storage_driver())
+        driver = inner_storage_driver()
+        daemon_json = self._daemon_json(state, driver)
         for i in range(1, servers + 1):
             name = self.server_name(i)
             ports = state["servers"][str(i)]
@@ -408,9 +409,11 @@ class Sandbox:
                 docker("rm", "-f", "-v", name)
                 docker("volume", "rm", "-f", name + "-docker", check=False)
         if bare:
-            # The Docker that provisioning installs on the bare server has no fuse-overlayfs: vfs.
+            # The Docker that provisioning installs on the bare server has no fuse-overlayfs:
+            # overlay2 where it nests (as on a real server), else vfs.
+            bare_driver = "overlay2" if driver == "overlay2" else "vfs"
             env = {"KEYSTONE_ROOT_PUBKEY": root_pub, "KEYSTONE_FORWARDS": forwards,
-                   "KEYSTONE_DAEMON_JSON": self._daemon_json(state, "vfs"),
+                   "KEYSTONE_DAEMON_JSON": self._daemon_json(state, bare_driver),
                    "KEYSTONE_ROOT_PASSWORD": state["bare"]["root_password"]}
             self._run_container(self.bare_name, "bare", built["bare"], self._server_args(
                 state, state["bare"], self._ip(state, 10),

@@ -50,17 +50,25 @@ if command -v dockerd >/dev/null 2>&1 && [ "${KEYSTONE_START_DOCKERD:-1}" = "1" 
     rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
     setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
     dockerd_pid=$!
-    # fuse-overlayfs is faster than vfs but needs FUSE from the host kernel: if
-    # the engine dies at start with it, fall back to vfs rather than leave the
-    # server without Docker.
-    if grep -q '"fuse-overlayfs"' /etc/docker/daemon.json 2>/dev/null; then
+    # overlay2 (chosen when /var/lib/docker sits on the host's ext4/xfs) and fuse-overlayfs
+    # (needs FUSE from the host kernel) are faster than vfs: if the engine dies at start
+    # with one of them, fall back (overlay2 -> fuse-overlayfs when /dev/fuse exists -> vfs)
+    # rather than leave the server without Docker.
+    driver=$(sed -n 's/.*"storage-driver": *"\([^"]*\)".*/\1/p' /etc/docker/daemon.json 2>/dev/null)
+    if [ "$driver" = overlay2 ] || [ "$driver" = fuse-overlayfs ]; then
         (
-            sleep 6
-            if ! kill -0 "$dockerd_pid" 2>/dev/null; then
-                echo "keystone: dockerd failed with fuse-overlayfs; falling back to vfs" >>/var/log/dockerd.log
-                sed -i 's/"fuse-overlayfs"/"vfs"/' /etc/docker/daemon.json
+            pid=$dockerd_pid
+            while [ "$driver" != vfs ]; do
+                sleep 6
+                kill -0 "$pid" 2>/dev/null && exit 0
+                next=vfs
+                if [ "$driver" = overlay2 ] && [ -e /dev/fuse ]; then next=fuse-overlayfs; fi
+                echo "keystone: dockerd failed with $driver; falling back to $next" >>/var/log/dockerd.log
+                sed -i "s/\"$driver\"/\"$next\"/" /etc/docker/daemon.json
                 setsid dockerd >>/var/log/dockerd.log 2>&1 </dev/null &
-            fi
+                pid=$!
+                driver=$next
+            done
         ) &
     fi
 fi
