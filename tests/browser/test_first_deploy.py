@@ -220,11 +220,25 @@ def test_4_attach_the_recommended_services_in_one_action(walk, screenshot):
     screenshot(walk.observer, "environment-attached")
 
 
+def _slow_answer(route):
+    """The deploy POST reaches the server at once; its answer reaches the browser 5 s later,
+    as on a loaded server. Meanwhile the wizard's 2 s watch sees the new deploy: a page that
+    reloaded itself then would cancel the navigation (CI met it: the walk stayed on the
+    wizard). The page must not reload itself while it is leaving."""
+    response = route.fetch(max_redirects=0)
+    time.sleep(5)
+    route.fulfill(response=response)
+
+
 def test_5_deploy_with_the_log_streaming_live(walk, screenshot):
     page = walk.page
-    walk.click(page.get_by_role("button", name="Deploy production"))
-    # The wizard's deploy button goes straight to the operation's live log.
-    page.wait_for_url(re.compile(r".*/operations/\d+$"))
+    page.route(re.compile(r".*/environments/\d+/deploy$"), _slow_answer)
+    try:
+        walk.click(page.get_by_role("button", name="Deploy production"))
+        # The wizard's deploy button goes straight to the operation's live log.
+        page.wait_for_url(re.compile(r".*/operations/\d+$"))
+    finally:
+        page.unroute(re.compile(r".*/environments/\d+/deploy$"))
     walk.deploy_op_url = page.url
     panel = page.locator("[data-op-status]").first
     lines = page.locator("#op-log .ln")

@@ -140,3 +140,27 @@
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();
+
+// A page that is leaving does not reload itself. The wizard polls /onboarding/watch and
+// reloads (HX-Refresh) when what it shows has changed; a click on its Deploy button posts a
+// form, and the deploy that POST creates is such a change. A reload while the POST's answer
+// is on its way cancels that navigation: the person stays on the wizard instead of the live
+// log. So once a form is really submitted (not one htmx handles) or the page starts to
+// unload, no poll starts and no HX-Refresh is acted on for 15 s (a navigation that ends in
+// a download or a 204 leaves the page where it is: it then goes on as before).
+(function () {
+  var since = 0;
+  function leaving() { return since && Date.now() - since < 15000; }
+  document.addEventListener("submit", function (evt) {
+    if (!evt.defaultPrevented) since = Date.now();
+  });
+  window.addEventListener("beforeunload", function () { since = Date.now(); });
+  window.addEventListener("pageshow", function () { since = 0; });
+  document.addEventListener("htmx:beforeRequest", function (evt) {
+    if (leaving()) evt.preventDefault();
+  });
+  document.addEventListener("htmx:beforeOnLoad", function (evt) {
+    var xhr = evt.detail && evt.detail.xhr;
+    if (leaving() && xhr && xhr.getResponseHeader("HX-Refresh") === "true") evt.preventDefault();
+  });
+})();
