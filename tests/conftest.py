@@ -143,3 +143,25 @@ def browser():
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         yield b
         b.close()
+
+
+# Seconds per test module (its tests' setup + call + teardown, module fixtures included),
+# printed after a run of the sandbox tiers: where `make test`'s budget goes, and the order
+# tests/integration/conftest.py starts the modules in. Under pytest-xdist the controller
+# receives every worker's reports, so the table covers both workers.
+_module_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    module = report.nodeid.split("::", 1)[0]
+    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    slow = {m: s for m, s in _module_seconds.items()
+            if m.startswith(("tests/integration/", "tests/browser/"))}
+    if not slow:
+        return
+    terminalreporter.write_sep("=", f"seconds per module ({sum(slow.values()):.0f} s in all)")
+    for module, seconds in sorted(slow.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f}  {module}")
