@@ -92,6 +92,12 @@ class HealthCheck:
     retries: int = 10
     start_period: str = "10s"
 
+    def exec_argv(self) -> list[str]:
+        """The same test as a command to run in the container (``docker exec``), so a
+        deploy can run it itself instead of waiting for Docker's first check, which
+        Docker runs one ``interval`` after the start, not sooner."""
+        return ["sh", "-c", " ".join(self.test)] if self.shell_form else list(self.test)
+
     def compose(self) -> dict[str, Any]:
         from app.drivers.compose import escape_dollars
         if self.shell_form:

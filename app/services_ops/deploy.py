@@ -228,7 +228,8 @@ def _deploy_service(ctx: OperationContext, service: Service) -> None:
                      timeout=300)
     require_public_firewall(ctx, server, plan.firewall)
     compose_up(ctx, server, rendered)
-    status = wait_healthy(ctx, server, replica.container_name)
+    status = wait_healthy(ctx, server, replica.container_name, probe=(
+        driver.health_check.exec_argv() if driver.health_check else None))
     if plan.volumes:
         with ctx.step("Check named volumes", server=server) as step:
             for vol in plan.volumes:
