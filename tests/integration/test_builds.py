@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import tempfile
 import time
@@ -21,7 +22,7 @@ from flask import current_app
 
 from app.accounts import create_account
 from app.applications import create_application
-from app.builds import BUILD_STEP, BuildPlanError, check_build_plan, ensure_artifact, image_ref
+from app.builds import BUILD_STEP, check_build_plan, ensure_artifact, image_ref
 from app.extensions import db
 from app.models import BuildArtifact, Operation, OperationStep, Registry, Server, Service
 from app.models.enums import (ArtifactStatus, OperationKind, RegistryType, ServerStatus,
@@ -67,10 +68,17 @@ def add_servers(org, sandbox, count=1):
     return servers
 
 
+# When each application's deploy key was made (time.time()): a file last written before
+# that cannot hold the key, so the control plane's scan reads only files written since.
+KEY_MADE_AT: dict[int, float] = {}
+
+
 def new_application(org, sandbox, authorise=True, **build_config):
     name = f"sample-{uuid.uuid4().hex[:6]}"
+    made_at = time.time()
     application = create_application(org.id, name, sandbox.git.sample_repo_url, "main")
     db.session.commit()
+    KEY_MADE_AT[application.id] = made_at
     env = application.environments[0]
     env.build_config = {"base_image": PHP_BASE, **build_config}
     db.session.commit()
@@ -126,18 +134,23 @@ def assert_no_deploy_key_anywhere(sandbox, application):
         return bool(worker) and any(part.startswith("popen-gw") and part != f"popen-{worker}"
                                     for part in path.parts)
 
+    # Only a file written since the key was made can hold it: the rest of /tmp (every
+    # earlier test's databases, other sessions' trees: gigabytes on a long-lived machine)
+    # is not read, which kept this scan at minutes per call.
+    since = KEY_MADE_AT.get(application.id, 0.0) - 2
     for base in {workdir_base(), tempfile.gettempdir()}:
         for root, _dirs, files in os.walk(base):
             for name in files:
                 path = Path(root) / name
                 if not another_workers(path):
                     assert "deploy_key" not in name, f"key file left on the control plane: {path}"
-                if path.is_file() and not path.is_symlink():
-                    try:
-                        if path.stat().st_size < 1_000_000:
-                            assert marker not in path.read_text(errors="ignore"), path
-                    except OSError:
-                        pass
+                try:
+                    st = path.lstat()
+                    if (stat.S_ISREG(st.st_mode) and st.st_mtime >= since
+                            and st.st_size < 1_000_000):
+                        assert marker not in path.read_text(errors="ignore"), path
+                except OSError:
+                    pass
     # Servers (builder and targets): no file named like a key, no file holding it.
     for s in sandbox.servers:
         found = server_sh(s, "find / -xdev \\( -path /proc -o -path /sys -o -path /var/lib/docker "
