@@ -30,7 +30,7 @@ def _browser_sandbox_base() -> str:
     """KEYSTONE_BROWSER_SANDBOX, else NAME-browser for KEYSTONE_TEST_SANDBOX=NAME (engineers
     sharing a machine never take down each other's browser sandboxes), else ks-browser."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    suffix = f"-{worker}" if worker else ""  # two xdist workers: two live servers, org ids 1, 2...
+    suffix = f"-{worker}" if worker else ""  # one live server per xdist worker, org ids 1, 2...
     if os.environ.get("KEYSTONE_BROWSER_SANDBOX"):
         return os.environ["KEYSTONE_BROWSER_SANDBOX"] + suffix
     if os.environ.get("KEYSTONE_TEST_SANDBOX"):

@@ -20,8 +20,8 @@ import pytest
 from app.sandbox import Sandbox, SandboxInfo, docker_available
 
 ROOT = Path(__file__).resolve().parents[2]
-# `make test` runs the sandbox tiers on two pytest-xdist workers (--dist loadfile): each
-# worker has its own sandbox (NAME-gw0, NAME-gw1), so a module that restarts a server,
+# `make test` runs the sandbox tiers on several pytest-xdist workers (--dist loadfile): each
+# worker has its own sandbox (NAME-gw0, NAME-gw1, ...), so a module that restarts a server,
 # fills its disk or hardens the bare server never meets another module's deploy.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 TEST_SANDBOX_NAME = os.environ.get("KEYSTONE_TEST_SANDBOX", "keystone-test") + (
@@ -91,18 +91,23 @@ def sandbox(sandbox_manager: Sandbox) -> SandboxInfo:
 # The longest modules first (seconds per module, printed at the end of `make test`): with
 # --dist loadfile each xdist worker takes the next module when it is free, so a long module
 # started last would leave the other worker idle while it runs.
-LONGEST_FIRST = (
-    "tests/integration/test_housekeeping.py",
-    "tests/browser/test_first_deploy.py",
-    "tests/integration/test_real_laravel.py",
-    "tests/integration/test_builds.py",
-    "tests/integration/test_deploys.py",
-    "tests/integration/test_faults.py",
-    "tests/integration/test_control_plane.py",
-    "tests/integration/test_fanout.py",
-    "tests/integration/test_saturation.py",
-    "tests/integration/test_https.py",
-    "tests/integration/test_replicas.py",
+LONGEST_FIRST = (  # seconds per module in the clean-clone run of 2026-12-03 10:27
+    "tests/integration/test_deploys.py",            # 410
+    "tests/integration/test_builds.py",             # 379
+    "tests/integration/test_faults.py",             # 304
+    "tests/integration/test_fanout.py",             # 240
+    "tests/browser/test_first_deploy.py",           # 240
+    "tests/integration/test_real_laravel.py",       # 238
+    "tests/integration/test_replicas.py",           # 196
+    "tests/integration/test_saturation.py",         # 181
+    "tests/integration/test_push_to_deploy.py",     # 181
+    "tests/integration/test_control_plane.py",      # 176
+    "tests/integration/test_housekeeping.py",       # 175
+    "tests/integration/test_https.py",              # 145
+    "tests/integration/test_scheduler_modes.py",    # 126
+    "tests/integration/test_remote.py",             # 124
+    "tests/integration/test_drivers.py",            # 116
+    "tests/integration/test_provisioning.py",       # 110
 )
 
 
