@@ -5,8 +5,10 @@ context each template renders (``environments/_attachments.html``,
 """
 from __future__ import annotations
 
+import functools
 import re
 
+import sqlalchemy as sa
 from flask import request, url_for
 from markupsafe import Markup, escape
 from wtforms import (BooleanField, HiddenField, SelectField, SelectMultipleField, StringField,
@@ -17,9 +19,10 @@ from app import attachments as att
 from app.blueprints.helpers import latest_operations
 from app.forms import ActionForm, KeystoneForm
 from app.drivers import drivers, get_driver
-from app.managed_services import (org_managed_services, org_servers,
-                                  service_stand_in, stand_in_note)
+from app.extensions import db
+from app.managed_services import stand_in_note
 from app.models import Environment, Server, Service
+from app.scoping import current_org_id
 from app.models.enums import ServerStatus, SliceStatus
 
 TLS_CHOICES = [("auto", "Automatic HTTPS (Let's Encrypt)"),
@@ -120,25 +123,54 @@ class EditVariableForm(KeystoneForm):
 
 # --------------------------------------------------------------------------- attachments
 
-def _server_label(server: Server | None) -> str:
+def _server_label(server) -> str:
     return server.name if server is not None else "no server"
 
 
-def _choices(services: list[Service], servers: list[Server], service_type: str,
+def _choices(services, servers, service_type: str,
              skip_servers=frozenset()) -> list[tuple[str, str]]:
     """Existing services, then "New ... on <server>" for each server that is provisioned
-    (a service cannot start on a server Keystone has not set up)."""
+    (a service cannot start on a server Keystone has not set up). ``services`` and
+    ``servers`` are :func:`_choice_rows`' rows."""
     label = get_driver(service_type).short_label
-    out = [(str(s.id), f"{s.name} on {_server_label(s.server)}{service_stand_in(s)}")
-           for s in services]
+    by_id = {srv.id: srv for srv in servers}
+    out = []
+    for s in services:
+        server = by_id.get(s.server_id)
+        out.append((str(s.id), f"{s.name} on {_server_label(server)}"
+                               f"{stand_in_note(s.type, server, (s.config or {}).get('image'))}"))
     out += [(f"new:{srv.id}", f"New {label} on {srv.name}{stand_in_note(service_type, srv)}")
             for srv in servers if srv.id not in skip_servers and srv.status == ServerStatus.ACTIVE]
     return out
 
 
+@functools.cache
+def _choice_queries():
+    """The organisation's offered services and its servers, as the attach forms list them:
+    the columns they read, no ORM objects (the organisation is bound per request). The same
+    rows as ``managed_services.org_managed_services`` and ``org_servers``, in their order."""
+    org = sa.bindparam("org_id", type_=sa.Integer)
+    services = (sa.select(Service.id, Service.name, Service.type, Service.server_id,
+                          Service.config)
+                .where(Service.organisation_id == org,
+                       Service.type.in_(sa.bindparam("types", expanding=True)))
+                .order_by(Service.name))
+    servers = (sa.select(Server.id, Server.name, Server.status, Server.facts)
+               .where(Server.organisation_id == org).order_by(Server.name))
+    return services, servers
+
+
+def _choice_rows():
+    services_q, servers_q = _choice_queries()
+    org_id = current_org_id()
+    services = db.session.execute(services_q, {"org_id": org_id,
+                                               "types": list(drivers.offered())}).all()
+    servers = db.session.execute(servers_q, {"org_id": org_id}).all()
+    return services, servers
+
+
 def attachment_forms(env: Environment, formdata=None) -> dict:
-    services = org_managed_services()
-    servers = org_servers()
+    services, servers = _choice_rows()
     by_type = {t: [s for s in services if s.type == t] for t in drivers.offered()}
     gateway_servers = {s.server_id for s in by_type["caddy"]}
     pg = AttachPostgresForm(formdata=formdata, prefix="pg")
