@@ -267,9 +267,41 @@ def _variable_url(endpoint: str, environment_id: int):
     return url_pattern(endpoint, "variable_id", environment_id=environment_id)
 
 
+def variable_table(rows: list, slices: dict, edit_url, delete_url, reveal_url) -> list[tuple]:
+    """The variables table's rows as the tuples its loop unpacks (``_variables.html``):
+    what each row shows, read from the ORM objects and built in Python once, instead of
+    some 25 attribute lookups, enum ``.value`` reads and calls per row in the template (a
+    page of 150 variables). A tuple is
+
+    (id, key, is_secret, value or None when secret, source, note, overrides, ignored,
+    overridable, reveal URL, edit URL, delete URL)
+
+    where ``note`` is (service name, role, slice name) of a managed row's attachment, else
+    None; ``overrides`` the source (spaces, not underscores) of the row it overrides, else
+    None; ``ignored`` a (variable id, delete URL) per user value this locked key shadows."""
+    notes = {sid: (a.service.name, a.role.value, a.service_slice.name)
+             for sid, a in slices.items()}
+    table = []
+    for row in rows:
+        var, shadowed = row.variable, row.shadowed
+        vid, secret, src = var.id, var.is_secret, var.source.value
+        table.append((
+            vid, var.key, secret, None if secret else var.value, src,
+            notes.get(var.service_slice_id) if src == "managed_attachment" else None,
+            shadowed[0].source.value.replace("_", " ") if shadowed else None,
+            [(sh.id, delete_url(sh.id)) for sh in shadowed if sh.source.value == "user"],
+            var.overridable, reveal_url(vid) if secret else None,
+            edit_url(vid) if src == "user" else None,
+            delete_url(vid) if src == "user" else None))
+    return table
+
+
 def variables_context(env: Environment, form: VariableForm | None = None, **kw) -> dict:
     slices = {a.service_slice_id: a for a in env.attachments if a.service_slice_id}
     rows = att.variable_rows(env)
+    urls = {"edit_url": _variable_url("environments.edit_variable", env.id),
+            "delete_url": _variable_url("environments.delete_variable", env.id),
+            "reveal_url": _variable_url("environments.reveal_variable", env.id)}
     override = request.args.get("override") if request.method == "GET" else None
     if form is None:
         form = VariableForm(formdata=None)
@@ -285,9 +317,7 @@ def variables_context(env: Environment, form: VariableForm | None = None, **kw) 
            "var_message": None, "var_error": None, "edit_forms": edit_forms,
            "action_form": action_form,
            "csrf_token": getattr(csrf, "current_token", None) if csrf is not None else None,
-           "edit_url": _variable_url("environments.edit_variable", env.id),
-           "delete_url": _variable_url("environments.delete_variable", env.id),
-           "reveal_url": _variable_url("environments.reveal_variable", env.id)}
+           "table": variable_table(rows, slices, **urls), **urls}
     ctx.update(kw)
     return ctx
 
