@@ -46,7 +46,29 @@ def posted_next_target() -> str | None:
 class _QuickSelect(widgets.Select):
     """``widgets.Select`` with the same markup, a plain option written directly instead of
     through ``html_params`` (the attach forms list every service and server of the
-    organisation, on every environment page)."""
+    organisation, on every environment page). Plain choices, a list of (str, str) pairs,
+    are written straight from the list: WTForms otherwise builds two objects per option
+    on every render (tests/web/test_environment_page_rows.py compares the markup)."""
+
+    def __call__(self, field, **kwargs):
+        choices = field.choices
+        if self.multiple or not isinstance(choices, list) or not all(
+                type(c) is tuple and len(c) == 2 and type(c[0]) is str and type(c[1]) is str
+                for c in choices):
+            return super().__call__(field, **kwargs)
+        kwargs.setdefault("id", field.id)
+        flags = field.flags
+        for k in self.validation_attrs:
+            if k not in kwargs and getattr(flags, k, False):
+                kwargs[k] = getattr(flags, k)
+        html = [f"<select {widgets.html_params(name=field.name, **kwargs)}>"]
+        coerce, data = field.coerce, field.data
+        for value, label in choices:
+            selected = "selected " if coerce(value) == data else ""
+            html.append(f'<option {selected}value="{escape(value)}">'
+                        f'{escape(label or value)}</option>')
+        html.append("</select>")
+        return Markup("".join(html))
 
     @classmethod
     def render_option(cls, choice, **kwargs):
