@@ -3,6 +3,7 @@
 EditVariableForm renders, and work when posted."""
 import re
 
+import pytest
 from flask import render_template_string
 
 from app.attachments import set_user_variable
@@ -136,3 +137,34 @@ def test_the_attach_forms_selects_are_what_the_wtforms_select_renders(app):
                 assert str(field(**kw)) == str(widgets.Select()(field, **kw)), field.name
         assert 'required' in str(pg.target()) and '<option selected value="new:3">' in str(pg.target())
         assert "&lt;b&gt; &amp; &#34;quoted&#34;" in str(pg.target())
+
+
+def test_a_shown_value_is_decrypted_once_per_token_and_keys(app, monkeypatch):
+    """The page keeps a shown value's plaintext per stored token (issue 20.4); another key
+    set decrypts again (a token the current keys cannot read still fails), and a long value
+    is not kept."""
+    from cryptography.fernet import Fernet
+
+    from app.blueprints.environments.page import _SHOWN_TOKEN_MAX, _shown_value
+    from app.crypto import KeyRing, keyring
+    calls = []
+    real = KeyRing.decrypt
+
+    def counting(self, token):
+        calls.append(token)
+        return real(self, token)
+    monkeypatch.setattr(KeyRing, "decrypt", counting)
+    token = keyring.encrypt("shown-value")
+    assert _shown_value(token) == "shown-value" and _shown_value(token) == "shown-value"
+    assert calls == [token]
+    long_token = keyring.encrypt("x" * _SHOWN_TOKEN_MAX)
+    assert _shown_value(long_token) == _shown_value(long_token)
+    assert calls.count(long_token) == 2
+    assert _shown_value(None) is None
+    saved = keyring._fernet
+    try:
+        keyring.configure([Fernet.generate_key().decode()])
+        with pytest.raises(RuntimeError):
+            _shown_value(token)
+    finally:
+        keyring._fernet = saved
