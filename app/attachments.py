@@ -22,6 +22,7 @@ never touched by regeneration.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -163,24 +164,34 @@ def attachable_slices_by_type(organisation_id: int, service_types: Iterable[str]
                               ) -> dict[str, list[ServiceSlice]]:
     """:func:`attachable_slices` of several service types, in one query."""
     service_types = tuple(service_types)
-    attached = sa.select(EnvironmentAttachment.service_slice_id).where(
-        EnvironmentAttachment.service_slice_id.is_not(None))
-    free = ServiceSlice.environment_id.is_(None)
-    if environment is not None:
-        free = sa.or_(free, ServiceSlice.environment_id == environment.id)
     rows = db.session.execute(  # one query, whatever the number of slices (services joined)
-        sa.select(ServiceSlice).join(Service, ServiceSlice.service_id == Service.id)
-        .options(contains_eager(ServiceSlice.service).defer(Service.secrets),
-                 defer(ServiceSlice.credentials))
-        .where(Service.organisation_id == organisation_id, Service.type.in_(service_types),
-               ServiceSlice.status == SliceStatus.READY, free,
-               ServiceSlice.id.not_in(attached))
-        .order_by(Service.name, ServiceSlice.name)).scalars().all()
+        _attachable_slices_query(),
+        {"org_id": organisation_id, "types": list(service_types),
+         "env_id": environment.id if environment is not None else None}).scalars().all()
     out: dict[str, list[ServiceSlice]] = {t: [] for t in service_types}
     for sl in rows:
         if sl.type in get_driver(sl.service).slice_types:
             out[sl.service.type].append(sl)
     return out
+
+
+@functools.cache
+def _attachable_slices_query():
+    """:func:`attachable_slices_by_type`'s statement, built once (the environment page asks
+    on every view); without an environment (``env_id`` NULL) only a slice of none is free."""
+    attached = sa.select(EnvironmentAttachment.service_slice_id).where(
+        EnvironmentAttachment.service_slice_id.is_not(None))
+    env_id = sa.bindparam("env_id", type_=sa.Integer)
+    free = sa.or_(ServiceSlice.environment_id.is_(None), sa.and_(
+        env_id.is_not(None), ServiceSlice.environment_id == env_id))
+    return (sa.select(ServiceSlice).join(Service, ServiceSlice.service_id == Service.id)
+            .options(contains_eager(ServiceSlice.service).defer(Service.secrets),
+                     defer(ServiceSlice.credentials))
+            .where(Service.organisation_id == sa.bindparam("org_id", type_=sa.Integer),
+                   Service.type.in_(sa.bindparam("types", expanding=True)),
+                   ServiceSlice.status == SliceStatus.READY, free,
+                   ServiceSlice.id.not_in(attached))
+            .order_by(Service.name, ServiceSlice.name))
 
 
 def attach_existing_slice(environment: Environment, slice_: ServiceSlice,

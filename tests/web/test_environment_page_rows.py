@@ -3,6 +3,7 @@
 EditVariableForm renders, and work when posted."""
 import re
 
+import pytest
 from flask import render_template_string
 
 from app.attachments import set_user_variable
@@ -114,3 +115,56 @@ def test_url_patterns_build_what_url_for_builds(app):
         assert edit(5) == url_for("environments.edit_variable", environment_id=3, variable_id=5)
         assert url_pattern("operations.show", "operation_id")(987654321) == \
             url_for("operations.show", operation_id=987654321)
+
+
+def test_the_attach_forms_selects_are_what_the_wtforms_select_renders(app):
+    """The attach forms' selects write plain (value, label) choices straight from the list
+    (issue 20.4): the same markup as WTForms' own Select, selected option, escaping, the
+    required flag and the error attributes included."""
+    from wtforms import widgets
+
+    from app.blueprints.environments.components import AttachPostgresForm, AttachValkeyForm
+    with app.test_request_context("/"):
+        pg = AttachPostgresForm(formdata=None, prefix="pg")
+        pg.target.choices = [("7", 'pg <b> & "quoted" on srv-1'), ("new:3", "New Postgres on s")]
+        pg.target.data = "new:3"
+        pg.existing_slice.choices = [("", "No: create a new one"), ("12", "db_1 on pg-1")]
+        pg.existing_slice.data = ""
+        vk = AttachValkeyForm(formdata=None, prefix="vk")
+        vk.target.choices = []
+        for field in (pg.target, pg.existing_slice, vk.target):
+            for kw in ({}, {"aria-invalid": "true", "aria-describedby": f"{field.id}-errors"}):
+                assert str(field(**kw)) == str(widgets.Select()(field, **kw)), field.name
+        assert 'required' in str(pg.target()) and '<option selected value="new:3">' in str(pg.target())
+        assert "&lt;b&gt; &amp; &#34;quoted&#34;" in str(pg.target())
+
+
+def test_a_shown_value_is_decrypted_once_per_token_and_keys(app, monkeypatch):
+    """The page keeps a shown value's plaintext per stored token (issue 20.4); another key
+    set decrypts again (a token the current keys cannot read still fails), and a long value
+    is not kept."""
+    from cryptography.fernet import Fernet
+
+    from app.blueprints.environments.page import _SHOWN_TOKEN_MAX, _shown_value
+    from app.crypto import KeyRing, keyring
+    calls = []
+    real = KeyRing.decrypt
+
+    def counting(self, token):
+        calls.append(token)
+        return real(self, token)
+    monkeypatch.setattr(KeyRing, "decrypt", counting)
+    token = keyring.encrypt("shown-value")
+    assert _shown_value(token) == "shown-value" and _shown_value(token) == "shown-value"
+    assert calls == [token]
+    long_token = keyring.encrypt("x" * _SHOWN_TOKEN_MAX)
+    assert _shown_value(long_token) == _shown_value(long_token)
+    assert calls.count(long_token) == 2
+    assert _shown_value(None) is None
+    saved = keyring._fernet
+    try:
+        keyring.configure([Fernet.generate_key().decode()])
+        with pytest.raises(RuntimeError):
+            _shown_value(token)
+    finally:
+        keyring._fernet = saved

@@ -5,8 +5,10 @@ context each template renders (``environments/_attachments.html``,
 """
 from __future__ import annotations
 
+import functools
 import re
 
+import sqlalchemy as sa
 from flask import request, url_for
 from markupsafe import Markup, escape
 from wtforms import (BooleanField, HiddenField, SelectField, SelectMultipleField, StringField,
@@ -17,9 +19,10 @@ from app import attachments as att
 from app.blueprints.helpers import latest_operations
 from app.forms import ActionForm, KeystoneForm
 from app.drivers import drivers, get_driver
-from app.managed_services import (org_managed_services, org_servers,
-                                  service_stand_in, stand_in_note)
+from app.extensions import db
+from app.managed_services import stand_in_note
 from app.models import Environment, Server, Service
+from app.scoping import current_org_id
 from app.models.enums import ServerStatus, SliceStatus
 
 TLS_CHOICES = [("auto", "Automatic HTTPS (Let's Encrypt)"),
@@ -43,7 +46,29 @@ def posted_next_target() -> str | None:
 class _QuickSelect(widgets.Select):
     """``widgets.Select`` with the same markup, a plain option written directly instead of
     through ``html_params`` (the attach forms list every service and server of the
-    organisation, on every environment page)."""
+    organisation, on every environment page). Plain choices, a list of (str, str) pairs,
+    are written straight from the list: WTForms otherwise builds two objects per option
+    on every render (tests/web/test_environment_page_rows.py compares the markup)."""
+
+    def __call__(self, field, **kwargs):
+        choices = field.choices
+        if self.multiple or not isinstance(choices, list) or not all(
+                type(c) is tuple and len(c) == 2 and type(c[0]) is str and type(c[1]) is str
+                for c in choices):
+            return super().__call__(field, **kwargs)
+        kwargs.setdefault("id", field.id)
+        flags = field.flags
+        for k in self.validation_attrs:
+            if k not in kwargs and getattr(flags, k, False):
+                kwargs[k] = getattr(flags, k)
+        html = [f"<select {widgets.html_params(name=field.name, **kwargs)}>"]
+        coerce, data = field.coerce, field.data
+        for value, label in choices:
+            selected = "selected " if coerce(value) == data else ""
+            html.append(f'<option {selected}value="{escape(value)}">'
+                        f'{escape(label or value)}</option>')
+        html.append("</select>")
+        return Markup("".join(html))
 
     @classmethod
     def render_option(cls, choice, **kwargs):
@@ -120,25 +145,54 @@ class EditVariableForm(KeystoneForm):
 
 # --------------------------------------------------------------------------- attachments
 
-def _server_label(server: Server | None) -> str:
+def _server_label(server) -> str:
     return server.name if server is not None else "no server"
 
 
-def _choices(services: list[Service], servers: list[Server], service_type: str,
+def _choices(services, servers, service_type: str,
              skip_servers=frozenset()) -> list[tuple[str, str]]:
     """Existing services, then "New ... on <server>" for each server that is provisioned
-    (a service cannot start on a server Keystone has not set up)."""
+    (a service cannot start on a server Keystone has not set up). ``services`` and
+    ``servers`` are :func:`_choice_rows`' rows."""
     label = get_driver(service_type).short_label
-    out = [(str(s.id), f"{s.name} on {_server_label(s.server)}{service_stand_in(s)}")
-           for s in services]
+    by_id = {srv.id: srv for srv in servers}
+    out = []
+    for s in services:
+        server = by_id.get(s.server_id)
+        out.append((str(s.id), f"{s.name} on {_server_label(server)}"
+                               f"{stand_in_note(s.type, server, (s.config or {}).get('image'))}"))
     out += [(f"new:{srv.id}", f"New {label} on {srv.name}{stand_in_note(service_type, srv)}")
             for srv in servers if srv.id not in skip_servers and srv.status == ServerStatus.ACTIVE]
     return out
 
 
+@functools.cache
+def _choice_queries():
+    """The organisation's offered services and its servers, as the attach forms list them:
+    the columns they read, no ORM objects (the organisation is bound per request). The same
+    rows as ``managed_services.org_managed_services`` and ``org_servers``, in their order."""
+    org = sa.bindparam("org_id", type_=sa.Integer)
+    services = (sa.select(Service.id, Service.name, Service.type, Service.server_id,
+                          Service.config)
+                .where(Service.organisation_id == org,
+                       Service.type.in_(sa.bindparam("types", expanding=True)))
+                .order_by(Service.name))
+    servers = (sa.select(Server.id, Server.name, Server.status, Server.facts)
+               .where(Server.organisation_id == org).order_by(Server.name))
+    return services, servers
+
+
+def _choice_rows():
+    services_q, servers_q = _choice_queries()
+    org_id = current_org_id()
+    services = db.session.execute(services_q, {"org_id": org_id,
+                                               "types": list(drivers.offered())}).all()
+    servers = db.session.execute(servers_q, {"org_id": org_id}).all()
+    return services, servers
+
+
 def attachment_forms(env: Environment, formdata=None) -> dict:
-    services = org_managed_services()
-    servers = org_servers()
+    services, servers = _choice_rows()
     by_type = {t: [s for s in services if s.type == t] for t in drivers.offered()}
     gateway_servers = {s.server_id for s in by_type["caddy"]}
     pg = AttachPostgresForm(formdata=formdata, prefix="pg")
@@ -178,6 +232,28 @@ def recommended_plan(env: Environment, forms: dict) -> list[tuple[str, str, str]
     return out
 
 
+def attachment_table(env: Environment, ops: dict, service_url, detach_url) -> list[tuple]:
+    """The attachments table's rows as the tuples its loop unpacks (``_attachments.html``),
+    read from the ORM objects in Python once rather than attribute by attribute in the
+    template (50 attachments and more). A tuple is
+
+    (role, service URL, service name, service type, slice or None, slice type, slice
+    status, the slice's latest operation or None, whether that operation is still working,
+    detach URL or None)"""
+    table = []
+    for a in env.attachments:
+        sl, service = a.service_slice, a.service
+        op = ops.get(a.service_slice_id)
+        status = sl.status.value if sl is not None else None
+        table.append((
+            a.role.value, service_url(a.service_id), service.name, service.type, sl,
+            sl.type.value if sl is not None else None, status, op,
+            op is not None and not op.is_terminal,
+            detach_url(a.service_id, sl.id)
+            if sl is not None and status not in ("deleting", "deleted") else None))
+    return table
+
+
 def attachments_context(env: Environment, forms: dict | None = None,
                         next_target: str | None = None, **kw) -> dict:
     """The attachments component's context; ``next_target="onboarding"`` sends full-reload
@@ -194,11 +270,12 @@ def attachments_context(env: Environment, forms: dict | None = None,
     nxt = next_target or posted_next_target()
     for f in forms.values():
         f.next.data = nxt if nxt in NEXT_TARGETS else ""
+    urls = {"service_url": url_pattern("services.show", "service_id"),
+            "detach_url": url_pattern("services.delete_slice", "service_id", "slice_id")}
     ctx = {"env": env, "recommendations": recs, "slice_ops": ops, "busy": busy,
            "recommended": recommended_plan(env, forms),
            "action_form": ActionForm(formdata=None),
-           "service_url": url_pattern("services.show", "service_id"),
-           "detach_url": url_pattern("services.delete_slice", "service_id", "slice_id"),
+           "attachment_rows": attachment_table(env, ops, **urls), **urls,
            "operation_url": url_pattern("operations.show", "operation_id"),
            "attach_message": None, "attach_error": None,
            "next": nxt if nxt in NEXT_TARGETS else None}
@@ -235,9 +312,41 @@ def _variable_url(endpoint: str, environment_id: int):
     return url_pattern(endpoint, "variable_id", environment_id=environment_id)
 
 
+def variable_table(rows: list, slices: dict, edit_url, delete_url, reveal_url) -> list[tuple]:
+    """The variables table's rows as the tuples its loop unpacks (``_variables.html``):
+    what each row shows, read from the ORM objects and built in Python once, instead of
+    some 25 attribute lookups, enum ``.value`` reads and calls per row in the template (a
+    page of 150 variables). A tuple is
+
+    (id, key, is_secret, value or None when secret, source, note, overrides, ignored,
+    overridable, reveal URL, edit URL, delete URL)
+
+    where ``note`` is (service name, role, slice name) of a managed row's attachment, else
+    None; ``overrides`` the source (spaces, not underscores) of the row it overrides, else
+    None; ``ignored`` a (variable id, delete URL) per user value this locked key shadows."""
+    notes = {sid: (a.service.name, a.role.value, a.service_slice.name)
+             for sid, a in slices.items()}
+    table = []
+    for row in rows:
+        var, shadowed = row.variable, row.shadowed
+        vid, secret, src = var.id, var.is_secret, var.source.value
+        table.append((
+            vid, var.key, secret, None if secret else var.value, src,
+            notes.get(var.service_slice_id) if src == "managed_attachment" else None,
+            shadowed[0].source.value.replace("_", " ") if shadowed else None,
+            [(sh.id, delete_url(sh.id)) for sh in shadowed if sh.source.value == "user"],
+            var.overridable, reveal_url(vid) if secret else None,
+            edit_url(vid) if src == "user" else None,
+            delete_url(vid) if src == "user" else None))
+    return table
+
+
 def variables_context(env: Environment, form: VariableForm | None = None, **kw) -> dict:
     slices = {a.service_slice_id: a for a in env.attachments if a.service_slice_id}
     rows = att.variable_rows(env)
+    urls = {"edit_url": _variable_url("environments.edit_variable", env.id),
+            "delete_url": _variable_url("environments.delete_variable", env.id),
+            "reveal_url": _variable_url("environments.reveal_variable", env.id)}
     override = request.args.get("override") if request.method == "GET" else None
     if form is None:
         form = VariableForm(formdata=None)
@@ -253,9 +362,7 @@ def variables_context(env: Environment, form: VariableForm | None = None, **kw) 
            "var_message": None, "var_error": None, "edit_forms": edit_forms,
            "action_form": action_form,
            "csrf_token": getattr(csrf, "current_token", None) if csrf is not None else None,
-           "edit_url": _variable_url("environments.edit_variable", env.id),
-           "delete_url": _variable_url("environments.delete_variable", env.id),
-           "reveal_url": _variable_url("environments.reveal_variable", env.id)}
+           "table": variable_table(rows, slices, **urls), **urls}
     ctx.update(kw)
     return ctx
 
