@@ -17,18 +17,7 @@ import pytest
 from app.drivers.base import HealthCheck
 from app.operations import StepFailed
 from app.services_ops import steps
-
-
-class _Clock:
-    def __init__(self):
-        self.now, self.slept = 1000.0, 0.0
-
-    def monotonic(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-        self.slept += seconds
+from tests.unit.fake_clock import FakeClock
 
 
 class _Step:
@@ -59,7 +48,7 @@ class _Ctx:
 
 @pytest.fixture()
 def clock(monkeypatch):
-    c = _Clock()
+    c = FakeClock()
     monkeypatch.setattr(steps.time, "monotonic", c.monotonic)
     monkeypatch.setattr(steps.time, "sleep", c.sleep)
     return c

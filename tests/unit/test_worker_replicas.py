@@ -20,21 +20,7 @@ from app.deploys.planning import ServiceChange
 from app.deploys.replica_steps import OBSERVE_SECONDS, WorkersCrashed
 from app.deploys.scale import ServiceScale
 from app.models.enums import ReplicaStatus
-
-
-class _Clock:
-    """time.monotonic / time.sleep of the module under test: sleeping advances it."""
-
-    def __init__(self):
-        self.now = 1000.0
-        self.slept = 0.0
-
-    def monotonic(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-        self.slept += seconds
+from tests.unit.fake_clock import FakeClock
 
 
 class _Step:
@@ -81,7 +67,7 @@ def _change(role="worker"):
 @pytest.fixture()
 def deploy(monkeypatch):
     """An EnvironmentDeploy whose container starts are recorded, not run."""
-    clock = _Clock()
+    clock = FakeClock()
     monkeypatch.setattr(replica_steps.time, "monotonic", clock.monotonic)
     monkeypatch.setattr(replica_steps.time, "sleep", clock.sleep)
     monkeypatch.setattr(replica_steps, "db", types.SimpleNamespace(
