@@ -168,3 +168,102 @@ def test_a_shown_value_is_decrypted_once_per_token_and_keys(app, monkeypatch):
             _shown_value(token)
     finally:
         keyring._fernet = saved
+
+
+def _attachments_section(html: str) -> str:
+    start = html.index('<section class="card" id="attachments"')
+    return html[start:html.index("</section>", start) + len("</section>")]
+
+
+def test_the_plain_attach_forms_are_what_the_wtforms_forms_render(app, client, db, monkeypatch):
+    """On a page view the attach forms are unbound and written as plain markup (issue 20.4):
+    exactly what the WTForms forms and the field/checkbox macros render, every form shown
+    (attach recommended, the recommended settings, the existing-slice selects, a proposed
+    domain, "new on <server>" choices, escaping), the CSRF token in each, with and without
+    the wizard's next target."""
+    from app.blueprints.environments import attachments as attachments_views
+    from app.blueprints.environments import components
+    from app.models import EnvironmentAttachment, Service, ServiceSlice
+    from app.models.enums import (AttachmentRole, DeployPolicy, ServerStatus, ServiceCategory,
+                                  SliceStatus, SliceType)
+    g = build_org()
+    sign_in(client, g.user)
+    g.server.status = ServerStatus.ACTIVE
+    g.server.facts = {"sandbox": True}
+    pg2 = Service(organisation=g.org, name='pg <b> & "two"', type="postgres",
+                  driver_name="postgres", server=g.server, category=ServiceCategory.DATABASE,
+                  deploy_policy=DeployPolicy.DEPENDENCY_ONLY)
+    vk = Service(organisation=g.org, name="cache", type="valkey", driver_name="valkey",
+                 server=g.server, category=ServiceCategory.DATABASE,
+                 deploy_policy=DeployPolicy.DEPENDENCY_ONLY)
+    cache = ServiceSlice(service=vk, environment=g.environment, name="shop_cache",
+                         type=SliceType.VALKEY_NAMESPACE, status=SliceStatus.READY, config={})
+    db.session.add_all([
+        pg2, vk, cache,
+        ServiceSlice(service=pg2, name="spare", type=SliceType.POSTGRES_DATABASE,
+                     status=SliceStatus.READY, config={}),
+        ServiceSlice(service=vk, name="jobs", type=SliceType.VALKEY_NAMESPACE,
+                     status=SliceStatus.READY, config={}),
+        EnvironmentAttachment(environment=g.environment, service=vk, service_slice=cache,
+                              role=AttachmentRole.CACHE)])
+    db.session.commit()
+    url = f"/environments/{g.environment.id}/attachments"
+    real = components.attachments_context
+
+    def with_wtforms(env, forms=None, **kw):  # the forms passed in: rendered by WTForms
+        return real(env, forms or components.attachment_forms(env), **kw)
+
+    for query in ("", "?next=onboarding"):
+        monkeypatch.setattr(attachments_views, "attachments_context", real)
+        plain = _attachments_section(client.get(url + query).get_data(as_text=True))
+        monkeypatch.setattr(attachments_views, "attachments_context", with_wtforms)
+        wtf = _attachments_section(client.get(url + query).get_data(as_text=True))
+        assert "{{" not in plain and "{%" not in plain
+        for shown in ("Attach recommended services", "Recommended settings",
+                      'name="pg-existing_slice"', 'name="vk-existing_slice"',
+                      f'value="{g.application.name}.localhost"', f'value="new:{g.server.id}"',
+                      "pg &lt;b&gt; &amp; &#34;two&#34;", 'name="rec-confirm"'):
+            assert shown in plain, shown
+        for name in ("csrf_token", "pg-csrf_token", "vk-csrf_token", "dom-csrf_token",
+                     "rec-csrf_token"):
+            assert re.search(rf'name="{name}" type="hidden" value="[^"]+"', plain), name
+        if query:
+            assert 'name="pg-next" type="hidden" value="onboarding"' in plain
+        assert _norm(_no_token(plain)) == _norm(_no_token(wtf))
+
+
+def test_an_attach_form_sent_back_with_errors_is_the_wtforms_form(app, client, db):
+    """A post with errors answers with the form itself: its data and its errors."""
+    g = build_org()
+    sign_in(client, g.user)
+    html = client.get(f"/environments/{g.environment.id}").get_data(as_text=True)
+    token = re.search(r'name="pg-csrf_token" type="hidden" value="([^"]+)"', html).group(1)
+    resp = client.post(f"/environments/{g.environment.id}/attachments/domain",
+                       data={"dom-csrf_token": token, "dom-hostname": "bad host <x>",
+                             "dom-target": "999999", "dom-www_redirect": "y"},
+                       headers={"HX-Request": "true"})
+    body = resp.get_data(as_text=True)
+    assert 'aria-describedby="dom-target-errors"' in body and 'id="dom-target-errors"' in body
+    assert 'value="bad host &lt;x&gt;"' in body
+    assert 'checked id="dom-www_redirect"' in body
+
+
+def test_plain_select_is_what_the_wtforms_select_renders(app):
+    """The unbound attach forms' selects (plain_select): WTForms' own Select markup, the
+    required flag, the selected default and escaping included; a field with errors is the
+    field's own rendering."""
+    from wtforms import widgets
+
+    from app.blueprints.environments.components import (AttachDomainForm, AttachValkeyForm,
+                                                        plain_select)
+    with app.test_request_context("/"):
+        vk = AttachValkeyForm(formdata=None, prefix="vk")
+        vk.target.choices = [("7", 'vk <b> & "quoted"'), ("new:3", "New Valkey on s")]
+        vk.existing_slice.choices = [("", "No: create a new one"), ("12", "jobs on vk")]
+        dom = AttachDomainForm(formdata=None, prefix="dom")
+        dom.target.choices = []
+        for field in (vk.target, vk.role, vk.existing_slice, dom.target, dom.tls):
+            assert str(plain_select(field)) == str(widgets.Select()(field)), field.name
+        assert '<option selected value="cache">' in str(plain_select(vk.role))
+        vk.target.errors = ["Not a valid choice."]
+        assert str(plain_select(vk.target)) == str(vk.target())

@@ -43,6 +43,39 @@ def posted_next_target() -> str | None:
 
 # --------------------------------------------------------------------------- forms
 
+def _plain_choices(choices) -> bool:
+    """Whether ``choices`` is a list of (str, str) pairs (no groups, no render_kw)."""
+    return isinstance(choices, list) and all(
+        type(c) is tuple and len(c) == 2 and type(c[0]) is str and type(c[1]) is str
+        for c in choices)
+
+
+def _options(field) -> str:
+    """The ``<option>``s of a select whose choices are plain (value, label) pairs, as
+    ``widgets.Select`` writes them."""
+    coerce, data = field.coerce, field.data
+    return "".join(f'<option {"selected " if coerce(value) == data else ""}'
+                   f'value="{escape(value)}">{escape(label or value)}</option>'
+                   for value, label in field.choices)
+
+
+def plain_select(field) -> Markup:
+    """A select of an unbound attach form (no errors, no extra attributes) as plain markup:
+    what its widget renders, without WTForms' render chain (the attach forms' unbound
+    markup in ``_attachments.html``; tests/web/test_environment_page_rows.py compares).
+    Anything else is the field's own rendering."""
+    widget, flags = field.widget, field.flags
+    required = getattr(flags, "required", False)
+    if (field.errors or field.render_kw or not isinstance(widget, widgets.Select)
+            or widget.multiple or required not in (True, False)
+            or any(getattr(flags, k, False) for k in widget.validation_attrs
+                   if k != "required")
+            or not _plain_choices(field.choices)):
+        return field()
+    return Markup(f'<select id="{escape(field.id)}" name="{escape(field.name)}"'
+                  f'{" required" if required else ""}>{_options(field)}</select>')
+
+
 class _QuickSelect(widgets.Select):
     """``widgets.Select`` with the same markup, a plain option written directly instead of
     through ``html_params`` (the attach forms list every service and server of the
@@ -51,24 +84,15 @@ class _QuickSelect(widgets.Select):
     on every render (tests/web/test_environment_page_rows.py compares the markup)."""
 
     def __call__(self, field, **kwargs):
-        choices = field.choices
-        if self.multiple or not isinstance(choices, list) or not all(
-                type(c) is tuple and len(c) == 2 and type(c[0]) is str and type(c[1]) is str
-                for c in choices):
+        if self.multiple or not _plain_choices(field.choices):
             return super().__call__(field, **kwargs)
         kwargs.setdefault("id", field.id)
         flags = field.flags
         for k in self.validation_attrs:
             if k not in kwargs and getattr(flags, k, False):
                 kwargs[k] = getattr(flags, k)
-        html = [f"<select {widgets.html_params(name=field.name, **kwargs)}>"]
-        coerce, data = field.coerce, field.data
-        for value, label in choices:
-            selected = "selected " if coerce(value) == data else ""
-            html.append(f'<option {selected}value="{escape(value)}">'
-                        f'{escape(label or value)}</option>')
-        html.append("</select>")
-        return Markup("".join(html))
+        return Markup(f"<select {widgets.html_params(name=field.name, **kwargs)}>"
+                      f"{_options(field)}</select>")
 
     @classmethod
     def render_option(cls, choice, **kwargs):
@@ -257,7 +281,10 @@ def attachment_table(env: Environment, ops: dict, service_url, detach_url) -> li
 def attachments_context(env: Environment, forms: dict | None = None,
                         next_target: str | None = None, **kw) -> dict:
     """The attachments component's context; ``next_target="onboarding"`` sends full-reload
-    form posts back to the wizard."""
+    form posts back to the wizard. Forms passed in (a post sent back, with its errors) are
+    rendered by WTForms; the forms built here are unbound, and the template writes them as
+    plain markup (``plain``: the same fields, names, values and CSRF token)."""
+    plain = forms is None
     forms = forms or attachment_forms(env)
     recs = att.recommendations_for(env)
     forms["rec_form"].keys.choices = [(r.key, f"{r.key}={r.value}") for r in recs]
@@ -272,9 +299,12 @@ def attachments_context(env: Environment, forms: dict | None = None,
         f.next.data = nxt if nxt in NEXT_TARGETS else ""
     urls = {"service_url": url_pattern("services.show", "service_id"),
             "detach_url": url_pattern("services.delete_slice", "service_id", "slice_id")}
+    action_form = ActionForm(formdata=None)
+    csrf = getattr(action_form, "csrf_token", None)  # absent when CSRF is off (tests)
     ctx = {"env": env, "recommendations": recs, "slice_ops": ops, "busy": busy,
            "recommended": recommended_plan(env, forms),
-           "action_form": ActionForm(formdata=None),
+           "action_form": action_form, "plain": plain, "plain_select": plain_select,
+           "csrf_token": getattr(csrf, "current_token", None) if csrf is not None else None,
            "attachment_rows": attachment_table(env, ops, **urls), **urls,
            "operation_url": url_pattern("operations.show", "operation_id"),
            "attach_message": None, "attach_error": None,
