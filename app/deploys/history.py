@@ -8,6 +8,7 @@ reuses the artifact (app.blueprints.deploys.rollback).
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -63,15 +64,23 @@ class HistoryRow:
     current: bool
 
 
-def deploy_history(env: Environment, limit: int = 20) -> list[HistoryRow]:
-    ops = db.session.execute(
-        sa.select(Operation).where(Operation.organisation_id == env.application.organisation_id,
-                                   Operation.kind == OperationKind.ENVIRONMENT_DEPLOY,
-                                   Operation.target_type == "environment",
-                                   Operation.target_id == env.id,
-                                   Operation.parent_id.is_(None))
+@functools.lru_cache(maxsize=8)
+def _history_query(limit: int):
+    """:func:`deploy_history`'s statement, built once per limit (the environment page asks
+    on every view); the organisation and the environment are bound per call."""
+    return (sa.select(Operation).where(
+        Operation.organisation_id == sa.bindparam("org_id", type_=sa.Integer),
+        Operation.kind == OperationKind.ENVIRONMENT_DEPLOY,
+        Operation.target_type == "environment",
+        Operation.target_id == sa.bindparam("env_id", type_=sa.Integer),
+        Operation.parent_id.is_(None))
         .options(selectinload(Operation.created_by))
-        .order_by(Operation.id.desc()).limit(limit + 1)).scalars().all()
+        .order_by(Operation.id.desc()).limit(limit))
+
+
+def deploy_history(env: Environment, limit: int = 20) -> list[HistoryRow]:
+    ops = db.session.execute(_history_query(limit + 1), {
+        "org_id": env.application.organisation_id, "env_id": env.id}).scalars().all()
     ids = {int((op.result or {}).get("artifact_id") or (op.params or {}).get("artifact_id") or 0)
            for op in ops} - {0}
     artifacts = {a.id: a for a in db.session.execute(

@@ -206,6 +206,17 @@ def scheduler_placement(env: Environment) -> dict:
     return {"text": f"{replica.container_name} on {replica.server.name}", "replica": replica}
 
 
+@functools.cache
+def _operations_query():
+    """The page's last 15 top-level operations of the environment, the statement built once
+    (the organisation and the environment bound per request)."""
+    return (sa.select(Operation).where(
+        Operation.organisation_id == sa.bindparam("org_id", type_=sa.Integer),
+        Operation.target_type == "environment",
+        Operation.target_id == sa.bindparam("env_id", type_=sa.Integer),
+        Operation.parent_id.is_(None)).order_by(Operation.id.desc()).limit(15))
+
+
 @bp.route("/<int:environment_id>")
 @requires("read")
 def show(environment_id):
@@ -221,12 +232,8 @@ def render_page(environment_id, *, attachments: dict | None = None,
     from app.blueprints.environments.dotenv import dotenv_context
     from app.deploys.history import deploy_history
     env = load_environment(environment_id, secret_values=False)
-    operations = db.session.execute(
-        sa.select(Operation).where(Operation.organisation_id == current_org_id(),
-                                   Operation.target_type == "environment",
-                                   Operation.target_id == env.id,
-                                   Operation.parent_id.is_(None))
-        .order_by(Operation.id.desc()).limit(15)).scalars().all()
+    operations = db.session.execute(_operations_query(), {
+        "org_id": current_org_id(), "env_id": env.id}).scalars().all()
     last_deploy = next((op for op in operations if op.kind.value == "environment_deploy"), None)
     return render_template("environments/show.html", env=env, live_url=environment_url(env),
                            operations=operations, last_deploy=last_deploy,
