@@ -5,10 +5,8 @@ context each template renders (``environments/_attachments.html``,
 """
 from __future__ import annotations
 
-import functools
 import re
 
-import sqlalchemy as sa
 from flask import request, url_for
 from markupsafe import Markup, escape
 from wtforms import (BooleanField, HiddenField, SelectField, SelectMultipleField, StringField,
@@ -19,10 +17,8 @@ from app import attachments as att
 from app.blueprints.helpers import latest_operations
 from app.forms import ActionForm, KeystoneForm
 from app.drivers import drivers, get_driver
-from app.extensions import db
-from app.managed_services import stand_in_note
-from app.models import Environment, Server, Service
-from app.scoping import current_org_id
+from app.managed_services import org_choice_rows, stand_in_note
+from app.models import Environment
 from app.models.enums import ServerStatus, SliceStatus
 
 TLS_CHOICES = [("auto", "Automatic HTTPS (Let's Encrypt)"),
@@ -177,7 +173,7 @@ def _choices(services, servers, service_type: str,
              skip_servers=frozenset()) -> list[tuple[str, str]]:
     """Existing services, then "New ... on <server>" for each server that is provisioned
     (a service cannot start on a server Keystone has not set up). ``services`` and
-    ``servers`` are :func:`_choice_rows`' rows."""
+    ``servers`` are :func:`app.managed_services.org_choice_rows`' rows."""
     label = get_driver(service_type).short_label
     by_id = {srv.id: srv for srv in servers}
     out = []
@@ -190,33 +186,8 @@ def _choices(services, servers, service_type: str,
     return out
 
 
-@functools.cache
-def _choice_queries():
-    """The organisation's offered services and its servers, as the attach forms list them:
-    the columns they read, no ORM objects (the organisation is bound per request). The same
-    rows as ``managed_services.org_managed_services`` and ``org_servers``, in their order."""
-    org = sa.bindparam("org_id", type_=sa.Integer)
-    services = (sa.select(Service.id, Service.name, Service.type, Service.server_id,
-                          Service.config)
-                .where(Service.organisation_id == org,
-                       Service.type.in_(sa.bindparam("types", expanding=True)))
-                .order_by(Service.name))
-    servers = (sa.select(Server.id, Server.name, Server.status, Server.facts)
-               .where(Server.organisation_id == org).order_by(Server.name))
-    return services, servers
-
-
-def _choice_rows():
-    services_q, servers_q = _choice_queries()
-    org_id = current_org_id()
-    services = db.session.execute(services_q, {"org_id": org_id,
-                                               "types": list(drivers.offered())}).all()
-    servers = db.session.execute(servers_q, {"org_id": org_id}).all()
-    return services, servers
-
-
 def attachment_forms(env: Environment, formdata=None) -> dict:
-    services, servers = _choice_rows()
+    services, servers = org_choice_rows()
     by_type = {t: [s for s in services if s.type == t] for t in drivers.offered()}
     gateway_servers = {s.server_id for s in by_type["caddy"]}
     pg = AttachPostgresForm(formdata=formdata, prefix="pg")
