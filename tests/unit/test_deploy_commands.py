@@ -13,7 +13,7 @@ def test_scheduler_release_passes_data_as_arguments_not_code():
     command = dc.scheduler_release("ks-web-1-blue-op2", 300)
     rendered = command.render()
     assert rendered.startswith("docker exec ks-web-1-blue-op2 sh -c ")
-    assert rendered.endswith("sh /tmp/keystone-scheduler /tmp/keystone-scheduler.running 300")
+    assert rendered.endswith("sh /tmp/keystone-scheduler /tmp/keystone-scheduler.running 300 5")
     # The flag is removed BEFORE waiting for the busy marker.
     script = rendered.split("sh -c ", 1)[1]
     assert script.index('rm -f "$1"') < script.index('-e "$2"')
@@ -70,6 +70,61 @@ def test_scheduler_loop_marks_busy_before_reading_the_flag():
     loop = image_files()["scheduler.sh"][0].decode()
     body = loop.split("while :; do", 1)[1]
     assert body.index(': > "$BUSY"') < body.index('[ -e "$FLAG" ]') < body.index('rm -f "$BUSY"')
+
+
+def _release(tmp_path, now: int, interval: str | None, busy: bool = False):
+    """Run the release script here (as ``docker exec`` would in the replica) with a fake
+    clock: ``date +%s`` answers ``now``, ``sleep`` logs its seconds and returns at once."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    slept = tmp_path / "slept.log"
+    (bin_dir / "date").write_text(f"#!/bin/sh\necho {now}\n")
+    (bin_dir / "sleep").write_text(f'#!/bin/sh\necho "$1" >> {slept}\n')
+    for tool in ("date", "sleep"):
+        (bin_dir / tool).chmod(0o755)
+    flag, marker = tmp_path / "flag", tmp_path / "busy"
+    flag.touch()
+    if busy:
+        marker.touch()
+    argv = shlex.split(dc.scheduler_release("c", 2).render())
+    assert argv[:5] == ["docker", "exec", "c", "sh", "-c"]
+    assert argv[-4:] == [dc.SCHEDULER_FLAG, dc.SCHEDULER_BUSY, "2", "5"]
+    argv[-4:-2] = [str(flag), str(marker)]
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    if interval is not None:
+        env["KEYSTONE_SCHEDULER_INTERVAL"] = interval
+    out = subprocess.run(argv[3:], env=env, capture_output=True, text=True, timeout=30)
+    sleeps = slept.read_text().split() if slept.exists() else []
+    return out, flag.exists(), sleeps
+
+
+@pytest.mark.parametrize("now, interval, expected_sleeps", [
+    (1_700_000_000 - 1_700_000_000 % 60 + 30, "60", []),        # mid-minute: at once
+    (1_700_000_000 - 1_700_000_000 % 60 + 54, "60", []),        # 6 s before: at once
+    (1_700_000_000 - 1_700_000_000 % 60 + 55, "60", ["8"]),     # 5 s before: after the wake
+    (1_700_000_000 - 1_700_000_000 % 60 + 59, "60", ["4"]),     # 1 s before: after the wake
+    (1_700_000_000 - 1_700_000_000 % 60 + 59, None, ["4"]),     # the loop's default is 60
+    (1_700_000_000 - 1_700_000_000 % 60 + 59, "x;y", ["4"]),    # as the loop reads it
+    (1_700_000_000 - 1_700_000_000 % 5 + 3, "5", []),           # 2 s of 5: at once
+    (1_700_000_000 - 1_700_000_000 % 5 + 4, "5", ["4"]),        # a quarter of 5 s
+])
+def test_scheduler_release_lets_an_imminent_tick_happen_before_the_flag_moves(
+        tmp_path, now, interval, expected_sleeps):
+    """Released just before the loop's wake and claimed on the new replica just after it,
+    the flag would be on neither replica at that wake: that tick would be lost."""
+    out, flag_left, sleeps = _release(tmp_path, now, interval)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("scheduler released")
+    assert not flag_left
+    assert sleeps == expected_sleeps
+    assert ("releasing after it" in out.stdout) == bool(expected_sleeps)
+
+
+def test_scheduler_release_waits_for_a_run_in_flight_then_gives_up_with_3(tmp_path):
+    out, flag_left, sleeps = _release(tmp_path, 1_700_000_000 - 1_700_000_000 % 60 + 30,
+                                      "60", busy=True)
+    assert out.returncode == 3 and "still running after 2s" in out.stdout
+    assert not flag_left and sleeps == ["1", "1"]
 
 
 def _fake_docker(tmp_path, touch_exit: int = 0):
