@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from jinja2 import pass_context
+from markupsafe import Markup
+
 
 def _ago(value: dt.datetime | None) -> str:
     if value is None:
@@ -42,7 +45,19 @@ def _short_digest(value: str | None) -> str:
     return value.replace("sha256:", "")[:12]
 
 
+@pass_context
+def _component(context, name: str, c) -> Markup:
+    """``{{ component("environments/_variables.html", variables) }}``: an HTMX component's
+    template with ``c`` and the page's context, as ``{% with c = ... %}{% include %}``
+    gives it, rendered to one string first. Jinja hands every piece of an include's output
+    up through each enclosing template's generator (a table of 150 rows is some 5,000
+    pieces, passed through three levels); rendered here, the page takes it as one."""
+    template = context.environment.get_template(name)
+    return Markup(template.render({**context.get_all(), "c": c}))
+
+
 def register_filters(app) -> None:
+    app.jinja_env.globals["component"] = _component
     app.jinja_env.filters["ago"] = _ago
     app.jinja_env.filters["duration"] = _duration
     app.jinja_env.filters["age_seconds"] = _age_seconds
