@@ -6,14 +6,22 @@ and 150 variables (SQLite in a temp dir, the real migration chain), then renders
 dashboard, an environment page and the operations list through the Flask test
 client. Prints one JSON line: p95 and p50 milliseconds, the process's CPU milliseconds per
 request (p50) and the SQL query count per page.
-Run: python -m bench.dashboard [--runs 50]
+Run: python -m bench.dashboard [--runs 50] [--busy N]
+
+``--busy N`` keeps N other processes spinning on the CPU while the pages are measured: a
+load that is the same on every run (``--busy 1`` on this 2-core machine: one core taken,
+a moderate load; ``--busy 2``: both, a saturated one). Without it the figures depend on
+whatever else the machine does.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import json
+import multiprocessing
+import os
 import random
 import tempfile
 import time
@@ -111,8 +119,38 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply the seeded rows (query counts must not change)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="other processes kept spinning on the CPU meanwhile")
     args = parser.parse_args()
-    print(json.dumps(measure(args.runs, args.scale)))
+    with busy_processes(args.busy):
+        result = measure(args.runs, args.scale)
+    result["busy_processes"] = args.busy
+    result["cpus"] = os.cpu_count()
+    result["load_average_1m"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result))
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        sum(range(10_000))
+
+
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """``n`` processes that keep one core busy each until the block ends."""
+    stop = multiprocessing.Event()
+    procs = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
+             for _ in range(max(0, n))]
+    for proc in procs:
+        proc.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
 
 
 def measure(runs: int = 50, scale: float = 1.0) -> dict:
