@@ -21,26 +21,28 @@ _PROBE_PHP = ('ini_set("default_socket_timeout", $argv[3]);'
 
 # Remove the scheduler flag, then wait (bounded) until no schedule:run is in flight.
 # The replica's loop (image/scheduler.sh) wakes on the epoch's multiples of
-# KEYSTONE_SCHEDULER_INTERVAL (the container's own environment, which docker exec inherits).
-# Removed just before a wake and set on the new replica just after it, the flag would be on
-# neither replica at that wake and the tick would be lost: so when the next wake is at most
-# $4 seconds away (and at most a quarter of the interval), let it happen here first: this
-# replica runs that tick, the wait below sees it through, and the new replica has the rest
-# of the interval.
-# (+3 s: the loop wakes up to a second after the boundary, as its sleep is whole seconds.)
+# KEYSTONE_SCHEDULER_INTERVAL (the container's own environment, which docker exec inherits),
+# up to a second late (its sleep is whole seconds). Removed from the old replica just before
+# its wake and set on the new one just after the new one's wake, the flag would be on neither
+# at that wake and the tick would be lost. So a release within $4 seconds of a wake, either
+# side, waits until $4 seconds after it: the old replica has run that tick (the wait below
+# sees it through) and the new one gets the flag long before its next wake. Intervals under
+# a minute (the test beds' 5 s) go without the guard.
 _RELEASE_SH = (
     'n=${KEYSTONE_SCHEDULER_INTERVAL:-60}; case "$n" in ""|*[!0-9]*) n=60 ;; esac; '
-    '[ "$n" -ge 1 ] || n=60; g=$(( n / 4 )); [ "$g" -le "$4" ] || g=$4; '
-    'left=$(( n - $(date +%s) % n )); '
-    'if [ "$left" -le "$g" ]; then echo "the scheduler ticks in ${left}s: releasing after it"; '
-    'sleep $(( left + 3 )); fi; '
+    '[ "$n" -ge 1 ] || n=60; g=$4; [ "$n" -ge 60 ] || g=0; '
+    'now=$(date +%s); left=$(( n - now % n )); since=$(( now % n )); w=0; '
+    'if [ "$left" -le "$g" ]; then w=$(( left + g )); '
+    'elif [ "$since" -lt "$g" ]; then w=$(( g - since )); fi; '
+    'if [ "$w" -gt 0 ]; then echo "the scheduler ticks about now: releasing ${w}s later"; '
+    'sleep "$w"; fi; '
     'rm -f "$1"; i=0; while [ -e "$2" ] && [ "$i" -lt "$3" ]; do sleep 1; i=$((i+1)); done; '
     'if [ -e "$2" ]; then echo "schedule:run still running after $3s"; exit 3; fi; '
     'echo "scheduler released"'
 )
 
-# Seconds before the scheduler loop's next wake within which a release waits for that wake.
-SCHEDULER_WAKE_GUARD = 5
+# Seconds either side of the scheduler loop's wake within which a release waits.
+SCHEDULER_WAKE_GUARD = 2
 
 
 def probe(container: str, path: str, port: int = 8080, timeout: float = 3.0) -> Command:

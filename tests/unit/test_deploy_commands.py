@@ -13,7 +13,7 @@ def test_scheduler_release_passes_data_as_arguments_not_code():
     command = dc.scheduler_release("ks-web-1-blue-op2", 300)
     rendered = command.render()
     assert rendered.startswith("docker exec ks-web-1-blue-op2 sh -c ")
-    assert rendered.endswith("sh /tmp/keystone-scheduler /tmp/keystone-scheduler.running 300 5")
+    assert rendered.endswith("sh /tmp/keystone-scheduler /tmp/keystone-scheduler.running 300 2")
     # The flag is removed BEFORE waiting for the busy marker.
     script = rendered.split("sh -c ", 1)[1]
     assert script.index('rm -f "$1"') < script.index('-e "$2"')
@@ -88,7 +88,7 @@ def _release(tmp_path, now: int, interval: str | None, busy: bool = False):
         marker.touch()
     argv = shlex.split(dc.scheduler_release("c", 2).render())
     assert argv[:5] == ["docker", "exec", "c", "sh", "-c"]
-    assert argv[-4:] == [dc.SCHEDULER_FLAG, dc.SCHEDULER_BUSY, "2", "5"]
+    assert argv[-4:] == [dc.SCHEDULER_FLAG, dc.SCHEDULER_BUSY, "2", "2"]
     argv[-4:-2] = [str(flag), str(marker)]
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
     if interval is not None:
@@ -98,15 +98,21 @@ def _release(tmp_path, now: int, interval: str | None, busy: bool = False):
     return out, flag.exists(), sleeps
 
 
+_MINUTE = 1_700_000_000 - 1_700_000_000 % 60  # a wake of the loop (every 60 s)
+
+
 @pytest.mark.parametrize("now, interval, expected_sleeps", [
-    (1_700_000_000 - 1_700_000_000 % 60 + 30, "60", []),        # mid-minute: at once
-    (1_700_000_000 - 1_700_000_000 % 60 + 54, "60", []),        # 6 s before: at once
-    (1_700_000_000 - 1_700_000_000 % 60 + 55, "60", ["8"]),     # 5 s before: after the wake
-    (1_700_000_000 - 1_700_000_000 % 60 + 59, "60", ["4"]),     # 1 s before: after the wake
-    (1_700_000_000 - 1_700_000_000 % 60 + 59, None, ["4"]),     # the loop's default is 60
-    (1_700_000_000 - 1_700_000_000 % 60 + 59, "x;y", ["4"]),    # as the loop reads it
-    (1_700_000_000 - 1_700_000_000 % 5 + 3, "5", []),           # 2 s of 5: at once
-    (1_700_000_000 - 1_700_000_000 % 5 + 4, "5", ["4"]),        # a quarter of 5 s
+    (_MINUTE + 30, "60", []),        # mid-minute: at once
+    (_MINUTE + 57, "60", []),        # 3 s before the wake: at once
+    (_MINUTE + 58, "60", ["4"]),     # 2 s before: until 2 s after it
+    (_MINUTE + 59, "60", ["3"]),     # 1 s before
+    (_MINUTE + 60, "60", ["2"]),     # the wake's second (the loop may not have looked yet)
+    (_MINUTE + 61, "60", ["1"]),     # a second after
+    (_MINUTE + 62, "60", []),        # 2 s after: the old replica has looked
+    (_MINUTE + 59, None, ["3"]),     # the loop's default is 60
+    (_MINUTE + 59, "x;y", ["3"]),    # read as the loop reads it
+    (1_700_000_000 - 1_700_000_000 % 300 + 299, "300", ["3"]),  # any interval of 60 s or more
+    (_MINUTE + 4, "5", []),          # the test beds' 5 s: no guard
 ])
 def test_scheduler_release_lets_an_imminent_tick_happen_before_the_flag_moves(
         tmp_path, now, interval, expected_sleeps):
@@ -117,12 +123,11 @@ def test_scheduler_release_lets_an_imminent_tick_happen_before_the_flag_moves(
     assert out.stdout.strip().endswith("scheduler released")
     assert not flag_left
     assert sleeps == expected_sleeps
-    assert ("releasing after it" in out.stdout) == bool(expected_sleeps)
+    assert ("releasing" in out.stdout) == bool(expected_sleeps)
 
 
 def test_scheduler_release_waits_for_a_run_in_flight_then_gives_up_with_3(tmp_path):
-    out, flag_left, sleeps = _release(tmp_path, 1_700_000_000 - 1_700_000_000 % 60 + 30,
-                                      "60", busy=True)
+    out, flag_left, sleeps = _release(tmp_path, _MINUTE + 30, "60", busy=True)
     assert out.returncode == 3 and "still running after 2s" in out.stdout
     assert not flag_left and sleeps == ["1", "1"]
 
