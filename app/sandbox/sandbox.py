@@ -573,7 +573,28 @@ class Sandbox:
             removed += [f"volume {v}" for v in vols]
         state = self._load_state()
         if state:
+            removed += self._untag_pushed_images(state)
             for k in ("sample_commit", "images"):
                 state.pop(k, None)
             self._save_state(state)
         return removed
+
+    @staticmethod
+    def _untag_pushed_images(state: dict) -> list[str]:
+        """Drop the host's tags of what was pushed to this sandbox's registry
+        (``127.0.0.1:PORT/...``): the registry's volume is gone, and each session
+        otherwise left four or more tags behind on the host (81 sandboxes' worth seen
+        on a long-lived machine). Layers shared with the local builds stay."""
+        port = state.get("registry", {}).get("port")
+        if not port:
+            return []
+        prefix = f"{HOST}:{port}/"
+        rows = docker_out("image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").splitlines()
+        refs = []
+        for row in rows:
+            ref, _, image_id = row.partition(" ")
+            if ref.startswith(prefix):
+                refs.append(image_id if ref.endswith(":<none>") else ref)
+        if refs:
+            docker("image", "rm", *refs, check=False)
+        return [f"image tag {r}" for r in refs]

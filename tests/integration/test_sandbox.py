@@ -441,3 +441,28 @@ def test_the_acme_ca_serves_its_directory_to_servers_and_answers_dns(sandbox: Sa
     acme.set_a("probe.test", [server.private_ip])
     acme.clear_a("probe.test")
     assert acme.issuing_root().startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_down_drops_the_host_tags_of_what_it_pushed_and_keeps_the_image(tmp_path: Path):
+    """Each session's pushes left `127.0.0.1:PORT/...` tags on the host for good; `down`
+    removes the ones of its own registry port, and only those."""
+    ensure_image("busybox")
+    sb = Sandbox(name=f"ks-untag-{uuid.uuid4().hex[:6]}", state_dir=tmp_path / "state")
+    sb._save_state({"name": sb.name, "registry": {"port": 1}})
+    ours, theirs = "127.0.0.1:1/keystone-untag-test/box:1", "127.0.0.1:10/keystone-untag-test/box:1"
+
+    def tags() -> set[str]:
+        out = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+                             capture_output=True, text=True, check=True).stdout
+        return set(out.split())
+
+    try:
+        for ref in (ours, theirs):
+            subprocess.run(["docker", "tag", BUSYBOX_IMAGE, ref], check=True)
+        removed = sb.down()
+        assert f"image tag {ours}" in removed
+        after = tags()
+        assert ours not in after
+        assert theirs in after and BUSYBOX_IMAGE in after
+    finally:
+        subprocess.run(["docker", "image", "rm", ours, theirs], capture_output=True)
