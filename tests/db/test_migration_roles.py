@@ -10,18 +10,12 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import downgrade, upgrade
 
-from app import create_app
 from app.extensions import db
 from app.models.enums import MembershipRole
-from tests.conftest import KEYS
+from tests.db.rows import execute as _exec, migration_app, organisation
 from tests.db.test_migrations import postgres_admin_url  # noqa: F401  (fixture)
 
 BEFORE = "d41c7e9a2f58"
-
-
-def _exec(sql: str, **params):
-    with db.engine.begin() as conn:
-        return conn.execute(sa.text(sql), params)
 
 
 def _member(user_id: int, role: str | None) -> None:
@@ -41,12 +35,9 @@ def _roles() -> dict[int, str]:
 
 
 def _walk(url: str, tmp_path) -> None:
-    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "ENCRYPTION_KEYS": KEYS,
-                      "SECRET_KEY": "t", "TESTING": True}, instance_path=str(tmp_path / "i"))
-    with app.app_context():
+    with migration_app(tmp_path, url).app_context():
         upgrade(revision=BEFORE)
-        _exec("INSERT INTO organisations (id, name, slug, onboarding_state, created_at, "
-              "updated_at) VALUES (1, 'o', 'o', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)")
+        organisation()
         _member(1, "owner")
         _member(2, "admin")
         _member(3, "member")

@@ -11,9 +11,8 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import downgrade, upgrade
 
-from app import create_app
 from app.extensions import db
-from tests.conftest import KEYS
+from tests.db.rows import migration_app
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_TABLES = {
@@ -39,9 +38,7 @@ def postgres_admin_url():
 
 
 def _check_schema(url: str, tmp_path):
-    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "ENCRYPTION_KEYS": KEYS,
-                      "SECRET_KEY": "t", "TESTING": True}, instance_path=str(tmp_path / "i"))
-    with app.app_context():
+    with migration_app(tmp_path, url).app_context():
         upgrade()
         inspector = sa.inspect(db.engine)
         tables = set(inspector.get_table_names())
@@ -89,10 +86,7 @@ def test_migrations_on_empty_postgresql(tmp_path, postgres_admin_url):
 
 def test_the_build_page_health_path_moves_to_the_web_service(tmp_path):
     """Migration 7c2f9a1d4e60: build_config.health_path becomes the web service's health.path."""
-    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'm.db'}",
-                      "ENCRYPTION_KEYS": KEYS, "SECRET_KEY": "t", "TESTING": True},
-                     instance_path=str(tmp_path / "i"))
-    with app.app_context():
+    with migration_app(tmp_path).app_context():
         # The rows are made with today's models (at head), then the schema goes back to
         # before the data migration: the models' columns added later (users, organisations)
         # would not exist at 3f9a2c7e1b44.
