@@ -182,12 +182,34 @@ def start(container: str) -> Command:
     return cmd("docker", "start", container)
 
 
-def prepare_slot(container: str) -> Command:
-    """Before a replica starts: the server's network (created if missing, see
-    :func:`app.drivers.compose.ensure_network_cmd`), a leftover container of that name
-    removed (a crash's), then the server's clock (``<epoch seconds>``, the last line): one
-    round trip. Fails only when the network cannot be made."""
-    return and_then(ensure_network_cmd(), seq(remove(container), server_time()))
+STARTED_AT = "keystone-started-at"
+"""The line prefix :func:`start_slot` stamps the server's clock with."""
+
+
+def start_slot(container: str, directory: str, compose_up: Command) -> Command:
+    """A new replica in one round trip: the server's network (created if missing, see
+    :func:`app.drivers.compose.ensure_network_cmd`; nothing else runs when it cannot be
+    made), a crash's leftover container of that name removed, the project's directory made and its
+    files unpacked from the tar on standard input (:func:`app.drivers.compose.project_archive`),
+    the server's clock printed as ``keystone-started-at <epoch seconds>`` (what the gateways'
+    log lines after the start are told by), then ``compose_up``. Each part runs only when
+    the one before it succeeded, the leftover's removal excepted (there usually is none)."""
+    unpack = cmd("tar", "-x", "-p", "--no-same-owner", "-f", "-", "-C", directory)
+    stamp = cmd("date", f"+{STARTED_AT} %s.%N")
+    made = and_then(cmd("mkdir", "-p", end_of_options(), directory), unpack, stamp, compose_up)
+    return and_then(ensure_network_cmd(), seq(remove(container), made))
+
+
+def parse_started_at(text: str) -> float | None:
+    """The stamp :func:`start_slot` printed (None when it never got that far)."""
+    for line in text.splitlines():
+        word, _, value = line.strip().partition(" ")
+        if word == STARTED_AT:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
 
 
 def container_exists(container: str) -> Command:

@@ -17,7 +17,7 @@ from app.deploys.slots import (APP_PORT, KEYSTONE_SERVICES_ROOT, READY_PATH, con
 from app.deploys.values import last_line, replica_environment, stdout_text
 from app.drivers import get_driver
 from app.drivers.base import FirewallRule
-from app.drivers.compose import compose_cmd, dump_yaml, upload_project
+from app.drivers.compose import compose_cmd, dump_yaml, project_archive, project_files
 from app.endpoints import Unreachable, cross_server_address, upsert_slot_endpoint
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Server, Service, ServiceReplica
@@ -214,20 +214,22 @@ class ReplicaSteps:
             with rctx.step(f"Start {name} in the {slot} slot on {server.name}",
                            server=server) as step:
                 self._remove_leftovers(step, old, slot, index)
-                # The network, a crash's leftover of this name removed, the server's clock.
-                started = parse_stamp(last_line(step.run(dc.prepare_slot(name), pty=False,
-                                                         timeout=150)))
-                replica.config = {**(replica.config or {}), "started_at": started}
-                db.session.commit()
-                upload_project(step, rendered)
                 migrations = getattr(self, "migrations", None)
-                if migrations is None:
-                    step.run(compose_cmd(rendered.directory, project, "up", "-d",
-                                         "--no-build"), timeout=600)
-                else:
-                    # Created now, started once the migrations (running meanwhile) succeeded.
-                    step.run(compose_cmd(rendered.directory, project, "up", "--no-start",
-                                         "--no-build"), timeout=600)
+                # Started now, or (migrations running meanwhile) created now and started once
+                # they succeeded.
+                up = ("up", "-d", "--no-build") if migrations is None else \
+                    ("up", "--no-start", "--no-build")
+                for path, data in project_files(rendered):
+                    step.log(f"writing {path} ({len(data)} bytes, mode 0600)")
+                # One round trip: the network, a crash's leftover of this name removed, the
+                # project's files (on stdin, never in the command), the server's clock, up.
+                res = step.run(dc.start_slot(name, rendered.directory,
+                                             compose_cmd(rendered.directory, project, *up)),
+                               stdin=project_archive(rendered), pty=False, timeout=600)
+                replica.config = {**(replica.config or {}),
+                                  "started_at": dc.parse_started_at(stdout_text(res))}
+                db.session.commit()
+                if migrations is not None:
                     self._await_migrations(rctx, step, migrations)
                     step.run(dc.start(name), timeout=120)
             if published:

@@ -181,11 +181,35 @@ def ensure_network_cmd() -> Command:
     return cmd("flock", "-w", "120", NETWORK_LOCK, sh_c(or_else(inspect, create)))
 
 
+def project_files(rendered: RenderedCompose) -> list[tuple[str, bytes]]:
+    """A project's files (all written 0600): compose.yml, its .env and the empty
+    interpolation env, as ``[(path on the server, content)]``."""
+    return [(rendered.compose_path, rendered.compose_yaml.encode()),
+            (rendered.env_path, rendered.env_file.encode()),
+            (rendered.interpolation_env_path, INTERPOLATION_ENV_TEXT.encode())]
+
+
 def upload_project(step, rendered: RenderedCompose) -> None:
-    """Create the project's directory and write compose.yml, its .env and the empty
-    interpolation env, all 0600 (``step`` is an operation step: ``step.mkdir``,
-    ``step.put_file``)."""
+    """Create the project's directory and write :func:`project_files`, each atomically,
+    over SFTP (``step`` is an operation step: ``step.mkdir``, ``step.put_file``)."""
     step.mkdir(rendered.directory)
-    step.put_file(rendered.compose_path, rendered.compose_yaml, mode=0o600)
-    step.put_file(rendered.env_path, rendered.env_file, mode=0o600)
-    step.put_file(rendered.interpolation_env_path, INTERPOLATION_ENV_TEXT, mode=0o600)
+    for path, data in project_files(rendered):
+        step.put_file(path, data, mode=0o600)
+
+
+def project_archive(rendered: RenderedCompose) -> bytes:
+    """:func:`project_files` as an uncompressed tar (names relative to the project's
+    directory, mode 0600, no owner): what a new replica's start command unpacks from its
+    standard input, so its files travel with the command, never in its arguments."""
+    import io
+    import posixpath
+    import tarfile
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for path, data in project_files(rendered):
+            if posixpath.dirname(path) != rendered.directory:
+                raise ValueError(f"{path} is not in the project's directory")
+            info = tarfile.TarInfo(posixpath.basename(path))
+            info.size, info.mode, info.mtime = len(data), 0o600, 0
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

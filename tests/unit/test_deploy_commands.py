@@ -2,10 +2,12 @@
 import os
 import shlex
 import subprocess
+import time
 
 import pytest
 
 from app.deploys import commands as dc
+from app.shell import cmd
 from app.deploys.image import dockerfile_lines, image_files, is_frankenphp
 
 
@@ -183,8 +185,68 @@ def test_teardown_is_one_round_trip_in_order_with_the_directory_as_an_operand():
     assert dc.teardown("ks", 5).render() == "docker stop --time 5 ks ; docker rm -f -v ks"
 
 
-def test_prepare_slot_fails_only_when_the_network_cannot_be_made():
-    rendered = dc.prepare_slot("ks;x").render()
-    network, rest = rendered.split(" && ", 1)
-    assert network.startswith("flock -w 120 ")
-    assert rest == "{ docker rm -f -v 'ks;x' ; date +%s.%N; }"
+def _start_slot(tmp_path, network_ok: bool = True, leftover: bool = False):
+    """Run :func:`dc.start_slot` in a local shell, its archive on stdin, with ``flock`` and
+    ``docker`` stand-ins on PATH that log their arguments (``docker compose`` also lists the
+    project's files with their modes, as it would find them)."""
+    from app.drivers.base import RenderedCompose
+    from app.drivers.compose import project_archive
+    directory = tmp_path / "services" / "4" / "p"
+    rendered = RenderedCompose(project_name="p", directory=str(directory), compose={},
+                               compose_yaml="services: {}\n", env_file="SECRET='s;$(x)'\n")
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    (bin_dir / "flock").write_text(f'#!/bin/sh\necho "flock $*" >> {log}\n'
+                                   + ("exit 0\n" if network_ok else "exit 1\n"))
+    (bin_dir / "docker").write_text(
+        f'#!/bin/sh\necho "docker $*" >> {log}\n'
+        f'if [ "$1" = rm ]; then {"exit 0" if leftover else "echo no such container >&2; exit 1"}; fi\n'
+        f'if [ "$1" = compose ]; then stat -c "%a %n" {directory}/* {directory}/.env >> {log}; fi\n')
+    for tool in ("flock", "docker"):
+        (bin_dir / tool).chmod(0o755)
+    command = dc.start_slot("ks;web", str(directory), cmd("docker", "compose", "up", "-d"))
+    out = subprocess.run(["sh", "-c", command.render()], input=project_archive(rendered),
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True,
+                         timeout=30)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return out, calls, directory
+
+
+def test_start_slot_unpacks_the_files_0600_stamps_the_clock_then_starts(tmp_path):
+    out, calls, directory = _start_slot(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert [c.split()[:2] for c in calls[:2]] == [["flock", "-w"], ["docker", "rm"]]
+    assert calls[1] == "docker rm -f -v ks;web"            # one argument, never shell syntax
+    assert calls[2] == "docker compose up -d"              # after the files were there:
+    assert sorted(calls[3:]) == sorted(f"600 {directory}/{n}"
+                                       for n in ("compose.yml", "compose.env", ".env"))
+    assert (directory / ".env").read_text() == "SECRET='s;$(x)'\n"
+    stamp = dc.parse_started_at(out.stdout.decode())
+    assert stamp is not None and abs(stamp - time.time()) < 60
+
+
+def test_start_slot_stops_when_the_network_cannot_be_made(tmp_path):
+    out, calls, directory = _start_slot(tmp_path, network_ok=False)
+    assert out.returncode != 0
+    assert [c.split()[0] for c in calls] == ["flock"]
+    assert not directory.exists() and dc.parse_started_at(out.stdout.decode()) is None
+
+
+def test_the_project_archive_holds_only_the_project_s_own_files():
+    from app.drivers.base import RenderedCompose
+    from app.drivers.compose import project_archive
+    import io
+    import tarfile
+    rendered = RenderedCompose(project_name="p", directory="/home/keystone/services/4/p",
+                               compose={}, compose_yaml="x: 1\n", env_file="A=b\n")
+    with tarfile.open(fileobj=io.BytesIO(project_archive(rendered))) as archive:
+        members = archive.getmembers()
+    assert sorted(m.name for m in members) == [".env", "compose.env", "compose.yml"]
+    assert all(m.isfile() and m.mode == 0o600 and not m.uname for m in members)
+
+
+def test_a_stamp_is_read_only_from_its_own_line():
+    assert dc.parse_started_at("Creating x ... done\nkeystone-started-at 1700000000.25\n") \
+        == 1700000000.25
+    assert dc.parse_started_at("1700000000.25\n") is None
+    assert dc.parse_started_at("keystone-started-at soon\n") is None
