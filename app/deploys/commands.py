@@ -10,7 +10,7 @@ import shlex
 
 from app.deploys.slots import (ARMED_MARKER, DRAIN_MARKER, READY_PATH, SCHEDULER_BUSY,
                                SCHEDULER_FLAG)
-from app.drivers.compose import compose_cmd, ensure_network_cmd
+from app.drivers.compose import compose_cmd, ensure_network_cmd, unpack_project_cmd
 from app.shell import Command, and_then, cmd, end_of_options, seq
 
 # Prints the HTTP status of GET http://127.0.0.1:<port><path> from inside a container
@@ -194,9 +194,8 @@ def start_slot(container: str, directory: str, compose_up: Command) -> Command:
     the server's clock printed as ``keystone-started-at <epoch seconds>`` (what the gateways'
     log lines after the start are told by), then ``compose_up``. Each part runs only when
     the one before it succeeded, the leftover's removal excepted (there usually is none)."""
-    unpack = cmd("tar", "-x", "-p", "--no-same-owner", "-f", "-", "-C", directory)
     stamp = cmd("date", f"+{STARTED_AT} %s.%N")
-    made = and_then(cmd("mkdir", "-p", end_of_options(), directory), unpack, stamp, compose_up)
+    made = and_then(unpack_project_cmd(directory), stamp, compose_up)
     return and_then(ensure_network_cmd(), seq(remove(container), made))
 
 

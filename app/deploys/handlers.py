@@ -36,7 +36,7 @@ from app.deploys.timing import NULL_CLOCK, NullClock, PhaseClock
 from app.deploys.values import (commit_details, environment_secrets, environment_values,
                                 replica_environment, snapshot, stdout_text)
 from app.drivers import get_driver
-from app.drivers.compose import ensure_network_cmd, upload_project
+from app.drivers.compose import write_project
 from app.drivers.laravel.settings import LaravelSettings, SettingsError
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Server, Service, ServiceReplica, ServiceSlice
@@ -392,8 +392,7 @@ class EnvironmentDeploy(ReplicaSteps, GatewayRouting):
                                          operation_id=self.ctx.id, role="worker",
                                          directory=directory)
         with self.ctx.step(title, server=server) as step:
-            step.run(ensure_network_cmd(), timeout=60)
-            upload_project(step, rendered)
+            write_project(step, rendered)
             try:
                 step.run(dc.one_off_run(directory, name, "worker", name, argv), timeout=1800)
             finally:

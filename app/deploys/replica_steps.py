@@ -219,7 +219,7 @@ class ReplicaSteps:
                 # they succeeded.
                 up = ("up", "-d", "--no-build") if migrations is None else \
                     ("up", "--no-start", "--no-build")
-                for path, data in project_files(rendered):
+                for path, data in project_files(rendered):  # what write_project logs
                     step.log(f"writing {path} ({len(data)} bytes, mode 0600)")
                 # One round trip: the network, a crash's leftover of this name removed, the
                 # project's files (on stdin, never in the command), the server's clock, up.

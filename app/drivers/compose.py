@@ -15,7 +15,7 @@ import yaml
 from app.drivers.base import (DOCKER_NETWORK, LABEL_PREFIX, RenderContext, RenderedCompose,
                               service_alias, service_dir)
 from app.drivers.envfile import render_env_file, split_environment
-from app.shell import Command, cmd
+from app.shell import Command, and_then, cmd, end_of_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from app.drivers.base import Driver
@@ -189,14 +189,6 @@ def project_files(rendered: RenderedCompose) -> list[tuple[str, bytes]]:
             (rendered.interpolation_env_path, INTERPOLATION_ENV_TEXT.encode())]
 
 
-def upload_project(step, rendered: RenderedCompose) -> None:
-    """Create the project's directory and write :func:`project_files`, each atomically,
-    over SFTP (``step`` is an operation step: ``step.mkdir``, ``step.put_file``)."""
-    step.mkdir(rendered.directory)
-    for path, data in project_files(rendered):
-        step.put_file(path, data, mode=0o600)
-
-
 def project_archive(rendered: RenderedCompose) -> bytes:
     """:func:`project_files` as an uncompressed tar (names relative to the project's
     directory, mode 0600, no owner): what a new replica's start command unpacks from its
@@ -213,3 +205,19 @@ def project_archive(rendered: RenderedCompose) -> bytes:
             info.size, info.mode, info.mtime = len(data), 0o600, 0
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def unpack_project_cmd(directory: str) -> Command:
+    """Make the project's directory and unpack :func:`project_archive` from stdin into it."""
+    return and_then(cmd("mkdir", "-p", end_of_options(), directory),
+                    cmd("tar", "-x", "-p", "--no-same-owner", "-f", "-", "-C", directory))
+
+
+def write_project(step, rendered: RenderedCompose, timeout: float = 150) -> None:
+    """The server's network (created if missing) and the project's files, in one round
+    trip: the files travel on the command's stdin, never in its arguments (``step`` is an
+    operation step). Files are logged by path and size, never by content."""
+    for path, data in project_files(rendered):
+        step.log(f"writing {path} ({len(data)} bytes, mode 0600)")
+    step.run(and_then(ensure_network_cmd(), unpack_project_cmd(rendered.directory)),
+             stdin=project_archive(rendered), pty=False, timeout=timeout)

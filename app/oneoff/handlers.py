@@ -16,7 +16,7 @@ from app.deploys import commands as dc
 from app.deploys.values import environment_secrets, environment_values, replica_environment
 from app.deploys.service import primary_web, service_server_ids
 from app.drivers import get_driver
-from app.drivers.compose import compose_cmd, ensure_network_cmd, upload_project
+from app.drivers.compose import compose_cmd, write_project
 from app.extensions import db
 from app.models import BuildArtifact, Server
 from app.models.enums import OperationKind, ReplicaStatus
@@ -78,9 +78,8 @@ def command_run(ctx: OperationContext) -> None:
     with ctx.step(f"Run {line}"[:255], server=server) as step:
         step.log(f"build #{artifact.id} (commit {artifact.commit_sha[:12]}) on {server.name}, "
                  f"with {env.name}'s variables and network")
-        step.run(ensure_network_cmd(), timeout=60)
         ctx.on_cleanup(remove)   # registered before anything can start the container
-        upload_project(step, rendered)
+        write_project(step, rendered)
         try:
             result = step.run(dc.one_off_run(directory, name, "worker", name, argv))
         except StepFailed as exc:
