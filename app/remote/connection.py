@@ -79,6 +79,9 @@ CAPTURE_LIMIT = 4 * 1024 * 1024
 # Poll interval of the run loop when nothing arrives: bounds how late a
 # cancel is noticed. Data wakes the loop immediately (select on the channel).
 POLL_INTERVAL = 0.1
+PGID_WAIT_SECONDS = 5.0
+"""How long a cancel or timeout waits for a command's process group to be reported (the
+wrapper's first line) before it gives up on killing the group."""
 
 
 def _load_private_key(pem: str) -> paramiko.PKey:
@@ -416,9 +419,25 @@ class Connection(SftpFiles):
             if stdin is not None:
                 threading.Thread(target=self._send_stdin, args=(chan, stdin), daemon=True).start()
 
+            def await_pgid() -> None:
+                """A cancel or a timeout before the wrapper's first line (the process group)
+                arrived: wait for it, bounded, so the group can be killed. Closing the
+                channel alone leaves a command without a pty running for good."""
+                end = time.monotonic() + PGID_WAIT_SECONDS
+                while state["pgid"] is None and time.monotonic() < end:
+                    drain()
+                    if state["pgid"] is not None or _has_exit_status(chan) or chan.closed \
+                            or not transport.is_active():
+                        return
+                    try:
+                        select.select([chan], [], [], 0.05)
+                    except (OSError, ValueError):  # pragma: no cover - pipe closed under us
+                        time.sleep(0.01)
+
             while True:
                 if cancel is not None and cancel.is_set():
                     state["terminated"] = True
+                    await_pgid()
                     cleaned = self._terminate(chan, state["pgid"], drain)
                     flush()
                     raise CommandCancelled(
@@ -428,6 +447,7 @@ class Connection(SftpFiles):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     state["terminated"] = True
+                    await_pgid()
                     cleaned = self._terminate(chan, state["pgid"], drain)
                     flush()
                     raise CommandTimeout(

@@ -320,6 +320,21 @@ def test_cancel_terminates_the_command(sshd, conn, pty):
     assert _wait_gone(sshd, "KEYSTONE_ERR_") == []
 
 
+@pytest.mark.parametrize("pty", [False, True])
+def test_a_cancel_before_the_group_is_known_still_terminates_the_command(sshd, conn, pty):
+    """The cancel (or timeout) came before the wrapper's first line, which says the process
+    group: closing the channel alone left a command without a pty running for good (seen in
+    make test on a loaded machine: a 0.7 s cancel beat sshd's start-up). A cancel already set
+    when the command starts is that case every time."""
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(CommandCancelled) as info:
+        conn.run(shell.cmd("sleep", "3021"), cancel=cancel, pty=pty)
+    assert "and terminated" in str(info.value)
+    assert _wait_gone(sshd, "sleep 3021") == []
+    assert conn.run(shell.cmd("true")).ok
+
+
 def test_on_line_exception_terminates_the_command(sshd, conn):
     def boom(stream, line):
         raise RuntimeError("recorder failed")
