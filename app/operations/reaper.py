@@ -22,9 +22,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm  # noqa: F401
 
 from app.extensions import db
-from app.models import Operation
+from app.models import Operation, OperationStep
 from app.models.base import utcnow
-from app.models.enums import TERMINAL_STATUSES, OperationStatus
+from app.models.enums import TERMINAL_STATUSES, OperationStatus, StepStatus
 from app.operations import lifecycle, logstream
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,34 @@ def _descendants(op_id: int) -> list[int]:
 
 
 def interrupt(op_id: int, reason: str) -> bool:
-    """End ``op_id`` and its active descendants ``interrupted``; free their locks."""
-    for child_id in reversed(_descendants(op_id)):
+    """End ``op_id`` and its active descendants ``interrupted``; free their locks. The
+    reason goes on the steps that were running; when the worker died between two steps
+    (none was running anywhere in the tree), on a step of its own at the end of
+    ``op_id``, so the reason stands with the steps, where the page and the API show why."""
+    descendants = _descendants(op_id)
+    for child_id in reversed(descendants):
         lifecycle.finish(child_id, S.INTERRUPTED, reason, dispatch=False)
-    return lifecycle.finish(op_id, S.INTERRUPTED, reason, dispatch=False)
+    ended = lifecycle.finish(op_id, S.INTERRUPTED, reason, dispatch=False)
+    if ended:
+        _say_why_on_a_step(op_id, [op_id, *descendants], reason)
+    return ended
+
+
+def _say_why_on_a_step(op_id: int, tree_ids: list[int], reason: str) -> None:
+    cut_short = db.session.execute(
+        sa.select(sa.func.count(OperationStep.id))
+        .where(OperationStep.operation_id.in_(tree_ids),
+               OperationStep.status == StepStatus.INTERRUPTED.value)).scalar_one()
+    if cut_short:
+        return
+    last = db.session.execute(sa.select(sa.func.max(OperationStep.order))
+                              .where(OperationStep.operation_id == op_id)).scalar()
+    now = utcnow()
+    db.session.add(OperationStep(
+        operation_id=op_id, name="Interrupted between steps", order=(last or 0) + 1,
+        status=StepStatus.INTERRUPTED, logs="", error_logs=reason, started_at=now,
+        finished_at=now))
+    db.session.commit()
 
 
 def reap(now: dt.datetime | None = None) -> list[int]:

@@ -355,6 +355,37 @@ def test_a_step_cut_short_by_the_reaper_carries_the_reason(app, clean_streams):
     assert step.status is StepStatus.INTERRUPTED
     assert "heartbeat" in step.error_logs and step.error_logs.startswith("Interrupted")
     assert done.status is StepStatus.SUCCEEDED and done.error_logs == ""
+    assert len(db.session.get(Operation, op.id).steps) == 2  # no step of its own: one took it
+
+
+def test_a_worker_that_died_between_steps_leaves_the_reason_on_a_step_of_its_own(
+        app, clean_streams):
+    """make test, issue 15's scenario 2: Redis restarted, the work horse died right after
+    "Plan the deploy" ended and before the next step began; the reason was only on the
+    operation. Now a last step says it (and only then: a step that was running takes it)."""
+    from app.models import OperationStep
+    from app.models.enums import StepStatus
+    g = build_org()
+    op = _start(g)
+    claim(op, "elsewhere.example/4244")
+    db.session.add_all([
+        OperationStep(operation_id=op.id, name="Resolve main", order=0,
+                      status=StepStatus.SUCCEEDED, logs="", error_logs=""),
+        OperationStep(operation_id=op.id, name="Plan the deploy", order=1,
+                      status=StepStatus.SUCCEEDED, logs="", error_logs="")])
+    op.heartbeat_at = op.heartbeat_at - dt.timedelta(seconds=45)
+    db.session.commit()
+    assert reap() == [op.id]
+    db.session.expire_all()
+    steps = sorted(db.session.get(Operation, op.id).steps, key=lambda s: s.order)
+    assert [(s.name, s.status) for s in steps] == [
+        ("Resolve main", StepStatus.SUCCEEDED), ("Plan the deploy", StepStatus.SUCCEEDED),
+        ("Interrupted between steps", StepStatus.INTERRUPTED)]
+    assert steps[-1].error_logs == db.session.get(Operation, op.id).error
+    assert "heartbeat" in steps[-1].error_logs and steps[-1].finished_at is not None
+    reap()  # ended: a second pass adds nothing
+    db.session.expire_all()
+    assert len(db.session.get(Operation, op.id).steps) == 3
 
 
 def test_reaper_notices_a_dead_local_pid_at_once(app, clean_streams):
