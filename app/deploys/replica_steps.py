@@ -17,7 +17,7 @@ from app.deploys.slots import (APP_PORT, KEYSTONE_SERVICES_ROOT, READY_PATH, con
 from app.deploys.values import last_line, replica_environment, stdout_text
 from app.drivers import get_driver
 from app.drivers.base import FirewallRule
-from app.drivers.compose import compose_cmd, dump_yaml, project_archive, project_files
+from app.drivers.compose import compose_cmd, dump_yaml, log_project_files, project_archive
 from app.endpoints import Unreachable, cross_server_address, upsert_slot_endpoint
 from app.extensions import db
 from app.models import BuildArtifact, Environment, Server, Service, ServiceReplica
@@ -219,8 +219,7 @@ class ReplicaSteps:
                 # they succeeded.
                 up = ("up", "-d", "--no-build") if migrations is None else \
                     ("up", "--no-start", "--no-build")
-                for path, data in project_files(rendered):  # what write_project logs
-                    step.log(f"writing {path} ({len(data)} bytes, mode 0600)")
+                log_project_files(step, rendered)
                 # One round trip: the network, a crash's leftover of this name removed, the
                 # project's files (on stdin, never in the command), the server's clock, up.
                 res = step.run(dc.start_slot(name, rendered.directory,

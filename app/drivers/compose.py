@@ -213,11 +213,16 @@ def unpack_project_cmd(directory: str) -> Command:
                     cmd("tar", "-x", "-p", "--no-same-owner", "-f", "-", "-C", directory))
 
 
+def log_project_files(step, rendered: RenderedCompose) -> None:
+    """What a project's files are, on ``step``'s log: path and size, never the content."""
+    for path, data in project_files(rendered):
+        step.log(f"writing {path} ({len(data)} bytes, mode 0600)")
+
+
 def write_project(step, rendered: RenderedCompose, timeout: float = 150) -> None:
     """The server's network (created if missing) and the project's files, in one round
     trip: the files travel on the command's stdin, never in its arguments (``step`` is an
-    operation step). Files are logged by path and size, never by content."""
-    for path, data in project_files(rendered):
-        step.log(f"writing {path} ({len(data)} bytes, mode 0600)")
+    operation step)."""
+    log_project_files(step, rendered)
     step.run(and_then(ensure_network_cmd(), unpack_project_cmd(rendered.directory)),
              stdin=project_archive(rendered), pty=False, timeout=timeout)
